@@ -1,0 +1,145 @@
+"""Driving one target for one round with wrk or h2load, and reading what they report.
+
+While the load runs, a sampler thread counts the target's established connections to the backends
+(by the pids holding the sockets, since idle balancers keep their own connections open meanwhile).
+"""
+
+import re
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from procs import count_owned, established_by_pid
+from targets import BACKEND_PORTS, DIRECT_TLS_PORT, HOST
+
+
+@dataclass
+class RoundResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    non_2xx: int
+    # Established target→backend connections seen at each mid-run sample.
+    backend_conns: list[int]
+    # Set when the tool failed or printed nothing we could read.
+    problem: str | None = None
+
+
+def url(target, scheme: str, path: str) -> str:
+    port = target.https_port if scheme == "https" else target.http_port
+    return f"{scheme}://{HOST}:{port}{path}"
+
+
+def run_round(tool: str, target, scenario, duration: int, log: Path) -> RoundResult:
+    scheme = "https" if scenario.https else "http"
+    target_url = url(target, scheme, scenario.path)
+    if tool == "wrk":
+        argv = ["wrk", "-t2", f"-c{scenario.conns}", f"-d{duration}s", "--latency", "--timeout", "5s"]
+        if scenario.script:
+            argv += ["-s", str(scenario.script)]
+        argv.append(target_url)
+    else:
+        # h2load: `conns` connections, each with up to `streams` concurrent streams; per-request
+        # times go to a log file because h2load itself prints no percentiles.
+        latency_log = log.with_suffix(".latency")
+        argv = ["h2load", f"-c{scenario.conns}", f"-m{scenario.streams}", "-t2", f"-D{duration}",
+                f"--log-file={latency_log}", target_url]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    owners = target.pids() or {proc.pid}
+    samples: list[int] = []
+    sampler = threading.Thread(target=_sample_backend_conns, args=(owners, duration, samples, proc))
+    sampler.start()
+    try:
+        output, _ = proc.communicate(timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+    sampler.join()
+    log.write_text(" ".join(argv) + "\n" + output)
+    result = parse_wrk(output) if tool == "wrk" else parse_h2load(output, log.with_suffix(".latency"))
+    result.backend_conns = samples
+    if proc.returncode != 0 and not result.problem:
+        result.problem = f"{tool} exited {proc.returncode}"
+    return result
+
+
+def _sample_backend_conns(owners: set[int], duration: int, samples: list[int], proc) -> None:
+    # A quarter, half and three quarters into the run: after ramp-up, before wind-down.
+    ports = BACKEND_PORTS + [DIRECT_TLS_PORT]
+    waited = 0.0
+    for fraction in (0.25, 0.5, 0.75):
+        pause = duration * fraction - waited
+        waited += pause
+        try:
+            proc.wait(timeout=pause)
+            return  # the load already ended; a sample now would not be mid-run
+        except subprocess.TimeoutExpired:
+            pass
+        samples.append(count_owned(established_by_pid(ports), owners))
+
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _duration_ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)([a-z]+)", text).groups()
+    return float(number) * _UNIT_MS[unit]
+
+
+def parse_wrk(output: str) -> RoundResult:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
+    if not (rps and p50 and p99):
+        return RoundResult(0, 0, 0, 0, 0, [], problem="wrk printed no result: " + output.strip()[-300:])
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return RoundResult(
+        rps=float(rps.group(1)),
+        p50_ms=_duration_ms(p50.group(1)),
+        p99_ms=_duration_ms(p99.group(1)),
+        errors=sum(int(n) for n in errors.groups()) if errors else 0,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        backend_conns=[],
+    )
+
+
+def parse_h2load(output: str, latency_log: Path) -> RoundResult:
+    rps = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", output)
+    requests = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                         r"(\d+) errored, (\d+) timeout", output)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
+    if not (rps and requests and codes):
+        return RoundResult(0, 0, 0, 0, 0, [], problem="h2load printed no result: " + output.strip()[-300:])
+    micros = []
+    if latency_log.exists():
+        # Columns: start time (µs since epoch), status code, µs until the response ended.
+        for line in latency_log.read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 3:
+                micros.append(int(fields[2]))
+        latency_log.unlink()
+    micros.sort()
+    _done, _ok, failed, errored, timeout = (int(n) for n in requests.groups())
+    _2xx, c3, c4, c5 = (int(n) for n in codes.groups())
+    problem = None if micros else "h2load wrote no per-request times"
+    if "No protocol negotiated" in output:
+        problem = "server did not negotiate h2"
+    return RoundResult(
+        rps=float(rps.group(1)),
+        p50_ms=percentile(micros, 50) / 1000,
+        p99_ms=percentile(micros, 99) / 1000,
+        errors=failed + errored + timeout,
+        non_2xx=c3 + c4 + c5,
+        backend_conns=[],
+        problem=problem,
+    )
+
+
+def percentile(sorted_values: list[int], pct: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(pct / 100 * len(sorted_values)) - 1))
+    return float(sorted_values[index])

@@ -1,0 +1,135 @@
+"""Processes the bench starts, and what it reads about them from /proc and `ss`.
+
+Every server runs in its own session (process group), so stopping it also stops the workers it
+forked (nginx), and nothing the bench started outlives it: `Processes.stop_all` runs on every exit
+path, and `bench/out/pids` lists the groups still running for run.sh's EXIT trap as a backstop.
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+class Processes:
+    """The servers this run started, stopped together at the end."""
+
+    def __init__(self, pid_file: Path):
+        self.pid_file = pid_file
+        self.running: dict[str, subprocess.Popen] = {}
+        self.pid_file.write_text("")
+
+    def start(self, name: str, argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        self.running[name] = proc
+        self._write_pid_file()
+        return proc
+
+    def stop_all(self) -> None:
+        self.stop(list(self.running))
+
+    def stop(self, names: list[str]) -> None:
+        """Stop these servers and every process in their groups; wait until they are gone."""
+        stopping = [self.running.pop(name) for name in names if name in self.running]
+        for proc in stopping:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for proc in stopping:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            # The group may still hold a worker whose parent already exited.
+            _signal_group(proc, signal.SIGKILL)
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+        self._write_pid_file()
+
+    def _write_pid_file(self) -> None:
+        self.pid_file.write_text("".join(f"{p.pid}\n" for p in self.running.values()))
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    # The group id is the leader's pid (start_new_session); it names only what this run started.
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_listening(port: int, proc: subprocess.Popen, log: Path, timeout: float = 15.0) -> None:
+    """Return once 127.0.0.1:port accepts connections; raise with the log's tail if it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} (exit code {proc.poll()}); log {log}:\n{tail}")
+
+
+def process_tree(root_pid: int) -> set[int]:
+    """The root and its direct children: nginx's master and workers, or a single process."""
+    pids = {root_pid}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        # Field 4 (ppid) follows the parenthesised command name, which may itself hold spaces.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == root_pid:
+            pids.add(int(entry.name))
+    return pids
+
+
+def rss_kib(pids: set[int]) -> int:
+    """Resident memory summed over the processes, in KiB (VmRSS)."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+_PID = re.compile(r"pid=(\d+)")
+
+
+def established_by_pid(ports: list[int]) -> list[set[int]]:
+    """For each established TCP connection to one of `ports`, the pids that hold its socket."""
+    expr = " or ".join(f"dport = :{p}" for p in ports)
+    out = subprocess.run(
+        ["ss", "-Htnp", "state", "established", f"( {expr} )"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    ).stdout
+    return [{int(pid) for pid in _PID.findall(line)} for line in out.splitlines() if line.strip()]
+
+
+def count_owned(connections: list[set[int]], owners: set[int]) -> int:
+    return sum(1 for holders in connections if holders & owners)
+

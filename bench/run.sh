@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Entry point of `make bench`: installs the load generators and the peers when they are missing,
+# then runs bench/bench.py (settings: see the top of bench.py, e.g. BENCH_DURATION=2 BENCH_ROUNDS=1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v ss >/dev/null || missing+=(iproute2)
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# 8,000 idle client connections plus the servers' own sockets.
+ulimit -n 20000
+
+out=${BENCH_OUT:-bench/out}
+mkdir -p "$out"
+
+# Backstop: bench.py stops what it started on every exit path; if it was killed outright, the
+# process groups it left are listed in $out/pids.
+cleanup() {
+    if [[ -f "$out/pids" ]]; then
+        while read -r pid; do
+            [[ -n "$pid" ]] && kill -KILL -- "-$pid" 2>/dev/null || true
+        done <"$out/pids"
+        : >"$out/pids"
+    fi
+}
+trap cleanup EXIT
+
+PYTHONDONTWRITEBYTECODE=1 python3 bench/bench.py

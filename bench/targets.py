@@ -1,0 +1,361 @@
+"""The sides of the comparison: three nginx static backends and the balancers in front of them.
+
+Ports, pool sizes and thread counts live here once; every config file the bench writes is derived
+from these constants, so the balancers cannot drift apart in what they are asked to do.
+"""
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from procs import Processes, process_tree, wait_listening
+
+HOST = "127.0.0.1"
+BACKEND_PORTS = [19001, 19002, 19003]
+# Backend 1 also speaks TLS (with HTTP/2) so the HTTPS scenarios have a no-balancer baseline.
+DIRECT_TLS_PORT = 19101
+# Connections per backend for every bounded balancer (Juggler's pool, nginx max_conns, HAProxy maxconn).
+POOL_PER_BACKEND = 8
+# Every balancer gets the same parallelism: 2 nginx workers, 2 HAProxy threads, 2 Juggler threads.
+WORKERS = 2
+OPEN_FILES = 20000
+
+SMALL_BODY = b"hello world\n"  # 12 bytes
+BIG_BODY_SIZE = 64 * 1024
+
+
+@dataclass
+class Target:
+    """One thing the load generator is pointed at."""
+
+    name: str
+    letter: str
+    http_port: int
+    https_port: int
+    # Set once started; None for `direct`, whose backend connections belong to the load generator.
+    pid: int | None = None
+    # Why the target is missing from this run, if it is.
+    skipped: str | None = None
+
+    # For `direct`: backend 1's nginx, whose memory the idle scenario reads.
+    server_pid: int | None = None
+
+    def pids(self) -> set[int]:
+        return process_tree(self.pid) if self.pid else set()
+
+    def server_pids(self) -> set[int]:
+        return process_tree(self.server_pid) if self.server_pid else set()
+
+
+def all_targets() -> list[Target]:
+    return [
+        Target("direct", "A", BACKEND_PORTS[0], DIRECT_TLS_PORT),
+        Target("juggler", "B", 18080, 18443),
+        Target("nginx", "C", 18081, 18444),
+        Target("nginx-maxconns", "D", 18082, 18445),
+        Target("haproxy", "E", 18083, 18446),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends
+
+
+def write_backend_files(www: Path) -> None:
+    www.mkdir(parents=True, exist_ok=True)
+    (www / "small.txt").write_bytes(SMALL_BODY)
+    # Deterministic, incompressible-looking bytes; content does not matter, only the size.
+    (www / "64k.bin").write_bytes(bytes((i * 131 + 7) % 256 for i in range(BIG_BODY_SIZE)))
+
+
+def _nginx_main(workdir: Path, workers: int) -> str:
+    # daemon off: the bench owns the master process and stops it; error_log inside bench/out.
+    return f"""daemon off;
+master_process on;
+worker_processes {workers};
+worker_rlimit_nofile {OPEN_FILES};
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections {OPEN_FILES}; }}
+"""
+
+
+def _nginx_http_common(workdir: Path) -> str:
+    # Keep-alive limits raised so no side pays for reconnects the others do not make:
+    # nginx closes a keep-alive connection after 1000 requests by default.
+    return f"""    access_log off;
+    default_type application/octet-stream;
+    sendfile on;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {workdir}/client_body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+"""
+
+
+def backend_conf(workdir: Path, www: Path, port: int, certs: "Certs | None") -> str:
+    tls = ""
+    if certs and port == BACKEND_PORTS[0]:
+        tls = f"""        listen {HOST}:{DIRECT_TLS_PORT} ssl http2;
+        ssl_certificate {certs.crt};
+        ssl_certificate_key {certs.key};
+"""
+    # `return` makes nginx read and discard the POST body before it answers, so the connection
+    # stays usable for the next request (checked by the bench's self-test).
+    return _nginx_main(workdir, 1) + f"""http {{
+{_nginx_http_common(workdir)}
+    server {{
+        listen {HOST}:{port} backlog=4096;
+{tls}        root {www};
+        location = /post {{
+            client_max_body_size 1m;
+            client_body_buffer_size 64k;
+            return 200 "ok\\n";
+        }}
+    }}
+}}
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# nginx as the balancer
+
+
+def nginx_balancer_conf(workdir: Path, target: Target, certs: "Certs | None", max_conns: bool) -> str:
+    if max_conns:
+        # zone: the max_conns bound is shared by both workers instead of applying per worker.
+        servers = "".join(f"        server {HOST}:{p} max_conns={POOL_PER_BACKEND};\n" for p in BACKEND_PORTS)
+        pool = f"        zone bench 64k;\n        keepalive {POOL_PER_BACKEND};\n"
+    else:
+        servers = "".join(f"        server {HOST}:{p};\n" for p in BACKEND_PORTS)
+        # Far above any scenario's concurrency: effectively unbounded keep-alive to the backends.
+        pool = "        keepalive 4096;\n"
+    tls = ""
+    if certs:
+        tls = f"""        listen {HOST}:{target.https_port} ssl http2 backlog=4096;
+        ssl_certificate {certs.crt};
+        ssl_certificate_key {certs.key};
+"""
+    return _nginx_main(workdir, WORKERS) + f"""http {{
+{_nginx_http_common(workdir)}
+    upstream bench {{
+{servers}{pool}        keepalive_requests 1000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen {HOST}:{target.http_port} backlog=4096;
+{tls}        client_max_body_size 1m;
+        client_body_buffer_size 64k;
+        location / {{
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# HAProxy
+
+
+# HAProxy asks for two descriptors per connection (client and server side) and refuses to start
+# if the open-file limit cannot cover that; 9,000 holds the 8,000 idle clients within 20,000.
+HAPROXY_MAXCONN = 9000
+
+
+def haproxy_conf(target: Target, certs: "Certs | None") -> str:
+    tls = ""
+    if certs:
+        tls = f"    bind {HOST}:{target.https_port} ssl crt {certs.combined} alpn h2,http/1.1\n"
+    servers = "".join(
+        f"    server s{i + 1} {HOST}:{p} maxconn {POOL_PER_BACKEND}\n" for i, p in enumerate(BACKEND_PORTS)
+    )
+    return f"""global
+    nbthread {WORKERS}
+    maxconn {HAPROXY_MAXCONN}
+    tune.ssl.default-dh-param 2048
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 300s
+    timeout server 60s
+    timeout http-keep-alive 300s
+    timeout queue 10s
+
+frontend bench
+    bind {HOST}:{target.http_port} backlog 4096
+{tls}    maxconn {HAPROXY_MAXCONN}
+    default_backend bench
+
+backend bench
+    balance roundrobin
+{servers}"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Juggler
+
+
+def juggler_config(certs: "Certs | None", target: Target) -> tuple[str, str]:
+    """(load_balancer.toml, routes.toml) for a Juggler built for these backends."""
+    tls = ""
+    if certs:
+        tls = f"""https = "{HOST}:{target.https_port}"
+tls = "on"
+tls_cert = "{certs.crt}"
+tls_key = "{certs.key}"
+"""
+    servers = ", ".join(f'"{HOST}:{p}"' for p in BACKEND_PORTS)
+    lb = f"""# Written by bench/targets.py for `make bench`; edit the constants there, not this file.
+[listen]
+http = "{HOST}:{target.http_port}"
+{tls}
+[queue]
+max_queued_per_server = 4096
+timeout = "10s"
+
+[proxy]
+worker_threads = {WORKERS}
+
+[upstreams.bench]
+connections_per_server = {POOL_PER_BACKEND}
+servers = [{servers}]
+"""
+    routes = """# Written by bench/targets.py for `make bench`.
+[[route]]
+methods = "*"
+paths = ["/*"]
+upstream = "bench"
+"""
+    return lb, routes
+
+
+def build_juggler(repo: Path, out: Path, certs: "Certs | None", target: Target) -> str | None:
+    """Compile Juggler with the bench's config baked in; return why not if it cannot be built."""
+    config_dir = out / "juggler_config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    lb, routes = juggler_config(certs, target)
+    (config_dir / "load_balancer.toml").write_text(lb)
+    (out / "routes.toml").write_text(routes)
+    binary = out / "juggler"
+    if os.environ.get("BENCH_SKIP_BUILD") == "1":
+        return None if binary.exists() else f"BENCH_SKIP_BUILD=1 but {binary} does not exist"
+    if not shutil.which("cargo"):
+        return "cargo is not installed"
+    env = dict(os.environ, JUGGLER_CONFIG=str(config_dir), JUGGLER_ROUTES=str(out / "routes.toml"))
+    log = out / "juggler-build.log"
+    print(f"building Juggler (cargo build --release --bin juggler; log: {log}) ...", flush=True)
+    with open(log, "wb") as sink:
+        built = subprocess.run(
+            ["cargo", "build", "--release", "--bin", "juggler"], cwd=repo, env=env, stdout=sink, stderr=sink
+        )
+    if built.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        return f"cargo build failed (exit {built.returncode}):\n{tail}"
+    target_dir = Path(os.environ.get("CARGO_TARGET_DIR", repo / "target"))
+    shutil.copy2(target_dir / "release" / "juggler", binary)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Certificates
+
+
+@dataclass
+class Certs:
+    crt: Path
+    key: Path
+    # HAProxy wants certificate and key in one file.
+    combined: Path
+
+
+def make_certs(repo: Path, out: Path) -> tuple["Certs | None", str | None]:
+    """A self-signed certificate for every TLS listener: Juggler's own ssl_cert tool, else openssl."""
+    certs_dir = out / "certs"
+    crt, key = certs_dir / "server.crt", certs_dir / "server.key"
+    if not (crt.exists() and key.exists()):
+        certs_dir.mkdir(parents=True, exist_ok=True)
+        log = out / "certs.log"
+        made = False
+        if shutil.which("cargo") and (repo / "src/bin/ssl_cert.rs").exists():
+            with open(log, "wb") as sink:
+                made = subprocess.run(
+                    ["cargo", "run", "--release", "--bin", "ssl_cert", "--", "--dir", str(certs_dir), "--force"],
+                    cwd=repo,
+                    stdout=sink,
+                    stderr=sink,
+                ).returncode == 0
+        if not made and shutil.which("openssl"):
+            with open(log, "ab") as sink:
+                made = subprocess.run(
+                    ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                     "-nodes", "-days", "30", "-subj", "/CN=localhost",
+                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                     "-keyout", str(key), "-out", str(crt)],
+                    stdout=sink,
+                    stderr=sink,
+                ).returncode == 0
+        if not made:
+            return None, f"no certificate: ssl_cert failed and openssl is missing or failed (see {log})"
+    combined = certs_dir / "combined.pem"
+    combined.write_bytes(crt.read_bytes() + key.read_bytes())
+    return Certs(crt, key, combined), None
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting everything
+
+
+def start_backends(procs: Processes, out: Path, certs: "Certs | None") -> int:
+    """Start the three backends; return backend 1's pid (the `direct` target's server)."""
+    www = out / "www"
+    write_backend_files(www)
+    pids = []
+    for port in BACKEND_PORTS:
+        workdir = out / f"backend-{port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        conf = workdir / "nginx.conf"
+        conf.write_text(backend_conf(workdir, www, port, certs))
+        log = workdir / "stderr.log"
+        proc = procs.start(f"backend-{port}", ["nginx", "-p", str(workdir), "-e", str(workdir / "error.log"),
+                                               "-c", str(conf)], log)
+        wait_listening(port, proc, log)
+        pids.append(proc.pid)
+    return pids[0]
+
+
+def start_target(procs: Processes, out: Path, target: Target, certs: "Certs | None") -> None:
+    """Write the target's config, start it, and wait until its HTTP listener accepts."""
+    workdir = out / target.name
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "stderr.log"
+    if target.name == "direct":
+        return
+    if target.name in ("nginx", "nginx-maxconns"):
+        conf = workdir / "nginx.conf"
+        conf.write_text(nginx_balancer_conf(workdir, target, certs, max_conns=target.name == "nginx-maxconns"))
+        argv = ["nginx", "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)]
+        proc = procs.start(target.name, argv, log)
+    elif target.name == "haproxy":
+        conf = workdir / "haproxy.cfg"
+        conf.write_text(haproxy_conf(target, certs))
+        proc = procs.start(target.name, ["haproxy", "-db", "-f", str(conf)], log)
+    elif target.name == "juggler":
+        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+        proc = procs.start(target.name, [str(out / "juggler")], log, env=env)
+    else:
+        raise ValueError(target.name)
+    wait_listening(target.http_port, proc, log)
+    if certs:
+        wait_listening(target.https_port, proc, log)
+    target.pid = proc.pid
