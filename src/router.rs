@@ -153,7 +153,11 @@ mod tests {
     use super::*;
 
     const WILD: PathPattern = PathPattern {
-        segments: &[Segment::Literal("wild"), Segment::Any, Segment::Literal("hello")],
+        segments: &[
+            Segment::Literal("wild"),
+            Segment::Any,
+            Segment::Literal("hello"),
+        ],
         prefix: true,
     };
     const STATIC: PathPattern = PathPattern {

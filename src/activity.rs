@@ -1,0 +1,219 @@
+//! What a plain HTTP/1.1 client connection is doing, as far as its timers need to know: idle
+//! between requests, part-way through sending a request head, or waiting for a response.
+//!
+//! hyper's own header timeout closes a slow client without an answer, and cannot tell an idle
+//! keep-alive connection from one trickling a request head (slowloris). The connection task reads
+//! these counters instead, so a slow head gets `408` and an idle connection is closed quietly.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// Shared by the connection's IO wrapper (which sees bytes arrive), its requests (which see a
+/// request start and its response end) and the connection task (which enforces the timeouts).
+#[derive(Debug)]
+pub struct ConnActivity {
+    epoch: Instant,
+    /// Requests whose response has not been fully handed to hyper yet.
+    in_flight: AtomicU32,
+    /// When the connection last went idle (milliseconds since `epoch`).
+    idle_since_ms: AtomicU64,
+    /// When the first byte of the next request head arrived, plus one; 0 while none has.
+    head_started_ms: AtomicU64,
+}
+
+/// What the connection task should do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing is overdue; look again at this instant.
+    CheckAt(Instant),
+    /// A request head has been arriving for longer than the header timeout: answer 408 and close.
+    HeadTooSlow,
+    /// No request for longer than the idle timeout: close quietly.
+    IdleTooLong,
+}
+
+impl ConnActivity {
+    pub fn new() -> Arc<ConnActivity> {
+        Arc::new(ConnActivity {
+            epoch: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn instant_at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
+    /// Called by the IO wrapper whenever bytes arrive.
+    fn bytes_arrived(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started_ms.load(Ordering::Relaxed) == 0
+        {
+            self.head_started_ms
+                .store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Called when hyper hands over a complete request head; the returned guard ends the request
+    /// when dropped (with the response body, once hyper has written it).
+    pub fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_started_ms.store(0, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Decides, at `now`, whether a timeout has run out.
+    pub fn verdict(&self, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
+        let now = self.now_ms();
+        // Look again at least this often: a request head may start at any moment while idle.
+        let soon = self.instant_at(now) + (header_timeout / 2).max(Duration::from_millis(10));
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Verdict::CheckAt(soon);
+        }
+        let head_started = self.head_started_ms.load(Ordering::Relaxed);
+        if head_started != 0 {
+            let deadline = head_started - 1 + header_timeout.as_millis() as u64;
+            return if now >= deadline {
+                Verdict::HeadTooSlow
+            } else {
+                Verdict::CheckAt(self.instant_at(deadline))
+            };
+        }
+        let deadline = self.idle_since_ms.load(Ordering::Relaxed) + idle_timeout.as_millis() as u64;
+        if now >= deadline {
+            Verdict::IdleTooLong
+        } else {
+            Verdict::CheckAt(self.instant_at(deadline).min(soon))
+        }
+    }
+}
+
+/// A request in progress on a connection; dropping it marks the response finished.
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnActivity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity
+            .idle_since_ms
+            .store(activity.now_ms(), Ordering::Relaxed);
+        activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The client stream, reporting arriving bytes to its [`ConnActivity`].
+#[derive(Debug)]
+pub struct WatchedIo<S> {
+    inner: S,
+    activity: Arc<ConnActivity>,
+}
+
+impl<S> WatchedIo<S> {
+    pub fn new(inner: S, activity: Arc<ConnActivity>) -> WatchedIo<S> {
+        WatchedIo { inner, activity }
+    }
+
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.bytes_arrived();
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_then_slow_head_then_request() {
+        let header = Duration::from_secs(10);
+        let idle = Duration::from_secs(60);
+        let activity = ConnActivity::new();
+        assert!(matches!(
+            activity.verdict(header, idle),
+            Verdict::CheckAt(_)
+        ));
+
+        tokio::time::advance(Duration::from_secs(30)).await;
+        activity.bytes_arrived();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(matches!(
+            activity.verdict(header, idle),
+            Verdict::CheckAt(_)
+        ));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(activity.verdict(header, idle), Verdict::HeadTooSlow);
+
+        let request = activity.request_started();
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert!(matches!(
+            activity.verdict(header, idle),
+            Verdict::CheckAt(_)
+        ));
+        drop(request);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(matches!(
+            activity.verdict(header, idle),
+            Verdict::CheckAt(_)
+        ));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(activity.verdict(header, idle), Verdict::IdleTooLong);
+    }
+}

@@ -1,0 +1,487 @@
+//! One pooled HTTP/1.1 connection to a backend, and the exchange of one request on it.
+//!
+//! Juggler speaks to backends itself instead of through a general HTTP client: the client's task
+//! writes the request and reads the response straight off the socket (no task hop per request), it
+//! knows exactly whether any response byte has arrived (which decides whether a retry is safe), and
+//! response bodies come out as zero-copy slices of the read buffer.
+
+use std::future::poll_fn;
+use std::io;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::chunked::{ChunkedDecoder, Decoded};
+
+/// The largest response head accepted from a backend.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// The most response header fields accepted from a backend.
+const MAX_RESPONSE_HEADERS: usize = 128;
+/// How much the read buffer grows by per read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// An open keep-alive connection to one backend.
+#[derive(Debug)]
+pub struct BackendConn {
+    stream: TcpStream,
+    read_buf: BytesMut,
+    /// Requests this connection has carried. A failure before any response byte on a connection
+    /// that has carried one is the keep-alive race (the backend closed it as idle just as it was
+    /// reused), which makes re-sending safe for idempotent requests.
+    requests: u64,
+    /// Set when the backend announced `Keep-Alive: timeout=N`: the connection is retired before the
+    /// backend would close it under us.
+    retire_at: Option<Instant>,
+}
+
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// No length and not chunked: the body runs until the backend closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection may carry another request after this response.
+    pub keep_alive: bool,
+}
+
+/// Why reading a response head failed, split by whether the backend had started answering.
+#[derive(Debug)]
+pub enum HeadError {
+    /// Not a single response byte arrived: EOF or reset before the status line.
+    NothingReceived(io::Error),
+    /// Something arrived but it was not a valid response head.
+    Invalid(&'static str),
+    /// The connection failed part-way through the head.
+    Io(io::Error),
+}
+
+/// Why reading a response body failed.
+#[derive(Debug)]
+pub enum BodyError {
+    Truncated,
+    Invalid(&'static str),
+    Io(io::Error),
+}
+
+impl BackendConn {
+    /// Opens a connection with `TCP_NODELAY` (requests and responses are small, complete writes that
+    /// Nagle's algorithm would only delay).
+    pub async fn connect(address: &str, timeout: Duration) -> io::Result<BackendConn> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        Ok(BackendConn {
+            stream,
+            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            requests: 0,
+            retire_at: None,
+        })
+    }
+
+    pub fn is_reused(&self) -> bool {
+        self.requests > 0
+    }
+
+    /// Whether this idle connection can carry another request: not past its retirement, and not
+    /// closed by the backend while it sat in the pool. The check costs no system call in the common
+    /// case: tokio only reads when the socket has been reported readable, which an idle connection
+    /// is only when the backend closed it (or sent stray bytes, which also disqualifies it).
+    pub fn is_usable(&mut self) -> bool {
+        if self.retire_at.is_some_and(|at| Instant::now() >= at) {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Writes one complete request (head, with the body appended when small, then any body).
+    pub async fn write_request(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
+        self.requests += 1;
+        self.stream.write_all(head).await?;
+        if !body.is_empty() {
+            self.stream.write_all(body).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the final response head, skipping `1xx` interim responses.
+    pub async fn read_head(&mut self, request_was_head: bool) -> Result<ResponseHead, HeadError> {
+        let mut received_any = false;
+        loop {
+            if let Some(head) = self.parse_head(request_was_head)? {
+                return Ok(head);
+            }
+            if self.read_buf.len() >= MAX_RESPONSE_HEAD {
+                return Err(HeadError::Invalid("response head too large"));
+            }
+            let read = poll_fn(|cx| self.poll_fill(cx)).await;
+            match read {
+                Ok(0) if !received_any && self.read_buf.is_empty() => {
+                    return Err(HeadError::NothingReceived(
+                        io::ErrorKind::UnexpectedEof.into(),
+                    ))
+                }
+                Ok(0) => {
+                    return Err(HeadError::Invalid(
+                        "connection closed inside the response head",
+                    ))
+                }
+                Ok(_) => received_any = true,
+                Err(error) if !received_any && self.read_buf.is_empty() => {
+                    return Err(HeadError::NothingReceived(error))
+                }
+                Err(error) => return Err(HeadError::Io(error)),
+            }
+        }
+    }
+
+    /// Parses a complete head from the front of the read buffer, if one is there.
+    fn parse_head(&mut self, request_was_head: bool) -> Result<Option<ResponseHead>, HeadError> {
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+            let mut response = httparse::Response::new(&mut fields);
+            let head_len = match response.parse(&self.read_buf) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(HeadError::Invalid("too many response headers"))
+                }
+                Err(_) => return Err(HeadError::Invalid("malformed response head")),
+            };
+            let code = response.code.unwrap_or(0);
+            let status =
+                StatusCode::from_u16(code).map_err(|_| HeadError::Invalid("bad status code"))?;
+            if status.is_informational() {
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(HeadError::Invalid("unrequested protocol switch"));
+                }
+                // 100 Continue, 103 Early Hints: interim, the real response follows.
+                let _ = self.read_buf.split_to(head_len);
+                continue;
+            }
+            let version = if response.version == Some(0) {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
+            // Header values are sliced out of the frozen head rather than copied one by one.
+            let base = self.read_buf.as_ptr() as usize;
+            let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_RESPONSE_HEADERS];
+            let count = response.headers.len();
+            for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
+                let name_start = field.name.as_ptr() as usize - base;
+                let value_start = field.value.as_ptr() as usize - base;
+                *span = (name_start, field.name.len(), value_start, field.value.len());
+            }
+            let head_bytes = self.read_buf.split_to(head_len).freeze();
+            let mut headers = HeaderMap::with_capacity(count);
+            for &(name_start, name_len, value_start, value_len) in &spans[..count] {
+                let name = HeaderName::from_bytes(&head_bytes[name_start..name_start + name_len])
+                    .map_err(|_| HeadError::Invalid("bad response header name"))?;
+                let value = HeaderValue::from_maybe_shared(
+                    head_bytes.slice(value_start..value_start + value_len),
+                )
+                .map_err(|_| HeadError::Invalid("bad response header value"))?;
+                headers.append(name, value);
+            }
+            let framing = response_framing(status, &headers, request_was_head)?;
+            let keep_alive = keeps_alive(version, &headers) && framing != Framing::UntilClose;
+            self.note_keep_alive_timeout(&headers);
+            return Ok(Some(ResponseHead {
+                status,
+                version,
+                headers,
+                framing,
+                keep_alive,
+            }));
+        }
+    }
+
+    /// Honours `Keep-Alive: timeout=N`: the backend closes the connection after N idle seconds, so
+    /// it is retired a safety margin before that (half of N, at most one second) instead of racing.
+    fn note_keep_alive_timeout(&mut self, headers: &HeaderMap) {
+        let Some(seconds) = headers
+            .get("keep-alive")
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_keep_alive_timeout)
+        else {
+            return;
+        };
+        let timeout = Duration::from_secs(seconds);
+        let margin = (timeout / 2).min(Duration::from_secs(1));
+        self.retire_at = Some(Instant::now() + timeout - margin);
+    }
+
+    /// Reads a body of known length `len` whole, as one zero-copy buffer.
+    pub async fn read_exact_body(&mut self, len: usize) -> Result<Bytes, BodyError> {
+        while self.read_buf.len() < len {
+            self.read_buf.reserve(len - self.read_buf.len());
+            match poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(0) => return Err(BodyError::Truncated),
+                Ok(_) => {}
+                Err(error) => return Err(BodyError::Io(error)),
+            }
+        }
+        Ok(self.read_buf.split_to(len).freeze())
+    }
+
+    /// The next piece of a body, `None` at its end. Used for chunked and close-delimited bodies
+    /// and for bodies streamed to the client.
+    pub fn poll_body_chunk(
+        &mut self,
+        state: &mut BodyState,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, BodyError>> {
+        loop {
+            match state {
+                BodyState::Done => return Poll::Ready(Ok(None)),
+                BodyState::Length(remaining) => {
+                    if *remaining == 0 {
+                        *state = BodyState::Done;
+                        continue;
+                    }
+                    if !self.read_buf.is_empty() {
+                        let take = usize::try_from(*remaining)
+                            .unwrap_or(usize::MAX)
+                            .min(self.read_buf.len());
+                        *remaining -= take as u64;
+                        return Poll::Ready(Ok(Some(self.read_buf.split_to(take).freeze())));
+                    }
+                    if ready!(self.poll_fill(cx)).map_err(BodyError::Io)? == 0 {
+                        return Poll::Ready(Err(BodyError::Truncated));
+                    }
+                }
+                BodyState::Chunked(decoder) => match decoder.decode(&mut self.read_buf) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Ok(Some(data))),
+                    Ok(Decoded::Done) => *state = BodyState::Done,
+                    Ok(Decoded::NeedMore) => {
+                        if ready!(self.poll_fill(cx)).map_err(BodyError::Io)? == 0 {
+                            return Poll::Ready(Err(BodyError::Truncated));
+                        }
+                    }
+                    Err(error) => return Poll::Ready(Err(BodyError::Invalid(error.0))),
+                },
+                BodyState::UntilClose => {
+                    if !self.read_buf.is_empty() {
+                        return Poll::Ready(Ok(Some(self.read_buf.split().freeze())));
+                    }
+                    if ready!(self.poll_fill(cx)).map_err(BodyError::Io)? == 0 {
+                        *state = BodyState::Done;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the backend sent nothing beyond the response just read (anything more would be a
+    /// desynchronised stream, and the connection must not be reused).
+    pub fn finished_cleanly(&self) -> bool {
+        self.read_buf.is_empty()
+    }
+
+    /// Reads whatever the socket has into the read buffer; `Ok(0)` means the backend closed.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read_buf.capacity() - self.read_buf.len() < 1024 {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            match self.stream.try_read_buf(&mut self.read_buf) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+}
+
+/// Where a body being read stands.
+#[derive(Debug)]
+pub enum BodyState {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    Done,
+}
+
+impl BodyState {
+    pub fn new(framing: Framing) -> BodyState {
+        match framing {
+            Framing::Empty => BodyState::Done,
+            Framing::Length(len) => BodyState::Length(len),
+            Framing::Chunked => BodyState::Chunked(ChunkedDecoder::default()),
+            Framing::UntilClose => BodyState::UntilClose,
+        }
+    }
+}
+
+/// RFC 9112 §6.3: how the response body is delimited.
+fn response_framing(
+    status: StatusCode,
+    headers: &HeaderMap,
+    request_was_head: bool,
+) -> Result<Framing, HeadError> {
+    if request_was_head
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status.is_informational()
+    {
+        return Ok(Framing::Empty);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let last_coding = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .next_back()
+            .unwrap_or("");
+        return Ok(if last_coding.eq_ignore_ascii_case("chunked") {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for piece in value
+            .to_str()
+            .map_err(|_| HeadError::Invalid("bad Content-Length"))?
+            .split(',')
+        {
+            let parsed: u64 = piece
+                .trim()
+                .parse()
+                .map_err(|_| HeadError::Invalid("bad Content-Length"))?;
+            if length.is_some_and(|known| known != parsed) {
+                return Err(HeadError::Invalid("conflicting Content-Length values"));
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(len) => Framing::Length(len),
+        None => Framing::UntilClose,
+    })
+}
+
+/// Whether the backend lets the connection live on after this response.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let mut close = version == Version::HTTP_10;
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            if token.eq_ignore_ascii_case("close") {
+                return false;
+            }
+            if token.eq_ignore_ascii_case("keep-alive") {
+                close = false;
+            }
+        }
+    }
+    !close
+}
+
+/// `timeout=5, max=100` → `Some(5)`.
+fn parse_keep_alive_timeout(value: &str) -> Option<u64> {
+    value.split(',').find_map(|parameter| {
+        let (name, seconds) = parameter.split_once('=')?;
+        if name.trim().eq_ignore_ascii_case("timeout") {
+            seconds.trim().parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let ok = StatusCode::OK;
+        assert_eq!(
+            response_framing(ok, &headers(&[("content-length", "5")]), false).unwrap(),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            response_framing(ok, &headers(&[("content-length", "5")]), true).unwrap(),
+            Framing::Empty
+        );
+        assert_eq!(
+            response_framing(StatusCode::NOT_MODIFIED, &headers(&[]), false).unwrap(),
+            Framing::Empty
+        );
+        assert_eq!(
+            response_framing(
+                ok,
+                &headers(&[("transfer-encoding", "gzip, chunked")]),
+                false
+            )
+            .unwrap(),
+            Framing::Chunked
+        );
+        assert_eq!(
+            response_framing(ok, &headers(&[]), false).unwrap(),
+            Framing::UntilClose
+        );
+        assert!(response_framing(
+            ok,
+            &headers(&[("content-length", "5"), ("content-length", "6")]),
+            false
+        )
+        .is_err());
+        assert_eq!(
+            response_framing(ok, &headers(&[("content-length", "5, 5")]), false).unwrap(),
+            Framing::Length(5)
+        );
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        assert!(keeps_alive(Version::HTTP_11, &headers(&[])));
+        assert!(!keeps_alive(
+            Version::HTTP_11,
+            &headers(&[("connection", "Close")])
+        ));
+        assert!(!keeps_alive(Version::HTTP_10, &headers(&[])));
+        assert!(keeps_alive(
+            Version::HTTP_10,
+            &headers(&[("connection", "keep-alive")])
+        ));
+        assert_eq!(parse_keep_alive_timeout("timeout=5, max=100"), Some(5));
+        assert_eq!(parse_keep_alive_timeout("max=100"), None);
+    }
+}

@@ -1,0 +1,178 @@
+//! The one body type of every response Juggler sends: a buffered backend response, a body streamed
+//! from a pooled connection, or a short text of Juggler's own.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Sleep;
+
+use crate::activity::InFlight;
+use crate::backend_conn::{BodyError, BodyState};
+use crate::pool::PooledConn;
+
+/// A response body. `in_flight` is dropped with the body, when hyper has finished with it
+/// (written or abandoned): that is how a client connection learns its response is over.
+#[derive(Debug)]
+pub struct ProxyBody {
+    kind: Kind,
+    in_flight: Option<InFlight>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Full(Option<Bytes>),
+    Streaming(Box<StreamingBody>),
+}
+
+/// A response too large for the response buffer, read from the backend as the client takes it:
+/// the pooled connection stays checked out (and backpressure reaches the backend) until the end.
+#[derive(Debug)]
+pub struct StreamingBody {
+    /// `None` once the body ended: the slot went back to the pool at that moment.
+    slot: Option<PooledConn>,
+    state: BodyState,
+    /// Bytes already read while deciding the body is too large to buffer.
+    prefix: Option<Bytes>,
+    /// Whether the backend allows another request on the connection after this response.
+    keep_alive: bool,
+    /// Bytes still to come, when the backend sent a `Content-Length`.
+    remaining: Option<u64>,
+    /// A backend that stalls mid-body for this long ends the response (and the client connection).
+    stall_timeout: Duration,
+    stall: Pin<Box<Sleep>>,
+}
+
+impl ProxyBody {
+    pub fn full(bytes: Bytes) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Full(Some(bytes)),
+            in_flight: None,
+        }
+    }
+
+    pub fn empty() -> ProxyBody {
+        ProxyBody::full(Bytes::new())
+    }
+
+    pub fn streaming(body: StreamingBody) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Streaming(Box::new(body)),
+            in_flight: None,
+        }
+    }
+
+    /// Ends `request` when hyper is done with this body.
+    pub fn end_request_with(&mut self, request: Option<InFlight>) {
+        self.in_flight = request;
+    }
+}
+
+impl StreamingBody {
+    pub fn new(
+        slot: PooledConn,
+        state: BodyState,
+        prefix: Bytes,
+        keep_alive: bool,
+        remaining: Option<u64>,
+        stall_timeout: Duration,
+    ) -> StreamingBody {
+        StreamingBody {
+            slot: Some(slot),
+            state,
+            remaining: remaining.map(|rest| rest + prefix.len() as u64),
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            keep_alive,
+            stall_timeout,
+            stall: Box::pin(tokio::time::sleep(stall_timeout)),
+        }
+    }
+
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(prefix)));
+        }
+        let Some(slot) = self.slot.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match slot.conn().poll_body_chunk(&mut self.state, cx) {
+            Poll::Ready(Ok(Some(chunk))) => {
+                let deadline = tokio::time::Instant::now() + self.stall_timeout;
+                self.stall.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Ok(None)) => {
+                slot.response_complete(self.keep_alive);
+                self.slot = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(error)) => {
+                let backend = slot.backend().address;
+                tracing::warn!(backend, ?error, "backend response cut off while streaming");
+                self.slot = None;
+                Poll::Ready(Some(Err(body_error_to_io(error))))
+            }
+            Poll::Pending => {
+                if self.stall.as_mut().poll(cx).is_ready() {
+                    let backend = slot.backend().address;
+                    tracing::warn!(backend, "backend stalled while streaming a response");
+                    self.slot = None;
+                    return Poll::Ready(Some(Err(io::ErrorKind::TimedOut.into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+fn body_error_to_io(error: BodyError) -> io::Error {
+    match error {
+        BodyError::Truncated => io::ErrorKind::UnexpectedEof.into(),
+        BodyError::Invalid(reason) => io::Error::new(io::ErrorKind::InvalidData, reason),
+        BodyError::Io(error) => error,
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        match &mut this.kind {
+            Kind::Full(bytes) => Poll::Ready(
+                bytes
+                    .take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+            Kind::Streaming(body) => body
+                .poll_chunk(cx)
+                .map(|chunk| chunk.map(|result| result.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
+            Kind::Streaming(body) => body.slot.is_none() && body.prefix.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Streaming(body) => match body.remaining {
+                Some(remaining) => SizeHint::with_exact(remaining),
+                None => SizeHint::default(),
+            },
+        }
+    }
+}

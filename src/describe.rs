@@ -1,0 +1,92 @@
+//! The human-readable view of a compiled table, printed by `juggler --print-routes`.
+
+use std::fmt::Write;
+
+use crate::table::{RouteTable, TlsMode};
+
+/// Describes listeners, upstreams with their servers and pool sizes, and routes in priority order.
+pub fn describe(table: &RouteTable) -> String {
+    let mut out = String::new();
+    let settings = &table.settings;
+    let _ = writeln!(
+        out,
+        "Juggler route table (config {}, built from {})",
+        table.config_hash,
+        table.sources.join(", ")
+    );
+    let listen = &settings.listen;
+    let _ = writeln!(out, "listen:");
+    let _ = writeln!(out, "  http   {}", listen.http.unwrap_or("off"));
+    let tls = match listen.tls {
+        TlsMode::Off => "off",
+        TlsMode::Auto => "auto: on when the certificate and key exist",
+        TlsMode::On => "on",
+    };
+    let _ = writeln!(
+        out,
+        "  https  {} (tls {tls}; cert {}, key {})",
+        listen.https.unwrap_or("off"),
+        listen.tls_cert,
+        listen.tls_key
+    );
+    for upstream in table.upstreams {
+        let total: usize = upstream
+            .backends
+            .iter()
+            .map(|&id| table.backend(id).pool_size)
+            .sum();
+        let _ = writeln!(
+            out,
+            "upstream {}: {} servers, {} backend connections in all",
+            upstream.name,
+            upstream.backends.len(),
+            total
+        );
+        for &id in upstream.backends {
+            let backend = table.backend(id);
+            let _ = writeln!(out, "  {:<24} pool {}", backend.address, backend.pool_size);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "routes (exact paths first, then wildcards in this order):"
+    );
+    for (index, route) in table.routes.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  {}. {:?} {} -> {}{}  ({})",
+            index + 1,
+            route.methods,
+            route.paths.join(" "),
+            table.upstream(route.upstream).name,
+            if route.retry_non_idempotent {
+                " [retry_non_idempotent]"
+            } else {
+                ""
+            },
+            route.source
+        );
+    }
+    let queue = &settings.queue;
+    let _ = writeln!(
+        out,
+        "queue: {} per server, timeout {:?}",
+        queue.max_queued_per_server, queue.timeout
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_table_lists_servers_and_pool_sizes() {
+        let text = describe(&crate::distributer::TABLE);
+        println!("{text}");
+        for backend in crate::distributer::TABLE.backends {
+            assert!(text.contains(backend.address));
+        }
+        assert!(text.contains("routes"));
+    }
+}

@@ -1,0 +1,212 @@
+//! Header rewriting between the two hops: what is removed, what is added, and how the request head
+//! going to a backend is written.
+//!
+//! Everything end-to-end passes unchanged; hop-by-hop headers (RFC 9110 §7.6.1) belong to one
+//! connection and are dropped on both legs. Framing headers are dropped too because Juggler re-frames
+//! every request body with `Content-Length` and hyper frames every response it sends.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::Method;
+
+/// Headers that never cross Juggler, besides those the `Connection` header names.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    // Juggler already read the whole body, so the client's expectation has been met here.
+    header::EXPECT,
+];
+
+/// Removes hop-by-hop headers, and every header the `Connection` header names, in place.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Whether the client asked to switch protocols (WebSocket and the like), which Juggler refuses.
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+}
+
+/// Where the request came from, for the opt-in `X-Forwarded-*` headers.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub ip: IpAddr,
+    pub https: bool,
+}
+
+/// Writes the HTTP/1.1 request head for a backend into `out`: the request line, every end-to-end
+/// header in the order hyper keeps them, `Host` (taken from the URI for HTTP/2 clients, which send
+/// `:authority` instead), `Content-Length` and `Connection: keep-alive`.
+pub fn encode_request_head(
+    parts: &Parts,
+    body_len: usize,
+    forwarded: Option<ClientInfo>,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|path| path.as_str())
+        .unwrap_or("/");
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            write_header(out, b"host", authority.as_str().as_bytes());
+        }
+    }
+    let mut forwarded_for_written = false;
+    for (name, value) in &parts.headers {
+        if *name == header::CONTENT_LENGTH {
+            continue;
+        }
+        if let (Some(client), true) = (forwarded, *name == X_FORWARDED_FOR) {
+            if !forwarded_for_written {
+                forwarded_for_written = true;
+                let chain = join_forwarded_for(&parts.headers, client.ip);
+                write_header(out, name.as_str().as_bytes(), chain.as_bytes());
+            }
+            continue;
+        }
+        if forwarded.is_some() && *name == X_FORWARDED_PROTO {
+            continue;
+        }
+        write_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(client) = forwarded {
+        if !forwarded_for_written {
+            write_header(out, b"x-forwarded-for", client.ip.to_string().as_bytes());
+        }
+        let proto: &[u8] = if client.https { b"https" } else { b"http" };
+        write_header(out, b"x-forwarded-proto", proto);
+    }
+    if body_len > 0 || method_implies_body(&parts.method) {
+        let mut digits = itoa::Buffer::new();
+        write_header(out, b"content-length", digits.format(body_len).as_bytes());
+    }
+    out.extend_from_slice(b"connection: keep-alive\r\n\r\n");
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The client's existing `X-Forwarded-For` chain (all values, in order) with its address appended.
+fn join_forwarded_for(headers: &HeaderMap, client: IpAddr) -> String {
+    let mut chain = String::new();
+    for value in headers.get_all(X_FORWARDED_FOR) {
+        if let Ok(value) = value.to_str() {
+            chain.push_str(value);
+            chain.push_str(", ");
+        }
+    }
+    chain.push_str(&client.to_string());
+    chain
+}
+
+/// Methods whose requests carry a body by definition: an empty one still gets `Content-Length: 0`,
+/// which some servers insist on (RFC 9110 §8.6).
+fn method_implies_body(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `Retry-After` for `503`s: one second is long enough for a pooled connection to free up.
+pub const RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("1");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn parts(request: Request<()>) -> Parts {
+        request.into_parts().0
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["x-kept"], "yes");
+    }
+
+    #[test]
+    fn request_head_keeps_headers_and_sets_framing() {
+        let request = Request::post("http://example.test/a/b?c=1")
+            .header("host", "example.test")
+            .header("x-dup", "1")
+            .header("x-dup", "2")
+            .header("content-length", "999")
+            .body(())
+            .unwrap();
+        let mut out = Vec::new();
+        encode_request_head(&parts(request), 12, None, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "POST /a/b?c=1 HTTP/1.1\r\nhost: example.test\r\nx-dup: 1\r\nx-dup: 2\r\n\
+             content-length: 12\r\nconnection: keep-alive\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn http2_authority_becomes_host_and_forwarded_headers_are_opt_in() {
+        let request = Request::get("https://example.test/x")
+            .header("x-forwarded-for", "10.0.0.1")
+            .body(())
+            .unwrap();
+        let client = ClientInfo {
+            ip: "127.0.0.1".parse().unwrap(),
+            https: true,
+        };
+        let mut out = Vec::new();
+        encode_request_head(&parts(request), 0, Some(client), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "GET /x HTTP/1.1\r\nhost: example.test\r\nx-forwarded-for: 10.0.0.1, 127.0.0.1\r\n\
+             x-forwarded-proto: https\r\nconnection: keep-alive\r\n\r\n"
+        );
+    }
+}

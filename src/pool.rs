@@ -1,0 +1,334 @@
+//! The fixed pool of keep-alive connections to one backend, and its request queue.
+//!
+//! A pool has `n` slots (`connections_per_server`), modelled as the permits of a semaphore. A
+//! request takes a slot, uses the slot's connection (opening it if the slot is empty) and gives the
+//! slot back with the connection still open. Because a connection is only ever opened by the holder
+//! of a slot, a backend never sees more than `n` connections from Juggler, not even briefly.
+//! Requests that find every slot busy wait on the semaphore, whose waiters are served first come,
+//! first served: that wait list *is* the bounded FIFO queue of the original design.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+
+use crate::backend_conn::BackendConn;
+use crate::table::{BackendId, BackendSpec, Settings};
+
+/// Why a request could not get a pooled connection.
+#[derive(Debug)]
+pub enum CheckoutError {
+    /// The backend's queue already holds `max_queued_per_server` requests.
+    QueueFull,
+    /// The request waited longer than the queue timeout.
+    QueueTimeout,
+    /// The slot was empty and a new connection could not be opened.
+    Connect(io::Error),
+}
+
+/// One backend's connections, queue and health.
+#[derive(Debug)]
+pub struct BackendPool {
+    pub id: BackendId,
+    pub spec: &'static BackendSpec,
+    /// One permit per connection slot; its FIFO wait list is the request queue.
+    slots: Semaphore,
+    /// Open connections not carrying a request. Taken most-recently-used first, so the warmest
+    /// connections carry the traffic and idle ones are the ones the refill task checks.
+    idle: Mutex<Vec<BackendConn>>,
+    /// Requests waiting for a slot, bounded by `max_queued`.
+    queued: AtomicUsize,
+    /// Open connections, idle or carrying a request; never above `spec.pool_size`.
+    open: AtomicUsize,
+    health: Health,
+    /// Wakes the refill task when a connection was closed, so the pool is back to `n` promptly.
+    refill: Notify,
+    max_queued: usize,
+    queue_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+/// Passive health: consecutive connect failures mark a backend down; one success marks it up.
+#[derive(Debug)]
+struct Health {
+    consecutive_failures: AtomicU32,
+    down: AtomicBool,
+    down_after: u32,
+}
+
+/// A slot taken from a pool, with its connection. Dropping it gives the slot back: the connection
+/// goes back to the idle list if [`PooledConn::release`] said it is reusable, and is closed otherwise
+/// (which is also what happens when a request is abandoned part-way).
+#[derive(Debug)]
+pub struct PooledConn {
+    pool: Arc<BackendPool>,
+    conn: Option<BackendConn>,
+    reusable: bool,
+    /// How long the request waited in the queue for this slot.
+    pub queued_for: Duration,
+}
+
+impl BackendPool {
+    pub fn new(id: BackendId, spec: &'static BackendSpec, settings: &Settings) -> BackendPool {
+        BackendPool {
+            id,
+            spec,
+            slots: Semaphore::new(spec.pool_size),
+            idle: Mutex::new(Vec::with_capacity(spec.pool_size)),
+            queued: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            health: Health {
+                consecutive_failures: AtomicU32::new(0),
+                down: AtomicBool::new(false),
+                down_after: settings.proxy.down_after_failures.max(1),
+            },
+            refill: Notify::new(),
+            max_queued: settings.queue.max_queued_per_server,
+            queue_timeout: settings.queue.timeout,
+            connect_timeout: settings.limits.connect_timeout,
+        }
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.health.down.load(Ordering::Relaxed)
+    }
+
+    /// Whether a new request would be refused by this backend's queue.
+    pub fn is_full(&self) -> bool {
+        self.slots.available_permits() == 0
+            && self.queued.load(Ordering::Relaxed) >= self.max_queued
+    }
+
+    /// Open connections right now (idle or busy).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot (waiting in the queue if all are busy) and returns it with an open connection.
+    pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, CheckoutError> {
+        let started = Instant::now();
+        match self.slots.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(_) => self.wait_for_slot().await?,
+        }
+        // From here the slot is ours; `slot` gives it back on every path out, errors included.
+        let mut slot = PooledConn {
+            pool: Arc::clone(self),
+            conn: None,
+            reusable: false,
+            queued_for: started.elapsed(),
+        };
+        while let Some(mut conn) = self.pop_idle() {
+            if conn.is_usable() {
+                slot.conn = Some(conn);
+                return Ok(slot);
+            }
+            self.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        // The slot is empty (its connection was closed): open one within it.
+        slot.conn = Some(self.connect().await.map_err(CheckoutError::Connect)?);
+        Ok(slot)
+    }
+
+    async fn wait_for_slot(&self) -> Result<(), CheckoutError> {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(CheckoutError::QueueFull);
+        }
+        // Counted out again however the wait ends, including the client going away (this future
+        // is then dropped, which also removes it from the semaphore's queue).
+        let _in_queue = QueuedGuard(&self.queued);
+        match tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await {
+            Ok(Ok(permit)) => {
+                permit.forget();
+                Ok(())
+            }
+            // The semaphore is never closed; treat it like a timeout rather than panic.
+            Ok(Err(_)) | Err(_) => Err(CheckoutError::QueueTimeout),
+        }
+    }
+
+    fn pop_idle(&self) -> Option<BackendConn> {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+    }
+
+    /// Opens a connection for a slot the caller holds, recording the outcome for health.
+    async fn connect(&self) -> io::Result<BackendConn> {
+        match BackendConn::connect(self.spec.address, self.connect_timeout).await {
+            Ok(conn) => {
+                self.open.fetch_add(1, Ordering::Relaxed);
+                self.health.record_success(self.spec.address);
+                Ok(conn)
+            }
+            Err(error) => {
+                self.health.record_failure(self.spec.address, &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Gives a slot back, keeping its connection if it can carry another request.
+    fn give_back(&self, conn: Option<BackendConn>, reusable: bool) {
+        match conn {
+            Some(conn) if reusable => self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn),
+            Some(_closed) => {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                self.refill.notify_one();
+            }
+            None => self.refill.notify_one(),
+        }
+        // After the push: whoever takes this permit finds the connection in the idle list.
+        self.slots.add_permits(1);
+    }
+
+    /// Keeps the pool at `n` open connections: opens them at start-up, replaces the ones backends
+    /// close (or that announced a keep-alive timeout about to expire), and while the backend is
+    /// down keeps trying with exponential backoff and jitter. Runs until the runtime shuts down.
+    pub async fn maintain(self: Arc<Self>) {
+        const CHECK_EVERY: Duration = Duration::from_secs(1);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        loop {
+            self.drop_unusable_idle();
+            let mut wait = CHECK_EVERY;
+            while self.open_connections() < self.spec.pool_size {
+                // Only a free slot may be filled; busy slots reconnect on demand when used.
+                let Ok(permit) = self.slots.try_acquire() else {
+                    break;
+                };
+                match self.connect().await {
+                    Ok(conn) => {
+                        backoff.reset();
+                        self.idle
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(conn);
+                        drop(permit);
+                    }
+                    Err(_) => {
+                        drop(permit);
+                        wait = backoff.next_delay();
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.refill.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Closes idle connections the backend has closed or that are due for retirement.
+    fn drop_unusable_idle(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = idle.len();
+        idle.retain_mut(BackendConn::is_usable);
+        let closed = before - idle.len();
+        if closed > 0 {
+            self.open.fetch_sub(closed, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Health {
+    fn record_success(&self, backend: &str) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::warn!(backend, "backend is up again: connect succeeded");
+        }
+    }
+
+    fn record_failure(&self, backend: &str, error: &io::Error) {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.down_after && !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(backend, failures, %error, "backend marked down: connects keep failing");
+        }
+    }
+}
+
+impl PooledConn {
+    pub fn conn(&mut self) -> &mut BackendConn {
+        // Invariant: a `PooledConn` handed out by `checkout` always holds a connection.
+        self.conn
+            .as_mut()
+            .expect("checked-out slot holds a connection")
+    }
+
+    pub fn backend(&self) -> &'static BackendSpec {
+        self.pool.spec
+    }
+
+    /// Marks the response fully read: the connection goes back to the pool on drop if the backend
+    /// keeps it alive and sent nothing beyond the response.
+    pub fn response_complete(&mut self, keep_alive: bool) {
+        self.reusable = keep_alive && self.conn().finished_cleanly();
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        self.pool.give_back(self.conn.take(), self.reusable);
+    }
+}
+
+struct QueuedGuard<'a>(&'a AtomicUsize);
+
+impl Drop for QueuedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Exponential backoff with ±50% jitter, so that many pools retrying a dead backend do not
+/// reconnect in lockstep.
+#[derive(Debug)]
+struct Backoff {
+    base: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(base: Duration, max: Duration) -> Backoff {
+        Backoff {
+            base,
+            max,
+            current: base,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = self.base;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.current.mul_f64(0.5 + fastrand::f64());
+        self.current = (self.current * 2).min(self.max);
+        delay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(150));
+        assert!(delays[7] >= Duration::from_secs(1) && delays[7] <= Duration::from_secs(3));
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(150));
+    }
+}

@@ -1,0 +1,454 @@
+//! What happens to one client request: refuse what Juggler does not proxy, route it, read its body
+//! whole, hand it to the next backend in round robin (waiting in that backend's queue for one of its
+//! pooled connections), and turn the backend's answer, or the failure, into the client's response.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+use tokio::time::Instant;
+
+use crate::backend_conn::{BodyError, BodyState, Framing, HeadError, ResponseHead};
+use crate::balance::RoundRobin;
+use crate::body::{ProxyBody, StreamingBody};
+use crate::error::ProxyError;
+use crate::headers::{self, ClientInfo};
+use crate::pool::{BackendPool, CheckoutError, PooledConn};
+use crate::table::{Route, RouteMatch, RouteTable, Settings};
+
+/// Bodies up to this size are sent in the same write as the request head.
+const COALESCE_BODY_LIMIT: usize = 16 * 1024;
+
+/// Everything requests share: the table, the pools and the round-robin cursors.
+#[derive(Debug)]
+pub struct Proxy {
+    pub table: &'static RouteTable,
+    pub pools: Vec<Arc<BackendPool>>,
+    round_robin: RoundRobin,
+}
+
+/// What the access log records about a forwarded request.
+#[derive(Debug, Default)]
+struct Outcome {
+    backend: &'static str,
+    queued: Duration,
+}
+
+impl Proxy {
+    pub fn new(table: &'static RouteTable) -> Proxy {
+        let pools = table
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                let id = crate::table::BackendId(index as u16);
+                Arc::new(BackendPool::new(id, spec, &table.settings))
+            })
+            .collect();
+        Proxy {
+            table,
+            pools,
+            round_robin: RoundRobin::new(table),
+        }
+    }
+
+    fn settings(&self) -> &'static Settings {
+        &self.table.settings
+    }
+
+    /// Answers one client request. Never fails: every problem becomes a status code.
+    pub async fn handle<B>(&self, request: Request<B>, client: ClientInfo) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let mut outcome = Outcome::default();
+        let response = self.route_and_forward(request, client, &mut outcome).await;
+        let bytes = response.body().size_hint().exact().unwrap_or(0);
+        tracing::info!(
+            target: "juggler::access",
+            client = %client.ip,
+            %method,
+            path,
+            status = response.status().as_u16(),
+            backend = outcome.backend,
+            queued_us = outcome.queued.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            bytes,
+        );
+        response
+    }
+
+    async fn route_and_forward<B>(
+        &self,
+        request: Request<B>,
+        client: ClientInfo,
+        outcome: &mut Outcome,
+    ) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        if request.method() == Method::CONNECT || headers::wants_upgrade(request.headers()) {
+            return text_response(
+                StatusCode::NOT_IMPLEMENTED,
+                "Juggler does not proxy long-lived connections (CONNECT, Upgrade, WebSocket).\n",
+            );
+        }
+        let route = match (self.table.match_route)(request.method(), request.uri().path()) {
+            RouteMatch::Found(id) => self.table.route(id),
+            RouteMatch::NotFound => return text_response(StatusCode::NOT_FOUND, "no route\n"),
+            RouteMatch::MethodNotAllowed(allowed) => {
+                let mut response =
+                    text_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+                if let Ok(allow) = HeaderValue::from_str(&allowed.allow_header()) {
+                    response.headers_mut().insert(header::ALLOW, allow);
+                }
+                return response;
+            }
+        };
+
+        let (mut parts, body) = request.into_parts();
+        let body = match self.read_body(&parts.headers, body).await {
+            Ok(body) => body,
+            Err(response) => return response,
+        };
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let forwarded = self.settings().proxy.forwarded_headers.then_some(client);
+        let mut head = Vec::with_capacity(512 + body.len().min(COALESCE_BODY_LIMIT));
+        headers::encode_request_head(&parts, body.len(), forwarded, &mut head);
+        let separate_body = if body.len() <= COALESCE_BODY_LIMIT {
+            head.extend_from_slice(&body);
+            Bytes::new()
+        } else {
+            body
+        };
+        let request = OutgoingRequest {
+            head: &head,
+            body: &separate_body,
+            is_head: parts.method == Method::HEAD,
+            may_resend: is_idempotent(&parts.method) || route.retry_non_idempotent,
+        };
+        match self.forward(route, &request, outcome).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(%error, "request failed");
+                error_response(&error)
+            }
+        }
+    }
+
+    /// Reads the whole request body within the size limit and the body timeout.
+    async fn read_body<B>(
+        &self,
+        headers: &http::HeaderMap,
+        body: B,
+    ) -> Result<Bytes, Response<ProxyBody>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let limits = &self.settings().limits;
+        if body.is_end_stream() {
+            return Ok(Bytes::new());
+        }
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limits.max_body_bytes as u64) {
+            return Err(closing(text_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large\n",
+            )));
+        }
+        let collect = Limited::new(body, limits.max_body_bytes).collect();
+        match tokio::time::timeout(limits.body_read_timeout, collect).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(closing(
+                text_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+            )),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "client sent a bad body");
+                Err(closing(text_response(
+                    StatusCode::BAD_REQUEST,
+                    "malformed request body\n",
+                )))
+            }
+            Err(_) => Err(closing(text_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time\n",
+            ))),
+        }
+    }
+
+    /// Sends the request to the next backend in turn, falling back to the others when a backend is
+    /// down, full or unreachable, and re-sending once (by default) after a keep-alive race.
+    async fn forward(
+        &self,
+        route: &'static Route,
+        request: &OutgoingRequest<'_>,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let upstream = self.table.upstream(route.upstream);
+        let mut resends_left = self.settings().proxy.max_retries;
+        let mut last_error = None;
+        // Each pass walks the upstream once in round-robin order; a re-send starts a new pass.
+        for _pass in 0..=resends_left {
+            let mut resend = false;
+            for backend in self.round_robin.order(self.table, route.upstream) {
+                let pool = &self.pools[usize::from(backend.0)];
+                if pool.is_down() || pool.is_full() {
+                    continue;
+                }
+                let slot = match pool.checkout().await {
+                    Ok(slot) => slot,
+                    Err(CheckoutError::QueueFull) => continue,
+                    Err(CheckoutError::QueueTimeout) => {
+                        return Err(ProxyError::QueueTimeout {
+                            backend: pool.spec.address,
+                        })
+                    }
+                    Err(CheckoutError::Connect(source)) => {
+                        last_error = Some(ProxyError::Connect {
+                            backend: pool.spec.address,
+                            source,
+                        });
+                        continue;
+                    }
+                };
+                outcome.backend = pool.spec.address;
+                outcome.queued += slot.queued_for;
+                match self.exchange(slot, request).await {
+                    Ok(response) => return Ok(response),
+                    Err(error) if error.request_not_processed() && request.may_resend => {
+                        if resends_left == 0 {
+                            return Err(error);
+                        }
+                        tracing::info!(%error, "re-sending request after the keep-alive race");
+                        resends_left -= 1;
+                        last_error = Some(error);
+                        resend = true;
+                        break;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            if !resend {
+                break;
+            }
+        }
+        Err(last_error.unwrap_or(ProxyError::NoBackendAvailable {
+            upstream: upstream.name,
+        }))
+    }
+
+    /// One request and response on a checked-out connection.
+    async fn exchange(
+        &self,
+        mut slot: PooledConn,
+        request: &OutgoingRequest<'_>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let backend = slot.backend().address;
+        let limits = &self.settings().limits;
+        let conn = slot.conn();
+        let reused = conn.is_reused();
+        let gone = |source| ProxyError::BackendGone {
+            backend,
+            reused,
+            source,
+        };
+        conn.write_request(request.head, request.body)
+            .await
+            .map_err(gone)?;
+        let head =
+            match tokio::time::timeout(limits.backend_timeout, conn.read_head(request.is_head))
+                .await
+            {
+                Err(_elapsed) => return Err(ProxyError::BackendTimeout { backend }),
+                Ok(Err(HeadError::NothingReceived(source))) => return Err(gone(source)),
+                Ok(Err(HeadError::Invalid(reason))) => {
+                    return Err(ProxyError::InvalidResponse { backend, reason })
+                }
+                Ok(Err(HeadError::Io(_))) => {
+                    return Err(ProxyError::InvalidResponse {
+                        backend,
+                        reason: "connection failed inside the response head",
+                    })
+                }
+                Ok(Ok(head)) => head,
+            };
+        let buffer_limit = limits.response_buffer_bytes as u64;
+        let body = match head.framing {
+            Framing::Empty => {
+                slot.response_complete(head.keep_alive);
+                ProxyBody::empty()
+            }
+            Framing::Length(len) if len <= buffer_limit => {
+                let read = slot.conn().read_exact_body(len as usize);
+                let bytes = match tokio::time::timeout(limits.backend_timeout, read).await {
+                    Ok(Ok(bytes)) => bytes,
+                    Ok(Err(error)) => return Err(body_failure(backend, error)),
+                    Err(_) => return Err(ProxyError::BackendTimeout { backend }),
+                };
+                slot.response_complete(head.keep_alive);
+                ProxyBody::full(bytes)
+            }
+            framing => {
+                let read = buffer_or_stream(&mut slot, framing, buffer_limit);
+                match tokio::time::timeout(limits.backend_timeout, read).await {
+                    Ok(Ok(Buffered::Whole(bytes))) => {
+                        slot.response_complete(head.keep_alive);
+                        ProxyBody::full(bytes)
+                    }
+                    Ok(Ok(Buffered::TooLarge { prefix, state })) => {
+                        return Ok(into_response(
+                            head,
+                            self.streaming(slot, state, prefix, framing),
+                        ));
+                    }
+                    Ok(Err(error)) => return Err(body_failure(backend, error)),
+                    Err(_) => return Err(ProxyError::BackendTimeout { backend }),
+                }
+            }
+        };
+        Ok(into_response(head, body))
+    }
+
+    /// Hands the slot over to a body that streams the rest of the response to the client.
+    fn streaming(
+        &self,
+        slot: PooledConn,
+        state: BodyState,
+        prefix: Bytes,
+        framing: Framing,
+    ) -> ProxyBody {
+        let remaining = match &state {
+            BodyState::Length(remaining) => Some(*remaining),
+            _ => None,
+        };
+        let keep_alive = framing != Framing::UntilClose;
+        ProxyBody::streaming(StreamingBody::new(
+            slot,
+            state,
+            prefix,
+            keep_alive,
+            remaining,
+            self.settings().limits.backend_timeout,
+        ))
+    }
+}
+
+/// The request as it goes to a backend, encoded once and re-sent as is.
+struct OutgoingRequest<'a> {
+    head: &'a [u8],
+    body: &'a Bytes,
+    is_head: bool,
+    /// Whether the request may be re-sent after a pooled connection failed before answering.
+    may_resend: bool,
+}
+
+enum Buffered {
+    Whole(Bytes),
+    TooLarge { prefix: Bytes, state: BodyState },
+}
+
+/// Reads a chunked or close-delimited body until it ends or outgrows the response buffer.
+async fn buffer_or_stream(
+    slot: &mut PooledConn,
+    framing: Framing,
+    limit: u64,
+) -> Result<Buffered, BodyError> {
+    let mut state = BodyState::new(framing);
+    let mut collected = bytes::BytesMut::new();
+    loop {
+        let conn = slot.conn();
+        match std::future::poll_fn(|cx| conn.poll_body_chunk(&mut state, cx)).await? {
+            None => return Ok(Buffered::Whole(collected.freeze())),
+            Some(chunk) => {
+                collected.extend_from_slice(&chunk);
+                if collected.len() as u64 > limit {
+                    return Ok(Buffered::TooLarge {
+                        prefix: collected.freeze(),
+                        state,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// RFC 9110 §9.2.2: methods a client may repeat without changing the outcome.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+fn body_failure(backend: &'static str, error: BodyError) -> ProxyError {
+    match error {
+        BodyError::Truncated | BodyError::Io(_) => ProxyError::Truncated { backend },
+        BodyError::Invalid(reason) => ProxyError::InvalidResponse { backend, reason },
+    }
+}
+
+/// The client's response: the backend's status and end-to-end headers with Juggler's body.
+fn into_response(head: ResponseHead, body: ProxyBody) -> Response<ProxyBody> {
+    let ResponseHead {
+        status,
+        mut headers,
+        framing,
+        ..
+    } = head;
+    headers::strip_hop_by_hop(&mut headers);
+    if matches!(framing, Framing::Chunked | Framing::UntilClose) {
+        // hyper frames the body from its size; a stale length would contradict it.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+pub fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Asks hyper to close the client connection after this response.
+fn closing(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+fn error_response(error: &ProxyError) -> Response<ProxyBody> {
+    let status = error.status();
+    let text = match status {
+        StatusCode::SERVICE_UNAVAILABLE => "no backend available, retry later\n",
+        StatusCode::GATEWAY_TIMEOUT => "backend did not answer in time\n",
+        _ => "backend failed\n",
+    };
+    let mut response = text_response(status, text);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, headers::RETRY_AFTER_SECONDS);
+    }
+    response
+}

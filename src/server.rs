@@ -1,0 +1,300 @@
+//! Listeners and client connections: accept (up to the connection cap), serve HTTP/1.1 or HTTP/2
+//! on each connection in its own task, enforce the client timeouts, and drain on shutdown.
+//!
+//! The accept path is generic over the stream type, so plain TCP and TLS streams share it.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::activity::{ConnActivity, Verdict, WatchedIo};
+use crate::headers::ClientInfo;
+use crate::proxy::Proxy;
+use crate::table::RouteTable;
+use crate::tls::TlsAcceptor;
+
+/// The sockets Juggler serves, bound by the caller (so tests can bind `127.0.0.1:0`).
+#[derive(Default)]
+pub struct Listeners {
+    pub http: Option<TcpListener>,
+    pub https: Option<(TcpListener, Arc<TlsAcceptor>)>,
+}
+
+/// Sent to every connection when shutdown begins.
+type DrainSignal = watch::Receiver<bool>;
+
+/// What every connection task shares.
+struct Shared {
+    proxy: Arc<Proxy>,
+    /// One permit per open client connection: the cap on concurrent connections, and on shutdown
+    /// the way to wait for all of them to finish.
+    connection_slots: Arc<Semaphore>,
+}
+
+/// Serves `listeners` with `table` until `shutdown` completes, then stops accepting, lets accepted
+/// and queued requests finish (up to the drain timeout) and returns.
+pub async fn run(
+    listeners: Listeners,
+    table: &'static RouteTable,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let proxy = Arc::new(Proxy::new(table));
+    run_with(listeners, proxy, shutdown).await
+}
+
+/// [`run`] with a proxy the caller already holds (tests read its pools).
+pub async fn run_with(
+    listeners: Listeners,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let table = proxy.table;
+    let limits = &table.settings.limits;
+    let mut background = JoinSet::new();
+    for pool in &proxy.pools {
+        background.spawn(Arc::clone(pool).maintain());
+    }
+    let shared = Arc::new(Shared {
+        proxy,
+        connection_slots: Arc::new(Semaphore::new(limits.max_client_connections)),
+    });
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut accept_loops = JoinSet::new();
+    if let Some(listener) = listeners.http {
+        accept_loops.spawn(accept_loop(
+            listener,
+            None,
+            Arc::clone(&shared),
+            drain_rx.clone(),
+        ));
+    }
+    if let Some((listener, tls)) = listeners.https {
+        let tls = Some(tls);
+        accept_loops.spawn(accept_loop(
+            listener,
+            tls,
+            Arc::clone(&shared),
+            drain_rx.clone(),
+        ));
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, draining accepted requests");
+    let _ = drain_tx.send(true);
+    while accept_loops.join_next().await.is_some() {}
+    let all = u32::try_from(limits.max_client_connections).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(
+        limits.drain_timeout,
+        shared.connection_slots.acquire_many(all),
+    )
+    .await;
+    if drained.is_err() {
+        tracing::warn!("drain timeout reached with requests still in progress; closing them");
+    }
+    background.shutdown().await;
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<TlsAcceptor>>,
+    shared: Arc<Shared>,
+    mut drain: DrainSignal,
+) {
+    let mut backoff = AcceptBackoff::default();
+    loop {
+        // At the connection cap, stop accepting: new clients wait in the kernel's backlog instead
+        // of costing file descriptors and memory here.
+        let permit = tokio::select! {
+            permit = Arc::clone(&shared.connection_slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = drain.changed() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = drain.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff.reset();
+                accepted
+            }
+            Err(error) => {
+                // EMFILE/ENFILE and friends: wait instead of spinning on a failing accept.
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, ?delay, "accept failed; pausing");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        let shared = Arc::clone(&shared);
+        let drain = drain.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            serve_stream(stream, peer, tls, &shared, drain).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_stream(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<TlsAcceptor>>,
+    shared: &Shared,
+    drain: DrainSignal,
+) {
+    // Responses are complete writes; Nagle would only hold back their last segment.
+    let _ = stream.set_nodelay(true);
+    let limits = &shared.proxy.table.settings.limits;
+    let Some(tls) = tls else {
+        let client = ClientInfo {
+            ip: peer.ip(),
+            https: false,
+        };
+        return serve_http1(stream, client, shared, drain).await;
+    };
+    let client = ClientInfo {
+        ip: peer.ip(),
+        https: true,
+    };
+    let stream = match tls.accept(stream, limits.tls_handshake_timeout).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            return;
+        }
+    };
+    if crate::tls::is_h2(&stream) {
+        serve_http2(stream, client, shared, drain).await;
+    } else {
+        serve_http1(stream, client, shared, drain).await;
+    }
+}
+
+/// One HTTP/1.1 client connection, with Juggler's own header and idle timeouts (see `activity`).
+async fn serve_http1<S>(stream: S, client: ClientInfo, shared: &Shared, mut drain: DrainSignal)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &shared.proxy.table.settings.limits;
+    let activity = ConnActivity::new();
+    let io = TokioIo::new(WatchedIo::new(stream, Arc::clone(&activity)));
+    let proxy = Arc::clone(&shared.proxy);
+    let requests = Arc::clone(&activity);
+    let service = service_fn(move |request: Request<Incoming>| {
+        let proxy = Arc::clone(&proxy);
+        let in_flight = requests.request_started();
+        async move {
+            let mut response = proxy.handle(request, client).await;
+            response.body_mut().end_request_with(Some(in_flight));
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let mut conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .serve_connection(io, service);
+    let mut draining = false;
+    loop {
+        let wake_at = match activity.verdict(limits.header_read_timeout, limits.client_idle_timeout)
+        {
+            Verdict::CheckAt(at) => at,
+            Verdict::HeadTooSlow => {
+                let io = conn.into_parts().io.into_inner().into_inner();
+                return answer_request_timeout(io).await;
+            }
+            Verdict::IdleTooLong => return,
+        };
+        tokio::select! {
+            result = &mut conn => {
+                if let Err(error) = result {
+                    tracing::debug!(client = %client.ip, %error, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(wake_at) => {}
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// `408` for a client that took too long to send its request head, then close.
+async fn answer_request_timeout<S: AsyncWrite + Unpin>(mut io: S) {
+    const RESPONSE: &[u8] =
+        b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+    let write = async {
+        io.write_all(RESPONSE).await?;
+        io.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+/// One HTTP/2 client connection: every stream goes through the same routing, queues and pools.
+async fn serve_http2<S>(stream: S, client: ClientInfo, shared: &Shared, mut drain: DrainSignal)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &shared.proxy.table.settings.limits;
+    let proxy = Arc::clone(&shared.proxy);
+    let service = service_fn(move |request: Request<Incoming>| {
+        let proxy = Arc::clone(&proxy);
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, client).await) }
+    });
+    let mut conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .serve_connection(TokioIo::new(stream), service);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = &mut conn => {
+                if let Err(error) = result {
+                    tracing::debug!(client = %client.ip, %error, "HTTP/2 connection ended with an error");
+                }
+                return;
+            }
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// Pauses between failing accepts, doubling up to one second.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        self.failures = (self.failures + 1).min(7);
+        Duration::from_millis(10 << self.failures).min(Duration::from_secs(1))
+    }
+}
