@@ -14,6 +14,7 @@ tool's raw output under bench/out/logs/.
 import http.client
 import os
 import platform
+import re
 import resource
 import signal
 import subprocess
@@ -110,28 +111,33 @@ def check_serves(port: int) -> str | None:
 
 
 def machine_header(duration: int, rounds: int) -> str:
-    def first_line(argv):
+    def version(argv, pattern):
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-            return (done.stdout + done.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.TimeoutExpired):
+        except (OSError, subprocess.TimeoutExpired):
             return "?"
+        found = re.search(pattern, done.stdout + done.stderr)
+        return found.group(1) if found else "?"
 
     cpu = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
+    commit = version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], r"(\w+)")
+    nginx = version(["nginx", "-v"], r"nginx/(\S+)")
+    haproxy = version(["haproxy", "-v"], r"version (\S+)")
+    wrk = version(["wrk", "-v"], r"wrk (\S+)")
+    h2load = version(["h2load", "--version"], r"nghttp2/(\S+)")
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return "\n".join([
         f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({cpu}), "
         f"{mem_gib:.0f} GiB, Linux {platform.release()}; everything on 127.0.0.1.",
-        f"Juggler {first_line(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'])}, "
-        f"{first_line(['nginx', '-v'])}, {first_line(['haproxy', '-v'])}, {first_line(['wrk', '-v'])}, "
-        f"{first_line(['h2load', '--version'])}.",
+        f"Juggler {commit}, nginx {nginx}, HAProxy {haproxy}, wrk {wrk}, h2load {h2load}.",
         f"{rounds} rounds × {duration} s per target and scenario, targets loaded in turn (A B C D E A B …); "
         f"backends: 3 × nginx (1 worker each); balancers: {sides.WORKERS} workers/threads each, "
-        f"pool {sides.POOL_PER_BACKEND} per backend where bounded.",
+        f"pool {sides.POOL_PER_BACKEND} per backend where bounded; "
+        "the load generator (wrk/h2load, 2 threads) shares the same cores.",
     ])
 
 

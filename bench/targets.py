@@ -21,6 +21,9 @@ POOL_PER_BACKEND = 8
 # Every balancer gets the same parallelism: 2 nginx workers, 2 HAProxy threads, 2 Juggler threads.
 WORKERS = 2
 OPEN_FILES = 20000
+# Client connections a balancer accepts: the idle scenario's 8,000 plus headroom. HAProxy asks for
+# two descriptors per connection and refuses to start if OPEN_FILES cannot cover that.
+MAX_CLIENT_CONNS = 9000
 
 SMALL_BODY = b"hello world\n"  # 12 bytes
 BIG_BODY_SIZE = 64 * 1024
@@ -165,11 +168,6 @@ def nginx_balancer_conf(workdir: Path, target: Target, certs: "Certs | None", ma
 # HAProxy
 
 
-# HAProxy asks for two descriptors per connection (client and server side) and refuses to start
-# if the open-file limit cannot cover that; 9,000 holds the 8,000 idle clients within 20,000.
-HAPROXY_MAXCONN = 9000
-
-
 def haproxy_conf(target: Target, certs: "Certs | None") -> str:
     tls = ""
     if certs:
@@ -179,7 +177,7 @@ def haproxy_conf(target: Target, certs: "Certs | None") -> str:
     )
     return f"""global
     nbthread {WORKERS}
-    maxconn {HAPROXY_MAXCONN}
+    maxconn {MAX_CLIENT_CONNS}
     tune.ssl.default-dh-param 2048
 
 defaults
@@ -194,7 +192,7 @@ defaults
 
 frontend bench
     bind {HOST}:{target.http_port} backlog 4096
-{tls}    maxconn {HAPROXY_MAXCONN}
+{tls}    maxconn {MAX_CLIENT_CONNS}
     default_backend bench
 
 backend bench
@@ -224,6 +222,12 @@ http = "{HOST}:{target.http_port}"
 max_queued_per_server = 4096
 timeout = "10s"
 
+[limits]
+# As long as the peers keep an idle client (keepalive_timeout / timeout http-keep-alive 300s),
+# and room for the idle scenario's 8,000 clients.
+client_idle_timeout = "300s"
+max_client_connections = {MAX_CLIENT_CONNS}
+
 [proxy]
 worker_threads = {WORKERS}
 
@@ -249,7 +253,7 @@ def build_juggler(repo: Path, out: Path, certs: "Certs | None", target: Target) 
     (out / "routes.toml").write_text(routes)
     binary = out / "juggler"
     if os.environ.get("BENCH_SKIP_BUILD") == "1":
-        return None if binary.exists() else f"BENCH_SKIP_BUILD=1 but {binary} does not exist"
+        return check_compiled_config(binary) if binary.exists() else f"BENCH_SKIP_BUILD=1 but {binary} does not exist"
     if not shutil.which("cargo"):
         return "cargo is not installed"
     env = dict(os.environ, JUGGLER_CONFIG=str(config_dir), JUGGLER_ROUTES=str(out / "routes.toml"))
@@ -264,6 +268,18 @@ def build_juggler(repo: Path, out: Path, certs: "Certs | None", target: Target) 
         return f"cargo build failed (exit {built.returncode}):\n{tail}"
     target_dir = Path(os.environ.get("CARGO_TARGET_DIR", repo / "target"))
     shutil.copy2(target_dir / "release" / "juggler", binary)
+    return check_compiled_config(binary)
+
+
+def check_compiled_config(binary: Path) -> str | None:
+    """Why the binary is not built for the bench's backends, or None if it is."""
+    # A build that silently ignored JUGGLER_CONFIG would proxy to other addresses, and the run
+    # would measure error answers instead of Juggler.
+    shown = subprocess.run([str(binary), "--print-routes"], capture_output=True, text=True, timeout=30)
+    wanted = [f"{HOST}:{p}" for p in BACKEND_PORTS]
+    if shown.returncode != 0 or not all(address in shown.stdout for address in wanted):
+        return (f"the built binary does not route to {', '.join(wanted)} (`juggler --print-routes` "
+                f"exit {shown.returncode}): the build did not take JUGGLER_CONFIG={binary.parent}/juggler_config")
     return None
 
 
