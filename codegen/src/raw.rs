@@ -1,0 +1,472 @@
+//! The two input files as written, with the byte span of every value, before any checking.
+//!
+//! Each file is parsed into toml's spanned tree first and every key is deserialized on its own, so
+//! one bad value does not hide the next: the operator sees all mistakes of a file in one build.
+//! The key lists used for unknown-key errors come from the serde structs themselves
+//! ([`fields_of`]), so a key added to a struct is known everywhere at once.
+
+use std::fmt;
+use std::ops::Range;
+
+use serde::de::{DeserializeOwned, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+use crate::diagnostics::{closest, did_you_mean, Diagnostic, Diagnostics, SourceFile};
+
+/// `juggler_config/load_balancer.toml`.
+#[derive(Debug, Default)]
+pub struct RawLoadBalancer {
+    pub listen: RawListen,
+    pub queue: RawQueue,
+    pub limits: RawLimits,
+    pub proxy: RawProxy,
+    /// In file order (toml's `preserve_order`), which becomes backend id order.
+    pub upstreams: Vec<RawUpstream>,
+}
+
+/// The top-level tables of `load_balancer.toml`.
+pub const LOAD_BALANCER_SECTIONS: [&str; 5] = ["listen", "queue", "limits", "proxy", "upstreams"];
+/// The top-level keys of `routes.toml`.
+pub const ROUTES_SECTIONS: [&str; 1] = ["route"];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListen {
+    pub http: Option<Spanned<String>>,
+    pub https: Option<Spanned<String>>,
+    pub tls: Option<Spanned<String>>,
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
+    pub redirect_http_to_https: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQueue {
+    pub max_queued_per_server: Option<Spanned<i64>>,
+    pub timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<Spanned<RawSize>>,
+    pub max_body_bytes: Option<Spanned<RawSize>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub body_read_timeout: Option<Spanned<String>>,
+    pub client_idle_timeout: Option<Spanned<String>>,
+    pub backend_timeout: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_buffer_bytes: Option<Spanned<RawSize>>,
+    pub max_client_connections: Option<Spanned<i64>>,
+    pub tls_handshake_timeout: Option<Spanned<String>>,
+    pub drain_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawProxy {
+    pub forwarded_headers: Option<Spanned<bool>>,
+    pub max_retries: Option<Spanned<i64>>,
+    pub down_after_failures: Option<Spanned<i64>>,
+    pub worker_threads: Option<Spanned<i64>>,
+}
+
+/// One `[upstreams.<name>]` table.
+#[derive(Debug)]
+pub struct RawUpstream {
+    /// The name, spanning the key in the table header.
+    pub name: Spanned<String>,
+    pub section: Section<RawUpstreamBody>,
+}
+
+/// A table read key by key.
+#[derive(Debug, Default)]
+pub struct Section<T> {
+    pub value: T,
+    /// Keys already reported as mistakes (a bad value, or the likely intent of an unknown key),
+    /// so that validation does not also call them missing.
+    pub reported: Vec<String>,
+}
+
+impl<T> Section<T> {
+    pub fn reported(&self, key: &str) -> bool {
+        self.reported.iter().any(|reported| reported == key)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstreamBody {
+    pub connections_per_server: Option<Spanned<i64>>,
+    pub servers: Option<Spanned<Vec<Spanned<RawServer>>>>,
+}
+
+/// One entry of `servers`: `"host:port"` or `{ address = "host:port", connections = 8 }`.
+#[derive(Debug)]
+pub enum RawServer {
+    Address(String),
+    Table {
+        address: Option<Spanned<String>>,
+        connections: Option<Spanned<i64>>,
+    },
+}
+
+const SERVER_KEYS: [&str; 2] = ["address", "connections"];
+
+/// `16384` or `"16KiB"`.
+#[derive(Debug)]
+pub enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+/// One `[[route]]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRoute {
+    pub methods: Option<Spanned<RawMethods>>,
+    pub paths: Option<Spanned<Vec<Spanned<String>>>>,
+    pub upstream: Option<Spanned<String>>,
+    pub retry_non_idempotent: Option<Spanned<bool>>,
+}
+
+/// `"*"` (or, mistakenly, any other single string) or a list of method names.
+#[derive(Debug)]
+pub enum RawMethods {
+    One(String),
+    List(Vec<Spanned<String>>),
+}
+
+/// Reads one file's spanned tree into raw structs, recording every mistake it meets.
+pub struct Reader<'a> {
+    pub source: &'a SourceFile,
+    pub diagnostics: &'a mut Diagnostics,
+}
+
+impl Reader<'_> {
+    /// Parses the file; `None` (with diagnostics) if it is not valid TOML.
+    fn document<'i>(
+        &mut self,
+        text: &'i str,
+    ) -> Option<Vec<(Spanned<String>, Spanned<DeValue<'i>>)>> {
+        let (root, errors) = DeTable::parse_recoverable(text);
+        if !errors.is_empty() {
+            for error in errors {
+                let span = error.span().unwrap_or(0..0);
+                self.error(
+                    span,
+                    format!("invalid TOML: {}", error.message().trim_end()),
+                    "fix the TOML syntax (https://toml.io)",
+                );
+            }
+            return None;
+        }
+        Some(entries(root.into_inner()))
+    }
+
+    /// `None` if the file is not valid TOML.
+    pub fn load_balancer(&mut self) -> Option<RawLoadBalancer> {
+        let mut raw = RawLoadBalancer::default();
+        let source = self.source;
+        let entries = self.document(&source.text)?;
+        for (key, value) in entries {
+            match key.get_ref().as_str() {
+                "listen" => raw.listen = self.section("[listen]", &value).value,
+                "queue" => raw.queue = self.section("[queue]", &value).value,
+                "limits" => raw.limits = self.section("[limits]", &value).value,
+                "proxy" => raw.proxy = self.section("[proxy]", &value).value,
+                "upstreams" => raw.upstreams = self.upstreams(&value),
+                _ => self.unknown_key(&key, "at the top level", &LOAD_BALANCER_SECTIONS),
+            }
+        }
+        Some(raw)
+    }
+
+    /// The `[[route]]` tables, each with its span (which starts at its `[[route]]` header);
+    /// `None` if the file is not valid TOML.
+    pub fn routes(&mut self) -> Option<Vec<Spanned<Section<RawRoute>>>> {
+        let source = self.source;
+        let entries = self.document(&source.text)?;
+        let mut routes = Vec::new();
+        for (key, value) in entries {
+            if key.get_ref() != "route" {
+                self.unknown_key(&key, "at the top level", &ROUTES_SECTIONS);
+                continue;
+            }
+            let DeValue::Array(array) = value.get_ref() else {
+                self.error(
+                    value.span(),
+                    "`route` must be an array of tables".to_string(),
+                    "write each route as a `[[route]]` table",
+                );
+                continue;
+            };
+            for item in array.iter() {
+                routes.push(Spanned::new(item.span(), self.section("[[route]]", item)));
+            }
+        }
+        Some(routes)
+    }
+
+    fn upstreams(&mut self, value: &Spanned<DeValue<'_>>) -> Vec<RawUpstream> {
+        let DeValue::Table(table) = value.get_ref() else {
+            self.error(
+                value.span(),
+                "`upstreams` must be a table of named upstreams".to_string(),
+                "write `[upstreams.default]` followed by its `servers = [...]`",
+            );
+            return Vec::new();
+        };
+        table
+            .iter()
+            .map(|(name, body)| RawUpstream {
+                name: Spanned::new(name.span(), name.get_ref().to_string()),
+                section: self.section(&format!("[upstreams.{}]", name.get_ref()), body),
+            })
+            .collect()
+    }
+
+    /// Deserializes one table key by key: unknown keys and bad values are reported one by one
+    /// and left out, so the rest of the table still yields a value.
+    fn section<T: DeserializeOwned + Default>(
+        &mut self,
+        what: &str,
+        value: &Spanned<DeValue<'_>>,
+    ) -> Section<T> {
+        let DeValue::Table(table) = value.get_ref() else {
+            self.error(
+                value.span(),
+                format!("{what} must be a table"),
+                "see the comments in the shipped file for its shape",
+            );
+            return Section {
+                value: T::default(),
+                reported: Vec::new(),
+            };
+        };
+        let known = fields_of::<T>();
+        let mut good = DeTable::new();
+        let mut reported = Vec::new();
+        for (key, item) in table.iter() {
+            let name: &str = key.get_ref();
+            if !known.contains(&name) {
+                let key = Spanned::new(key.span(), name.to_string());
+                self.unknown_key(&key, &format!("in {what}"), known);
+                reported.extend(closest(name, known).map(str::to_string));
+                continue;
+            }
+            let mut single = DeTable::new();
+            single.insert(key.clone(), item.clone());
+            match deserialize::<T>(value.span(), single) {
+                Ok(_) => {
+                    good.insert(key.clone(), item.clone());
+                }
+                Err(error) => {
+                    self.toml_error(error, item.span());
+                    reported.push(name.to_string());
+                }
+            }
+        }
+        // Every key left deserialized alone; together they can only fail on a missing key, and
+        // all keys are optional (`serde(default)`).
+        let value = deserialize::<T>(value.span(), good).unwrap_or_default();
+        Section { value, reported }
+    }
+
+    fn unknown_key(&mut self, key: &Spanned<String>, place: &str, known: &[&str]) {
+        self.error(
+            key.span(),
+            format!("unknown key `{}` {place}", key.get_ref()),
+            &did_you_mean(key.get_ref(), known),
+        );
+    }
+
+    fn toml_error(&mut self, error: toml::de::Error, fallback: Range<usize>) {
+        let text = error.message().trim_end();
+        let (message, help) = match text.split_once(HELP_SEPARATOR) {
+            Some((message, help)) => (message.to_string(), help.to_string()),
+            None => (text.to_string(), type_help(text).to_string()),
+        };
+        self.error(error.span().unwrap_or(fallback), message, &help);
+    }
+
+    fn error(&mut self, span: Range<usize>, message: String, help: &str) {
+        self.diagnostics
+            .push(Diagnostic::at(self.source, span, message, help.to_string()));
+    }
+}
+
+fn entries(table: DeTable<'_>) -> Vec<(Spanned<String>, Spanned<DeValue<'_>>)> {
+    table
+        .into_iter()
+        .map(|(key, value)| {
+            (
+                Spanned::new(key.span(), key.into_inner().into_owned()),
+                value,
+            )
+        })
+        .collect()
+}
+
+fn deserialize<T: DeserializeOwned>(
+    span: Range<usize>,
+    table: DeTable<'_>,
+) -> Result<T, toml::de::Error> {
+    T::deserialize(ValueDeserializer::from(Spanned::new(
+        span,
+        DeValue::Table(table),
+    )))
+}
+
+/// Separates what is wrong from how to fix it inside one serde error message.
+const HELP_SEPARATOR: &str = "\nhelp: ";
+
+/// A fix for serde's type errors ("invalid type: string \"5\", expected i64").
+fn type_help(message: &str) -> &'static str {
+    if message.contains("expected i64") {
+        "write a whole number without quotes, e.g. `5`"
+    } else if message.contains("expected a boolean") {
+        "write `true` or `false` without quotes"
+    } else if message.contains("expected a string") {
+        "put the value in double quotes"
+    } else if message.contains("expected a sequence") {
+        "write a list in square brackets, e.g. `[\"a\", \"b\"]`"
+    } else {
+        "see the comments in the shipped config files for this key's format"
+    }
+}
+
+impl<'de> Deserialize<'de> for RawServer {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ServerVisitor;
+        impl<'de> Visitor<'de> for ServerVisitor {
+            type Value = RawServer;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"host:port\" or { address = \"host:port\", connections = n }")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawServer, E> {
+                Ok(RawServer::Address(text.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawServer, A::Error> {
+                let (mut address, mut connections) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "address" => address = Some(map.next_value()?),
+                        "connections" => connections = Some(map.next_value()?),
+                        other => {
+                            return Err(serde::de::Error::custom(format!(
+                                "unknown key `{other}` in a server{HELP_SEPARATOR}{}",
+                                did_you_mean(other, &SERVER_KEYS)
+                            )))
+                        }
+                    }
+                }
+                Ok(RawServer::Table {
+                    address,
+                    connections,
+                })
+            }
+        }
+        deserializer.deserialize_any(ServerVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = RawSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of bytes or a string such as \"16KiB\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, bytes: i64) -> Result<RawSize, E> {
+                Ok(RawSize::Bytes(bytes))
+            }
+            fn visit_u64<E: serde::de::Error>(self, bytes: u64) -> Result<RawSize, E> {
+                Ok(RawSize::Bytes(i64::try_from(bytes).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Text(text.to_string()))
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawMethods {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MethodsVisitor;
+        impl<'de> Visitor<'de> for MethodsVisitor {
+            type Value = RawMethods;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"*\" or a list of methods such as [\"GET\", \"HEAD\"]")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawMethods, E> {
+                Ok(RawMethods::One(text.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawMethods, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element()? {
+                    names.push(name);
+                }
+                Ok(RawMethods::List(names))
+            }
+        }
+        deserializer.deserialize_any(MethodsVisitor)
+    }
+}
+
+/// The field names of a derived `Deserialize` struct, as serde itself knows them.
+///
+/// serde's derive hands its field list to `Deserializer::deserialize_struct`; this deserializer
+/// records it and stops, so the lists are never written twice.
+pub fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    match T::deserialize(FieldsProbe) {
+        Err(Probed(Some(fields))) => fields,
+        _ => &[],
+    }
+}
+
+struct FieldsProbe;
+
+#[derive(Debug)]
+struct Probed(Option<&'static [&'static str]>);
+
+impl fmt::Display for Probed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("field probe")
+    }
+}
+
+impl std::error::Error for Probed {}
+
+impl serde::de::Error for Probed {
+    fn custom<T: fmt::Display>(_: T) -> Self {
+        Probed(None)
+    }
+}
+
+impl<'de> Deserializer<'de> for FieldsProbe {
+    type Error = Probed;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Probed> {
+        Err(Probed(None))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Probed> {
+        Err(Probed(Some(fields)))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+        unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}

@@ -1,0 +1,97 @@
+//! The overview `juggler-routes` (and `make routes`) prints: what the generated table contains.
+
+use std::fmt::Write;
+
+use crate::model::{Config, TlsMode};
+use crate::pattern::PathKind;
+
+/// Upstreams with their servers and pool sizes, total backend connections, routes in priority
+/// order, listeners and the config hash.
+pub fn summary(config: &Config) -> String {
+    let mut out = String::new();
+    // `write!` to a `String` cannot fail.
+    let _ = writeln!(
+        out,
+        "Config {} from {}",
+        config.config_hash,
+        config.sources.join(" and ")
+    );
+    let _ = writeln!(out, "\nUpstreams:");
+    for upstream in &config.upstreams {
+        let connections: usize = upstream
+            .backends
+            .iter()
+            .map(|id| config.backends[*id].pool_size)
+            .sum();
+        let _ = writeln!(
+            out,
+            "  {}  ({} servers, {connections} connections; {})",
+            upstream.name,
+            upstream.backends.len(),
+            upstream.source
+        );
+        for id in &upstream.backends {
+            let backend = &config.backends[*id];
+            let _ = writeln!(
+                out,
+                "    {:<28} pool {:>4}  ({})",
+                backend.address, backend.pool_size, backend.source
+            );
+        }
+    }
+    let total: usize = config
+        .backends
+        .iter()
+        .map(|backend| backend.pool_size)
+        .sum();
+    let _ = writeln!(
+        out,
+        "  total: {} servers, {total} backend connections",
+        config.backends.len()
+    );
+    let _ = writeln!(
+        out,
+        "\nRoutes (exact paths first, then wildcards in this order; first match wins):"
+    );
+    for (index, route) in config.routes.iter().enumerate() {
+        let paths = route
+            .paths
+            .iter()
+            .map(|path| match path.kind {
+                PathKind::Exact => format!("{} (exact)", path.text),
+                PathKind::Wildcard(_) => path.text.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let retry = if route.retry_non_idempotent {
+            ", retries POST/PATCH"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  {index}. [{}] {paths} -> {}{retry}  ({})",
+            route.methods.describe(),
+            config.upstreams[route.upstream].name,
+            route.source
+        );
+    }
+    let listen = &config.settings.listen;
+    let https = match (&listen.https, listen.tls) {
+        (None, _) | (_, TlsMode::Off) => "off".to_string(),
+        (Some(address), TlsMode::On) => format!(
+            "{address} (cert {}, key {})",
+            listen.tls_cert, listen.tls_key
+        ),
+        (Some(address), TlsMode::Auto) => format!(
+            "{address} when {} and {} exist at start-up",
+            listen.tls_cert, listen.tls_key
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "\nListen: http {}; https {https}",
+        listen.http.as_deref().unwrap_or("off")
+    );
+    out
+}

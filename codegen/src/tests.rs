@@ -1,0 +1,530 @@
+//! Validation on inline TOML: each kind of mistake, its message, its `line:col` and its help.
+
+use std::path::Path;
+
+use super::*;
+
+const LB: &str = "[upstreams.default]\nservers = [\"localhost:6901\", \"localhost:6902\"]\n";
+const ROUTES: &str = "[[route]]\nmethods = \"*\"\npaths = [\"/*\"]\nupstream = \"default\"\n";
+
+fn check(routes: &str, load_balancer: &str) -> Result<Config, Diagnostics> {
+    from_sources(
+        SourceFile {
+            name: "routes.toml".into(),
+            text: routes.into(),
+        },
+        SourceFile {
+            name: "lb.toml".into(),
+            text: load_balancer.into(),
+        },
+        "juggler_config",
+    )
+}
+
+/// The mistakes as `file:line:col: message` plus their help, in report order.
+fn errors(routes: &str, load_balancer: &str) -> Vec<(String, String)> {
+    let diagnostics = check(routes, load_balancer).expect_err("the config should be refused");
+    println!("{diagnostics}");
+    diagnostics
+        .iter()
+        .map(|d| (format!("{}: {}", d.location(), d.message), d.help.clone()))
+        .collect()
+}
+
+/// Exactly one mistake, and it is this one.
+fn only_error(routes: &str, load_balancer: &str) -> (String, String) {
+    let mut all = errors(routes, load_balancer);
+    assert_eq!(all.len(), 1, "expected one mistake, got {all:#?}");
+    all.remove(0)
+}
+
+fn route(methods: &str, paths: &str) -> String {
+    format!("[[route]]\nmethods = {methods}\npaths = {paths}\nupstream = \"default\"\n\n")
+}
+
+#[test]
+fn shipped_shape_is_accepted_with_defaults() {
+    let config = check(ROUTES, LB).unwrap();
+    assert_eq!(config.backends.len(), 2);
+    assert_eq!(config.backends[1].pool_size, 5);
+    assert_eq!(config.routes[0].source, "routes.toml:1");
+    assert_eq!(config.settings.listen.tls_cert, "juggler_config/server.crt");
+    assert_eq!(config.config_hash.len(), 8);
+}
+
+#[test]
+fn unknown_keys_suggest_the_closest_known_key() {
+    let (error, help) = only_error(
+        ROUTES,
+        "[upstreams.default]\nconections_per_server = 5\nservers = [\"a:1\"]\n",
+    );
+    assert_eq!(
+        error,
+        "lb.toml:2:1: unknown key `conections_per_server` in [upstreams.default]"
+    );
+    assert!(
+        help.starts_with("did you mean `connections_per_server`?"),
+        "{help}"
+    );
+
+    let (error, help) = only_error(
+        "[[route]]\nmetods = \"*\"\npaths = [\"/*\"]\nupstream = \"default\"\n",
+        LB,
+    );
+    assert_eq!(error, "routes.toml:2:1: unknown key `metods` in [[route]]");
+    assert!(help.starts_with("did you mean `methods`?"), "{help}");
+
+    let (error, help) = only_error(ROUTES, &format!("{LB}[limits]\nmax_body_byte = 5\n"));
+    assert_eq!(
+        error,
+        "lb.toml:4:1: unknown key `max_body_byte` in [limits]"
+    );
+    assert!(help.starts_with("did you mean `max_body_bytes`?"), "{help}");
+
+    let (error, help) = only_error(ROUTES, &format!("{LB}[limit]\n"));
+    assert_eq!(error, "lb.toml:3:2: unknown key `limit` at the top level");
+    assert!(help.starts_with("did you mean `limits`?"), "{help}");
+
+    let (error, help) = only_error(
+        ROUTES,
+        "[upstreams.default]\nservers = [{ address = \"a:1\", conections = 3 }]\n",
+    );
+    assert_eq!(error, "lb.toml:2:12: unknown key `conections` in a server");
+    assert!(help.starts_with("did you mean `connections`?"), "{help}");
+}
+
+#[test]
+fn route_to_an_unknown_upstream_lists_the_known_ones() {
+    let lb = format!("{LB}[upstreams.images]\nservers = [\"img:80\"]\n");
+    let (error, help) = only_error(
+        "[[route]]\nmethods = \"*\"\npaths = [\"/*\"]\nupstream = \"imgaes\"\n",
+        &lb,
+    );
+    assert_eq!(
+        error,
+        "routes.toml:4:12: route sends to upstream `imgaes`, which does not exist"
+    );
+    assert!(help.contains("did you mean `images`?"), "{help}");
+    assert!(help.contains("`default`, `images`"), "{help}");
+}
+
+#[test]
+fn an_upstream_needs_servers() {
+    let (error, _) = only_error(ROUTES, "[upstreams.default]\nservers = []\n");
+    assert_eq!(error, "lb.toml:2:11: upstream `default` has no servers");
+    let (error, help) = only_error(ROUTES, "[upstreams.default]\nconnections_per_server = 2\n");
+    assert_eq!(error, "lb.toml:1:12: upstream `default` has no servers");
+    assert!(help.contains("servers = ["), "{help}");
+    let all = errors(ROUTES, "");
+    assert_eq!(all[0].0, "lb.toml: no upstreams are defined");
+}
+
+#[test]
+fn server_addresses_need_a_host_and_a_port() {
+    let cases = [
+        ("\"localhost\"", "`localhost` has no port"),
+        (
+            "\":6901\"",
+            "`` in `:6901` is not a host name or IP address",
+        ),
+        (
+            "\"localhost:0\"",
+            "port 0 in `localhost:0` cannot be connected to",
+        ),
+        (
+            "\"localhost:70000\"",
+            "`70000` in `localhost:70000` is not a port number",
+        ),
+        (
+            "\"http://localhost:80\"",
+            "`http://localhost:80` has a scheme (`http://`)",
+        ),
+    ];
+    for (server, message) in cases {
+        let (error, _) = only_error(
+            ROUTES,
+            &format!("[upstreams.default]\nservers = [{server}]\n"),
+        );
+        assert_eq!(
+            error,
+            format!("lb.toml:2:12: bad server address: {message}")
+        );
+    }
+}
+
+#[test]
+fn pool_sizes_must_be_between_one_and_the_bound() {
+    let (error, help) = only_error(
+        ROUTES,
+        "[upstreams.default]\nconnections_per_server = 0\nservers = [\"a:1\"]\n",
+    );
+    assert_eq!(
+        error,
+        "lb.toml:2:26: `connections_per_server = 0` is not a usable pool size"
+    );
+    assert!(help.starts_with("write 1 to 1024"), "{help}");
+    let (error, _) = only_error(
+        ROUTES,
+        "[upstreams.default]\nservers = [{ address = \"a:1\", connections = 5000 }]\n",
+    );
+    assert_eq!(
+        error,
+        "lb.toml:2:45: `connections = 5000` is not a usable pool size"
+    );
+    let config = check(
+        ROUTES,
+        "[upstreams.default]\nconnections_per_server = 2\nservers = [\"a:1\", { address = \"b:1\", connections = 1024 }]\n",
+    )
+    .unwrap();
+    let sizes: Vec<usize> = config
+        .backends
+        .iter()
+        .map(|backend| backend.pool_size)
+        .collect();
+    assert_eq!(sizes, [2, 1024]);
+}
+
+#[test]
+fn a_server_belongs_to_one_upstream() {
+    let lb = "[upstreams.a]\nservers = [\"s:1\"]\n\n[upstreams.b]\nservers = [\"S:1\", \"t:1\", \"t:1\"]\n";
+    let all = errors(
+        "[[route]]\nmethods = \"*\"\npaths = [\"/*\"]\nupstream = \"a\"\n",
+        lb,
+    );
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_eq!(
+        all[0].0,
+        "lb.toml:5:12: server `S:1` is in upstream `a` (lb.toml:2) and in `b`"
+    );
+    assert_eq!(
+        all[1].0,
+        "lb.toml:5:26: server `t:1` is listed twice in upstream `b` (first at lb.toml:5)"
+    );
+}
+
+#[test]
+fn duplicate_routes_are_refused() {
+    let routes = format!(
+        "{}{}",
+        route("[\"GET\"]", "[\"/a\", \"/b/*\"]"),
+        route("[\"GET\"]", "[\"/b/*\", \"/a\"]")
+    );
+    let (error, help) = only_error(&routes, LB);
+    assert_eq!(
+        error,
+        "routes.toml:6:1: duplicate route: same methods and paths as the route at routes.toml:1"
+    );
+    assert!(help.contains("first one always wins"), "{help}");
+}
+
+#[test]
+fn paths_that_earlier_routes_always_take_are_refused() {
+    // A wildcard covered by an earlier wildcard whose methods include all of this route's.
+    let (error, help) = only_error(
+        &format!(
+            "{}{}",
+            route("\"*\"", "[\"/static/*\"]"),
+            route("[\"GET\"]", "[\"/static/img/*\"]")
+        ),
+        LB,
+    );
+    assert_eq!(error, "routes.toml:8:10: path `/static/img/*` can never match: the route at routes.toml:1 already takes every request to it");
+    assert!(
+        help.starts_with("move this route above routes.toml:1"),
+        "{help}"
+    );
+
+    // Covered by the union of two earlier routes' methods.
+    let routes = format!(
+        "{}{}{}",
+        route("[\"GET\"]", "[\"/*\"]"),
+        route("[\"POST\"]", "[\"/api/*\"]"),
+        route("[\"GET\", \"POST\"]", "[\"/api/*/x\"]")
+    );
+    let (error, _) = only_error(&routes, LB);
+    assert!(error.starts_with("routes.toml:13:10: path `/api/*/x` can never match: the route at routes.toml:1, routes.toml:6"), "{error}");
+
+    // The same exact path again with fewer methods.
+    let (error, _) = only_error(
+        &format!(
+            "{}{}",
+            route("[\"GET\", \"HEAD\"]", "[\"/a\", \"/b\"]"),
+            route("[\"HEAD\"]", "[\"/b\"]")
+        ),
+        LB,
+    );
+    assert!(
+        error.starts_with("routes.toml:8:10: path `/b` can never match"),
+        "{error}"
+    );
+}
+
+#[test]
+fn reachable_later_routes_are_accepted() {
+    let routes = [
+        route("[\"GET\"]", "[\"/*\"]"),
+        // Exact paths are tried before wildcards: not shadowed by `/*`.
+        route("[\"GET\"]", "[\"/api/users\"]"),
+        route("[\"POST\"]", "[\"/static/*\"]"),
+        // GET and POST are taken by the two routes above, PUT is not.
+        route("[\"GET\", \"PUT\"]", "[\"/static/*/x\"]"),
+        // `/a/*` does not cover `/*/b`.
+        route("[\"PUT\"]", "[\"/a/*\"]"),
+        route("[\"PUT\"]", "[\"/*/b\"]"),
+    ]
+    .concat();
+    let config = check(&routes, LB).unwrap();
+    assert_eq!(config.routes.len(), 6);
+}
+
+#[test]
+fn methods_must_be_known_upper_case_names() {
+    let (error, help) = only_error(&route("[\"GET\", \"get\"]", "[\"/*\"]"), LB);
+    assert_eq!(error, "routes.toml:2:19: unknown HTTP method `get`");
+    assert_eq!(help, "method names are upper case: write `GET`");
+    let (error, help) = only_error(&route("[\"PSOT\"]", "[\"/*\"]"), LB);
+    assert_eq!(error, "routes.toml:2:12: unknown HTTP method `PSOT`");
+    assert!(help.contains("did you mean `POST`?"), "{help}");
+    let (error, _) = only_error(&route("[\"PURGE\"]", "[\"/*\"]"), LB);
+    assert_eq!(error, "routes.toml:2:12: unknown HTTP method `PURGE`");
+    let (error, help) = only_error(&route("\"GET\"", "[\"/*\"]"), LB);
+    assert_eq!(
+        error,
+        "routes.toml:2:11: `methods = \"GET\"` is neither \"*\" nor a list"
+    );
+    assert!(help.starts_with("write `methods = [\"GET\"]`"), "{help}");
+    let (error, _) = only_error(&route("[]", "[\"/*\"]"), LB);
+    assert_eq!(
+        error,
+        "routes.toml:2:11: `methods` is empty: the route could never match"
+    );
+    let (error, _) = only_error(&route("[\"GET\", \"GET\"]", "[\"/*\"]"), LB);
+    assert_eq!(error, "routes.toml:2:19: method `GET` is listed twice");
+}
+
+#[test]
+fn malformed_wildcards_are_refused() {
+    let cases = [
+        ("/a*", "`*` in `/a*` is not a whole segment (`a*`)"),
+        ("*/x", "path `*/x` does not start with `/`"),
+        ("/**", "`**` in `/**` is not a wildcard Juggler knows"),
+        ("/a//*", "path `/a//*` has an empty segment (`//`)"),
+        ("static/*", "path `static/*` does not start with `/`"),
+        ("/a/*/", "wildcard pattern `/a/*/` ends with `/`"),
+        ("/a?b=1", "path `/a?b=1` contains a query or fragment"),
+    ];
+    for (path, message) in cases {
+        let (error, _) = only_error(&route("\"*\"", &format!("[\"{path}\"]")), LB);
+        assert_eq!(error, format!("routes.toml:3:10: {message}"));
+    }
+    let (error, _) = only_error(&route("\"*\"", "[\"/a\", \"/a\"]"), LB);
+    assert_eq!(
+        error,
+        "routes.toml:3:16: path `/a` is listed twice in this route"
+    );
+}
+
+#[test]
+fn durations_and_sizes_need_units() {
+    let lb = format!(
+        "{LB}[queue]\ntimeout = \"10\"\n[limits]\nmax_body_bytes = \"16MB\"\nmax_header_bytes = 100\nconnect_timeout = \"0s\"\ndrain_timeout = \"0s\"\nbackend_timeout = 30\n"
+    );
+    let all = errors(ROUTES, &lb);
+    let messages: Vec<&str> = all.iter().map(|(error, _)| error.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "lb.toml:4:11: `timeout = \"10\"` is not a duration",
+            "lb.toml:6:18: `max_body_bytes = \"16MB\"` is not a size",
+            "lb.toml:7:20: `max_header_bytes` of 100B is out of range",
+            "lb.toml:8:19: `connect_timeout` is zero",
+            "lb.toml:10:19: invalid type: integer `30`, expected a string",
+        ]
+    );
+    assert!(all[0].1.contains("\"10s\""), "{}", all[0].1);
+    assert!(all[1].1.contains("\"16KiB\""), "{}", all[1].1);
+    let config = check(
+        ROUTES,
+        &format!("{LB}[limits]\nmax_body_bytes = 1000\ndrain_timeout = \"250ms\"\n"),
+    )
+    .unwrap();
+    assert_eq!(config.settings.max_body_bytes.value, 1000);
+    assert_eq!(
+        config.settings.max_body_bytes.source.as_deref(),
+        Some("lb.toml:4")
+    );
+    assert_eq!(
+        config.settings.drain_timeout.value,
+        std::time::Duration::from_millis(250)
+    );
+}
+
+#[test]
+fn listen_addresses_and_tls_settings_are_checked() {
+    let all = errors(
+        ROUTES,
+        &format!("{LB}[listen]\nhttp = \"0.0.0.0\"\nhttps = \"off\"\ntls = \"of\"\nredirect_http_to_https = true\n"),
+    );
+    let messages: Vec<&str> = all.iter().map(|(error, _)| error.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "lb.toml:4:8: bad `http` listen address: `0.0.0.0` has no port",
+            "lb.toml:6:7: `tls = \"of\"` is not a TLS mode",
+            "lb.toml:7:26: `redirect_http_to_https = true` but HTTPS is off",
+        ]
+    );
+    assert!(
+        all[1].1.starts_with("did you mean \"off\"?"),
+        "{}",
+        all[1].1
+    );
+    let (error, _) = only_error(
+        ROUTES,
+        &format!("{LB}[listen]\nhttp = \"off\"\nhttps = \"off\"\n"),
+    );
+    assert_eq!(
+        error,
+        "lb.toml:5:9: both listeners are \"off\": Juggler would accept no connections"
+    );
+    let (error, _) = only_error(
+        ROUTES,
+        &format!("{LB}[listen]\nhttp = \"[::]:80\"\nhttps = \"[::]:80\"\n"),
+    );
+    assert_eq!(
+        error,
+        "lb.toml:5:9: `https` uses the same address as `http` ([::]:80)"
+    );
+    let config = check(
+        ROUTES,
+        &format!("{LB}[listen]\nhttp = \"off\"\ntls = \"on\"\n"),
+    )
+    .unwrap();
+    assert_eq!(config.settings.listen.http, None);
+}
+
+#[test]
+fn counts_are_range_checked() {
+    let all = errors(
+        ROUTES,
+        &format!("{LB}[proxy]\nmax_retries = 11\ndown_after_failures = 0\nworker_threads = -1\n[queue]\nmax_queued_per_server = \"5\"\n"),
+    );
+    let messages: Vec<&str> = all.iter().map(|(error, _)| error.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "lb.toml:4:15: `max_retries = 11` is out of range",
+            "lb.toml:5:23: `down_after_failures = 0` is out of range",
+            "lb.toml:6:18: `worker_threads = -1` is out of range",
+            "lb.toml:8:25: invalid type: string \"5\", expected i64",
+        ]
+    );
+    assert_eq!(all[3].1, "write a whole number without quotes, e.g. `5`");
+}
+
+#[test]
+fn every_mistake_of_both_files_is_reported_at_once() {
+    let routes = "[[route]]\nmetods = \"*\"\npaths = [\"/a*\"]\nupstream = \"nope\"\n\n[[route]]\nmethods = [\"get\"]\npaths = [\"/b\"]\nupstream = \"default\"\n";
+    let lb = "[upstreams.default]\nconections_per_server = 5\nservers = [\"a:1\", \"b\"]\n[limits]\nmax_body_bytes = \"5x\"\ndrain_timeout = \"soon\"\n";
+    let diagnostics = check(routes, lb).unwrap_err();
+    let locations: Vec<String> = diagnostics.iter().map(Diagnostic::location).collect();
+    assert_eq!(
+        locations,
+        [
+            "lb.toml:2:1",
+            "lb.toml:3:19",
+            "lb.toml:5:18",
+            "lb.toml:6:17",
+            "routes.toml:2:1",
+            "routes.toml:3:10",
+            "routes.toml:4:12",
+            "routes.toml:7:12",
+        ]
+    );
+    assert!(diagnostics
+        .to_string()
+        .ends_with("8 errors in the Juggler config"));
+}
+
+#[test]
+fn missing_required_keys_are_named() {
+    let all = errors("[[route]]\nupstream = \"default\"\n", LB);
+    assert_eq!(all[0].0, "routes.toml:1:1: route has no `methods`");
+    assert_eq!(all[1].0, "routes.toml:1:1: route has no `paths`");
+    let (error, _) = only_error("[[route]]\nmethods = \"*\"\npaths = [\"/*\"]\n", LB);
+    assert_eq!(error, "routes.toml:1:1: route has no `upstream`");
+    let (error, _) = only_error("", LB);
+    assert_eq!(
+        error,
+        "routes.toml: no routes are defined: every request would get 404"
+    );
+}
+
+#[test]
+fn toml_syntax_errors_point_at_the_mistake() {
+    let (error, _) = only_error("[[route]]\nmethods = \"*\npaths = [\"/*\"]\n", LB);
+    assert_eq!(
+        error,
+        "routes.toml:2:13: invalid TOML: invalid basic string, expected `\"`"
+    );
+}
+
+#[test]
+fn unreadable_files_are_reported_by_name() {
+    let diagnostics = load(
+        Path::new("/nonexistent/routes.toml"),
+        Path::new("/nonexistent/config"),
+    )
+    .unwrap_err();
+    let locations: Vec<String> = diagnostics.iter().map(Diagnostic::location).collect();
+    assert_eq!(
+        locations,
+        [
+            "/nonexistent/routes.toml",
+            "/nonexistent/config/load_balancer.toml"
+        ]
+    );
+    assert!(diagnostics
+        .to_string()
+        .contains("error: cannot read the file"));
+}
+
+#[test]
+fn build_script_report_is_one_cargo_error_per_line() {
+    let diagnostics = check(&route("[\"get\"]", "[\"/*\"]"), LB).unwrap_err();
+    let directives = cargo_errors(&diagnostics.to_string());
+    assert_eq!(
+        directives,
+        [
+            "cargo::error=routes.toml:2:12: error: unknown HTTP method `get`",
+            "cargo::error=2 | methods = [\"get\"]",
+            "cargo::error=  |            ^^^^^",
+            "cargo::error=help: method names are upper case: write `GET`",
+            "cargo::error=1 error in the Juggler config",
+        ]
+    );
+}
+
+#[test]
+fn the_hash_follows_the_bytes() {
+    let file = |text: &str| SourceFile {
+        name: "x".into(),
+        text: text.into(),
+    };
+    let (a, b, ab) = (file("a"), file("b"), file("ab"));
+    let empty = file("");
+    assert_ne!(config_hash(&[&a, &b]), config_hash(&[&b, &a]));
+    assert_ne!(config_hash(&[&ab, &empty]), config_hash(&[&a, &b]));
+    assert_eq!(config_hash(&[&a, &b]), config_hash(&[&a, &b]));
+}
+
+#[test]
+fn write_if_changed_leaves_identical_files_alone() {
+    let dir = std::env::temp_dir().join(format!("juggler-codegen-{}", std::process::id()));
+    let path = dir.join("nested/distributer.rs");
+    assert!(write_if_changed(&path, "a").unwrap());
+    assert!(!write_if_changed(&path, "a").unwrap());
+    assert!(write_if_changed(&path, "b").unwrap());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "b");
+    std::fs::remove_dir_all(dir).unwrap();
+}
