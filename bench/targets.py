@@ -338,7 +338,7 @@ def start_backends(procs: Processes, out: Path, certs: "Certs | None") -> int:
     write_backend_files(www)
     pids = []
     for port in BACKEND_PORTS:
-        workdir = out / f"backend-{port}"
+        workdir = out / "run" / f"backend-{port}"
         workdir.mkdir(parents=True, exist_ok=True)
         conf = workdir / "nginx.conf"
         conf.write_text(backend_conf(workdir, www, port, certs))
@@ -352,7 +352,7 @@ def start_backends(procs: Processes, out: Path, certs: "Certs | None") -> int:
 
 def start_target(procs: Processes, out: Path, target: Target, certs: "Certs | None") -> None:
     """Write the target's config, start it, and wait until its HTTP listener accepts."""
-    workdir = out / target.name
+    workdir = out / "run" / target.name
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "stderr.log"
     if target.name == "direct":
