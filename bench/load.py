@@ -56,7 +56,13 @@ def run_round(tool: str, target, scenario, duration: int, log: Path) -> RoundRes
     except subprocess.TimeoutExpired:
         proc.kill()
         output, _ = proc.communicate()
-    sampler.join()
+    except BaseException:
+        # Interrupted (SIGTERM → SystemExit): the load generator must not outlive the bench.
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        sampler.join()
     log.write_text(" ".join(argv) + "\n" + output)
     result = parse_wrk(output) if tool == "wrk" else parse_h2load(output, log.with_suffix(".latency"))
     result.backend_conns = samples

@@ -34,4 +34,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-PYTHONDONTWRITEBYTECODE=1 python3 bench/bench.py
+# In the background so a signal to this script reaches bench.py, which then stops its servers.
+PYTHONDONTWRITEBYTECODE=1 python3 bench/bench.py &
+bench_pid=$!
+trap 'kill -TERM "$bench_pid" 2>/dev/null || true' INT TERM HUP
+status=0
+wait "$bench_pid" || status=$?
+# A trapped signal ends the first wait early; the second collects bench.py's real exit status.
+if kill -0 "$bench_pid" 2>/dev/null; then
+    status=0
+    wait "$bench_pid" || status=$?
+fi
+exit "$status"
