@@ -5,11 +5,14 @@
 //! pair with a [`TlsError`] naming the file. The returned [`TlsAcceptor`] is cloned into each
 //! connection task; the returned [`ReloadableCert`] is kept by the SIGHUP handler, which calls
 //! [`ReloadableCert::reload`]. Handshakes already in progress or finished keep the certificate
-//! they started with; new handshakes see the new one.
+//! they started with; every new full handshake gets the new one. (A client resuming a TLS
+//! session from before the reload skips the certificate exchange, as resumption is meant to;
+//! the session keys never depended on the certificate's private key, so this is safe.)
 //!
 //! Every rustls object here is built from the `ring` provider explicitly, so nothing depends on
 //! which process-wide default provider another crate may or may not have installed.
 
+use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -235,6 +238,13 @@ impl ResolvesServerCert for ReloadableCert {
 #[derive(Clone)]
 pub struct TlsAcceptor {
     inner: tokio_rustls::TlsAcceptor,
+}
+
+impl fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // tokio-rustls' acceptor has no `Debug`; the configuration is fixed and uninteresting.
+        f.debug_struct("TlsAcceptor").finish_non_exhaustive()
+    }
 }
 
 impl TlsAcceptor {
