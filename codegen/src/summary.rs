@@ -25,9 +25,9 @@ pub fn summary(config: &Config) -> String {
             .sum();
         let _ = writeln!(
             out,
-            "  {}  ({} servers, {connections} connections; {})",
+            "  {}  ({}, {connections} connections; {})",
             upstream.name,
-            upstream.backends.len(),
+            count(upstream.backends.len(), "server"),
             upstream.source
         );
         for id in &upstream.backends {
@@ -46,8 +46,8 @@ pub fn summary(config: &Config) -> String {
         .sum();
     let _ = writeln!(
         out,
-        "  total: {} servers, {total} backend connections",
-        config.backends.len()
+        "  total: {}, {total} backend connections",
+        count(config.backends.len(), "server")
     );
     let _ = writeln!(
         out,
@@ -94,4 +94,13 @@ pub fn summary(config: &Config) -> String {
         listen.http.as_deref().unwrap_or("off")
     );
     out
+}
+
+/// `1 server`, `3 servers`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }

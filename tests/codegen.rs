@@ -1,0 +1,248 @@
+//! The golden generated files (`tests/fixtures/codegen/*/expected.rs`) compile inside the real
+//! crate, and their `match_route` routes requests the way `routes.toml` documents: exact paths
+//! before wildcards, route order, fall-through on method, `405` with the union of methods.
+
+use juggler::http::{Method, Uri};
+use juggler::router::MethodSet;
+use juggler::table::{BackendId, RouteId, RouteMatch, RouteTable, Settings, TlsMode};
+
+// Not every generated const is read by these tests.
+#[allow(dead_code)]
+mod default_config {
+    include!("fixtures/codegen/default/expected.rs");
+}
+
+#[allow(dead_code)]
+mod priority {
+    include!("fixtures/codegen/priority/expected.rs");
+}
+
+#[allow(dead_code)]
+mod minimal {
+    include!("fixtures/codegen/minimal/expected.rs");
+}
+
+#[allow(dead_code)]
+mod exact_only {
+    include!("fixtures/codegen/exact_only/expected.rs");
+}
+
+fn route(table: &RouteTable, method: &str, path: &str) -> RouteMatch {
+    let method = Method::from_bytes(method.as_bytes()).unwrap();
+    let decision = (table.match_route)(&method, path);
+    println!("{method} {path} -> {decision:?}");
+    decision
+}
+
+fn found(route: u16) -> RouteMatch {
+    RouteMatch::Found(RouteId(route))
+}
+
+fn not_allowed(methods: &[&str]) -> RouteMatch {
+    let set = methods
+        .iter()
+        .map(|name| MethodSet::from_name(name).unwrap())
+        .fold(MethodSet::EMPTY, MethodSet::union);
+    RouteMatch::MethodNotAllowed(set)
+}
+
+#[test]
+fn codegen_knows_the_same_methods_as_the_router() {
+    assert_eq!(juggler_codegen::METHOD_NAMES, juggler::router::METHOD_NAMES);
+}
+
+#[test]
+fn shipped_config_is_three_servers_with_five_connections_and_default_settings() {
+    for table in [&default_config::TABLE, &juggler::distributer::TABLE] {
+        let servers: Vec<(&str, usize)> = table
+            .backends
+            .iter()
+            .map(|b| (b.address, b.pool_size))
+            .collect();
+        println!("servers: {servers:?}, hash {}", table.config_hash);
+        assert_eq!(
+            servers,
+            [
+                ("localhost:6901", 5),
+                ("localhost:6902", 5),
+                ("localhost:6903", 5)
+            ]
+        );
+        assert_eq!(table.upstreams[0].name, "default");
+        assert_eq!(
+            table.upstreams[0].backends,
+            [BackendId(0), BackendId(1), BackendId(2)]
+        );
+        assert_eq!(
+            format!("{:?}", table.settings),
+            format!("{:?}", Settings::DEFAULT)
+        );
+        assert_eq!(route(table, "GET", "/test.txt"), found(0));
+        assert_eq!(route(table, "DELETE", "/"), found(0));
+        assert_eq!(
+            route(table, "PURGE", "/a"),
+            RouteMatch::MethodNotAllowed(MethodSet::ANY)
+        );
+        assert_eq!(table.config_hash.len(), 8);
+    }
+    assert_eq!(
+        juggler::distributer::TABLE.sources,
+        ["routes.toml", "juggler_config/load_balancer.toml"]
+    );
+}
+
+#[test]
+fn omitted_settings_take_the_documented_defaults() {
+    let settings = &minimal::TABLE.settings;
+    let defaults = &Settings::DEFAULT;
+    assert_eq!(
+        format!("{:?}", settings.queue),
+        format!("{:?}", defaults.queue)
+    );
+    assert_eq!(
+        format!("{:?}", settings.limits),
+        format!("{:?}", defaults.limits)
+    );
+    assert_eq!(
+        format!("{:?}", settings.proxy),
+        format!("{:?}", defaults.proxy)
+    );
+    assert_eq!(settings.listen.http, defaults.listen.http);
+    assert_eq!(settings.listen.https, defaults.listen.https);
+    assert_eq!(settings.listen.tls, defaults.listen.tls);
+    assert_eq!(
+        settings.listen.redirect_http_to_https,
+        defaults.listen.redirect_http_to_https
+    );
+    // The certificate and key default to files in the config directory this table came from.
+    assert_eq!(
+        settings.listen.tls_cert,
+        "tests/fixtures/codegen/minimal/server.crt"
+    );
+    assert_eq!(minimal::BACKEND_0_POOL_SIZE, 5);
+}
+
+#[test]
+fn exact_paths_beat_wildcards() {
+    let table = &priority::TABLE;
+    assert_eq!(route(table, "GET", "/static/special"), found(5));
+    assert_eq!(route(table, "GET", "/static/other"), found(0));
+    assert_eq!(route(table, "HEAD", "/api/users"), found(0));
+    assert_eq!(route(table, "POST", "/api/users"), found(1));
+}
+
+#[test]
+fn a_path_match_with_the_wrong_method_falls_through_to_later_routes() {
+    let table = &priority::TABLE;
+    // Exact `/api/users` takes GET, HEAD, POST; PUT falls through to the `/api/*` wildcard.
+    assert_eq!(route(table, "PUT", "/api/users"), found(4));
+    // Exact `/static/special` takes GET; DELETE falls through past `/static/*` (GET, HEAD) to route 3.
+    assert_eq!(route(table, "DELETE", "/static/special"), found(3));
+}
+
+#[test]
+fn method_not_allowed_lists_every_route_whose_path_matched() {
+    let table = &priority::TABLE;
+    assert_eq!(
+        route(table, "DELETE", "/api/users"),
+        not_allowed(&["GET", "HEAD", "POST", "PUT"])
+    );
+    assert_eq!(
+        route(table, "POST", "/static/x"),
+        not_allowed(&["GET", "HEAD", "DELETE"])
+    );
+    assert_eq!(
+        route(table, "PURGE", "/api/users"),
+        not_allowed(&["GET", "HEAD", "POST", "PUT"])
+    );
+    let RouteMatch::MethodNotAllowed(allowed) = route(table, "POST", "/static/x") else {
+        panic!("expected 405");
+    };
+    assert_eq!(allowed.allow_header(), "GET, HEAD, DELETE");
+}
+
+#[test]
+fn middle_wildcards_match_exactly_one_segment() {
+    let table = &priority::TABLE;
+    assert_eq!(route(table, "GET", "/wild/x/hello/y"), found(2));
+    assert_eq!(route(table, "GET", "/wild/x/hello/"), found(2));
+    assert_eq!(
+        route(table, "GET", "/wild/x/y/hello/z"),
+        RouteMatch::NotFound
+    );
+    assert_eq!(route(table, "GET", "/wild//hello/z"), RouteMatch::NotFound);
+    assert_eq!(route(table, "GET", "/wild/x/hello"), RouteMatch::NotFound);
+    assert_eq!(route(table, "GET", "/a/b/c"), found(2));
+    assert_eq!(route(table, "GET", "/a/b/c/d"), RouteMatch::NotFound);
+}
+
+#[test]
+fn paths_are_matched_without_the_query() {
+    let table = &priority::TABLE;
+    let uri: Uri = "/api/users?id=7".parse().unwrap();
+    // The caller hands over `uri.path()`; the query never reaches the matcher.
+    assert_eq!(route(table, "GET", uri.path()), found(0));
+    let uri: Uri = "/static/special?v=2".parse().unwrap();
+    assert_eq!(route(table, "GET", uri.path()), found(5));
+}
+
+#[test]
+fn unmatched_paths_are_not_found() {
+    let table = &priority::TABLE;
+    assert_eq!(route(table, "GET", "/"), RouteMatch::NotFound);
+    assert_eq!(route(table, "GET", "/static"), RouteMatch::NotFound);
+    assert_eq!(route(table, "GET", "/api"), RouteMatch::NotFound);
+    assert_eq!(route(table, "GET", "/nothing/here"), RouteMatch::NotFound);
+}
+
+#[test]
+fn upstreams_pools_and_settings_come_from_the_config() {
+    let table = &priority::TABLE;
+    let backends: Vec<(&str, usize, u16)> = table
+        .backends
+        .iter()
+        .map(|b| (b.address, b.pool_size, b.upstream.0))
+        .collect();
+    println!("backends: {backends:?}");
+    assert_eq!(
+        backends,
+        [
+            ("127.0.0.1:7001", 2, 0),
+            ("127.0.0.1:7002", 7, 0),
+            ("[::1]:7003", 5, 1)
+        ]
+    );
+    let names: Vec<&str> = table.upstreams.iter().map(|u| u.name).collect();
+    assert_eq!(names, ["api", "static"]);
+    assert!(table.routes[1].retry_non_idempotent);
+    assert!(!table.routes[0].retry_non_idempotent);
+    assert_eq!(table.routes[0].paths, ["/api/users", "/static/*"]);
+    assert_eq!(
+        table.routes[5].source,
+        "tests/fixtures/codegen/priority/routes.toml:31"
+    );
+    let settings = &table.settings;
+    assert_eq!(settings.listen.http, Some("127.0.0.1:18080"));
+    assert_eq!(settings.listen.https, None);
+    assert_eq!(settings.listen.tls, TlsMode::Off);
+    assert_eq!(settings.queue.max_queued_per_server, 16);
+    assert_eq!(settings.queue.timeout.as_millis(), 250);
+    assert_eq!(settings.limits.max_header_bytes, 8192);
+    assert_eq!(settings.limits.max_body_bytes, 1 << 20);
+    assert_eq!(settings.limits.backend_timeout.as_secs(), 120);
+    assert!(settings.limits.drain_timeout.is_zero());
+    assert!(settings.proxy.forwarded_headers);
+    assert_eq!(settings.proxy.max_retries, 0);
+    assert_eq!(settings.proxy.worker_threads, 2);
+}
+
+#[test]
+fn a_single_exact_path_compiles_to_an_if() {
+    let table = &exact_only::TABLE;
+    assert_eq!(route(table, "GET", "/health"), found(0));
+    assert_eq!(
+        route(table, "POST", "/health"),
+        not_allowed(&["GET", "HEAD"])
+    );
+    assert_eq!(route(table, "GET", "/health/"), RouteMatch::NotFound);
+}
