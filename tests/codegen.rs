@@ -6,23 +6,18 @@ use juggler::http::{Method, Uri};
 use juggler::router::MethodSet;
 use juggler::table::{BackendId, RouteId, RouteMatch, RouteTable, Settings, TlsMode};
 
-// Not every generated const is read by these tests.
-#[allow(dead_code)]
 mod default_config {
     include!("fixtures/codegen/default/expected.rs");
 }
 
-#[allow(dead_code)]
 mod priority {
     include!("fixtures/codegen/priority/expected.rs");
 }
 
-#[allow(dead_code)]
 mod minimal {
     include!("fixtures/codegen/minimal/expected.rs");
 }
 
-#[allow(dead_code)]
 mod exact_only {
     include!("fixtures/codegen/exact_only/expected.rs");
 }
