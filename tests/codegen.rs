@@ -48,7 +48,14 @@ fn codegen_knows_the_same_methods_as_the_router() {
 
 #[test]
 fn shipped_config_is_three_servers_with_five_connections_and_default_settings() {
-    for table in [&default_config::TABLE, &juggler::distributer::TABLE] {
+    let mut tables = vec![&default_config::TABLE];
+    // The crate's own table is the shipped config unless this build picked other inputs.
+    let shipped =
+        option_env!("JUGGLER_ROUTES").is_none() && option_env!("JUGGLER_CONFIG").is_none();
+    if shipped {
+        tables.push(&juggler::distributer::TABLE);
+    }
+    for table in tables {
         let servers: Vec<(&str, usize)> = table
             .backends
             .iter()
@@ -80,10 +87,12 @@ fn shipped_config_is_three_servers_with_five_connections_and_default_settings() 
         );
         assert_eq!(table.config_hash.len(), 8);
     }
-    assert_eq!(
-        juggler::distributer::TABLE.sources,
-        ["routes.toml", "juggler_config/load_balancer.toml"]
-    );
+    if shipped {
+        assert_eq!(
+            juggler::distributer::TABLE.sources,
+            ["routes.toml", "juggler_config/load_balancer.toml"]
+        );
+    }
 }
 
 #[test]
