@@ -1,11 +1,13 @@
 //! `juggler-routes`: validate the config, write a readable copy of the generated `distributer.rs`
 //! and print a summary. `make routes` runs it; `build.rs` does the same work for `cargo build`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: juggler-routes [--routes routes.toml] [--config juggler_config] \
-                     [--out target/juggler/distributer.rs]";
+                     [--out target/juggler/distributer.rs]\n\
+                     --routes and --config default to $JUGGLER_ROUTES and $JUGGLER_CONFIG when set";
 
 struct Args {
     routes: PathBuf,
@@ -13,10 +15,16 @@ struct Args {
     out: PathBuf,
 }
 
-fn parse_args() -> Result<Args, String> {
+/// `Ok(None)` when help was asked for.
+fn parse_args() -> Result<Option<Args>, String> {
+    // The same defaults and overrides as build.rs, so `JUGGLER_CONFIG=dir make routes` shows the
+    // table `JUGGLER_CONFIG=dir make all` compiles in.
+    let input = |variable: &str, default: &str| {
+        std::env::var_os(variable).map_or_else(|| PathBuf::from(default), PathBuf::from)
+    };
     let mut args = Args {
-        routes: PathBuf::from("routes.toml"),
-        config: PathBuf::from("juggler_config"),
+        routes: input("JUGGLER_ROUTES", "routes.toml"),
+        config: input("JUGGLER_CONFIG", "juggler_config"),
         out: PathBuf::from("target/juggler/distributer.rs"),
     };
     let mut words = std::env::args().skip(1);
@@ -25,7 +33,7 @@ fn parse_args() -> Result<Args, String> {
             "--routes" => &mut args.routes,
             "--config" => &mut args.config,
             "--out" => &mut args.out,
-            "-h" | "--help" => return Err(USAGE.to_string()),
+            "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         };
         *slot = words
@@ -33,12 +41,16 @@ fn parse_args() -> Result<Args, String> {
             .map(PathBuf::from)
             .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
     }
-    Ok(args)
+    Ok(Some(args))
 }
 
 fn main() -> ExitCode {
     let args = match parse_args() {
-        Ok(args) => args,
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(message) => {
             eprintln!("{message}");
             return ExitCode::from(2);
@@ -57,7 +69,12 @@ fn main() -> ExitCode {
         eprintln!("cannot write {}: {error}", args.out.display());
         return ExitCode::FAILURE;
     }
-    print!("{}", juggler_codegen::summary(&config));
-    println!("\nGenerated: {}", args.out.display());
+    // A closed stdout (`juggler-routes | head`) is not worth a panic: the file is written.
+    let _ = write!(
+        std::io::stdout(),
+        "{}\nGenerated: {}\n",
+        juggler_codegen::summary(&config),
+        args.out.display()
+    );
     ExitCode::SUCCESS
 }
