@@ -41,7 +41,7 @@ pub struct BackendPool {
     idle: Mutex<Vec<BackendConn>>,
     /// Requests waiting for a slot, bounded by `max_queued`.
     queued: AtomicUsize,
-    /// Open connections, idle or carrying a request; never above `spec.pool_size`.
+    /// Connections open or being opened, idle or carrying a request; never above `spec.pool_size`.
     open: AtomicUsize,
     health: Health,
     /// Wakes the refill task when a connection was closed, so the pool is back to `n` promptly.
@@ -121,16 +121,34 @@ impl BackendPool {
             reusable: false,
             queued_for: started.elapsed(),
         };
-        while let Some(mut conn) = self.pop_idle() {
-            if conn.is_usable() {
-                slot.conn = Some(conn);
+        loop {
+            while let Some(mut conn) = self.pop_idle() {
+                if conn.is_usable() {
+                    slot.conn = Some(conn);
+                    return Ok(slot);
+                }
+                self.open.fetch_sub(1, Ordering::Relaxed);
+            }
+            // The slot is empty (its connection was closed): open one within it.
+            if self.reserve_connection() {
+                slot.conn = Some(self.connect().await.map_err(CheckoutError::Connect)?);
                 return Ok(slot);
             }
-            self.open.fetch_sub(1, Ordering::Relaxed);
+            // All n connections exist: one is on its way back to the idle list from a holder
+            // that has pushed it but not yet released its slot. Let that finish.
+            tokio::task::yield_now().await;
         }
-        // The slot is empty (its connection was closed): open one within it.
-        slot.conn = Some(self.connect().await.map_err(CheckoutError::Connect)?);
-        Ok(slot)
+    }
+
+    /// Counts a connection about to be opened, unless `n` already exist (or are being opened).
+    /// Slots alone do not guarantee the bound: an idle connection and a free slot are the same
+    /// capacity, so opening counts against `open` too.
+    fn reserve_connection(&self) -> bool {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.spec.pool_size).then_some(open + 1)
+            })
+            .is_ok()
     }
 
     async fn wait_for_slot(&self) -> Result<(), CheckoutError> {
@@ -158,15 +176,16 @@ impl BackendPool {
             .pop()
     }
 
-    /// Opens a connection for a slot the caller holds, recording the outcome for health.
+    /// Opens a connection for a slot the caller holds and has reserved with
+    /// [`Self::reserve_connection`], recording the outcome for health.
     async fn connect(&self) -> io::Result<BackendConn> {
         match BackendConn::connect(self.spec.address, self.connect_timeout).await {
             Ok(conn) => {
-                self.open.fetch_add(1, Ordering::Relaxed);
                 self.health.record_success(self.spec.address);
                 Ok(conn)
             }
             Err(error) => {
+                self.open.fetch_sub(1, Ordering::Relaxed);
                 self.health.record_failure(self.spec.address, &error);
                 Err(error)
             }
@@ -200,11 +219,14 @@ impl BackendPool {
         loop {
             self.drop_unusable_idle();
             let mut wait = CHECK_EVERY;
-            while self.open_connections() < self.spec.pool_size {
+            loop {
                 // Only a free slot may be filled; busy slots reconnect on demand when used.
                 let Ok(permit) = self.slots.try_acquire() else {
                     break;
                 };
+                if !self.reserve_connection() {
+                    break;
+                }
                 match self.connect().await {
                     Ok(conn) => {
                         backoff.reset();

@@ -201,8 +201,7 @@ impl Proxy {
         let mut resends_left = self.settings().proxy.max_retries;
         let mut last_error = None;
         // Each pass walks the upstream once in round-robin order; a re-send starts a new pass.
-        for _pass in 0..=resends_left {
-            let mut resend = false;
+        'passes: loop {
             for backend in self.round_robin.order(self.table, route.upstream) {
                 let pool = &self.pools[usize::from(backend.0)];
                 if pool.is_down() || pool.is_full() {
@@ -228,22 +227,20 @@ impl Proxy {
                 outcome.queued += slot.queued_for;
                 match self.exchange(slot, request).await {
                     Ok(response) => return Ok(response),
-                    Err(error) if error.request_not_processed() && request.may_resend => {
-                        if resends_left == 0 {
-                            return Err(error);
-                        }
+                    Err(error)
+                        if error.request_not_processed()
+                            && request.may_resend
+                            && resends_left > 0 =>
+                    {
                         tracing::info!(%error, "re-sending request after the keep-alive race");
                         resends_left -= 1;
                         last_error = Some(error);
-                        resend = true;
-                        break;
+                        continue 'passes;
                     }
                     Err(error) => return Err(error),
                 }
             }
-            if !resend {
-                break;
-            }
+            break;
         }
         Err(last_error.unwrap_or(ProxyError::NoBackendAvailable {
             upstream: upstream.name,

@@ -84,7 +84,10 @@ async fn each_backend_sees_exactly_n_connections_under_500_clients() {
         );
         assert_eq!(succeeded, CLIENTS * REQUESTS_PER_CLIENT);
         assert_eq!(accepted, [POOL; 3]);
-        assert_eq!(requests.iter().sum::<usize>(), CLIENTS * REQUESTS_PER_CLIENT);
+        assert_eq!(
+            requests.iter().sum::<usize>(),
+            CLIENTS * REQUESTS_PER_CLIENT
+        );
         juggler.shutdown().await.unwrap();
     })
     .await;

@@ -75,7 +75,11 @@ async fn slow_backend_answers_504_and_pool_recovers() {
         let juggler = TestJuggler::start(table(&[backend.addr], 2, settings)).await;
         let started = tokio::time::Instant::now();
         let answer = get(juggler.addr, "/sleep/2000").await.unwrap();
-        println!("hung backend: {} after {:?}", answer.status, started.elapsed());
+        println!(
+            "hung backend: {} after {:?}",
+            answer.status,
+            started.elapsed()
+        );
         assert_eq!(answer.status, 504);
         assert!(started.elapsed() < Duration::from_millis(1500));
         // The timed-out connection is replaced, never reused mid-response; the pool is back at 2.

@@ -20,8 +20,7 @@ use hyper_util::rt::TokioIo;
 use juggler::proxy::Proxy;
 use juggler::router::MethodSet;
 use juggler::table::{
-    BackendId, BackendSpec, Route, RouteId, RouteMatch, RouteTable, Settings, Upstream,
-    UpstreamId,
+    BackendId, BackendSpec, Route, RouteId, RouteMatch, RouteTable, Settings, Upstream, UpstreamId,
 };
 use juggler::Listeners;
 use tokio::net::TcpListener;
@@ -115,7 +114,9 @@ impl TestBackend {
                     },
                     _ = &mut stopped => break,
                 };
-                task_stats.connections_accepted.fetch_add(1, Ordering::SeqCst);
+                task_stats
+                    .connections_accepted
+                    .fetch_add(1, Ordering::SeqCst);
                 task_stats.connections_open.fetch_add(1, Ordering::SeqCst);
                 let stats = Arc::clone(&task_stats);
                 let behaviour = behaviour.clone();
@@ -183,7 +184,10 @@ async fn answer(
         } else {
             Bytes::from(format!("status {code}\n"))
         };
-        Response::builder().status(status).body(Full::new(body)).unwrap()
+        Response::builder()
+            .status(status)
+            .body(Full::new(body))
+            .unwrap()
     } else {
         if let Some(ms) = path.strip_prefix("/sleep/") {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
@@ -296,7 +300,11 @@ impl TestJuggler {
 
     /// Open pooled connections per backend, as Juggler counts them.
     pub fn open_connections(&self) -> Vec<usize> {
-        self.proxy.pools.iter().map(|pool| pool.open_connections()).collect()
+        self.proxy
+            .pools
+            .iter()
+            .map(|pool| pool.open_connections())
+            .collect()
     }
 
     /// Starts a graceful shutdown and waits for `run` to return.
