@@ -37,6 +37,7 @@ pub mod error;
 pub mod headers;
 pub mod pool;
 pub mod proxy;
+mod request_checks;
 pub mod router;
 pub mod server;
 pub mod table;

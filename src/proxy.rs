@@ -102,6 +102,9 @@ impl Proxy {
                 "Juggler does not proxy long-lived connections (CONNECT, Upgrade, WebSocket).\n",
             );
         }
+        if let Some(reason) = crate::request_checks::ambiguity(&request) {
+            return closing(text_response(StatusCode::BAD_REQUEST, reason));
+        }
         let route = match (self.table.match_route)(request.method(), request.uri().path()) {
             RouteMatch::Found(id) => self.table.route(id),
             RouteMatch::NotFound => return text_response(StatusCode::NOT_FOUND, "no route\n"),

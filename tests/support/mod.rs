@@ -2,6 +2,7 @@
 //! table, and Juggler itself started on port 0 inside the test's runtime.
 #![allow(dead_code)]
 
+pub mod faulty;
 pub mod raw;
 
 use std::collections::HashMap;

@@ -1,0 +1,89 @@
+//! Request-smuggling checks on what hyper has already parsed (RFC 9112 §6.3, §11.2; RFC 9110
+//! §7.2). hyper and httparse reject most malformed framing themselves (differing Content-Lengths,
+//! a final coding other than `chunked`, bad chunk sizes, whitespace before a colon, obs-fold,
+//! control characters); `tests/smuggling.rs` proves each. What they let through and the service can
+//! still see is refused here, before routing, so none of it reaches a backend.
+
+use http::header::{self, HeaderMap};
+use http::{Request, Version};
+
+/// Why a request is refused with `400` and the connection closed, or `None` if it is fine.
+pub fn ambiguity<B>(request: &Request<B>) -> Option<&'static str> {
+    let headers = request.headers();
+    if request.version() <= Version::HTTP_11 {
+        if let Some(reason) = transfer_coding_problem(headers) {
+            return Some(reason);
+        }
+    }
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        // RFC 9112 §3.2: two Host lines leave the target authority for each hop to pick.
+        return Some("more than one Host header\n");
+    }
+    None
+}
+
+/// hyper only looks at the last coding of each `Transfer-Encoding` line and decodes `chunked`
+/// once. `gzip, chunked` or `chunked` on two lines would reach us with the body still encoded but
+/// the header gone (it is hop-by-hop), so the backend would take encoded bytes as the content.
+/// Juggler implements no coding but `chunked`: anything else is refused.
+fn transfer_coding_problem(headers: &HeaderMap) -> Option<&'static str> {
+    let mut codings = 0usize;
+    for line in headers.get_all(header::TRANSFER_ENCODING) {
+        let Ok(line) = line.to_str() else {
+            return Some("unreadable Transfer-Encoding\n");
+        };
+        for coding in line.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Some("unsupported Transfer-Encoding (only chunked is accepted)\n");
+            }
+            codings += 1;
+        }
+    }
+    (codings > 1).then_some("Transfer-Encoding applies chunked more than once\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::post("/x");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn plain_chunked_and_single_host_pass() {
+        assert_eq!(ambiguity(&request(&[])), None);
+        assert_eq!(
+            ambiguity(&request(&[("transfer-encoding", "chunked")])),
+            None
+        );
+        assert_eq!(
+            ambiguity(&request(&[("transfer-encoding", "Chunked")])),
+            None
+        );
+        assert_eq!(ambiguity(&request(&[("host", "a")])), None);
+    }
+
+    #[test]
+    fn other_codings_double_chunked_and_two_hosts_are_refused() {
+        for headers in [
+            &[("transfer-encoding", "gzip, chunked")][..],
+            &[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("transfer-encoding", "chunked, chunked")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("host", "a"), ("host", "b")],
+        ] {
+            assert!(ambiguity(&request(headers)).is_some(), "{headers:?}");
+        }
+    }
+}
