@@ -141,6 +141,10 @@ def machine_header(duration: int, rounds: int) -> str:
     ])
 
 
+def by_port(counts: dict[int, int]) -> str:
+    return "(last: " + " ".join(f"{port}:{n}" for port, n in counts.items()) + ")" if counts else ""
+
+
 def run_load_scenario(scenario: Scenario, live, duration: int, rounds: int, logs: Path) -> dict:
     results = {t.name: [] for t in live}
     for round_number in range(1, rounds + 1):
@@ -150,7 +154,8 @@ def run_load_scenario(scenario: Scenario, live, duration: int, rounds: int, logs
             results[target.name].append(result)
             print(f"    round {round_number} {target.letter} {target.name:15} {result.rps:>10,.0f} req/s  "
                   f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  non-2xx {result.non_2xx}  "
-                  f"backend conns {result.backend_conns}" + (f"  ({result.problem})" if result.problem else ""),
+                  f"backend conns {result.backend_conns} {by_port(result.backend_conns_by_port)}"
+                  + (f"  ({result.problem})" if result.problem else ""),
                   flush=True)
     return results
 

@@ -7,10 +7,10 @@ While the load runs, a sampler thread counts the target's established connection
 import re
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import count_owned, established_by_pid
+from procs import count_owned_by_port, established_by_pid
 from targets import BACKEND_PORTS, DIRECT_TLS_PORT, HOST
 
 
@@ -23,6 +23,8 @@ class RoundResult:
     non_2xx: int
     # Established target→backend connections seen at each mid-run sample.
     backend_conns: list[int]
+    # The last sample split by backend port: shows which backend an imbalance or a leak is on.
+    backend_conns_by_port: dict[int, int] = field(default_factory=dict)
     # Set when the tool failed or printed nothing we could read.
     problem: str | None = None
 
@@ -48,7 +50,7 @@ def run_round(tool: str, target, scenario, duration: int, log: Path) -> RoundRes
                 f"--log-file={latency_log}", target_url]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     owners = target.pids() or {proc.pid}
-    samples: list[int] = []
+    samples: list[dict[int, int]] = []
     sampler = threading.Thread(target=_sample_backend_conns, args=(owners, duration, samples, proc))
     sampler.start()
     try:
@@ -65,13 +67,14 @@ def run_round(tool: str, target, scenario, duration: int, log: Path) -> RoundRes
         sampler.join()
     log.write_text(" ".join(argv) + "\n" + output)
     result = parse_wrk(output) if tool == "wrk" else parse_h2load(output, log.with_suffix(".latency"))
-    result.backend_conns = samples
+    result.backend_conns = [sum(sample.values()) for sample in samples]
+    result.backend_conns_by_port = samples[-1] if samples else {}
     if proc.returncode != 0 and not result.problem:
         result.problem = f"{tool} exited {proc.returncode}"
     return result
 
 
-def _sample_backend_conns(owners: set[int], duration: int, samples: list[int], proc) -> None:
+def _sample_backend_conns(owners: set[int], duration: int, samples: list[dict[int, int]], proc) -> None:
     # A quarter, half and three quarters into the run: after ramp-up, before wind-down.
     ports = BACKEND_PORTS + [DIRECT_TLS_PORT]
     waited = 0.0
@@ -83,7 +86,7 @@ def _sample_backend_conns(owners: set[int], duration: int, samples: list[int], p
             return  # the load already ended; a sample now would not be mid-run
         except subprocess.TimeoutExpired:
             pass
-        samples.append(count_owned(established_by_pid(ports), owners))
+        samples.append(count_owned_by_port(established_by_pid(ports), owners))
 
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -137,7 +140,9 @@ def parse_h2load(output: str, latency_log: Path) -> RoundResult:
         rps=float(rps.group(1)),
         p50_ms=percentile(micros, 50) / 1000,
         p99_ms=percentile(micros, 99) / 1000,
-        errors=failed + errored + timeout,
+        # h2load's `failed` counts error statuses too (already in non_2xx) as well as the streams
+        # that errored or timed out; what is left are the transport failures.
+        errors=max(failed - c4 - c5, errored + timeout),
         non_2xx=c3 + c4 + c5,
         backend_conns=[],
         problem=problem,

@@ -118,8 +118,8 @@ def rss_kib(pids: set[int]) -> int:
 _PID = re.compile(r"pid=(\d+)")
 
 
-def established_by_pid(ports: list[int]) -> list[set[int]]:
-    """For each established TCP connection to one of `ports`, the pids that hold its socket."""
+def established_by_pid(ports: list[int]) -> list[tuple[int, set[int]]]:
+    """For each established TCP connection to one of `ports`: that port, and the pids holding it."""
     expr = " or ".join(f"dport = :{p}" for p in ports)
     out = subprocess.run(
         ["ss", "-Htnp", "state", "established", f"( {expr} )"],
@@ -127,9 +127,24 @@ def established_by_pid(ports: list[int]) -> list[set[int]]:
         text=True,
         timeout=20,
     ).stdout
-    return [{int(pid) for pid in _PID.findall(line)} for line in out.splitlines() if line.strip()]
+    connections = []
+    for line in out.splitlines():
+        # Columns: Recv-Q Send-Q Local:port Peer:port users:((...)) — the state column is omitted.
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        peer_port = int(fields[3].rsplit(":", 1)[1])
+        connections.append((peer_port, {int(pid) for pid in _PID.findall(line)}))
+    return connections
 
 
-def count_owned(connections: list[set[int]], owners: set[int]) -> int:
-    return sum(1 for holders in connections if holders & owners)
+def count_owned(connections: list[tuple[int, set[int]]], owners: set[int]) -> int:
+    return sum(1 for _port, holders in connections if holders & owners)
 
+
+def count_owned_by_port(connections: list[tuple[int, set[int]]], owners: set[int]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for port, holders in connections:
+        if holders & owners:
+            counts[port] = counts.get(port, 0) + 1
+    return dict(sorted(counts.items()))
