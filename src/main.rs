@@ -78,7 +78,7 @@ fn serve(table: &'static RouteTable) -> Result<()> {
     runtime.block_on(async {
         let (listeners, certs) = bind(table).await?;
         if let Some(certs) = certs {
-            tokio::spawn(reload_on_sighup(certs));
+            tokio::spawn(tls::reload_on_sighup(certs));
         }
         juggler::run(listeners, table, shutdown_signal()?).await?;
         tracing::info!("stopped");
@@ -140,18 +140,4 @@ fn shutdown_signal() -> Result<impl Future<Output = ()>> {
             _ = terminate.recv() => {}
         }
     })
-}
-
-/// SIGHUP re-reads the certificate and key; a broken pair is logged and the old one kept.
-async fn reload_on_sighup(certs: Arc<ReloadableCert>) {
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot handle SIGHUP: certificate reload disabled");
-        return;
-    };
-    while hangup.recv().await.is_some() {
-        match certs.reload() {
-            Ok(()) => tracing::info!("TLS certificate reloaded"),
-            Err(error) => tracing::error!(%error, "TLS reload failed; keeping the old certificate"),
-        }
-    }
 }

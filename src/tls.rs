@@ -26,6 +26,7 @@ use rustls::{InconsistentKeys, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio_rustls::server::TlsStream;
 use x509_parser::time::ASN1Time;
 
@@ -297,4 +298,26 @@ pub fn from_files(
 /// that sent no ALPN) is served as HTTP/1.1.
 pub fn is_h2<IO>(stream: &TlsStream<IO>) -> bool {
     stream.get_ref().1.alpn_protocol() == Some(ALPN_H2)
+}
+
+/// Re-reads the certificate and key on every SIGHUP, for as long as the process runs: new
+/// handshakes get the new pair; a broken pair is logged with the file at fault and the old one
+/// kept, so a bad deploy of certificate files never takes HTTPS down.
+///
+/// Spawn it once per process. Until it has run for the first time SIGHUP keeps its default
+/// action (terminating the process), so spawn it before telling anyone Juggler is up.
+pub async fn reload_on_sighup(certs: Arc<ReloadableCert>) {
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot handle SIGHUP: certificate reload disabled");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        match certs.reload() {
+            Ok(()) => tracing::info!(cert = %certs.cert_path.display(), "TLS certificate reloaded"),
+            Err(error) => tracing::error!(%error, "TLS reload failed; keeping the old certificate"),
+        }
+    }
 }

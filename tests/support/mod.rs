@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod faulty;
+pub mod https;
 pub mod raw;
 
 use std::collections::HashMap;
