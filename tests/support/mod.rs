@@ -2,9 +2,12 @@
 //! table, and Juggler itself started on port 0 inside the test's runtime.
 #![allow(dead_code)]
 
+pub mod bodies;
 pub mod faulty;
 pub mod https;
 pub mod raw;
+pub mod raw_backend;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -1,0 +1,813 @@
+//! HTTP semantics through Juggler, end to end over loopback: bodies arrive byte for byte whatever
+//! the client's framing, headers cross as RFC 9110 says a proxy must pass them, and requests
+//! Juggler refuses get the right status without ever reaching a backend.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use juggler::table::Settings;
+use support::bodies::{fingerprint, random_body, send_frames, Frames};
+use support::raw_backend::{RawBackend, HOP_BY_HOP_RESPONSE_HEADERS};
+use support::wire::Wire;
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+const MIB: usize = 1024 * 1024;
+
+/// From empty to four times the response buffer: `1 MiB ± 1` straddle the buffered/streamed split.
+const BODY_SIZES: [usize; 7] = [0, 1, 1000, 64 * 1024, MIB - 1, MIB + 1, 4 * MIB];
+
+/// Hop-by-hop request headers (RFC 9110 §7.6.1) that must not reach a backend.
+const HOP_BY_HOP_REQUEST_HEADERS: [&str; 7] = [
+    "x-custom",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn post_echo(body: Bytes) -> Request<Full<Bytes>> {
+    Request::post("/echo")
+        .header("host", "juggler.test")
+        .body(Full::new(body))
+        .unwrap()
+}
+
+/// What the backend saw of the most recent request: its `content-length`, and whether any
+/// `transfer-encoding` came with it.
+fn framing_seen(backend: &TestBackend) -> (Option<String>, bool) {
+    let headers = backend.stats.last_headers.lock().unwrap();
+    let headers = headers.as_ref().expect("backend saw no request");
+    let length = headers
+        .get("content-length")
+        .map(|value| value.to_str().unwrap().to_owned());
+    (length, headers.contains_key("transfer-encoding"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_with_content_length_arrive_byte_for_byte() {
+    bounded(async {
+        let backend = TestBackend::start("echo").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 2, Settings::DEFAULT)).await;
+        let mut client = Client::connect(juggler.addr).await;
+        for (seed, size) in BODY_SIZES.into_iter().enumerate() {
+            let body = random_body(size, seed as u64);
+            let started = Instant::now();
+            let answer = client.send(post_echo(body.clone())).await.unwrap();
+            let (length, chunked) = framing_seen(&backend);
+            println!(
+                "content-length {size:>8} B: status {}, echoed {} B, fingerprint {:016x} -> {:016x}, \
+                 backend saw content-length {length:?}, transfer-encoding {chunked}, {:?}",
+                answer.status,
+                answer.body.len(),
+                fingerprint(&body),
+                fingerprint(&answer.body),
+                started.elapsed()
+            );
+            assert_eq!(answer.status, 200);
+            assert!(answer.body == body, "body of {size} B changed on the way");
+            assert_eq!(answer.headers["x-body-len"], size.to_string().as_str());
+            assert_eq!(length, Some(size.to_string()));
+            assert!(!chunked);
+        }
+        assert_eq!(backend.stats.requests(), BODY_SIZES.len());
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_are_reframed_with_content_length() {
+    bounded(async {
+        let backend = TestBackend::start("echo").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 2, Settings::DEFAULT)).await;
+        for (seed, size) in BODY_SIZES.into_iter().enumerate() {
+            let body = random_body(size, 100 + seed as u64);
+            let frames = Frames::split(&body, 4);
+            let frame_count = frames.count();
+            let request = Request::post("/echo")
+                .header("host", "juggler.test")
+                .body(frames)
+                .unwrap();
+            let started = Instant::now();
+            let answer = send_frames(juggler.addr, request).await.unwrap();
+            let (length, chunked) = framing_seen(&backend);
+            println!(
+                "chunked {size:>8} B in {frame_count} chunks: status {}, echoed {} B, fingerprint \
+                 {:016x} -> {:016x}, backend saw content-length {length:?}, transfer-encoding \
+                 {chunked}, {:?}",
+                answer.status,
+                answer.body.len(),
+                fingerprint(&body),
+                fingerprint(&answer.body),
+                started.elapsed()
+            );
+            assert_eq!(answer.status, 200);
+            assert!(
+                answer.body == body,
+                "chunked body of {size} B changed on the way"
+            );
+            assert_eq!(length, Some(size.to_string()));
+            assert!(!chunked);
+        }
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_chunked_body_with_extensions_and_trailers_is_reframed() {
+    bounded(async {
+        let backend = TestBackend::start("echo").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        wire.send(
+            b"POST /echo HTTP/1.1\r\nHost: juggler.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
+        )
+        .await;
+        let response = wire.read_response(false).await;
+        let (length, chunked) = framing_seen(&backend);
+        let trailer_forwarded = backend
+            .stats
+            .last_headers
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .contains_key("x-trailer");
+        println!(
+            "raw chunked: status {}, body {:?}, backend saw content-length {length:?}, \
+             transfer-encoding {chunked}, trailer as header {trailer_forwarded}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        );
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"hello world");
+        assert_eq!(length.as_deref(), Some("11"));
+        assert!(!chunked);
+        assert!(!trailer_forwarded);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_and_close_delimited_responses_arrive_byte_for_byte() {
+    bounded(async {
+        let backend = RawBackend::start().await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut client = Client::connect(juggler.addr).await;
+        for (path, sizes) in [
+            ("/chunked-echo", &[0, 1000, MIB + 1, 4 * MIB][..]),
+            ("/until-close", &[1000, MIB + 1][..]),
+        ] {
+            for &size in sizes {
+                let body = random_body(size, 200 + size as u64);
+                let request = Request::post(path)
+                    .header("host", "juggler.test")
+                    .body(Full::new(body.clone()))
+                    .unwrap();
+                let started = Instant::now();
+                let answer = client.send(request).await.unwrap();
+                println!(
+                    "{path} {size:>8} B: status {}, got {} B, fingerprint {:016x} -> {:016x}, \
+                     content-length {:?}, {:?}",
+                    answer.status,
+                    answer.body.len(),
+                    fingerprint(&body),
+                    fingerprint(&answer.body),
+                    answer.headers.get("content-length"),
+                    started.elapsed()
+                );
+                assert_eq!(answer.status, 200);
+                assert!(
+                    answer.body == body,
+                    "{path} body of {size} B changed on the way"
+                );
+                assert!(!answer.headers.contains_key("trailer"));
+            }
+        }
+        // Every close-delimited response cost the pool its connection; each was replaced.
+        let accepted = backend.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        println!("backend connections accepted: {accepted}");
+        assert!(
+            accepted >= 3,
+            "close-delimited responses must retire their connection"
+        );
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+/// A request with every kind of hop-by-hop header and end-to-end ones with duplicates, interleaved.
+const HEADER_TEST_REQUEST: &[u8] = b"POST /echo?q=1&r=%2F HTTP/1.1\r\n\
+    Host: juggler.test:8080\r\n\
+    Connection: x-custom, keep-alive\r\n\
+    X-Custom: connection-specific\r\n\
+    Keep-Alive: timeout=5\r\n\
+    Proxy-Connection: keep-alive\r\n\
+    TE: trailers\r\n\
+    Trailer: x-checksum\r\n\
+    X-Dup: 1\r\n\
+    Accept: text/html, application/json;q=0.9\r\n\
+    X-Dup: 2\r\n\
+    Cookie: a=1\r\n\
+    User-Agent: juggler-test/1.0\r\n\
+    Cookie: b=2\r\n\
+    X-Request-Id: 4f2a-77\r\n\
+    X-Empty: \r\n\
+    Content-Length: 5\r\n\
+    \r\n\
+    hello";
+
+/// End-to-end headers of [`HEADER_TEST_REQUEST`] with every value, in order.
+const END_TO_END: [(&str, &[&str]); 7] = [
+    ("host", &["juggler.test:8080"]),
+    ("x-dup", &["1", "2"]),
+    ("accept", &["text/html, application/json;q=0.9"]),
+    ("cookie", &["a=1", "b=2"]),
+    ("user-agent", &["juggler-test/1.0"]),
+    ("x-request-id", &["4f2a-77"]),
+    ("x-empty", &[""]),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_cross_unchanged_except_hop_by_hop() {
+    bounded(async {
+        let backend = TestBackend::start("echo").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        wire.send(HEADER_TEST_REQUEST).await;
+        let response = wire.read_response(false).await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"hello");
+
+        let headers = backend.stats.last_headers.lock().unwrap().clone().unwrap();
+        println!("backend received: {headers:#?}");
+        for (name, values) in END_TO_END {
+            let got: Vec<&str> = headers
+                .get_all(name)
+                .iter()
+                .map(|value| value.to_str().unwrap())
+                .collect();
+            assert_eq!(got, values, "header {name}");
+        }
+        let connection: Vec<_> = headers.get_all("connection").iter().collect();
+        assert_eq!(connection, ["keep-alive"]);
+        assert_eq!(headers["content-length"], "5");
+        for name in HOP_BY_HOP_REQUEST_HEADERS
+            .iter()
+            .chain(&["x-forwarded-for", "x-forwarded-proto"])
+        {
+            assert!(!headers.contains_key(*name), "{name} reached the backend");
+        }
+        let expected = END_TO_END.len() + 2; // plus connection and content-length
+        assert_eq!(headers.keys_len(), expected, "unexpected extra headers");
+        assert_eq!(
+            backend.stats.paths.lock().unwrap().as_slice(),
+            ["/echo"],
+            "path"
+        );
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_line_and_header_values_arrive_byte_for_byte() {
+    bounded(async {
+        let backend = RawBackend::start().await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        wire.send(HEADER_TEST_REQUEST).await;
+        let response = wire.read_response(false).await;
+        assert_eq!(response.status, 200);
+        let head = String::from_utf8(response.body).unwrap();
+        println!("request head as the backend received it:\n{head}");
+        assert_eq!(backend.last_head().as_deref(), Some(head.as_str()));
+
+        let mut lines = head.split("\r\n");
+        assert_eq!(lines.next(), Some("POST /echo?q=1&r=%2F HTTP/1.1"));
+        let fields: Vec<(String, &str)> = lines
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                let (name, value) = line.split_once(':').unwrap();
+                (name.to_ascii_lowercase(), value.trim())
+            })
+            .collect();
+        for (name, values) in END_TO_END {
+            let got: Vec<&str> = fields
+                .iter()
+                .filter(|(field, _)| field == name)
+                .map(|(_, value)| *value)
+                .collect();
+            assert_eq!(got, values, "header {name}");
+        }
+        let count = |name: &str| fields.iter().filter(|(field, _)| field == name).count();
+        assert_eq!(count("connection"), 1);
+        assert_eq!(count("content-length"), 1);
+        for name in HOP_BY_HOP_REQUEST_HEADERS {
+            assert_eq!(count(name), 0, "{name} reached the backend");
+        }
+        assert!(head.ends_with("\r\n\r\n"));
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_hop_by_hop_headers_do_not_reach_the_client() {
+    bounded(async {
+        let backend = RawBackend::start().await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        wire.send(b"GET /hop-by-hop HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
+            .await;
+        let response = wire.read_response(false).await;
+        println!(
+            "client received: {} {:?}",
+            response.status, response.headers
+        );
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"ok");
+        for name in HOP_BY_HOP_RESPONSE_HEADERS {
+            assert!(response.header(name).is_none(), "{name} reached the client");
+        }
+        assert!(response.header("transfer-encoding").is_none());
+        assert_eq!(response.header_all("x-kept"), ["1", "2"]);
+        assert_eq!(response.header_all("set-cookie"), ["a=1", "b=2"]);
+        assert_eq!(response.header("content-type"), Some("text/plain"));
+        assert_eq!(response.header("content-length"), Some("2"));
+        // The client connection is still usable.
+        wire.send(b"GET /hop-by-hop HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
+            .await;
+        assert_eq!(wire.read_response(false).await.status, 200);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+/// Sends GET `/x` with `x_forwarded_for` values and an `X-Forwarded-Proto: https` claim, and
+/// returns the backend's `X-Forwarded-For` / `X-Forwarded-Proto` values.
+async fn forwarded_seen(
+    juggler: &TestJuggler,
+    backend: &TestBackend,
+    x_forwarded_for: &[&str],
+    claim_proto: bool,
+) -> (Vec<String>, Vec<String>) {
+    let mut request = Request::get("/x").header("host", "juggler.test");
+    for value in x_forwarded_for {
+        request = request.header("x-forwarded-for", *value);
+    }
+    if claim_proto {
+        request = request.header("x-forwarded-proto", "https");
+    }
+    let answer = get_with(juggler, request.body(Full::new(Bytes::new())).unwrap()).await;
+    assert_eq!(answer.status, 200);
+    let headers = backend.stats.last_headers.lock().unwrap().clone().unwrap();
+    let values = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|value| value.to_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    (values("x-forwarded-for"), values("x-forwarded-proto"))
+}
+
+async fn get_with(juggler: &TestJuggler, request: Request<Full<Bytes>>) -> Answer {
+    Client::connect(juggler.addr)
+        .await
+        .send(request)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_are_opt_in() {
+    bounded(async {
+        let backend = TestBackend::start("server").await;
+        let off = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (xff, proto) = forwarded_seen(&off, &backend, &[], false).await;
+        println!("flag off, nothing sent: x-forwarded-for {xff:?}, x-forwarded-proto {proto:?}");
+        assert!(xff.is_empty() && proto.is_empty());
+        let (xff, proto) = forwarded_seen(&off, &backend, &["10.0.0.1"], true).await;
+        println!("flag off, client's own: x-forwarded-for {xff:?}, x-forwarded-proto {proto:?}");
+        assert_eq!(xff, ["10.0.0.1"]);
+        assert_eq!(proto, ["https"]);
+        off.shutdown().await.unwrap();
+
+        let mut settings = Settings::DEFAULT;
+        settings.proxy.forwarded_headers = true;
+        let on = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+        let (xff, proto) = forwarded_seen(&on, &backend, &[], false).await;
+        println!("flag on, nothing sent: x-forwarded-for {xff:?}, x-forwarded-proto {proto:?}");
+        assert_eq!(xff, ["127.0.0.1"]);
+        assert_eq!(proto, ["http"]);
+        let (xff, proto) =
+            forwarded_seen(&on, &backend, &["10.0.0.1", "10.0.0.2, 10.0.0.3"], true).await;
+        println!("flag on, chain sent: x-forwarded-for {xff:?}, x-forwarded-proto {proto:?}");
+        assert_eq!(xff, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]);
+        assert_eq!(
+            proto,
+            ["http"],
+            "a client's X-Forwarded-Proto claim is replaced"
+        );
+        on.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
+    bounded(async {
+        let backend = TestBackend::start("server").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut client = Client::connect(juggler.addr).await;
+        let not_found = client.get("/nowhere/x").await.unwrap();
+        let wrong_method = client
+            .send(
+                Request::post("/get-only")
+                    .header("host", "juggler.test")
+                    .body(Full::new(Bytes::from_static(b"data")))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        println!(
+            "GET /nowhere/x: {} {:?}; POST /get-only: {} allow {:?}; backend requests {}",
+            not_found.status,
+            not_found.text(),
+            wrong_method.status,
+            wrong_method.headers.get("allow"),
+            backend.stats.requests()
+        );
+        assert_eq!(not_found.status, 404);
+        assert_eq!(wrong_method.status, 405);
+        assert_eq!(wrong_method.headers["allow"], "GET, HEAD");
+        assert_eq!(backend.stats.requests(), 0);
+        // The same connection still reaches the backend on a matching route.
+        assert_eq!(client.get("/get-only").await.unwrap().text(), "server");
+        assert_eq!(backend.stats.requests(), 1);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+fn limited_body_settings() -> Settings {
+    let mut settings = Settings::DEFAULT;
+    settings.limits.max_body_bytes = 1000;
+    settings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_body_over_the_limit_is_413_and_closes() {
+    bounded(async {
+        let backend = TestBackend::start("echo").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, limited_body_settings())).await;
+        let at_limit = get_with(&juggler, post_echo(random_body(1000, 1))).await;
+        assert_eq!(at_limit.status, 200);
+
+        let mut wire = Wire::connect(juggler.addr).await;
+        wire.send(b"POST /echo HTTP/1.1\r\nHost: juggler.test\r\nContent-Length: 1001\r\n\r\n")
+            .await;
+        let response = wire.read_response(false).await;
+        let (rest, closed) = wire.rest(Duration::from_secs(3)).await;
+        println!(
+            "1000 B: {}; declared 1001 B: {} {:?}, then {} more bytes, closed {closed}; backend \
+             requests {}",
+            at_limit.status,
+            response.status,
+            String::from_utf8_lossy(&response.body),
+            rest.len(),
+            backend.stats.requests()
+        );
+        assert_eq!(response.status, 413);
+        assert!(rest.is_empty());
+        assert!(closed, "connection left open after 413");
+        assert_eq!(backend.stats.requests(), 1);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_body_growing_over_the_limit_is_413_and_closes() {
+    bounded(async {
+        let backend = TestBackend::start("echo").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, limited_body_settings())).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        let chunk = [b'a'; 600];
+        wire.send(
+            b"POST /echo HTTP/1.1\r\nHost: juggler.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .await;
+        // 600 B, a pause, then 600 B more: the body outgrows 1000 B only in its second chunk.
+        for _ in 0..2 {
+            let mut piece = b"258\r\n".to_vec();
+            piece.extend_from_slice(&chunk);
+            piece.extend_from_slice(b"\r\n");
+            // Juggler may already have answered and closed: a failed write is not the test's end.
+            let _ = wire.stream.write_all(&piece).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let response = wire.read_response(false).await;
+        let (rest, closed) = wire.rest(Duration::from_secs(3)).await;
+        println!(
+            "chunked 1200 B over a 1000 B limit: {}, then {} more bytes, closed {closed}; \
+             backend requests {}",
+            response.status,
+            rest.len(),
+            backend.stats.requests()
+        );
+        assert_eq!(response.status, 413);
+        assert!(rest.is_empty());
+        assert!(closed, "connection left open after 413");
+        assert_eq!(backend.stats.requests(), 0);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_block_over_the_limit_is_431() {
+    bounded(async {
+        let backend = TestBackend::start("server").await;
+        let mut settings = Settings::DEFAULT;
+        settings.limits.max_header_bytes = 4096;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+        let request_with = |filler: usize| {
+            format!(
+                "GET /x HTTP/1.1\r\nHost: juggler.test\r\nX-Filler: {}\r\n\r\n",
+                "f".repeat(filler)
+            )
+        };
+        let mut small = Wire::connect(juggler.addr).await;
+        small.send(request_with(3000).as_bytes()).await;
+        let fits = small.read_response(false).await;
+
+        let mut large = Wire::connect(juggler.addr).await;
+        large.send(request_with(6000).as_bytes()).await;
+        let too_large = large.read_response(false).await;
+        let (_, closed) = large.rest(Duration::from_secs(3)).await;
+        println!(
+            "~3 KiB head: {}; ~6 KiB head over a 4 KiB limit: {}, closed {closed}; backend \
+             requests {}",
+            fits.status,
+            too_large.status,
+            backend.stats.requests()
+        );
+        assert_eq!(fits.status, 200);
+        assert_eq!(too_large.status, 431);
+        assert!(closed);
+        assert_eq!(backend.stats.requests(), 1);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_body_is_408_and_closes() {
+    bounded(async {
+        let backend = TestBackend::start("echo").await;
+        let mut settings = Settings::DEFAULT;
+        settings.limits.body_read_timeout = Duration::from_millis(300);
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        let started = Instant::now();
+        wire.send(
+            b"POST /echo HTTP/1.1\r\nHost: juggler.test\r\nContent-Length: 100\r\n\r\n0123456789",
+        )
+        .await;
+        let response = wire.read_response(false).await;
+        let waited = started.elapsed();
+        let (_, closed) = wire.rest(Duration::from_secs(3)).await;
+        println!(
+            "10 of 100 body bytes: {} after {waited:?}, closed {closed}; backend requests {}",
+            response.status,
+            backend.stats.requests()
+        );
+        assert_eq!(response.status, 408);
+        assert!(waited >= Duration::from_millis(280) && waited < Duration::from_secs(3));
+        assert!(closed);
+        assert_eq!(backend.stats.requests(), 0);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+fn short_header_timeout() -> Settings {
+    let mut settings = Settings::DEFAULT;
+    settings.limits.header_read_timeout = Duration::from_millis(300);
+    settings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_head_is_408_and_closes() {
+    bounded(async {
+        let backend = TestBackend::start("server").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, short_header_timeout())).await;
+        let started = Instant::now();
+        let (text, closed) = raw::exchange(
+            juggler.addr,
+            b"GET /x HTTP/1.1\r\nHost: jugg",
+            Duration::from_secs(5),
+        )
+        .await;
+        let waited = started.elapsed();
+        println!("partial head: {text:?} after {waited:?}, closed {closed}");
+        assert_eq!(raw::status_of(&text), Some(408));
+        assert!(closed);
+        assert!(waited >= Duration::from_millis(280) && waited < Duration::from_secs(3));
+        assert_eq!(backend.stats.requests(), 0);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_head_is_408_however_steady_the_trickle() {
+    bounded(async {
+        let backend = TestBackend::start("server").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, short_header_timeout())).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        let started = Instant::now();
+        // One byte every 40 ms: every read sees progress, but the head takes over a second.
+        let head = b"GET /x HTTP/1.1\r\nHost: juggler.test\r\n\r\n";
+        let mut sent = 0;
+        for byte in head {
+            if wire.stream.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        let (rest, closed) = wire.rest(Duration::from_secs(3)).await;
+        let text = String::from_utf8_lossy(&rest);
+        println!(
+            "trickled {sent} of {} head bytes over {:?}: {text:?}, closed {closed}",
+            head.len(),
+            started.elapsed()
+        );
+        assert_eq!(raw::status_of(&text), Some(408));
+        assert!(closed);
+        assert_eq!(backend.stats.requests(), 0);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_quietly() {
+    bounded(async {
+        let backend = TestBackend::start("server").await;
+        let mut settings = Settings::DEFAULT;
+        settings.limits.client_idle_timeout = Duration::from_millis(300);
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+
+        let mut used = Wire::connect(juggler.addr).await;
+        used.send(b"GET /x HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
+            .await;
+        assert_eq!(used.read_response(false).await.status, 200);
+        let idle_from = Instant::now();
+        let (after_response, closed_after_response) = used.rest(Duration::from_secs(3)).await;
+        let idle_for = idle_from.elapsed();
+
+        let mut silent = Wire::connect(juggler.addr).await;
+        let silent_from = Instant::now();
+        let (from_silent, silent_closed) = silent.rest(Duration::from_secs(3)).await;
+        let silent_for = silent_from.elapsed();
+        println!(
+            "after a response: closed {closed_after_response} after {idle_for:?} with {} bytes; \
+             never used: closed {silent_closed} after {silent_for:?} with {} bytes",
+            after_response.len(),
+            from_silent.len()
+        );
+        assert!(closed_after_response && after_response.is_empty());
+        assert!(idle_for >= Duration::from_millis(250) && idle_for < Duration::from_secs(2));
+        assert!(silent_closed && from_silent.is_empty());
+        assert!(silent_for < Duration::from_secs(2));
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_and_connect_are_501() {
+    bounded(async {
+        let backend = TestBackend::start("server").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut websocket = Wire::connect(juggler.addr).await;
+        websocket
+            .send(
+                b"GET /chat HTTP/1.1\r\nHost: juggler.test\r\nConnection: Upgrade\r\n\
+                  Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            )
+            .await;
+        let upgrade = websocket.read_response(false).await;
+        let mut tunnel = Wire::connect(juggler.addr).await;
+        tunnel
+            .send(b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n")
+            .await;
+        let connect = tunnel.read_response(false).await;
+        println!(
+            "Upgrade: websocket: {} {:?}; CONNECT: {} {:?}; backend requests {}",
+            upgrade.status,
+            String::from_utf8_lossy(&upgrade.body),
+            connect.status,
+            String::from_utf8_lossy(&connect.body),
+            backend.stats.requests()
+        );
+        for response in [&upgrade, &connect] {
+            assert_eq!(response.status, 501);
+            let text = String::from_utf8_lossy(&response.body);
+            assert!(text.contains("long-lived"), "body {text:?}");
+            assert!(response.header("upgrade").is_none());
+        }
+        assert_eq!(backend.stats.requests(), 0);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_response_has_the_get_length_and_no_body() {
+    bounded(async {
+        let backend = TestBackend::start("server 1").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        wire.send(b"HEAD /x HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
+            .await;
+        let head = wire.read_response(true).await;
+        let (stray, closed) = wire.rest(Duration::from_millis(300)).await;
+        // The next response on the connection must start right where the HEAD response ended.
+        wire.send(b"GET /x HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
+            .await;
+        let get = wire.read_response(false).await;
+        println!(
+            "HEAD: {} content-length {:?}, {} stray bytes, closed {closed}; GET: {} \
+             content-length {:?} body {:?}",
+            head.status,
+            head.header("content-length"),
+            stray.len(),
+            get.status,
+            get.header("content-length"),
+            String::from_utf8_lossy(&get.body)
+        );
+        assert_eq!(head.status, 200);
+        assert_eq!(head.header("content-length"), Some("8"));
+        assert!(stray.is_empty() && !closed);
+        assert_eq!(get.status, 200);
+        assert_eq!(get.body, b"server 1");
+        assert_eq!(get.header("content-length"), Some("8"));
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_body_for_204_and_304() {
+    bounded(async {
+        let backend = TestBackend::start("server 1").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        for status in [204u16, 304] {
+            wire.send(
+                format!("GET /status/{status} HTTP/1.1\r\nHost: juggler.test\r\n\r\n").as_bytes(),
+            )
+            .await;
+            let response = wire.read_response(false).await;
+            let (stray, closed) = wire.rest(Duration::from_millis(300)).await;
+            println!(
+                "/status/{status}: {} headers {:?}, {} stray bytes, closed {closed}",
+                response.status,
+                response.headers,
+                stray.len()
+            );
+            assert_eq!(response.status, status);
+            assert!(stray.is_empty() && !closed);
+            assert!(response.header("transfer-encoding").is_none());
+            if status == 204 {
+                assert!(matches!(
+                    response.header("content-length"),
+                    None | Some("0")
+                ));
+            }
+        }
+        wire.send(b"GET /x HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
+            .await;
+        let next = wire.read_response(false).await;
+        assert_eq!(next.body, b"server 1");
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}

@@ -1,0 +1,213 @@
+//! A backend written on raw TCP, for what a hyper backend cannot show or will not send: the exact
+//! bytes of each request head Juggler sent (header order and case included), responses carrying
+//! hop-by-hop headers, chunked responses with extensions and trailers, and close-delimited ones.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The response to `/hop-by-hop`: every kind of hop-by-hop header next to end-to-end ones
+/// (`x-kept` twice, `set-cookie` twice) that must reach the client in order.
+pub const HOP_BY_HOP_RESPONSE: &str = "HTTP/1.1 200 OK\r\n\
+    Connection: x-foo, keep-alive\r\n\
+    X-Foo: connection-specific\r\n\
+    Keep-Alive: timeout=30\r\n\
+    Proxy-Connection: keep-alive\r\n\
+    Upgrade: h2c\r\n\
+    Trailer: x-checksum\r\n\
+    X-Kept: 1\r\n\
+    Set-Cookie: a=1\r\n\
+    X-Kept: 2\r\n\
+    Set-Cookie: b=2\r\n\
+    Content-Type: text/plain\r\n\
+    Content-Length: 2\r\n\
+    \r\n\
+    ok";
+
+/// Headers in [`HOP_BY_HOP_RESPONSE`] that must not reach the client.
+pub const HOP_BY_HOP_RESPONSE_HEADERS: [&str; 6] = [
+    "connection",
+    "x-foo",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "trailer",
+];
+
+/// A raw HTTP/1.1 backend on 127.0.0.1:0. Paths:
+/// - `/hop-by-hop`: answers [`HOP_BY_HOP_RESPONSE`];
+/// - `/chunked-echo`: answers the request body `Transfer-Encoding: chunked` in several chunks, the
+///   first with a chunk extension, and a trailer section;
+/// - `/until-close`: answers the request body with no length and closes the connection;
+/// - anything else: answers the request head exactly as received, as `text/plain`.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    /// Every request head received, in order, byte for byte (as text).
+    pub heads: Arc<Mutex<Vec<String>>>,
+    /// TCP connections accepted over the backend's life.
+    pub accepted: Arc<AtomicUsize>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RawBackend {
+    pub async fn start() -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (stop, mut stopped) = oneshot::channel();
+        let task_heads = Arc::clone(&heads);
+        let task_accepted = Arc::clone(&accepted);
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    _ = &mut stopped => break,
+                };
+                task_accepted.fetch_add(1, Ordering::SeqCst);
+                connections.spawn(serve(stream, Arc::clone(&task_heads)));
+            }
+            connections.shutdown().await;
+        });
+        RawBackend {
+            addr,
+            heads,
+            accepted,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// The most recent request head received.
+    pub fn last_head(&self) -> Option<String> {
+        self.heads.lock().unwrap().last().cloned()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One request read off the wire.
+struct RawRequest {
+    head: String,
+    path: String,
+    body: Vec<u8>,
+}
+
+/// Serves requests on one connection until the peer closes it or sends something unexpected.
+async fn serve(mut stream: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    while let Some(request) = read_request(&mut stream, &mut buf).await {
+        heads.lock().unwrap().push(request.head.clone());
+        let keep_open = match request.path.as_str() {
+            "/hop-by-hop" => write(&mut stream, HOP_BY_HOP_RESPONSE.as_bytes()).await,
+            "/chunked-echo" => write_chunked(&mut stream, &request.body).await,
+            "/until-close" => {
+                let head = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/octet-stream\r\n\r\n";
+                let _ = write(&mut stream, head.as_bytes()).await;
+                let _ = write(&mut stream, &request.body).await;
+                let _ = stream.shutdown().await;
+                false
+            }
+            _ => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                    request.head.len()
+                );
+                write(&mut stream, head.as_bytes()).await
+                    && write(&mut stream, request.head.as_bytes()).await
+            }
+        };
+        if !keep_open {
+            return;
+        }
+    }
+}
+
+async fn write(stream: &mut TcpStream, bytes: &[u8]) -> bool {
+    stream.write_all(bytes).await.is_ok()
+}
+
+/// `body` as a chunked response: up to four chunks, an extension on the first, a trailer at the end.
+async fn write_chunked(stream: &mut TcpStream, body: &[u8]) -> bool {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+                Transfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n";
+    if !write(stream, head.as_bytes()).await {
+        return false;
+    }
+    let chunk_len = body.len().div_ceil(4).max(1);
+    for (index, chunk) in body.chunks(chunk_len).enumerate() {
+        let size_line = if index == 0 {
+            format!("{:x};ext=first\r\n", chunk.len())
+        } else {
+            format!("{:X}\r\n", chunk.len())
+        };
+        if !(write(stream, size_line.as_bytes()).await
+            && write(stream, chunk).await
+            && write(stream, b"\r\n").await)
+        {
+            return false;
+        }
+    }
+    write(stream, b"0\r\nx-checksum: whatever\r\n\r\n").await
+}
+
+/// Reads one request with a `Content-Length` body (Juggler frames every request that way).
+/// `None` when the peer closed or sent something this backend does not understand.
+async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<RawRequest> {
+    let (head_len, path, body_len) = loop {
+        let mut fields = [httparse::EMPTY_HEADER; 128];
+        let mut request = httparse::Request::new(&mut fields);
+        match request.parse(buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let mut body_len = 0;
+                for field in request.headers.iter() {
+                    if field.name.eq_ignore_ascii_case("transfer-encoding") {
+                        return None;
+                    }
+                    if field.name.eq_ignore_ascii_case("content-length") {
+                        body_len = std::str::from_utf8(field.value).ok()?.parse().ok()?;
+                    }
+                }
+                break (head_len, request.path?.to_owned(), body_len);
+            }
+            Ok(httparse::Status::Partial) => {
+                if stream.read_buf(buf).await.ok()? == 0 {
+                    return None;
+                }
+            }
+            Err(_) => return None,
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
+    buf.advance(head_len);
+    while buf.len() < body_len {
+        buf.reserve(body_len - buf.len());
+        if stream.read_buf(buf).await.ok()? == 0 {
+            return None;
+        }
+    }
+    let body = buf.split_to(body_len).to_vec();
+    Some(RawRequest { head, path, body })
+}
