@@ -28,7 +28,7 @@ extern crate self as juggler;
 pub use http;
 
 mod activity;
-mod backend_conn;
+pub mod backend_conn;
 pub mod balance;
 pub mod body;
 mod chunked;

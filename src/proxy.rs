@@ -20,6 +20,9 @@ use crate::headers::{self, ClientInfo};
 use crate::pool::{BackendPool, CheckoutError, PooledConn};
 use crate::table::{Route, RouteMatch, RouteTable, Settings};
 
+/// The `tracing` target of the one-line-per-request access log.
+pub const ACCESS_LOG: &str = "juggler::access";
+
 /// Bodies up to this size are sent in the same write as the request head.
 const COALESCE_BODY_LIMIT: usize = 16 * 1024;
 
@@ -66,23 +69,25 @@ impl Proxy {
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let started = Instant::now();
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
+        // The access log needs the request line after the request is consumed; keep it (a
+        // reference-counted copy, not a new string) only when the log is on.
+        let logged = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO)
+            .then(|| (Instant::now(), request.method().clone(), request.uri().clone()));
         let mut outcome = Outcome::default();
         let response = self.route_and_forward(request, client, &mut outcome).await;
-        let bytes = response.body().size_hint().exact().unwrap_or(0);
-        tracing::info!(
-            target: "juggler::access",
-            client = %client.ip,
-            %method,
-            path,
-            status = response.status().as_u16(),
-            backend = outcome.backend,
-            queued_us = outcome.queued.as_micros() as u64,
-            total_us = started.elapsed().as_micros() as u64,
-            bytes,
-        );
+        if let Some((started, method, uri)) = logged {
+            tracing::info!(
+                target: ACCESS_LOG,
+                client = %client.ip,
+                %method,
+                path = uri.path(),
+                status = response.status().as_u16(),
+                backend = outcome.backend,
+                queued_us = outcome.queued.as_micros() as u64,
+                total_us = started.elapsed().as_micros() as u64,
+                bytes = response.body().size_hint().exact().unwrap_or(0),
+            );
+        }
         response
     }
 

@@ -1,0 +1,59 @@
+# Juggler's verbs, as in the original: routes, all, clean, ssl_cert — plus run, test, bench.
+#
+# The route table and settings are compiled in from routes.toml and juggler_config/. Build a variant
+# without editing the tree with JUGGLER_ROUTES=<file> and/or JUGGLER_CONFIG=<dir> (cargo passes them
+# to build.rs, which rebuilds when they change).
+
+CARGO   ?= cargo
+TARGET  := x86_64-unknown-linux-gnu
+RELEASE := target/$(TARGET)/release
+# bin/juggler is one static binary: glibc linked in, nothing to install next to it (non-PIE, so
+# `file` reports "statically linked").
+STATIC  := -C target-feature=+crt-static -C relocation-model=static
+BINS    := juggler test_server ssl_cert
+
+.PHONY: all routes clean ssl_cert test run test_servers bench
+
+## all: build bin/juggler (static), bin/test_server and bin/ssl_cert in release mode
+all:
+	RUSTFLAGS="$(STATIC)" $(CARGO) build --release --target $(TARGET) $(addprefix --bin ,$(BINS))
+	@mkdir -p bin
+	@cp $(addprefix $(RELEASE)/,$(BINS)) bin/
+	@echo "built: $(addprefix bin/,$(BINS))"
+
+## routes: validate the config, regenerate distributer.rs and print a summary of it
+routes:
+	$(CARGO) run -q -p juggler-codegen --bin juggler-routes -- --out target/juggler/distributer.rs
+
+## clean: remove bin/, all build output and the generated distributer.rs
+clean:
+	$(CARGO) clean
+	rm -rf bin
+
+## ssl_cert: self-signed certificate and key (mode 0600) for localhost into juggler_config/
+ssl_cert:
+	$(CARGO) run -q --bin ssl_cert -- --dir juggler_config
+
+## test: every test of the workspace (unit, codegen, integration over loopback)
+test:
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+## run: the three test servers on 6901-6903 and Juggler on the compiled config; Ctrl-C stops all
+run: all
+	@trap 'kill $$(jobs -p) 2>/dev/null; wait' EXIT; \
+	for i in 1 2 3; do ./bin/test_server --port 690$$i --root ./test_server_root_$$i & done; \
+	./bin/juggler
+
+## test_servers: only the three test servers (Ctrl-C stops them)
+test_servers: all
+	@trap 'kill $$(jobs -p) 2>/dev/null; wait' EXIT; \
+	for i in 1 2 3; do ./bin/test_server --port 690$$i --root ./test_server_root_$$i & done; \
+	wait
+
+## bench: Juggler against nginx and HAProxy in one run (installs them if missing); see bench/README.md
+bench:
+	bash bench/run.sh
