@@ -7,6 +7,9 @@ mod support;
 use std::io;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
 use juggler::table::Settings;
 use rustls::pki_types::CertificateDer;
 use rustls::CertificateError;
@@ -473,4 +476,43 @@ async fn wait_for_certificate(
             "new connections still get the old certificate after {signals} SIGHUPs"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_listener_redirects_to_https_when_configured() {
+    bounded(async {
+        let backend = TestBackend::start("server 1").await;
+        let cert = TestCert::generate();
+        let files = CertFiles::new("redirect", &cert);
+        let mut settings = Settings::DEFAULT;
+        settings.listen.redirect_http_to_https = true;
+        // The redirect names the configured HTTPS port; the test's listeners are on port 0.
+        settings.listen.https = Some("0.0.0.0:8443");
+        let juggler = HttpsJuggler::start(table(&[backend.addr], 1, settings), &files).await;
+
+        let mut plain = Client::connect(juggler.http_addr).await;
+        let answer = plain.get("/a/b?x=1").await.unwrap();
+        let location = answer.headers.get("location").map(|v| v.to_str().unwrap());
+        println!("plain GET → {} location {location:?}", answer.status);
+        assert_eq!(answer.status, 308);
+        assert_eq!(location, Some("https://juggler.test:8443/a/b?x=1"));
+
+        // 308 keeps the method, so a POST is redirected too; the keep-alive connection survives.
+        let post = Request::post("/form")
+            .header("host", "localhost:8080")
+            .body(Full::new(Bytes::from_static(b"a=1")))
+            .unwrap();
+        let answer = plain.send(post).await.unwrap();
+        let location = answer.headers.get("location").map(|v| v.to_str().unwrap());
+        println!("plain POST → {} location {location:?}", answer.status);
+        assert_eq!(answer.status, 308);
+        assert_eq!(location, Some("https://localhost:8443/form"));
+
+        // HTTPS itself is proxied as usual, and nothing from the plain listener reached a backend.
+        let mut secure = https_client(juggler.https_addr, &cert).await;
+        assert_eq!(secure.get("/a/b?x=1").await.unwrap().text(), "server 1");
+        assert_eq!(backend.stats.requests(), 1);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
 }
