@@ -811,3 +811,318 @@ async fn no_body_for_204_and_304() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_by_juggler_and_not_forwarded() {
+    bounded(async {
+        let backend = TestBackend::start("echo").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        wire.send(
+            b"POST /echo HTTP/1.1\r\nHost: juggler.test\r\nExpect: 100-continue\r\n\
+              Content-Length: 5\r\n\r\n",
+        )
+        .await;
+        let interim = wire.read_response(false).await;
+        wire.send(b"hello").await;
+        let response = wire.read_response(false).await;
+        let expect_forwarded = backend
+            .stats
+            .last_headers
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .contains_key("expect");
+        println!(
+            "interim {}, final {} {:?}, expect forwarded {expect_forwarded}",
+            interim.status,
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        );
+        assert_eq!(interim.status, 100);
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"hello");
+        assert!(!expect_forwarded);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    bounded(async {
+        let backend = TestBackend::start("server").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 2, Settings::DEFAULT)).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        // Three requests in one write; a slow one first, so a later one could overtake it.
+        wire.send(
+            b"GET /sleep/200 HTTP/1.1\r\nHost: juggler.test\r\n\r\n\
+              POST /echo HTTP/1.1\r\nHost: juggler.test\r\nContent-Length: 3\r\n\r\nabc\
+              GET /status/204 HTTP/1.1\r\nHost: juggler.test\r\n\r\n",
+        )
+        .await;
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            let response = wire.read_response(false).await;
+            answers.push((response.status, String::from_utf8(response.body).unwrap()));
+        }
+        println!("pipelined answers: {answers:?}");
+        assert_eq!(
+            answers,
+            [
+                (200, "server".to_owned()),
+                (200, "abc".to_owned()),
+                (204, String::new())
+            ]
+        );
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_clients_get_whole_bodies_and_a_close() {
+    bounded(async {
+        let backend = RawBackend::start().await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        for size in [1000, MIB + 1] {
+            let body = random_body(size, 300 + size as u64);
+            let mut wire = Wire::connect(juggler.addr).await;
+            wire.send(
+                format!(
+                    "POST /chunked-echo HTTP/1.0\r\nHost: juggler.test\r\nContent-Length: {size}\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await;
+            wire.send(&body).await;
+            let response = wire.read_response(false).await;
+            let (rest, closed) = wire.rest(Duration::from_secs(3)).await;
+            println!(
+                "HTTP/1.0 client, chunked backend response of {size} B: {} content-length {:?} \
+                 transfer-encoding {:?}, got {} B, then {} more, closed {closed}",
+                response.status,
+                response.header("content-length"),
+                response.header("transfer-encoding"),
+                response.body.len(),
+                rest.len()
+            );
+            assert_eq!(response.status, 200);
+            assert!(response.header("transfer-encoding").is_none());
+            assert!(response.body == body, "body of {size} B changed on the way");
+            assert!(rest.is_empty() && closed);
+        }
+        // The pooled connection is HTTP/1.1 keep-alive whatever the client spoke.
+        assert!(backend
+            .last_head()
+            .unwrap()
+            .starts_with("POST /chunked-echo HTTP/1.1\r\n"));
+        assert!(backend.last_head().unwrap().contains("connection: keep-alive\r\n"));
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_target_goes_out_in_origin_form() {
+    bounded(async {
+        let backend = RawBackend::start().await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        wire.send(b"GET http://juggler.test/abs/path?x=1 HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
+            .await;
+        let response = wire.read_response(false).await;
+        let head = String::from_utf8(response.body).unwrap();
+        println!("absolute-form request reached the backend as:\n{head}");
+        assert_eq!(response.status, 200);
+        assert!(head.starts_with("GET /abs/path?x=1 HTTP/1.1\r\n"));
+        assert_eq!(head.matches("host: juggler.test\r\n").count(), 1);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_responses_from_the_backend_are_skipped() {
+    bounded(async {
+        let backend = RawBackend::start().await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut client = Client::connect(juggler.addr).await;
+        let first = client.get("/early-hints").await.unwrap();
+        let second = client.get("/early-hints").await.unwrap();
+        println!(
+            "after 103 + 100: {} {:?}, again {} {:?}; backend connections {}",
+            first.status,
+            first.text(),
+            second.status,
+            second.text(),
+            backend.accepted.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        assert_eq!(
+            (first.status.as_u16(), first.text().as_str()),
+            (200, "final")
+        );
+        assert_eq!(
+            (second.status.as_u16(), second.text().as_str()),
+            (200, "final")
+        );
+        assert_eq!(
+            backend.accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_connection_close_ends_only_the_client_connection() {
+    bounded(async {
+        let backend = RawBackend::start().await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        for round in 0..3 {
+            let mut wire = Wire::connect(juggler.addr).await;
+            wire.send(b"GET /a HTTP/1.1\r\nHost: juggler.test\r\nConnection: close\r\n\r\n")
+                .await;
+            let response = wire.read_response(false).await;
+            let (_, closed) = wire.rest(Duration::from_secs(3)).await;
+            let head = String::from_utf8(response.body).unwrap();
+            println!(
+                "round {round}: {} closed {closed}; backend saw {head:?}",
+                response.status
+            );
+            assert_eq!(response.status, 200);
+            assert!(closed, "client asked for close");
+            assert!(head.contains("connection: keep-alive\r\n") && !head.contains("close"));
+        }
+        let accepted = backend.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        println!("backend connections accepted over 3 client closes: {accepted}");
+        assert_eq!(accepted, 1);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_of_a_large_response_carries_its_length_and_keeps_the_connection() {
+    bounded(async {
+        let backend = RawBackend::start().await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        wire.send(b"HEAD /big-length HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
+            .await;
+        let head = wire.read_response(true).await;
+        let (stray, closed) = wire.rest(Duration::from_millis(300)).await;
+        wire.send(b"GET /after-head HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
+            .await;
+        let next = wire.read_response(false).await;
+        let accepted = backend.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        println!(
+            "HEAD /big-length: {} content-length {:?}, {} stray bytes, closed {closed}; next \
+             request {}; backend connections {accepted}",
+            head.status,
+            head.header("content-length"),
+            stray.len(),
+            next.status
+        );
+        assert_eq!(head.status, 200);
+        assert_eq!(
+            head.header("content-length"),
+            Some(support::raw_backend::BIG_LENGTH.to_string().as_str())
+        );
+        assert!(stray.is_empty() && !closed);
+        assert_eq!(next.status, 200);
+        assert!(String::from_utf8_lossy(&next.body).starts_with("GET /after-head HTTP/1.1"));
+        assert_eq!(accepted, 1, "a HEAD response cost the pooled connection");
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_leaving_mid_stream_frees_the_pooled_connection() {
+    bounded(async {
+        let backend = TestBackend::start("server").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let body = random_body(4 * MIB, 7);
+        let mut wire = Wire::connect(juggler.addr).await;
+        wire.send(
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: juggler.test\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+        wire.send(&body).await;
+        // Read a little of the 4 MiB answer, then go away.
+        let mut first = vec![0u8; 64 * 1024];
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(&mut wire.stream, &mut first),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(String::from_utf8_lossy(&first[..read]).starts_with("HTTP/1.1 200"));
+        drop(wire);
+
+        let started = Instant::now();
+        let next = tokio::time::timeout(Duration::from_secs(5), get(juggler.addr, "/x"))
+            .await
+            .expect("the only pooled connection was never given back")
+            .unwrap();
+        let waited = started.elapsed();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (juggler.open_connections() != [1] || backend.stats.open() != 1)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!(
+            "after the client left mid-stream: next request {} in {waited:?}; pool {:?}, backend \
+             open {}, accepted {}",
+            next.status,
+            juggler.open_connections(),
+            backend.stats.open(),
+            backend.stats.accepted()
+        );
+        assert_eq!(next.status, 200);
+        assert_eq!(next.text(), "server");
+        assert_eq!(juggler.open_connections(), [1]);
+        assert_eq!(backend.stats.open(), 1);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_of_a_client_gone_while_queued_is_never_sent() {
+    bounded(async {
+        let backend = TestBackend::start("server").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let addr = juggler.addr;
+        let holder = tokio::spawn(async move { get(addr, "/sleep/600").await.unwrap().status });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while backend.stats.requests() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut quitter = Wire::connect(addr).await;
+        quitter
+            .send(b"GET /abandoned HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(quitter);
+        assert_eq!(holder.await.unwrap(), 200);
+        // Give Juggler the time it would need to (wrongly) send the abandoned request.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = get(addr, "/after").await.unwrap();
+        let paths = backend.stats.paths.lock().unwrap().clone();
+        println!("backend paths: {paths:?}; request after: {}", after.status);
+        assert_eq!(after.status, 200);
+        assert_eq!(paths, ["/sleep/600", "/after"]);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}

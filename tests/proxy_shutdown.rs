@@ -101,15 +101,17 @@ async fn queued_requests_complete_during_shutdown() {
     bounded(async {
         const REQUESTS: usize = 4;
         let backend = TestBackend::start("server").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut settings = Settings::DEFAULT;
+        // A queue that holds exactly the waiting requests: "full" then means all of them wait.
+        settings.queue.max_queued_per_server = REQUESTS - 1;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
         let requests = start_requests(juggler.addr, "/sleep/300", REQUESTS);
-        until("the first request to reach the backend", || {
-            backend.stats.requests() == 1
+        let pool = std::sync::Arc::clone(&juggler.proxy.pools[0]);
+        until("one request on the connection and the rest queued", || {
+            pool.is_full()
         })
         .await;
-        // The other requests are read by now and wait in the queue for the only connection.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(backend.stats.requests(), 1, "the pool has one connection");
+        assert!(backend.stats.requests() <= 1, "the pool has one connection");
         let started = Instant::now();
         let result = juggler.shutdown().await;
         let drained_in = started.elapsed();

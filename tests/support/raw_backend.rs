@@ -40,12 +40,18 @@ pub const HOP_BY_HOP_RESPONSE_HEADERS: [&str; 6] = [
     "trailer",
 ];
 
+/// The `Content-Length` of `/big-length`: several times the response buffer.
+pub const BIG_LENGTH: usize = 5_000_000;
+
 /// A raw HTTP/1.1 backend on 127.0.0.1:0. Paths:
 /// - `/hop-by-hop`: answers [`HOP_BY_HOP_RESPONSE`];
 /// - `/chunked-echo`: answers the request body `Transfer-Encoding: chunked` in several chunks, the
 ///   first with a chunk extension, and a trailer section;
 /// - `/until-close`: answers the request body with no length and closes the connection;
-/// - anything else: answers the request head exactly as received, as `text/plain`.
+/// - `/early-hints`: sends `103 Early Hints` and `100 Continue` before a `200` with body `final`;
+/// - `/big-length`: answers [`BIG_LENGTH`] zero bytes (only the head to `HEAD`);
+/// - anything else: answers the request head exactly as received, as `text/plain` (only the
+///   response head to `HEAD`).
 pub struct RawBackend {
     pub addr: SocketAddr,
     /// Every request head received, in order, byte for byte (as text).
@@ -111,6 +117,7 @@ impl Drop for RawBackend {
 /// One request read off the wire.
 struct RawRequest {
     head: String,
+    method: String,
     path: String,
     body: Vec<u8>,
 }
@@ -123,6 +130,18 @@ async fn serve(mut stream: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
         let keep_open = match request.path.as_str() {
             "/hop-by-hop" => write(&mut stream, HOP_BY_HOP_RESPONSE.as_bytes()).await,
             "/chunked-echo" => write_chunked(&mut stream, &request.body).await,
+            "/early-hints" => {
+                let interim = "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+                               HTTP/1.1 100 Continue\r\n\r\n";
+                let last = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal";
+                write(&mut stream, interim.as_bytes()).await
+                    && write(&mut stream, last.as_bytes()).await
+            }
+            "/big-length" => {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG_LENGTH}\r\n\r\n");
+                write(&mut stream, head.as_bytes()).await
+                    && (request.method == "HEAD" || write(&mut stream, &vec![0; BIG_LENGTH]).await)
+            }
             "/until-close" => {
                 let head = "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/octet-stream\r\n\r\n";
                 let _ = write(&mut stream, head.as_bytes()).await;
@@ -136,7 +155,8 @@ async fn serve(mut stream: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
                     request.head.len()
                 );
                 write(&mut stream, head.as_bytes()).await
-                    && write(&mut stream, request.head.as_bytes()).await
+                    && (request.method == "HEAD"
+                        || write(&mut stream, request.head.as_bytes()).await)
             }
         };
         if !keep_open {
@@ -176,7 +196,7 @@ async fn write_chunked(stream: &mut TcpStream, body: &[u8]) -> bool {
 /// Reads one request with a `Content-Length` body (Juggler frames every request that way).
 /// `None` when the peer closed or sent something this backend does not understand.
 async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<RawRequest> {
-    let (head_len, path, body_len) = loop {
+    let (head_len, method, path, body_len) = loop {
         let mut fields = [httparse::EMPTY_HEADER; 128];
         let mut request = httparse::Request::new(&mut fields);
         match request.parse(buf) {
@@ -190,7 +210,12 @@ async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<RawR
                         body_len = std::str::from_utf8(field.value).ok()?.parse().ok()?;
                     }
                 }
-                break (head_len, request.path?.to_owned(), body_len);
+                break (
+                    head_len,
+                    request.method?.to_owned(),
+                    request.path?.to_owned(),
+                    body_len,
+                );
             }
             Ok(httparse::Status::Partial) => {
                 if stream.read_buf(buf).await.ok()? == 0 {
@@ -209,5 +234,10 @@ async fn read_request(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<RawR
         }
     }
     let body = buf.split_to(body_len).to_vec();
-    Some(RawRequest { head, path, body })
+    Some(RawRequest {
+        head,
+        method,
+        path,
+        body,
+    })
 }
