@@ -31,7 +31,7 @@ async fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> Optio
 async fn killed_backend_loses_no_requests_and_is_readmitted() {
     bounded(async {
         const CLIENTS: usize = 64;
-        let mut backends = vec![
+        let mut backends = [
             Some(TestBackend::start("server 1").await),
             Some(TestBackend::start("server 2").await),
             Some(TestBackend::start("server 3").await),
