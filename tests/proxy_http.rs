@@ -1126,3 +1126,81 @@ async fn request_of_a_client_gone_while_queued_is_never_sent() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_still_sending_a_large_body_reads_its_413() {
+    bounded(async {
+        let backend = TestBackend::start("echo").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, limited_body_settings())).await;
+        // 20 MB is far beyond what the socket buffers absorb: Juggler answers and closes while
+        // the client is still writing, and the 413 must still reach it (not just a reset).
+        const SIZE: usize = 20_000_000;
+        let mut outcomes = Vec::new();
+        for _ in 0..5 {
+            let stream = tokio::net::TcpStream::connect(juggler.addr).await.unwrap();
+            let (mut reader, mut writer) = stream.into_split();
+            let writing = tokio::spawn(async move {
+                let head =
+                    format!("POST /echo HTTP/1.1\r\nHost: j\r\nContent-Length: {SIZE}\r\n\r\n");
+                writer.write_all(head.as_bytes()).await?;
+                writer.write_all(&vec![b'x'; SIZE]).await
+            });
+            let mut received = Vec::new();
+            let read = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut received),
+            )
+            .await
+            .expect("connection not closed after 413");
+            let wrote = writing.await.unwrap();
+            let status = raw::status_of(&String::from_utf8_lossy(&received));
+            outcomes.push((
+                status,
+                read.map(|_| "closed").map_err(|error| error.kind()),
+                wrote.map_err(|error| error.kind()),
+            ));
+        }
+        println!(
+            "(status, read end, write end) x5: {outcomes:?}; backend requests {}",
+            backend.stats.requests()
+        );
+        for (status, _, _) in &outcomes {
+            assert_eq!(*status, Some(413));
+        }
+        assert_eq!(backend.stats.requests(), 0);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_timeouts_do_not_cut_a_slow_backend_answer() {
+    bounded(async {
+        let backend = TestBackend::start("server").await;
+        let mut settings = Settings::DEFAULT;
+        settings.limits.header_read_timeout = Duration::from_millis(200);
+        settings.limits.client_idle_timeout = Duration::from_millis(200);
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        let started = Instant::now();
+        wire.send(b"GET /sleep/800 HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
+            .await;
+        let slow = wire.read_response(false).await;
+        let took = started.elapsed();
+        // The connection is still open and serves the next request.
+        wire.send(b"GET /x HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
+            .await;
+        let next = wire.read_response(false).await;
+        println!(
+            "800 ms answer under 200 ms header/idle timeouts: {} after {took:?}; next {} {:?}",
+            slow.status,
+            next.status,
+            String::from_utf8_lossy(&next.body)
+        );
+        assert_eq!(slow.status, 200);
+        assert_eq!(slow.body, b"server");
+        assert_eq!(next.body, b"server");
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}

@@ -157,3 +157,91 @@ async fn drain_deadline_bounds_shutdown() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_still_uploading_its_body_completes_during_shutdown() {
+    bounded(async {
+        let backend = TestBackend::start("echo").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        wire.send(b"POST /echo HTTP/1.1\r\nHost: juggler.test\r\nContent-Length: 10\r\n\r\n01234")
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let shutdown = tokio::spawn(juggler.shutdown());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !shutdown.is_finished(),
+            "shutdown did not wait for the upload"
+        );
+        wire.send(b"56789").await;
+        let response = wire.read_response(false).await;
+        let (rest, closed) = wire.rest(Duration::from_secs(3)).await;
+        let result = shutdown.await.unwrap();
+        println!(
+            "body finished 200 ms into shutdown: {} {:?}, then {} bytes, closed {closed}; \
+             shutdown {result:?} after {:?}",
+            response.status,
+            String::from_utf8_lossy(&response.body),
+            rest.len(),
+            started.elapsed()
+        );
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"0123456789");
+        assert!(
+            rest.is_empty() && closed,
+            "connection kept open after the drain"
+        );
+        assert!(result.is_ok());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_response_completes_during_shutdown() {
+    bounded(async {
+        use http_body_util::BodyExt;
+
+        let backend = TestBackend::start("echo").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let body = support::bodies::random_body(4 * 1024 * 1024, 11);
+        let stream = tokio::net::TcpStream::connect(juggler.addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        let driver = tokio::spawn(conn);
+        let request = http::Request::post("/echo")
+            .header("host", "juggler.test")
+            .body(http_body_util::Full::new(body.clone()))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        // The head is in; the 4 MiB body (four times the response buffer) is still streaming.
+        let started = Instant::now();
+        let shutdown = tokio::spawn(juggler.shutdown());
+        let mut received = Vec::with_capacity(body.len());
+        let mut frames = 0;
+        let mut incoming = response.into_body();
+        while let Some(frame) = incoming.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                received.extend_from_slice(&data);
+            }
+            frames += 1;
+            // A slow reader, so that shutdown overlaps most of the body.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let read_for = started.elapsed();
+        let result = shutdown.await.unwrap();
+        println!(
+            "read {} B in {frames} frames over {read_for:?} while shutting down; shutdown \
+             {result:?} after {:?}",
+            received.len(),
+            started.elapsed()
+        );
+        assert!(received == body, "streamed body changed during shutdown");
+        assert!(result.is_ok());
+        driver.abort();
+    })
+    .await;
+}
