@@ -1250,3 +1250,92 @@ async fn end_to_end_headers_keep_their_order_on_both_legs() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_header_fields_all_arrive() {
+    bounded(async {
+        const FIELDS: usize = 100;
+        let backend = RawBackend::start().await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let mut request = String::from("GET /x HTTP/1.1\r\nHost: juggler.test\r\n");
+        for i in 1..FIELDS {
+            request.push_str(&format!("X-Field-{i}: value {i}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut wire = Wire::connect(juggler.addr).await;
+        wire.send(request.as_bytes()).await;
+        let response = wire.read_response(false).await;
+        let head = String::from_utf8(response.body).unwrap();
+        let arrived = (1..FIELDS)
+            .filter(|i| head.contains(&format!("x-field-{i}: value {i}\r\n")))
+            .count();
+        println!(
+            "{FIELDS} header fields ({} B): {}, {arrived} of {} custom fields reached the backend",
+            request.len(),
+            response.status,
+            FIELDS - 1
+        );
+        assert_eq!(response.status, 200);
+        assert_eq!(arrived, FIELDS - 1);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_ascii_header_values_and_long_targets_pass_byte_for_byte() {
+    bounded(async {
+        let backend = RawBackend::start().await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let long_path = format!("/long/{}?q={}", "p".repeat(4000), "v".repeat(2000));
+        let request = format!(
+            "GET {long_path} HTTP/1.1\r\nHost: juggler.test\r\nX-Utf8: café ✓\r\n\
+             X-Spaces: a  b\tc\r\n\r\n"
+        );
+        let mut wire = Wire::connect(juggler.addr).await;
+        wire.send(request.as_bytes()).await;
+        let response = wire.read_response(false).await;
+        let head = String::from_utf8(response.body).unwrap();
+        println!(
+            "{} B target, UTF-8 and inner whitespace in values: {}; backend head {} B",
+            long_path.len(),
+            response.status,
+            head.len()
+        );
+        assert_eq!(response.status, 200);
+        assert!(head.starts_with(&format!("GET {long_path} HTTP/1.1\r\n")));
+        assert!(head.contains("x-utf8: café ✓\r\n"));
+        assert!(head.contains("x-spaces: a  b\tc\r\n"));
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_second_head_on_a_keep_alive_connection_is_408() {
+    bounded(async {
+        let backend = TestBackend::start("server").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, short_header_timeout())).await;
+        let mut wire = Wire::connect(juggler.addr).await;
+        wire.send(b"GET /x HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
+            .await;
+        assert_eq!(wire.read_response(false).await.status, 200);
+        // Idle for longer than the header timeout (idle is not slow), then a head that stalls.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        wire.send(b"GET /x HTTP/1.1\r\nHo").await;
+        let (rest, closed) = wire.rest(Duration::from_secs(3)).await;
+        let text = String::from_utf8_lossy(&rest);
+        println!(
+            "second head stalled: {text:?} after {:?}, closed {closed}; backend requests {}",
+            started.elapsed(),
+            backend.stats.requests()
+        );
+        assert_eq!(raw::status_of(&text), Some(408));
+        assert!(closed);
+        assert!(started.elapsed() >= Duration::from_millis(280));
+        assert_eq!(backend.stats.requests(), 1);
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
