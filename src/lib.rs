@@ -16,6 +16,7 @@
 //! - `backend_conn` / `chunked`: Juggler's own HTTP/1.1 client side on a pooled connection.
 //! - [`body`]: the response body type (buffered, streamed, or Juggler's own text).
 //! - [`headers`]: hop-by-hop stripping and the request head sent to backends.
+//! - [`redirect`]: the optional `308` from the plain listener to HTTPS.
 //! - [`tls`]: certificates, the TLS acceptor and reload on SIGHUP.
 //! - [`error`]: `ProxyError`, which knows who failed and what status the client sees.
 //! - [`describe`]: the human-readable view of a table (`juggler --print-routes`).
@@ -37,6 +38,7 @@ pub mod error;
 pub mod headers;
 pub mod pool;
 pub mod proxy;
+pub mod redirect;
 mod request_checks;
 pub mod router;
 pub mod server;

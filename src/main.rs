@@ -76,6 +76,9 @@ fn serve(table: &'static RouteTable) -> Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async {
+        // Take over SIGHUP before anything else: its default action would end the process if one
+        // arrived before the reload task registers (tokio keeps the handler installed for good).
+        let _hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         let (listeners, certs) = bind(table).await?;
         if let Some(certs) = certs {
             tokio::spawn(tls::reload_on_sighup(certs));

@@ -38,11 +38,13 @@ pub struct BackendPool {
     slots: Semaphore,
     /// Open connections not carrying a request. Taken most-recently-used first, so the warmest
     /// connections carry the traffic and idle ones are the ones the refill task checks.
-    idle: Mutex<Vec<BackendConn>>,
+    idle: Mutex<Vec<Member>>,
     /// Requests waiting for a slot, bounded by `max_queued`.
     queued: AtomicUsize,
     /// Connections open or being opened, idle or carrying a request; never above `spec.pool_size`.
-    open: AtomicUsize,
+    /// Only [`Counted`] changes it, so it stays exact however a request ends (including a client
+    /// that goes away while its connection is being opened).
+    open: Arc<AtomicUsize>,
     health: Health,
     /// Wakes the refill task when a connection was closed, so the pool is back to `n` promptly.
     refill: Notify,
@@ -65,7 +67,7 @@ struct Health {
 #[derive(Debug)]
 pub struct PooledConn {
     pool: Arc<BackendPool>,
-    conn: Option<BackendConn>,
+    conn: Option<Member>,
     reusable: bool,
     /// How long the request waited in the queue for this slot.
     pub queued_for: Duration,
@@ -79,7 +81,7 @@ impl BackendPool {
             slots: Semaphore::new(spec.pool_size),
             idle: Mutex::new(Vec::with_capacity(spec.pool_size)),
             queued: AtomicUsize::new(0),
-            open: AtomicUsize::new(0),
+            open: Arc::new(AtomicUsize::new(0)),
             health: Health {
                 consecutive_failures: AtomicU32::new(0),
                 down: AtomicBool::new(false),
@@ -121,34 +123,44 @@ impl BackendPool {
             reusable: false,
             queued_for: started.elapsed(),
         };
+        let mut waits = 0u32;
         loop {
-            while let Some(mut conn) = self.pop_idle() {
-                if conn.is_usable() {
-                    slot.conn = Some(conn);
+            while let Some(mut member) = self.pop_idle() {
+                if member.conn.is_usable() {
+                    slot.conn = Some(member);
                     return Ok(slot);
                 }
-                self.open.fetch_sub(1, Ordering::Relaxed);
             }
             // The slot is empty (its connection was closed): open one within it.
-            if self.reserve_connection() {
-                slot.conn = Some(self.connect().await.map_err(CheckoutError::Connect)?);
+            if let Some(reserved) = self.reserve_connection() {
+                let conn = self.connect().await.map_err(CheckoutError::Connect)?;
+                slot.conn = Some(Member {
+                    conn,
+                    _counted: reserved,
+                });
                 return Ok(slot);
             }
             // All n connections exist: one is on its way back to the idle list from a holder
             // that has pushed it but not yet released its slot. Let that finish.
-            tokio::task::yield_now().await;
+            waits += 1;
+            if waits < 64 {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
     }
 
     /// Counts a connection about to be opened, unless `n` already exist (or are being opened).
     /// Slots alone do not guarantee the bound: an idle connection and a free slot are the same
     /// capacity, so opening counts against `open` too.
-    fn reserve_connection(&self) -> bool {
+    fn reserve_connection(&self) -> Option<Counted> {
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
                 (open < self.spec.pool_size).then_some(open + 1)
             })
-            .is_ok()
+            .ok()
+            .map(|_| Counted(Arc::clone(&self.open)))
     }
 
     async fn wait_for_slot(&self) -> Result<(), CheckoutError> {
@@ -169,7 +181,7 @@ impl BackendPool {
         }
     }
 
-    fn pop_idle(&self) -> Option<BackendConn> {
+    fn pop_idle(&self) -> Option<Member> {
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -185,7 +197,6 @@ impl BackendPool {
                 Ok(conn)
             }
             Err(error) => {
-                self.open.fetch_sub(1, Ordering::Relaxed);
                 self.health.record_failure(self.spec.address, &error);
                 Err(error)
             }
@@ -193,18 +204,16 @@ impl BackendPool {
     }
 
     /// Gives a slot back, keeping its connection if it can carry another request.
-    fn give_back(&self, conn: Option<BackendConn>, reusable: bool) {
+    fn give_back(&self, conn: Option<Member>, reusable: bool) {
         match conn {
-            Some(conn) if reusable => self
+            Some(member) if reusable => self
                 .idle
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(conn),
-            Some(_closed) => {
-                self.open.fetch_sub(1, Ordering::Relaxed);
-                self.refill.notify_one();
-            }
-            None => self.refill.notify_one(),
+                .push(member),
+            // Dropping the member closes the connection and uncounts it; the refill task opens a
+            // replacement.
+            _ => self.refill.notify_one(),
         }
         // After the push: whoever takes this permit finds the connection in the idle list.
         self.slots.add_permits(1);
@@ -224,16 +233,19 @@ impl BackendPool {
                 let Ok(permit) = self.slots.try_acquire() else {
                     break;
                 };
-                if !self.reserve_connection() {
+                let Some(reserved) = self.reserve_connection() else {
                     break;
-                }
+                };
                 match self.connect().await {
                     Ok(conn) => {
                         backoff.reset();
                         self.idle
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .push(conn);
+                            .push(Member {
+                                conn,
+                                _counted: reserved,
+                            });
                         drop(permit);
                     }
                     Err(_) => {
@@ -252,13 +264,10 @@ impl BackendPool {
 
     /// Closes idle connections the backend has closed or that are due for retirement.
     fn drop_unusable_idle(&self) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = idle.len();
-        idle.retain_mut(BackendConn::is_usable);
-        let closed = before - idle.len();
-        if closed > 0 {
-            self.open.fetch_sub(closed, Ordering::Relaxed);
-        }
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain_mut(|member| member.conn.is_usable());
     }
 }
 
@@ -281,9 +290,11 @@ impl Health {
 impl PooledConn {
     pub fn conn(&mut self) -> &mut BackendConn {
         // Invariant: a `PooledConn` handed out by `checkout` always holds a connection.
-        self.conn
+        &mut self
+            .conn
             .as_mut()
             .expect("checked-out slot holds a connection")
+            .conn
     }
 
     pub fn backend(&self) -> &'static BackendSpec {
@@ -300,6 +311,24 @@ impl PooledConn {
 impl Drop for PooledConn {
     fn drop(&mut self) {
         self.pool.give_back(self.conn.take(), self.reusable);
+    }
+}
+
+/// A pooled connection, counted in its pool's `open` total for as long as it exists.
+#[derive(Debug)]
+struct Member {
+    conn: BackendConn,
+    _counted: Counted,
+}
+
+/// One unit of a pool's `open` count, taken before a connection is opened and given back when it
+/// is dropped (the connection closed, or the attempt to open it failed or was abandoned).
+#[derive(Debug)]
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -71,8 +71,13 @@ impl Proxy {
     {
         // The access log needs the request line after the request is consumed; keep it (a
         // reference-counted copy, not a new string) only when the log is on.
-        let logged = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO)
-            .then(|| (Instant::now(), request.method().clone(), request.uri().clone()));
+        let logged = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO).then(|| {
+            (
+                Instant::now(),
+                request.method().clone(),
+                request.uri().clone(),
+            )
+        });
         let mut outcome = Outcome::default();
         let response = self.route_and_forward(request, client, &mut outcome).await;
         if let Some((started, method, uri)) = logged {

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -40,6 +42,9 @@ struct Shared {
     /// One permit per open client connection: the cap on concurrent connections, and on shutdown
     /// the way to wait for all of them to finish.
     connection_slots: Arc<Semaphore>,
+    /// The bound HTTPS port plain-HTTP requests are redirected to, when `redirect_http_to_https`
+    /// is on and the HTTPS listener actually runs.
+    redirect_to_https_port: Option<u16>,
 }
 
 /// Serves `listeners` with `table` until `shutdown` completes, then stops accepting, lets accepted
@@ -65,9 +70,16 @@ pub async fn run_with(
     for pool in &proxy.pools {
         background.spawn(Arc::clone(pool).maintain());
     }
+    let redirect_to_https_port = listeners
+        .https
+        .as_ref()
+        .filter(|_| table.settings.listen.redirect_http_to_https)
+        .and_then(|(listener, _)| listener.local_addr().ok())
+        .map(|address| address.port());
     let shared = Arc::new(Shared {
         proxy,
         connection_slots: Arc::new(Semaphore::new(limits.max_client_connections)),
+        redirect_to_https_port,
     });
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut accept_loops = JoinSet::new();
@@ -186,54 +198,132 @@ async fn serve_stream(
 }
 
 /// One HTTP/1.1 client connection, with Juggler's own header and idle timeouts (see `activity`).
-async fn serve_http1<S>(stream: S, client: ClientInfo, shared: &Shared, mut drain: DrainSignal)
+async fn serve_http1<S>(stream: S, client: ClientInfo, shared: &Shared, drain: DrainSignal)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &shared.proxy.table.settings.limits;
     let activity = ConnActivity::new();
     let io = TokioIo::new(WatchedIo::new(stream, Arc::clone(&activity)));
-    let proxy = Arc::clone(&shared.proxy);
-    let requests = Arc::clone(&activity);
-    let service = service_fn(move |request: Request<Incoming>| {
-        let proxy = Arc::clone(&proxy);
-        let in_flight = requests.request_started();
-        async move {
-            let mut response = proxy.handle(request, client).await;
-            response.body_mut().end_request_with(Some(in_flight));
-            Ok::<_, std::convert::Infallible>(response)
-        }
-    });
-    let mut conn = hyper::server::conn::http1::Builder::new()
+    let redirect_port = shared.redirect_to_https_port.filter(|_| !client.https);
+    let service = request_service(shared, client, &activity, redirect_port);
+    let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .header_read_timeout(None)
         .max_header_size(limits.max_header_bytes)
+        // hyper refuses a read buffer below 8 KiB; the header limit above still applies.
         .max_buf_size(limits.max_header_bytes.max(8192))
         .serve_connection(io, service);
-    let mut draining = false;
+    if let Ended::HeadTooSlow(conn) = drive(conn, &activity, shared, client, drain).await {
+        let io = conn.into_parts().io.into_inner().into_inner();
+        answer_request_timeout(io).await;
+    }
+}
+
+/// One HTTP/2 client connection: every stream goes through the same routing, queues and pools.
+async fn serve_http2<S>(stream: S, client: ClientInfo, shared: &Shared, drain: DrainSignal)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &shared.proxy.table.settings.limits;
+    // Streams are counted like HTTP/1.1 requests, so an HTTP/2 connection with no stream for the
+    // idle timeout is closed too (with GOAWAY). Request heads arrive in frames hyper has already
+    // bounded, so no byte-level watch is needed here.
+    let activity = ConnActivity::new();
+    let service = request_service(shared, client, &activity, None);
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .serve_connection(TokioIo::new(stream), service);
+    drive(conn, &activity, shared, client, drain).await;
+}
+
+/// The per-request service of a connection: proxy the request (or redirect it to HTTPS), and
+/// tie the request's end to the response body so the connection's timers know when it is idle.
+fn request_service(
+    shared: &Shared,
+    client: ClientInfo,
+    activity: &Arc<ConnActivity>,
+    redirect_port: Option<u16>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = http::Response<crate::body::ProxyBody>,
+    Error = std::convert::Infallible,
+    Future = impl Future<
+        Output = Result<http::Response<crate::body::ProxyBody>, std::convert::Infallible>,
+    > + Send,
+> + Clone {
+    let proxy = Arc::clone(&shared.proxy);
+    let activity = Arc::clone(activity);
+    service_fn(move |request: Request<Incoming>| {
+        let proxy = Arc::clone(&proxy);
+        let in_flight = activity.request_started();
+        async move {
+            let mut response = match redirect_port {
+                Some(port) => crate::redirect::https_redirect(&request, port),
+                None => proxy.handle(request, client).await,
+            };
+            response.body_mut().end_request_with(Some(in_flight));
+            Ok(response)
+        }
+    })
+}
+
+/// How a connection's serving ended.
+enum Ended<C> {
+    Finished,
+    /// A request head took longer than the header timeout; the caller answers `408`.
+    HeadTooSlow(C),
+}
+
+/// Polls a connection to its end while enforcing the client timeouts and the shutdown drain.
+async fn drive<C>(
+    mut conn: C,
+    activity: &ConnActivity,
+    shared: &Shared,
+    client: ClientInfo,
+    mut drain: DrainSignal,
+) -> Ended<C>
+where
+    C: GracefulConnection + Unpin,
+    C::Error: std::fmt::Display,
+{
+    let limits = &shared.proxy.table.settings.limits;
+    let mut closing = false;
     loop {
         let wake_at = match activity.verdict(limits.header_read_timeout, limits.client_idle_timeout)
         {
-            Verdict::CheckAt(at) => at,
-            Verdict::HeadTooSlow => {
-                let io = conn.into_parts().io.into_inner().into_inner();
-                return answer_request_timeout(io).await;
+            Verdict::CheckAt(at) => Some(at),
+            Verdict::HeadTooSlow => return Ended::HeadTooSlow(conn),
+            Verdict::IdleTooLong if !closing => {
+                closing = true;
+                Pin::new(&mut conn).graceful_shutdown();
+                None
             }
-            Verdict::IdleTooLong => return,
+            Verdict::IdleTooLong => None,
         };
         tokio::select! {
             result = &mut conn => {
                 if let Err(error) = result {
                     tracing::debug!(client = %client.ip, %error, "client connection ended with an error");
                 }
-                return;
+                return Ended::Finished;
             }
-            _ = tokio::time::sleep_until(wake_at) => {}
-            _ = drain.changed(), if !draining => {
-                draining = true;
+            _ = sleep_until_some(wake_at) => {}
+            _ = drain.changed(), if !closing => {
+                closing = true;
                 Pin::new(&mut conn).graceful_shutdown();
             }
         }
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -246,40 +336,6 @@ async fn answer_request_timeout<S: AsyncWrite + Unpin>(mut io: S) {
         io.shutdown().await
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
-}
-
-/// One HTTP/2 client connection: every stream goes through the same routing, queues and pools.
-async fn serve_http2<S>(stream: S, client: ClientInfo, shared: &Shared, mut drain: DrainSignal)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let limits = &shared.proxy.table.settings.limits;
-    let proxy = Arc::clone(&shared.proxy);
-    let service = service_fn(move |request: Request<Incoming>| {
-        let proxy = Arc::clone(&proxy);
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, client).await) }
-    });
-    let mut conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .serve_connection(TokioIo::new(stream), service);
-    let mut draining = false;
-    loop {
-        tokio::select! {
-            result = &mut conn => {
-                if let Err(error) = result {
-                    tracing::debug!(client = %client.ip, %error, "HTTP/2 connection ended with an error");
-                }
-                return;
-            }
-            _ = drain.changed(), if !draining => {
-                draining = true;
-                Pin::new(&mut conn).graceful_shutdown();
-            }
-        }
-    }
 }
 
 /// Pauses between failing accepts, doubling up to one second.

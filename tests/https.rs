@@ -486,16 +486,17 @@ async fn plain_listener_redirects_to_https_when_configured() {
         let files = CertFiles::new("redirect", &cert);
         let mut settings = Settings::DEFAULT;
         settings.listen.redirect_http_to_https = true;
-        // The redirect names the configured HTTPS port; the test's listeners are on port 0.
-        settings.listen.https = Some("0.0.0.0:8443");
         let juggler = HttpsJuggler::start(table(&[backend.addr], 1, settings), &files).await;
+        // The redirect names the port the HTTPS listener is actually bound to.
+        let port = juggler.https_addr.port();
 
         let mut plain = Client::connect(juggler.http_addr).await;
         let answer = plain.get("/a/b?x=1").await.unwrap();
         let location = answer.headers.get("location").map(|v| v.to_str().unwrap());
         println!("plain GET → {} location {location:?}", answer.status);
         assert_eq!(answer.status, 308);
-        assert_eq!(location, Some("https://juggler.test:8443/a/b?x=1"));
+        let expected = format!("https://juggler.test:{port}/a/b?x=1");
+        assert_eq!(location, Some(expected.as_str()));
 
         // 308 keeps the method, so a POST is redirected too; the keep-alive connection survives.
         let post = Request::post("/form")
@@ -506,7 +507,8 @@ async fn plain_listener_redirects_to_https_when_configured() {
         let location = answer.headers.get("location").map(|v| v.to_str().unwrap());
         println!("plain POST → {} location {location:?}", answer.status);
         assert_eq!(answer.status, 308);
-        assert_eq!(location, Some("https://localhost:8443/form"));
+        let expected = format!("https://localhost:{port}/form");
+        assert_eq!(location, Some(expected.as_str()));
 
         // HTTPS itself is proxied as usual, and nothing from the plain listener reached a backend.
         let mut secure = https_client(juggler.https_addr, &cert).await;

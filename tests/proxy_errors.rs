@@ -124,3 +124,47 @@ async fn refusing_backend_is_skipped_and_alone_gives_502() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_vanishing_mid_request_leave_the_pool_at_n() {
+    bounded(async {
+        const POOL: usize = 3;
+        let backend = TestBackend::start("b").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], POOL, Settings::DEFAULT)).await;
+        // Clients that send a request whose answer takes a while, then hang up: some are waiting
+        // for the backend, some are queued, some may catch a connection being replaced.
+        for _ in 0..5 {
+            let mut vanishing = Vec::new();
+            for _ in 0..20 {
+                let request = b"GET /sleep/200 HTTP/1.1\r\nhost: t\r\n\r\n";
+                let mut stream = tokio::net::TcpStream::connect(juggler.addr).await.unwrap();
+                tokio::io::AsyncWriteExt::write_all(&mut stream, request)
+                    .await
+                    .unwrap();
+                vanishing.push(stream);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(vanishing);
+        }
+        // The refill task runs at least once a second.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let pool = juggler.open_connections();
+        let answers: Vec<u16> = {
+            let mut statuses = Vec::new();
+            for _ in 0..10 {
+                statuses.push(get(juggler.addr, "/x").await.unwrap().status.as_u16());
+            }
+            statuses
+        };
+        println!(
+            "after 100 vanished clients: pool {pool:?}, backend open {}, accepted {}, next answers {answers:?}",
+            backend.stats.open(),
+            backend.stats.accepted()
+        );
+        assert_eq!(pool, [POOL]);
+        assert_eq!(backend.stats.open(), POOL);
+        assert!(answers.iter().all(|&status| status == 200));
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
