@@ -11,13 +11,14 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::chunked::{ChunkedDecoder, Decoded};
+use crate::headers::ConnectionNamed;
 
 /// The largest response head accepted from a backend.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -182,14 +183,34 @@ impl BackendConn {
             } else {
                 Version::HTTP_11
             };
+            let fields = &*response.headers;
+            let framing = response_framing(status, fields, request_was_head)?;
+            let keep_alive = keeps_alive(version, fields) && framing != Framing::UntilClose;
+            let retire_at = keep_alive_deadline(fields);
+            let connection_named = ConnectionNamed::from_values(field_values(fields, "connection"));
+            // Only end-to-end headers are kept, in the backend's order; a length goes only with
+            // a body hyper will frame by that length (HEAD and 304 keep the backend's).
+            let kept = |field: &&httparse::Header<'_>| {
+                !connection_named.is_hop_by_hop(field.name)
+                    && !(field.name.eq_ignore_ascii_case("content-length")
+                        && matches!(framing, Framing::Chunked | Framing::UntilClose))
+            };
             // Header values are sliced out of the frozen head rather than copied one by one.
             let base = self.read_buf.as_ptr() as usize;
             let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_RESPONSE_HEADERS];
-            let count = response.headers.len();
-            for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
-                let name_start = field.name.as_ptr() as usize - base;
-                let value_start = field.value.as_ptr() as usize - base;
-                *span = (name_start, field.name.len(), value_start, field.value.len());
+            let mut count = 0;
+            for field in fields.iter().filter(kept) {
+                spans[count] = (
+                    field.name.as_ptr() as usize - base,
+                    field.name.len(),
+                    field.value.as_ptr() as usize - base,
+                    field.value.len(),
+                );
+                count += 1;
+            }
+            drop(connection_named);
+            if retire_at.is_some() {
+                self.retire_at = retire_at;
             }
             let head_bytes = self.read_buf.split_to(head_len).freeze();
             let mut headers = HeaderMap::with_capacity(count);
@@ -202,9 +223,6 @@ impl BackendConn {
                 .map_err(|_| HeadError::Invalid("bad response header value"))?;
                 headers.append(name, value);
             }
-            let framing = response_framing(status, &headers, request_was_head)?;
-            let keep_alive = keeps_alive(version, &headers) && framing != Framing::UntilClose;
-            self.note_keep_alive_timeout(&headers);
             return Ok(Some(ResponseHead {
                 status,
                 version,
@@ -213,21 +231,6 @@ impl BackendConn {
                 keep_alive,
             }));
         }
-    }
-
-    /// Honours `Keep-Alive: timeout=N`: the backend closes the connection after N idle seconds, so
-    /// it is retired a safety margin before that (half of N, at most one second) instead of racing.
-    fn note_keep_alive_timeout(&mut self, headers: &HeaderMap) {
-        let Some(seconds) = headers
-            .get("keep-alive")
-            .and_then(|value| value.to_str().ok())
-            .and_then(parse_keep_alive_timeout)
-        else {
-            return;
-        };
-        let timeout = Duration::from_secs(seconds);
-        let margin = (timeout / 2).min(Duration::from_secs(1));
-        self.retire_at = Some(Instant::now() + timeout - margin);
     }
 
     /// Reads a body of known length `len` whole, as one zero-copy buffer.
@@ -332,10 +335,43 @@ impl BodyState {
     }
 }
 
+/// Honours `Keep-Alive: timeout=N`: the backend closes the connection after N idle seconds, so it
+/// is retired a safety margin before that (half of N, at most one second) instead of racing.
+fn keep_alive_deadline(fields: &[httparse::Header<'_>]) -> Option<Instant> {
+    let seconds = field_values(fields, "keep-alive")
+        .filter_map(|value| std::str::from_utf8(value).ok())
+        .find_map(parse_keep_alive_timeout)?;
+    let timeout = Duration::from_secs(seconds);
+    let margin = (timeout / 2).min(Duration::from_secs(1));
+    Some(Instant::now() + timeout - margin)
+}
+
+/// The values of every field named `name` (lower case), in order.
+fn field_values<'h>(
+    fields: &'h [httparse::Header<'h>],
+    name: &'static str,
+) -> impl Iterator<Item = &'h [u8]> + 'h {
+    fields
+        .iter()
+        .filter(move |field| field.name.eq_ignore_ascii_case(name))
+        .map(|field| field.value)
+}
+
+/// The comma-separated elements of every field named `name`, trimmed.
+fn field_tokens<'h>(
+    fields: &'h [httparse::Header<'h>],
+    name: &'static str,
+) -> impl Iterator<Item = &'h str> + 'h {
+    field_values(fields, name)
+        .map(|value| std::str::from_utf8(value).unwrap_or(""))
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+}
+
 /// RFC 9112 §6.3: how the response body is delimited.
 fn response_framing(
     status: StatusCode,
-    headers: &HeaderMap,
+    fields: &[httparse::Header<'_>],
     request_was_head: bool,
 ) -> Result<Framing, HeadError> {
     if request_was_head
@@ -345,14 +381,10 @@ fn response_framing(
     {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last_coding = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(str::trim)
-            .next_back()
+    if field_values(fields, "transfer-encoding").next().is_some() {
+        // The final transfer coding decides the framing.
+        let last_coding = field_tokens(fields, "transfer-encoding")
+            .last()
             .unwrap_or("");
         return Ok(if last_coding.eq_ignore_ascii_case("chunked") {
             Framing::Chunked
@@ -361,21 +393,14 @@ fn response_framing(
         });
     }
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for piece in value
-            .to_str()
-            .map_err(|_| HeadError::Invalid("bad Content-Length"))?
-            .split(',')
-        {
-            let parsed: u64 = piece
-                .trim()
-                .parse()
-                .map_err(|_| HeadError::Invalid("bad Content-Length"))?;
-            if length.is_some_and(|known| known != parsed) {
-                return Err(HeadError::Invalid("conflicting Content-Length values"));
-            }
-            length = Some(parsed);
+    for piece in field_tokens(fields, "content-length") {
+        let parsed: u64 = piece
+            .parse()
+            .map_err(|_| HeadError::Invalid("bad Content-Length"))?;
+        if length.is_some_and(|known| known != parsed) {
+            return Err(HeadError::Invalid("conflicting Content-Length values"));
         }
+        length = Some(parsed);
     }
     Ok(match length {
         Some(0) => Framing::Empty,
@@ -385,17 +410,14 @@ fn response_framing(
 }
 
 /// Whether the backend lets the connection live on after this response.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+fn keeps_alive(version: Version, fields: &[httparse::Header<'_>]) -> bool {
     let mut close = version == Version::HTTP_10;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.to_str().unwrap_or("").split(',') {
-            let token = token.trim();
-            if token.eq_ignore_ascii_case("close") {
-                return false;
-            }
-            if token.eq_ignore_ascii_case("keep-alive") {
-                close = false;
-            }
+    for token in field_tokens(fields, "connection") {
+        if token.eq_ignore_ascii_case("close") {
+            return false;
+        }
+        if token.eq_ignore_ascii_case("keep-alive") {
+            close = false;
         }
     }
     !close
@@ -417,14 +439,12 @@ fn parse_keep_alive_timeout(value: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    fn headers<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<httparse::Header<'a>> {
         pairs
             .iter()
-            .map(|(name, value)| {
-                (
-                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                    HeaderValue::from_str(value).unwrap(),
-                )
+            .map(|(name, value)| httparse::Header {
+                name,
+                value: value.as_bytes(),
             })
             .collect()
     }

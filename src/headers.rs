@@ -11,35 +11,53 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::Method;
 
-/// Headers that never cross Juggler, besides those the `Connection` header names.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// Headers that never cross Juggler, besides those the `Connection` header names (lower case, as
+/// both hyper and [`HeaderName`] keep them).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
     // Juggler already read the whole body, so the client's expectation has been met here.
-    header::EXPECT,
+    "expect",
 ];
 
-/// Removes hop-by-hop headers, and every header the `Connection` header names, in place.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+/// The header names one message's `Connection` header lists (`Connection: close, x-secret`): they
+/// are hop-by-hop for that message. Empty, without allocating, when there is no such header.
+#[derive(Debug, Default)]
+pub struct ConnectionNamed<'a>(Vec<&'a str>);
+
+impl<'a> ConnectionNamed<'a> {
+    /// Collects the names from the values of every `Connection` header.
+    pub fn from_values(values: impl Iterator<Item = &'a [u8]>) -> ConnectionNamed<'a> {
+        ConnectionNamed(
+            values
+                .filter_map(|value| std::str::from_utf8(value).ok())
+                .flat_map(|value| value.split(','))
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+                .collect(),
+        )
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+
+    pub fn of(headers: &'a HeaderMap) -> ConnectionNamed<'a> {
+        Self::from_values(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .map(HeaderValue::as_bytes),
+        )
+    }
+
+    /// Whether a header named `name` stays on this hop: a fixed hop-by-hop header, or one
+    /// `Connection` names. Filtering while copying keeps the other headers in their order, which
+    /// removing from a `HeaderMap` (a swap-remove) would not.
+    pub fn is_hop_by_hop(&self, name: &str) -> bool {
+        HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+            || self.0.iter().any(|named| name.eq_ignore_ascii_case(named))
     }
 }
 
@@ -79,9 +97,10 @@ pub fn encode_request_head(
             write_header(out, b"host", authority.as_str().as_bytes());
         }
     }
+    let connection_named = ConnectionNamed::of(&parts.headers);
     let mut forwarded_for_written = false;
     for (name, value) in &parts.headers {
-        if *name == header::CONTENT_LENGTH {
+        if *name == header::CONTENT_LENGTH || connection_named.is_hop_by_hop(name.as_str()) {
             continue;
         }
         if let (Some(client), true) = (forwarded, *name == X_FORWARDED_FOR) {
@@ -153,22 +172,45 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_and_connection_named_headers_are_removed() {
+    fn hop_by_hop_and_connection_named_headers_are_recognised() {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONNECTION,
-            HeaderValue::from_static("close, x-secret"),
+            HeaderValue::from_static("close, X-Secret"),
         );
-        headers.insert("x-secret", HeaderValue::from_static("1"));
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
+        let named = ConnectionNamed::of(&headers);
+        for name in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "transfer-encoding",
+            "te",
+            "expect",
+        ] {
+            assert!(named.is_hop_by_hop(name), "{name}");
+        }
+        for name in ["x-kept", "host", "content-type", "cookie"] {
+            assert!(!named.is_hop_by_hop(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_forwarded_and_the_rest_keep_their_order() {
+        let request = Request::get("/")
+            .header("host", "h")
+            .header("connection", "x-secret")
+            .header("x-secret", "1")
+            .header("x-b", "2")
+            .header("te", "trailers")
+            .header("x-a", "3")
+            .body(())
+            .unwrap();
+        let mut out = Vec::new();
+        encode_request_head(&parts(request), 0, None, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nhost: h\r\nx-b: 2\r\nx-a: 3\r\nconnection: keep-alive\r\n\r\n"
         );
-        headers.insert("x-kept", HeaderValue::from_static("yes"));
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1);
-        assert_eq!(headers["x-kept"], "yes");
     }
 
     #[test]

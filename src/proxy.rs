@@ -128,12 +128,11 @@ impl Proxy {
             }
         };
 
-        let (mut parts, body) = request.into_parts();
+        let (parts, body) = request.into_parts();
         let body = match self.read_body(&parts.headers, body).await {
             Ok(body) => body,
             Err(response) => return response,
         };
-        headers::strip_hop_by_hop(&mut parts.headers);
         let forwarded = self.settings().proxy.forwarded_headers.then_some(client);
         let mut head = Vec::with_capacity(512 + body.len().min(COALESCE_BODY_LIMIT));
         headers::encode_request_head(&parts, body.len(), forwarded, &mut head);
@@ -410,19 +409,12 @@ fn body_failure(backend: &'static str, error: BodyError) -> ProxyError {
     }
 }
 
-/// The client's response: the backend's status and end-to-end headers with Juggler's body.
+/// The client's response: the backend's status and end-to-end headers (see `backend_conn`) with
+/// Juggler's body.
 fn into_response(head: ResponseHead, body: ProxyBody) -> Response<ProxyBody> {
     let ResponseHead {
-        status,
-        mut headers,
-        framing,
-        ..
+        status, headers, ..
     } = head;
-    headers::strip_hop_by_hop(&mut headers);
-    if matches!(framing, Framing::Chunked | Framing::UntilClose) {
-        // hyper frames the body from its size; a stale length would contradict it.
-        headers.remove(header::CONTENT_LENGTH);
-    }
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
