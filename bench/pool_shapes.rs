@@ -111,7 +111,9 @@ async fn worker_shape(addr: &'static str, pool_size: u64, clients: u64, seconds:
     for _ in 0..pool_size {
         let jobs = Arc::clone(&jobs);
         workers.push(tokio::spawn(async move {
-            let mut conn = BackendConn::connect(addr, Duration::from_secs(3)).await.unwrap();
+            let mut conn = BackendConn::connect(addr, Duration::from_secs(3))
+                .await
+                .unwrap();
             loop {
                 let Some(job) = jobs.lock().await.recv().await else {
                     return;

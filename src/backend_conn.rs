@@ -190,10 +190,11 @@ impl BackendConn {
             let connection_named = ConnectionNamed::from_values(field_values(fields, "connection"));
             // Only end-to-end headers are kept, in the backend's order; a length goes only with
             // a body hyper will frame by that length (HEAD and 304 keep the backend's).
+            let length_is_stale = matches!(framing, Framing::Chunked | Framing::UntilClose);
             let kept = |field: &&httparse::Header<'_>| {
-                !connection_named.is_hop_by_hop(field.name)
-                    && !(field.name.eq_ignore_ascii_case("content-length")
-                        && matches!(framing, Framing::Chunked | Framing::UntilClose))
+                let stale_length =
+                    length_is_stale && field.name.eq_ignore_ascii_case("content-length");
+                !stale_length && !connection_named.is_hop_by_hop(field.name)
             };
             // Header values are sliced out of the frozen head rather than copied one by one.
             let base = self.read_buf.as_ptr() as usize;

@@ -29,6 +29,11 @@ async fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> Optio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_loses_no_requests_and_is_readmitted() {
+    // Juggler's warnings (why a request failed) show up in the test output.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_test_writer()
+        .try_init();
     bounded(async {
         const CLIENTS: usize = 64;
         let mut backends = [
