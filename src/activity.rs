@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Shared by the connection's IO wrapper (which sees bytes arrive), its requests (which see a
@@ -26,6 +27,8 @@ pub struct ConnActivity {
     idle_since_ms: AtomicU64,
     /// When the first byte of the next request head arrived, plus one; 0 while none has.
     head_started_ms: AtomicU64,
+    /// Wakes the connection task when its last request ends, so it can decide to park promptly.
+    went_idle: Notify,
 }
 
 /// What the connection task should do now.
@@ -37,6 +40,8 @@ pub enum Verdict {
     HeadTooSlow,
     /// No request for longer than the idle timeout: close quietly.
     IdleTooLong,
+    /// Idle for the park delay with nothing arriving: free the HTTP state until bytes arrive.
+    Park,
 }
 
 impl ConnActivity {
@@ -46,6 +51,7 @@ impl ConnActivity {
             in_flight: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
+            went_idle: Notify::new(),
         })
     }
 
@@ -57,8 +63,9 @@ impl ConnActivity {
         self.epoch + Duration::from_millis(ms)
     }
 
-    /// Called by the IO wrapper whenever bytes arrive.
-    fn bytes_arrived(&self) {
+    /// Called whenever bytes arrive (by the IO wrapper, or for a parked connection that became
+    /// readable).
+    pub fn bytes_arrived(&self) {
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.head_started_ms.load(Ordering::Relaxed) == 0
         {
@@ -75,8 +82,14 @@ impl ConnActivity {
         InFlight(Arc::clone(self))
     }
 
-    /// Decides, at `now`, whether a timeout has run out.
-    pub fn verdict(&self, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
+    /// Decides, at `now`, whether a timeout has run out, or (with `park_after`) whether the
+    /// connection has been idle long enough to park.
+    pub fn verdict(
+        &self,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+        park_after: Option<Duration>,
+    ) -> Verdict {
         let now = self.now_ms();
         // Look again at least this often: a request head may start at any moment while idle.
         let soon = self.instant_at(now) + (header_timeout / 2).max(Duration::from_millis(10));
@@ -92,12 +105,31 @@ impl ConnActivity {
                 Verdict::CheckAt(self.instant_at(deadline))
             };
         }
-        let deadline = self.idle_since_ms.load(Ordering::Relaxed) + idle_timeout.as_millis() as u64;
+        let idle_since = self.idle_since_ms.load(Ordering::Relaxed);
+        let deadline = idle_since + idle_timeout.as_millis() as u64;
         if now >= deadline {
-            Verdict::IdleTooLong
-        } else {
-            Verdict::CheckAt(self.instant_at(deadline).min(soon))
+            return Verdict::IdleTooLong;
         }
+        let mut check_at = self.instant_at(deadline).min(soon);
+        if let Some(park_after) = park_after {
+            let park_at = idle_since + park_after.as_millis() as u64;
+            if now >= park_at {
+                return Verdict::Park;
+            }
+            check_at = check_at.min(self.instant_at(park_at));
+        }
+        Verdict::CheckAt(check_at)
+    }
+
+    /// When an idle connection is closed if nothing arrives.
+    pub fn idle_deadline(&self, idle_timeout: Duration) -> Instant {
+        self.instant_at(self.idle_since_ms.load(Ordering::Relaxed)) + idle_timeout
+    }
+
+    /// Completes when the last request in flight has ended (at once if that happened since the
+    /// previous call).
+    pub async fn went_idle(&self) {
+        self.went_idle.notified().await;
     }
 }
 
@@ -111,7 +143,9 @@ impl Drop for InFlight {
         activity
             .idle_since_ms
             .store(activity.now_ms(), Ordering::Relaxed);
-        activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if activity.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            activity.went_idle.notify_one();
+        }
     }
 }
 
@@ -187,7 +221,7 @@ mod tests {
         let idle = Duration::from_secs(60);
         let activity = ConnActivity::new();
         assert!(matches!(
-            activity.verdict(header, idle),
+            activity.verdict(header, idle, None),
             Verdict::CheckAt(_)
         ));
 
@@ -195,25 +229,25 @@ mod tests {
         activity.bytes_arrived();
         tokio::time::advance(Duration::from_secs(9)).await;
         assert!(matches!(
-            activity.verdict(header, idle),
+            activity.verdict(header, idle, None),
             Verdict::CheckAt(_)
         ));
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(activity.verdict(header, idle), Verdict::HeadTooSlow);
+        assert_eq!(activity.verdict(header, idle, None), Verdict::HeadTooSlow);
 
         let request = activity.request_started();
         tokio::time::advance(Duration::from_secs(100)).await;
         assert!(matches!(
-            activity.verdict(header, idle),
+            activity.verdict(header, idle, None),
             Verdict::CheckAt(_)
         ));
         drop(request);
         tokio::time::advance(Duration::from_secs(59)).await;
         assert!(matches!(
-            activity.verdict(header, idle),
+            activity.verdict(header, idle, None),
             Verdict::CheckAt(_)
         ));
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(activity.verdict(header, idle), Verdict::IdleTooLong);
+        assert_eq!(activity.verdict(header, idle, None), Verdict::IdleTooLong);
     }
 }

@@ -36,6 +36,7 @@ mod chunked;
 pub mod describe;
 pub mod error;
 pub mod headers;
+mod park;
 pub mod pool;
 pub mod proxy;
 pub mod redirect;

@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -22,6 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::activity::{ConnActivity, Verdict, WatchedIo};
 use crate::headers::ClientInfo;
+use crate::park::{carry_over, Prefixed, PARK_AFTER};
 use crate::proxy::Proxy;
 use crate::table::RouteTable;
 use crate::tls::TlsAcceptor;
@@ -177,7 +179,7 @@ async fn serve_stream(
             ip: peer.ip(),
             https: false,
         };
-        return serve_http1(stream, client, shared, drain).await;
+        return serve_plain_http1(stream, client, shared, drain).await;
     };
     let client = ClientInfo {
         ip: peer.ip(),
@@ -197,7 +199,65 @@ async fn serve_stream(
     }
 }
 
-/// One HTTP/1.1 client connection, with Juggler's own header and idle timeouts (see `activity`).
+/// A plain HTTP/1.1 client connection: served by hyper while active, parked (only the socket
+/// kept, see `park`) while idle, served again when the client sends its next request.
+async fn serve_plain_http1(
+    stream: TcpStream,
+    client: ClientInfo,
+    shared: &Shared,
+    mut drain: DrainSignal,
+) {
+    let limits = &shared.proxy.table.settings.limits;
+    let activity = ConnActivity::new();
+    let redirect_port = shared.redirect_to_https_port;
+    let service = request_service(shared, client, &activity, redirect_port);
+    let mut stream = stream;
+    let mut unread = Bytes::new();
+    loop {
+        let io = TokioIo::new(WatchedIo::new(
+            Prefixed::new(unread, stream),
+            Arc::clone(&activity),
+        ));
+        let conn = Box::pin(http1_builder(limits).serve_connection(io, service.clone()));
+        let drained = drain.clone();
+        let mut conn = match drive(conn, &activity, shared, client, drained, Some(PARK_AFTER)).await
+        {
+            Ended::Finished => return,
+            Ended::HeadTooSlow(conn) => {
+                let io = Pin::into_inner(conn).into_parts().io.into_inner();
+                return answer_request_timeout(io.into_inner()).await;
+            }
+            Ended::Park(conn) => conn,
+        };
+        // Let hyper finish with the connection (nothing is in flight) and hand the socket back.
+        conn.as_mut().graceful_shutdown();
+        let Ok(parts) = Pin::into_inner(conn).without_shutdown().await else {
+            return;
+        };
+
+        let (old_unread, socket) = parts.io.into_inner().into_inner().into_parts();
+        unread = carry_over(old_unread, parts.read_buf);
+        stream = socket;
+        if !unread.is_empty() {
+            // The next request had already started arriving: serve it at once.
+            continue;
+        }
+        let idle_deadline = activity.idle_deadline(limits.client_idle_timeout);
+        tokio::select! {
+            readable = stream.readable() => {
+                if readable.is_err() {
+                    return;
+                }
+                // The next request head is arriving: its header timeout runs from now.
+                activity.bytes_arrived();
+            }
+            _ = tokio::time::sleep_until(idle_deadline) => return,
+            _ = drain.changed() => return,
+        }
+    }
+}
+
+/// One HTTP/1.1 client connection over TLS, with Juggler's own header and idle timeouts.
 async fn serve_http1<S>(stream: S, client: ClientInfo, shared: &Shared, drain: DrainSignal)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -205,19 +265,23 @@ where
     let limits = &shared.proxy.table.settings.limits;
     let activity = ConnActivity::new();
     let io = TokioIo::new(WatchedIo::new(stream, Arc::clone(&activity)));
-    let redirect_port = shared.redirect_to_https_port.filter(|_| !client.https);
-    let service = request_service(shared, client, &activity, redirect_port);
-    let conn = hyper::server::conn::http1::Builder::new()
+    let service = request_service(shared, client, &activity, None);
+    let conn = Box::pin(http1_builder(limits).serve_connection(io, service));
+    if let Ended::HeadTooSlow(conn) = drive(conn, &activity, shared, client, drain, None).await {
+        let io = Pin::into_inner(conn).into_parts().io.into_inner();
+        answer_request_timeout(io.into_inner()).await;
+    }
+}
+
+fn http1_builder(limits: &crate::table::Limits) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
         .keep_alive(true)
         .header_read_timeout(None)
         .max_header_size(limits.max_header_bytes)
         // hyper refuses a read buffer below 8 KiB; the header limit above still applies.
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .serve_connection(io, service);
-    if let Ended::HeadTooSlow(conn) = drive(conn, &activity, shared, client, drain).await {
-        let io = conn.into_parts().io.into_inner().into_inner();
-        answer_request_timeout(io).await;
-    }
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
 }
 
 /// One HTTP/2 client connection: every stream goes through the same routing, queues and pools.
@@ -237,7 +301,7 @@ where
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .serve_connection(TokioIo::new(stream), service);
-    drive(conn, &activity, shared, client, drain).await;
+    drive(Box::pin(conn), &activity, shared, client, drain, None).await;
 }
 
 /// The per-request service of a connection: proxy the request (or redirect it to HTTPS), and
@@ -276,45 +340,56 @@ enum Ended<C> {
     Finished,
     /// A request head took longer than the header timeout; the caller answers `408`.
     HeadTooSlow(C),
+    /// Idle for the park delay; the caller takes the socket back from hyper.
+    Park(C),
 }
 
-/// Polls a connection to its end while enforcing the client timeouts and the shutdown drain.
+/// Polls a connection to its end while enforcing the client timeouts and the shutdown drain, and
+/// hands it back when it should be parked (`park_after`).
 async fn drive<C>(
-    mut conn: C,
+    mut conn: Pin<Box<C>>,
     activity: &ConnActivity,
     shared: &Shared,
     client: ClientInfo,
     mut drain: DrainSignal,
-) -> Ended<C>
+    park_after: Option<Duration>,
+) -> Ended<Pin<Box<C>>>
 where
-    C: GracefulConnection + Unpin,
+    C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
     let limits = &shared.proxy.table.settings.limits;
     let mut closing = false;
     loop {
-        let wake_at = match activity.verdict(limits.header_read_timeout, limits.client_idle_timeout)
-        {
+        let verdict = activity.verdict(
+            limits.header_read_timeout,
+            limits.client_idle_timeout,
+            park_after,
+        );
+        let wake_at = match verdict {
             Verdict::CheckAt(at) => Some(at),
             Verdict::HeadTooSlow => return Ended::HeadTooSlow(conn),
-            Verdict::IdleTooLong if !closing => {
+            Verdict::Park if !closing => return Ended::Park(conn),
+            Verdict::IdleTooLong | Verdict::Park if !closing => {
                 closing = true;
-                Pin::new(&mut conn).graceful_shutdown();
+                conn.as_mut().graceful_shutdown();
                 None
             }
-            Verdict::IdleTooLong => None,
+            Verdict::IdleTooLong | Verdict::Park => None,
         };
         tokio::select! {
-            result = &mut conn => {
+            result = conn.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(client = %client.ip, %error, "client connection ended with an error");
                 }
                 return Ended::Finished;
             }
             _ = sleep_until_some(wake_at) => {}
+            // Re-decide as soon as the last request ends: that is when parking becomes possible.
+            _ = activity.went_idle(), if park_after.is_some() => {}
             _ = drain.changed(), if !closing => {
                 closing = true;
-                Pin::new(&mut conn).graceful_shutdown();
+                conn.as_mut().graceful_shutdown();
             }
         }
     }
