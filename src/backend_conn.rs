@@ -32,10 +32,6 @@ const READ_CHUNK: usize = 8 * 1024;
 pub struct BackendConn {
     stream: TcpStream,
     read_buf: BytesMut,
-    /// Requests this connection has carried. A failure before any response byte on a connection
-    /// that has carried one is the keep-alive race (the backend closed it as idle just as it was
-    /// reused), which makes re-sending safe for idempotent requests.
-    requests: u64,
     /// Set when the backend announced `Keep-Alive: timeout=N`: the connection is retired before the
     /// backend would close it under us.
     retire_at: Option<Instant>,
@@ -92,13 +88,8 @@ impl BackendConn {
         Ok(BackendConn {
             stream,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
-            requests: 0,
             retire_at: None,
         })
-    }
-
-    pub fn is_reused(&self) -> bool {
-        self.requests > 0
     }
 
     /// Whether this idle connection can carry another request: not past its retirement, and not
@@ -115,7 +106,6 @@ impl BackendConn {
 
     /// Writes one complete request (head, with the body appended when small, then any body).
     pub async fn write_request(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
-        self.requests += 1;
         self.stream.write_all(head).await?;
         if !body.is_empty() {
             self.stream.write_all(body).await?;

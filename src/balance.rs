@@ -25,15 +25,16 @@ impl RoundRobin {
     }
 
     /// The upstream's backends in the order this request should try them: the next one in turn
-    /// first, then the ones after it, wrapping around.
+    /// first, then the ones after it, wrapping around, `passes` times over.
     pub fn order<'t>(
         &self,
         table: &'t RouteTable,
         upstream: UpstreamId,
+        passes: usize,
     ) -> impl Iterator<Item = BackendId> + 't {
         let backends = table.upstream(upstream).backends;
         let start = self.cursors[usize::from(upstream.0)].fetch_add(1, Ordering::Relaxed);
-        (0..backends.len()).map(move |offset| backends[(start + offset) % backends.len()])
+        (0..backends.len() * passes).map(move |offset| backends[(start + offset) % backends.len()])
     }
 }
 
@@ -83,13 +84,19 @@ mod tests {
     fn each_request_starts_at_the_next_backend() {
         let round_robin = RoundRobin::new(&TABLE);
         let firsts: Vec<u16> = (0..6)
-            .map(|_| round_robin.order(&TABLE, UpstreamId(0)).next().unwrap().0)
+            .map(|_| {
+                round_robin
+                    .order(&TABLE, UpstreamId(0), 1)
+                    .next()
+                    .unwrap()
+                    .0
+            })
             .collect();
         assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
         let fallback: Vec<u16> = round_robin
-            .order(&TABLE, UpstreamId(0))
+            .order(&TABLE, UpstreamId(0), 2)
             .map(|id| id.0)
             .collect();
-        assert_eq!(fallback, [0, 1, 2]);
+        assert_eq!(fallback, [0, 1, 2, 0, 1, 2]);
     }
 }

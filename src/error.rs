@@ -21,9 +21,10 @@ pub enum ProxyError {
         backend: &'static str,
         source: io::Error,
     },
-    /// The backend failed before any byte of its response arrived. `reused` says the connection had
-    /// carried a request before: the classic keep-alive race, where re-sending is what a client would
-    /// have done had it held the connection itself.
+    /// The backend failed before any byte of its response arrived. `reused` says the connection
+    /// came from the pool's idle list rather than being opened for this request: the classic
+    /// keep-alive race, where re-sending is what a client would have done had it held the
+    /// connection itself.
     #[error("backend {backend} closed or reset the connection before responding: {source}")]
     BackendGone {
         backend: &'static str,
@@ -59,19 +60,18 @@ impl ProxyError {
         }
     }
 
-    /// Whether the request is known not to have been acted on by any backend, so it may go to
-    /// another connection. `BackendGone` on a fresh connection is not retried: a fresh connection
-    /// failing means the backend is in trouble, not that we raced its idle timer.
-    pub fn request_not_processed(&self) -> bool {
+    /// Whether the request may go to another connection after this failure.
+    ///
+    /// Nothing was sent when a connect failed, so that is always safe. When a backend closed or
+    /// reset the connection before any response byte, an idempotent request may be repeated
+    /// (RFC 9110 §9.2.2); any other request only on a connection that had sat in the pool, where
+    /// the failure is the keep-alive race (the backend closed it as idle just as it was reused),
+    /// and only where its route opts in.
+    pub fn may_resend(&self, idempotent: bool, route_opts_in: bool) -> bool {
         match self {
             ProxyError::Connect { .. } => true,
-            ProxyError::BackendGone { reused, .. } => *reused,
+            ProxyError::BackendGone { reused, .. } => idempotent || (*reused && route_opts_in),
             _ => false,
         }
-    }
-
-    /// Whether the request never reached a backend at all (safe to retry for every method).
-    pub fn request_not_sent(&self) -> bool {
-        matches!(self, ProxyError::Connect { .. })
     }
 }

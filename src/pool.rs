@@ -69,6 +69,9 @@ pub struct PooledConn {
     pool: Arc<BackendPool>,
     conn: Option<Member>,
     reusable: bool,
+    /// Whether the connection came from the idle list (it may have been closed by the backend
+    /// while it sat there) rather than being opened for this request.
+    pub from_idle: bool,
     /// How long the request waited in the queue for this slot.
     pub queued_for: Duration,
 }
@@ -121,6 +124,7 @@ impl BackendPool {
             pool: Arc::clone(self),
             conn: None,
             reusable: false,
+            from_idle: true,
             queued_for: started.elapsed(),
         };
         let mut waits = 0u32;
@@ -134,6 +138,7 @@ impl BackendPool {
             // The slot is empty (its connection was closed): open one within it.
             if let Some(reserved) = self.reserve_connection() {
                 let conn = self.connect().await.map_err(CheckoutError::Connect)?;
+                slot.from_idle = false;
                 slot.conn = Some(Member {
                     conn,
                     _counted: reserved,

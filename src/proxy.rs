@@ -146,7 +146,7 @@ impl Proxy {
             head: &head,
             body: &separate_body,
             is_head: parts.method == Method::HEAD,
-            may_resend: is_idempotent(&parts.method) || route.retry_non_idempotent,
+            idempotent: is_idempotent(&parts.method),
         };
         match self.forward(route, &request, outcome).await {
             Ok(response) => response,
@@ -212,47 +212,44 @@ impl Proxy {
         let upstream = self.table.upstream(route.upstream);
         let mut resends_left = self.settings().proxy.max_retries;
         let mut last_error = None;
-        // Each pass walks the upstream once in round-robin order; a re-send starts a new pass.
-        'passes: loop {
-            for backend in self.round_robin.order(self.table, route.upstream) {
-                let pool = &self.pools[usize::from(backend.0)];
-                if pool.is_down() || pool.is_full() {
+        // The backends in round-robin order, once more for every re-send allowed: a re-send goes
+        // to the next backend in turn, not back to the one that just failed.
+        let passes = 1 + resends_left as usize;
+        for backend in self.round_robin.order(self.table, route.upstream, passes) {
+            let pool = &self.pools[usize::from(backend.0)];
+            if pool.is_down() || pool.is_full() {
+                continue;
+            }
+            let slot = match pool.checkout().await {
+                Ok(slot) => slot,
+                Err(CheckoutError::QueueFull) => continue,
+                Err(CheckoutError::QueueTimeout) => {
+                    return Err(ProxyError::QueueTimeout {
+                        backend: pool.spec.address,
+                    })
+                }
+                Err(CheckoutError::Connect(source)) => {
+                    last_error = Some(ProxyError::Connect {
+                        backend: pool.spec.address,
+                        source,
+                    });
                     continue;
                 }
-                let slot = match pool.checkout().await {
-                    Ok(slot) => slot,
-                    Err(CheckoutError::QueueFull) => continue,
-                    Err(CheckoutError::QueueTimeout) => {
-                        return Err(ProxyError::QueueTimeout {
-                            backend: pool.spec.address,
-                        })
-                    }
-                    Err(CheckoutError::Connect(source)) => {
-                        last_error = Some(ProxyError::Connect {
-                            backend: pool.spec.address,
-                            source,
-                        });
-                        continue;
-                    }
-                };
-                outcome.backend = pool.spec.address;
-                outcome.queued += slot.queued_for;
-                match self.exchange(slot, request).await {
-                    Ok(response) => return Ok(response),
-                    Err(error)
-                        if error.request_not_processed()
-                            && request.may_resend
-                            && resends_left > 0 =>
-                    {
-                        tracing::info!(%error, "re-sending request after the keep-alive race");
-                        resends_left -= 1;
-                        last_error = Some(error);
-                        continue 'passes;
-                    }
-                    Err(error) => return Err(error),
+            };
+            outcome.backend = pool.spec.address;
+            outcome.queued += slot.queued_for;
+            match self.exchange(slot, request).await {
+                Ok(response) => return Ok(response),
+                Err(error)
+                    if resends_left > 0
+                        && error.may_resend(request.idempotent, route.retry_non_idempotent) =>
+                {
+                    tracing::info!(%error, "re-sending the request to the next backend");
+                    resends_left -= 1;
+                    last_error = Some(error);
                 }
+                Err(error) => return Err(error),
             }
-            break;
         }
         Err(last_error.unwrap_or(ProxyError::NoBackendAvailable {
             upstream: upstream.name,
@@ -267,8 +264,8 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let backend = slot.backend().address;
         let limits = &self.settings().limits;
+        let reused = slot.from_idle;
         let conn = slot.conn();
-        let reused = conn.is_reused();
         let gone = |source| ProxyError::BackendGone {
             backend,
             reused,
@@ -360,8 +357,8 @@ struct OutgoingRequest<'a> {
     head: &'a [u8],
     body: &'a Bytes,
     is_head: bool,
-    /// Whether the request may be re-sent after a pooled connection failed before answering.
-    may_resend: bool,
+    /// Idempotent requests may be re-sent after a connection failed before answering.
+    idempotent: bool,
 }
 
 enum Buffered {

@@ -173,7 +173,6 @@ async fn serve_stream(
 ) {
     // Responses are complete writes; Nagle would only hold back their last segment.
     let _ = stream.set_nodelay(true);
-    let limits = &shared.proxy.table.settings.limits;
     let Some(tls) = tls else {
         let client = ClientInfo {
             ip: peer.ip(),
@@ -181,6 +180,19 @@ async fn serve_stream(
         };
         return serve_plain_http1(stream, client, shared, drain).await;
     };
+    // A TLS connection's state (rustls buffers, HTTP/2) is large; boxing that path keeps the task
+    // of every plain connection small, which is most of an idle connection's cost.
+    Box::pin(serve_tls(stream, peer, &tls, shared, drain)).await;
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: &TlsAcceptor,
+    shared: &Shared,
+    drain: DrainSignal,
+) {
+    let limits = &shared.proxy.table.settings.limits;
     let client = ClientInfo {
         ip: peer.ip(),
         https: true,
@@ -219,9 +231,16 @@ async fn serve_plain_http1(
             Arc::clone(&activity),
         ));
         let conn = Box::pin(http1_builder(limits).serve_connection(io, service.clone()));
-        let drained = drain.clone();
-        let mut conn = match drive(conn, &activity, shared, client, drained, Some(PARK_AFTER)).await
-        {
+        // Boxed: the timer loop's state exists only while hyper serves, not while parked.
+        let serving = drive(
+            conn,
+            &activity,
+            shared,
+            client,
+            drain.clone(),
+            Some(PARK_AFTER),
+        );
+        let mut conn = match Box::pin(serving).await {
             Ended::Finished => return,
             Ended::HeadTooSlow(conn) => {
                 let io = Pin::into_inner(conn).into_parts().io.into_inner();
