@@ -14,6 +14,14 @@ use juggler::Listeners;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
+/// jemalloc instead of glibc's malloc. Every parked connection frees hyper's 8 KiB buffers while
+/// its small long-lived objects stay; glibc carves those into the freed chunks and leaves holes
+/// too small for the next buffer, jemalloc keeps each size class in its own runs. Measured with
+/// 4,000 idle keep-alive clients: 6.84 KiB -> 4.24 KiB per connection, req/s unchanged (0.98x,
+/// 1.04x in alternating wrk runs).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// L7 HTTP load balancer: per-request round robin over fixed-size backend connection pools.
 ///
 /// Routes, upstreams and limits are compiled in from routes.toml and juggler_config/ (`make all`);

@@ -255,7 +255,7 @@ async fn serve_plain_http1(
         };
 
         let (old_unread, socket) = parts.io.into_inner().into_inner().into_parts();
-        unread = carry_over(old_unread, parts.read_buf);
+        unread = carry_over(&old_unread, &parts.read_buf);
         stream = socket;
         if !unread.is_empty() {
             // The next request had already started arriving: serve it at once.
