@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -149,20 +150,32 @@ impl Drop for InFlight {
     }
 }
 
-/// The client stream, reporting arriving bytes to its [`ConnActivity`].
+/// The client stream, reporting arriving bytes to its [`ConnActivity`]. It can first replay
+/// `unread`: bytes read from the stream earlier that a new HTTP session must see (see `park`).
 #[derive(Debug)]
 pub struct WatchedIo<S> {
     inner: S,
     activity: Arc<ConnActivity>,
+    unread: Bytes,
 }
 
 impl<S> WatchedIo<S> {
     pub fn new(inner: S, activity: Arc<ConnActivity>) -> WatchedIo<S> {
-        WatchedIo { inner, activity }
+        Self::replaying(Bytes::new(), inner, activity)
     }
 
-    pub fn into_inner(self) -> S {
-        self.inner
+    /// Reads yield `unread` before anything from `inner`.
+    pub fn replaying(unread: Bytes, inner: S, activity: Arc<ConnActivity>) -> WatchedIo<S> {
+        WatchedIo {
+            inner,
+            activity,
+            unread,
+        }
+    }
+
+    /// The stream and whatever of `unread` has not been read yet.
+    pub fn into_parts(self) -> (Bytes, S) {
+        (self.unread, self.inner)
     }
 }
 
@@ -172,6 +185,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let take = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..take]);
+            self.unread.advance(take);
+            self.activity.bytes_arrived();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -214,6 +234,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn unread_bytes_are_replayed_before_the_stream() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.unwrap();
+        drop(client);
+        let activity = ConnActivity::new();
+        let mut stream = WatchedIo::replaying(Bytes::from_static(b"hello"), server, activity);
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        assert_eq!(text, "hello world");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_then_slow_head_then_request() {

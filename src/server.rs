@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::activity::{ConnActivity, Verdict, WatchedIo};
 use crate::headers::ClientInfo;
-use crate::park::{carry_over, Prefixed, PARK_AFTER};
+use crate::park::{carry_over, PARK_AFTER};
 use crate::proxy::Proxy;
 use crate::table::RouteTable;
 use crate::tls::TlsAcceptor;
@@ -226,10 +226,7 @@ async fn serve_plain_http1(
     let mut stream = stream;
     let mut unread = Bytes::new();
     loop {
-        let io = TokioIo::new(WatchedIo::new(
-            Prefixed::new(unread, stream),
-            Arc::clone(&activity),
-        ));
+        let io = TokioIo::new(WatchedIo::replaying(unread, stream, Arc::clone(&activity)));
         let conn = Box::pin(http1_builder(limits).serve_connection(io, service.clone()));
         // Boxed: the timer loop's state exists only while hyper serves, not while parked.
         let serving = drive(
@@ -243,8 +240,8 @@ async fn serve_plain_http1(
         let mut conn = match Box::pin(serving).await {
             Ended::Finished => return,
             Ended::HeadTooSlow(conn) => {
-                let io = Pin::into_inner(conn).into_parts().io.into_inner();
-                return answer_request_timeout(io.into_inner()).await;
+                let io = Pin::into_inner(conn).into_parts().io;
+                return answer_request_timeout(client_stream(io)).await;
             }
             Ended::Park(conn) => conn,
         };
@@ -254,7 +251,7 @@ async fn serve_plain_http1(
             return;
         };
 
-        let (old_unread, socket) = parts.io.into_inner().into_inner().into_parts();
+        let (old_unread, socket) = parts.io.into_inner().into_parts();
         unread = carry_over(&old_unread, &parts.read_buf);
         stream = socket;
         if !unread.is_empty() {
@@ -287,9 +284,14 @@ where
     let service = request_service(shared, client, &activity, None);
     let conn = Box::pin(http1_builder(limits).serve_connection(io, service));
     if let Ended::HeadTooSlow(conn) = drive(conn, &activity, shared, client, drain, None).await {
-        let io = Pin::into_inner(conn).into_parts().io.into_inner();
-        answer_request_timeout(io.into_inner()).await;
+        let io = Pin::into_inner(conn).into_parts().io;
+        answer_request_timeout(client_stream(io)).await;
     }
+}
+
+/// The client's own stream under hyper's IO wrappers, to answer it directly.
+fn client_stream<S>(io: TokioIo<WatchedIo<S>>) -> S {
+    io.into_inner().into_parts().1
 }
 
 fn http1_builder(limits: &crate::table::Limits) -> hyper::server::conn::http1::Builder {
