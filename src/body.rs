@@ -40,7 +40,7 @@ pub struct StreamingBody {
     prefix: Option<Bytes>,
     /// Whether the backend allows another request on the connection after this response.
     keep_alive: bool,
-    /// Bytes still to come, when the backend sent a `Content-Length`.
+    /// Bytes still to come (prefix included), when the backend sent a `Content-Length`.
     remaining: Option<u64>,
     /// A backend that stalls mid-body for this long ends the response (and the client connection).
     stall_timeout: Duration,
@@ -92,7 +92,16 @@ impl StreamingBody {
         }
     }
 
+    /// The next piece of the body, keeping `remaining` (and so the size hint) current.
     fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let polled = self.poll_next_piece(cx);
+        if let (Poll::Ready(Some(Ok(chunk))), Some(remaining)) = (&polled, &mut self.remaining) {
+            *remaining = remaining.saturating_sub(chunk.len() as u64);
+        }
+        polled
+    }
+
+    fn poll_next_piece(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
         if let Some(prefix) = self.prefix.take() {
             return Poll::Ready(Some(Ok(prefix)));
         }
