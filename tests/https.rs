@@ -518,3 +518,65 @@ async fn plain_listener_redirects_to_https_when_configured() {
     })
     .await;
 }
+
+/// An HTTP/2 connection with no stream for `client_idle_timeout` is closed (GOAWAY), so silent h2
+/// clients cannot hold connection slots for ever; one that stays busy is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_and_busy_ones_are_not() {
+    bounded(async {
+        let backend = TestBackend::start("server 1").await;
+        let cert = TestCert::generate();
+        let files = CertFiles::new("h2-idle", &cert);
+        let mut settings = Settings::DEFAULT;
+        settings.limits.client_idle_timeout = Duration::from_millis(300);
+        let juggler = HttpsJuggler::start(table(&[backend.addr], 1, settings), &files).await;
+
+        let connect = || async {
+            let stream = tls_connect(
+                juggler.https_addr,
+                client_config(&[&cert.der], ALPN_H2),
+                "localhost",
+            )
+            .await
+            .unwrap();
+            let (sender, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            .unwrap();
+            (sender, tokio::spawn(conn))
+        };
+        let get = |mut sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>| async move {
+            let request = Request::get("https://localhost/x")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            sender.send_request(request).await.map(|r| r.status())
+        };
+
+        // Busy: a request every 100 ms for 900 ms, three times the idle timeout.
+        let (busy, busy_conn) = connect().await;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(900) {
+            assert_eq!(get(busy.clone()).await.unwrap(), 200);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let busy_alive = !busy_conn.is_finished();
+
+        // Idle: one request, then nothing; the server ends the connection.
+        let (idle, idle_conn) = connect().await;
+        assert_eq!(get(idle.clone()).await.unwrap(), 200);
+        let idle_started = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(5), idle_conn).await;
+        let idle_for = idle_started.elapsed();
+        println!(
+            "busy h2 connection alive after 900 ms of requests: {busy_alive}; idle one ended \
+             after {idle_for:?} (timeout 300 ms)"
+        );
+        assert!(busy_alive);
+        assert!(ended.is_ok(), "idle HTTP/2 connection still open after 5 s");
+        assert!(idle_for >= Duration::from_millis(250));
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}
