@@ -72,21 +72,21 @@ async fn exchange(conn: &mut BackendConn) -> Option<(bool, Bytes)> {
     Some((head.keep_alive, body))
 }
 
-/// Shape A: the client task checks a connection out of Juggler's real pool.
-async fn checkout_shape(pool: Arc<BackendPool>, clients: u64, seconds: u64) -> u64 {
+/// Runs `clients` tasks, each repeating `request` until `seconds` have passed, and counts the
+/// requests that completed. `request` returns whether its request completed.
+async fn count_completed<F, Fut>(clients: u64, seconds: u64, request: F) -> u64
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (pool, done, stop) = (Arc::clone(&pool), Arc::clone(&done), Arc::clone(&stop));
+        let (request, done, stop) = (request.clone(), Arc::clone(&done), Arc::clone(&stop));
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let Ok(mut slot) = pool.checkout().await else {
-                    continue;
-                };
-                if let Some((keep_alive, body)) = exchange(slot.conn()).await {
-                    slot.response_complete(keep_alive);
-                    std::hint::black_box(body);
+                if request().await {
                     done.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -98,6 +98,25 @@ async fn checkout_shape(pool: Arc<BackendPool>, clients: u64, seconds: u64) -> u
         let _ = task.await;
     }
     done.load(Ordering::Relaxed)
+}
+
+/// Shape A: the client task checks a connection out of Juggler's real pool.
+async fn checkout_shape(pool: Arc<BackendPool>, clients: u64, seconds: u64) -> u64 {
+    count_completed(clients, seconds, move || {
+        let pool = Arc::clone(&pool);
+        async move {
+            let Ok(mut slot) = pool.checkout().await else {
+                return false;
+            };
+            let Some((keep_alive, body)) = exchange(slot.conn()).await else {
+                return false;
+            };
+            slot.response_complete(keep_alive);
+            std::hint::black_box(body);
+            true
+        }
+    })
+    .await
 }
 
 type Job = oneshot::Sender<Bytes>;
@@ -124,34 +143,23 @@ async fn worker_shape(addr: &'static str, pool_size: u64, clients: u64, seconds:
             }
         }));
     }
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (queue, done, stop) = (queue.clone(), Arc::clone(&done), Arc::clone(&stop));
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let (reply, answer) = oneshot::channel();
-                if queue.send(reply).await.is_err() {
-                    return;
-                }
-                if let Ok(body) = answer.await {
-                    std::hint::black_box(body);
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
+    let client_queue = queue.clone();
+    let done = count_completed(clients, seconds, move || {
+        let queue = client_queue.clone();
+        async move {
+            let (reply, answer) = oneshot::channel();
+            if queue.send(reply).await.is_err() {
+                return false;
             }
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        let _ = task.await;
-    }
+            answer.await.map(std::hint::black_box).is_ok()
+        }
+    })
+    .await;
     drop(queue);
     for worker in workers {
         worker.abort();
     }
-    done.load(Ordering::Relaxed)
+    done
 }
 
 fn main() {

@@ -67,8 +67,8 @@ impl ProxyBody {
     }
 
     /// Ends `request` when hyper is done with this body.
-    pub fn end_request_with(&mut self, request: Option<InFlight>) {
-        self.in_flight = request;
+    pub fn end_request_with(&mut self, request: InFlight) {
+        self.in_flight = Some(request);
     }
 }
 

@@ -350,7 +350,7 @@ fn request_service(
                 Some(port) => crate::redirect::https_redirect(&request, port),
                 None => proxy.handle(request, client).await,
             };
-            response.body_mut().end_request_with(Some(in_flight));
+            response.body_mut().end_request_with(in_flight);
             Ok(response)
         }
     })
