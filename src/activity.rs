@@ -28,6 +28,9 @@ pub struct ConnActivity {
     idle_since_ms: AtomicU64,
     /// When the first byte of the next request head arrived, plus one; 0 while none has.
     head_started_ms: AtomicU64,
+    /// Reads and writes that moved bytes on the client's socket: what a [`StallGuard`] calls
+    /// progress.
+    socket_io: AtomicU64,
     /// Wakes the connection task when its last request ends, so it can decide to park promptly.
     went_idle: Notify,
 }
@@ -52,6 +55,7 @@ impl ConnActivity {
             in_flight: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
+            socket_io: AtomicU64::new(0),
             went_idle: Notify::new(),
         })
     }
@@ -64,14 +68,31 @@ impl ConnActivity {
         self.epoch + Duration::from_millis(ms)
     }
 
-    /// Called whenever bytes arrive (by the IO wrapper, or for a parked connection that became
-    /// readable).
+    /// Called whenever bytes arrive from the client's socket (by the IO wrapper, or by the parked
+    /// connection's first read).
     pub fn bytes_arrived(&self) {
+        self.socket_io.fetch_add(1, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.head_started_ms.load(Ordering::Relaxed) == 0
         {
             self.head_started_ms
                 .store(self.now_ms() + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Called when bytes went out to the client's socket.
+    fn bytes_sent(&self) {
+        self.socket_io.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Called when bytes of the next request head were already read, with an earlier request,
+    /// when the connection went idle (a pipelining client): that head is under the header
+    /// timeout like any other, counted from when the connection became free to read it.
+    pub fn head_carried_over(&self) {
+        if self.head_started_ms.load(Ordering::Relaxed) == 0 {
+            let idle_since = self.idle_since_ms.load(Ordering::Relaxed);
+            self.head_started_ms
+                .store(idle_since + 1, Ordering::Relaxed);
         }
     }
 
@@ -150,8 +171,10 @@ impl Drop for InFlight {
     }
 }
 
-/// The client stream, reporting arriving bytes to its [`ConnActivity`]. It can first replay
+/// The client stream, reporting bytes moving on it to its [`ConnActivity`]. It can first replay
 /// `unread`: bytes read from the stream earlier that a new HTTP session must see (see `park`).
+/// Replayed bytes are not reported: whoever carried them over has already accounted for them
+/// ([`ConnActivity::head_carried_over`]).
 #[derive(Debug)]
 pub struct WatchedIo<S> {
     inner: S,
@@ -160,10 +183,6 @@ pub struct WatchedIo<S> {
 }
 
 impl<S> WatchedIo<S> {
-    pub fn new(inner: S, activity: Arc<ConnActivity>) -> WatchedIo<S> {
-        Self::replaying(Bytes::new(), inner, activity)
-    }
-
     /// Reads yield `unread` before anything from `inner`.
     pub fn replaying(unread: Bytes, inner: S, activity: Arc<ConnActivity>) -> WatchedIo<S> {
         WatchedIo {
@@ -177,7 +196,66 @@ impl<S> WatchedIo<S> {
     pub fn into_parts(self) -> (Bytes, S) {
         (self.unread, self.inner)
     }
+
+    fn report_sent(&self, written: &Poll<io::Result<usize>>) {
+        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+            self.activity.bytes_sent();
+        }
+    }
 }
+
+/// Catches a connection task that keeps turning without moving a byte on its socket: a bug of
+/// that class (a poll that wakes itself, a park that finds nothing new and parks again) burns a
+/// core and starves every task queued behind it on the same worker. Debug builds (and so the
+/// tests) fail loudly on it; a release build closes that one connection and logs the bug.
+#[derive(Debug)]
+pub struct StallGuard {
+    /// The activity's socket counter when it last moved.
+    last_seen: u64,
+    /// Turns since then.
+    idle_turns: u32,
+    /// Turns in a row without progress that are still plausible.
+    max_idle_turns: u32,
+}
+
+impl StallGuard {
+    pub fn new(activity: &ConnActivity, max_idle_turns: u32) -> StallGuard {
+        StallGuard {
+            last_seen: activity.socket_io.load(Ordering::Relaxed),
+            idle_turns: 0,
+            max_idle_turns,
+        }
+    }
+
+    /// Counts one turn of the guarded loop; `Err` once too many turns in a row moved nothing.
+    pub fn turn(&mut self, activity: &ConnActivity, what: &'static str) -> Result<(), Stalled> {
+        let seen = activity.socket_io.load(Ordering::Relaxed);
+        if seen != self.last_seen {
+            self.last_seen = seen;
+            self.idle_turns = 0;
+            return Ok(());
+        }
+        self.idle_turns += 1;
+        if self.idle_turns <= self.max_idle_turns {
+            return Ok(());
+        }
+        tracing::error!(
+            what,
+            turns = self.idle_turns,
+            "bug: a client connection keeps running without socket progress; closing it"
+        );
+        debug_assert!(
+            false,
+            "{what}: {} turns without socket progress",
+            self.idle_turns
+        );
+        Err(Stalled)
+    }
+}
+
+/// A [`StallGuard`] tripped: the connection is closed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stalled;
 
 impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(
@@ -189,7 +267,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
             let take = self.unread.len().min(buf.remaining());
             buf.put_slice(&self.unread[..take]);
             self.unread.advance(take);
-            self.activity.bytes_arrived();
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -207,7 +284,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.report_sent(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -215,7 +294,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.report_sent(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -246,6 +327,56 @@ mod tests {
         let mut text = String::new();
         stream.read_to_string(&mut text).await.unwrap();
         assert_eq!(text, "hello world");
+    }
+
+    #[test]
+    fn stall_guard_trips_only_after_turns_without_progress() {
+        let activity = ConnActivity::new();
+        let mut guard = StallGuard {
+            last_seen: 0,
+            idle_turns: 0,
+            max_idle_turns: 2,
+        };
+        // Two turns without progress are allowed; progress resets the count.
+        assert_eq!(guard.turn(&activity, "test"), Ok(()));
+        assert_eq!(guard.turn(&activity, "test"), Ok(()));
+        for _ in 0..3 {
+            activity.bytes_sent();
+            assert_eq!(guard.turn(&activity, "test"), Ok(()));
+            activity.bytes_arrived();
+            assert_eq!(guard.turn(&activity, "test"), Ok(()));
+        }
+        assert_eq!(guard.turn(&activity, "test"), Ok(()));
+        assert_eq!(guard.turn(&activity, "test"), Ok(()));
+        // The debug assertion is the point in tests; only a release build gets the `Err` back.
+        let third = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            guard.turn(&activity, "test")
+        }));
+        if cfg!(debug_assertions) {
+            assert!(third.is_err(), "a debug build panics on a stall");
+        } else {
+            assert_eq!(third.ok(), Some(Err(Stalled)));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn carried_over_head_is_timed_from_when_the_connection_went_idle() {
+        let header = Duration::from_secs(10);
+        let idle = Duration::from_secs(60);
+        let park = Some(Duration::from_millis(50));
+        let activity = ConnActivity::new();
+        drop(activity.request_started());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(activity.verdict(header, idle, park), Verdict::Park);
+        activity.head_carried_over();
+        // Never parked again while a head is pending: the head timer runs instead.
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert!(matches!(
+            activity.verdict(header, idle, park),
+            Verdict::CheckAt(_)
+        ));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(activity.verdict(header, idle, park), Verdict::HeadTooSlow);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,10 +1,12 @@
 //! Parking idle keep-alive connections.
 //!
 //! hyper keeps a read buffer (8 KiB and up), a write buffer and its connection state for as long
-//! as a connection lives. Most keep-alive clients are idle most of the time, so a plain HTTP/1.1
-//! connection that has been idle for [`PARK_AFTER`] is handed back by hyper, and only the socket is
-//! kept until the client sends again; then a fresh hyper connection takes over. Bytes hyper had
-//! already read are replayed to the new connection (`WatchedIo::replaying`), so nothing is lost.
+//! as a connection lives. Most keep-alive clients are idle most of the time, so an HTTP/1.1
+//! connection (plain or TLS) that has been idle for [`PARK_AFTER`] is handed back by hyper, and only
+//! the stream is kept until the client sends again; then a fresh hyper connection takes over. Bytes
+//! hyper had already read are replayed to the new connection (`WatchedIo::replaying`), so nothing
+//! is lost: they are the start of a pipelined request head, which goes on at once under the
+//! header timeout (`ConnActivity::head_carried_over`) rather than being parked again.
 
 use std::time::Duration;
 

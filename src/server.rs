@@ -8,6 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,12 +17,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::activity::{ConnActivity, Verdict, WatchedIo};
+use crate::activity::{ConnActivity, StallGuard, Verdict, WatchedIo};
 use crate::headers::ClientInfo;
 use crate::park::{carry_over, PARK_AFTER};
 use crate::proxy::Proxy;
@@ -178,7 +179,8 @@ async fn serve_stream(
             ip: peer.ip(),
             https: false,
         };
-        return serve_plain_http1(stream, client, shared, drain).await;
+        let redirect_port = shared.redirect_to_https_port;
+        return serve_http1(stream, client, shared, drain, redirect_port).await;
     };
     // A TLS connection's state (rustls buffers, HTTP/2) is large; boxing that path keeps the task
     // of every plain connection small, which is most of an idle connection's cost.
@@ -207,22 +209,27 @@ async fn serve_tls(
     if crate::tls::is_h2(&stream) {
         serve_http2(stream, client, shared, drain).await;
     } else {
-        serve_http1(stream, client, shared, drain).await;
+        serve_http1(stream, client, shared, drain, None).await;
     }
 }
 
-/// A plain HTTP/1.1 client connection: served by hyper while active, parked (only the socket
-/// kept, see `park`) while idle, served again when the client sends its next request.
-async fn serve_plain_http1(
-    stream: TcpStream,
+/// One HTTP/1.1 client connection, plain or over TLS: served by hyper while active, parked (only
+/// the stream kept, see `park`) while idle, served again when the client sends its next request.
+async fn serve_http1<S>(
+    stream: S,
     client: ClientInfo,
     shared: &Shared,
     mut drain: DrainSignal,
-) {
+    redirect_port: Option<u16>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = &shared.proxy.table.settings.limits;
     let activity = ConnActivity::new();
-    let redirect_port = shared.redirect_to_https_port;
     let service = request_service(shared, client, &activity, redirect_port);
+    // Every park must follow bytes moving on the socket: parking again over the same bytes is
+    // a loop that never waits.
+    let mut parks = StallGuard::new(&activity, 0);
     let mut stream = stream;
     let mut unread = Bytes::new();
     loop {
@@ -245,7 +252,10 @@ async fn serve_plain_http1(
             }
             Ended::Park(conn) => conn,
         };
-        // Let hyper finish with the connection (nothing is in flight) and hand the socket back.
+        if parks.turn(&activity, "park").is_err() {
+            return;
+        }
+        // Let hyper finish with the connection (nothing is in flight) and hand the stream back.
         conn.as_mut().graceful_shutdown();
         let Ok(parts) = Pin::into_inner(conn).without_shutdown().await else {
             return;
@@ -255,37 +265,33 @@ async fn serve_plain_http1(
         unread = carry_over(&old_unread, &parts.read_buf);
         stream = socket;
         if !unread.is_empty() {
-            // The next request had already started arriving: serve it at once.
+            // A pipelining client had already sent part of its next request head: serve it at
+            // once, under the header timeout like any head.
+            activity.head_carried_over();
             continue;
         }
         let idle_deadline = activity.idle_deadline(limits.client_idle_timeout);
         tokio::select! {
-            readable = stream.readable() => {
-                if readable.is_err() {
-                    return;
-                }
+            first = read_first_byte(&mut stream) => match first {
                 // The next request head is arriving: its header timeout runs from now.
-                activity.bytes_arrived();
-            }
+                Some(byte) => unread = byte,
+                None => return,
+            },
             _ = tokio::time::sleep_until(idle_deadline) => return,
             _ = drain.changed() => return,
         }
+        activity.bytes_arrived();
     }
 }
 
-/// One HTTP/1.1 client connection over TLS, with Juggler's own header and idle timeouts.
-async fn serve_http1<S>(stream: S, client: ClientInfo, shared: &Shared, drain: DrainSignal)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let limits = &shared.proxy.table.settings.limits;
-    let activity = ConnActivity::new();
-    let io = TokioIo::new(WatchedIo::new(stream, Arc::clone(&activity)));
-    let service = request_service(shared, client, &activity, None);
-    let conn = Box::pin(http1_builder(limits).serve_connection(io, service));
-    if let Ended::HeadTooSlow(conn) = drive(conn, &activity, shared, client, drain, None).await {
-        let io = Pin::into_inner(conn).into_parts().io;
-        answer_request_timeout(client_stream(io)).await;
+/// Waits, holding no buffer, for a parked connection's next byte; `None` when the client closed.
+/// One byte is read rather than waiting for readiness so that a TLS stream, whose decrypted bytes
+/// may already sit in its own buffer with nothing left on the socket, is woken the same way.
+async fn read_first_byte<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Bytes> {
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte).await {
+        Ok(1) => Some(Bytes::copy_from_slice(&byte)),
+        _ => None,
     }
 }
 
@@ -381,6 +387,8 @@ where
 {
     let limits = &shared.proxy.table.settings.limits;
     let mut closing = false;
+    // Far more polls than any real exchange needs between two socket reads or writes.
+    let mut polls = StallGuard::new(activity, 10_000);
     loop {
         let verdict = activity.verdict(
             limits.header_read_timeout,
@@ -399,8 +407,12 @@ where
             Verdict::IdleTooLong | Verdict::Park => None,
         };
         tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(error) = result {
+            // `None`: the stall guard tripped.
+            result = std::future::poll_fn(|cx| match polls.turn(activity, "poll") {
+                Ok(()) => conn.as_mut().poll(cx).map(Some),
+                Err(_) => Poll::Ready(None),
+            }) => {
+                if let Some(Err(error)) = result {
                     tracing::debug!(client = %client.ip, %error, "client connection ended with an error");
                 }
                 return Ended::Finished;

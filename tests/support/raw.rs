@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Sends `bytes` on a fresh connection and reads until the server closes the connection or
@@ -15,7 +15,10 @@ pub async fn exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String
 }
 
 /// Reads until EOF (returns `true`), a reset (`true`) or `wait` passes (`false`).
-pub async fn read_until_close(stream: &mut TcpStream, wait: Duration) -> (String, bool) {
+pub async fn read_until_close<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    wait: Duration,
+) -> (String, bool) {
     let mut received = Vec::new();
     let mut buf = [0u8; 8192];
     let deadline = tokio::time::Instant::now() + wait;
