@@ -12,7 +12,7 @@ use quote::{format_ident, quote};
 
 use crate::model::{Config, MethodSet, Route, Setting, TlsMode};
 use crate::pattern::{PathKind, Pattern, Segment};
-use crate::units::{format_duration, format_size};
+use crate::schema::{Kind, SCALAR_SECTIONS};
 
 /// The formatted source of `distributer.rs` for `config`. Pure: same config, same bytes.
 pub fn generate(config: &Config) -> String {
@@ -122,24 +122,37 @@ fn file(config: &Config) -> TokenStream {
         (true, false) => quote! { MethodSet, PathPattern },
         (true, true) => quote! { MethodSet, PathPattern, Segment },
     };
+    let mut table_types = vec![
+        "BackendId",
+        "BackendSpec",
+        "ListenSettings",
+        "Route",
+        "RouteId",
+        "RouteMatch",
+        "RouteTable",
+        "Settings",
+        "TlsMode",
+        "Upstream",
+        "UpstreamId",
+    ];
+    table_types.extend(SCALAR_SECTIONS.iter().map(|section| section.rust_type));
+    table_types.sort_unstable();
+    let table_types = table_types
+        .iter()
+        .map(|name| Ident::new(name, Span::call_site()));
     let backends = backends(config);
     let upstreams = upstreams(config);
     let routes = routes(config);
-    let settings = settings(config);
     let table = table(config);
     let matcher = matcher(config);
     quote! {
         use ::juggler::router::{#router_imports};
-        use ::juggler::table::{
-            BackendId, BackendSpec, Limits, ListenSettings, ProxySettings, QueueSettings, Route,
-            RouteId, RouteMatch, RouteTable, Settings, TlsMode, Upstream, UpstreamId,
-        };
+        use ::juggler::table::{#(#table_types),*};
         use ::std::time::Duration;
 
         #backends
         #upstreams
         #routes
-        #settings
         #table
         #matcher
     }
@@ -149,9 +162,10 @@ fn backends(config: &Config) -> TokenStream {
     let count = int(config.backends.len());
     let consts = config.backends.iter().enumerate().map(|(index, backend)| {
         let name = format_ident!("BACKEND_{}_POOL_SIZE", index);
+        let origin = backend.pool_source.as_deref().unwrap_or("default");
         let doc = doc(format!(
-            "Pool size of backend {index}, `{}` ({}).",
-            backend.address, backend.source
+            "Pool size of backend {index}, `{}` ({origin}).",
+            backend.address
         ));
         let size = int(backend.pool_size);
         quote! { #doc pub const #name: usize = #size; }
@@ -229,7 +243,9 @@ fn routes(config: &Config) -> TokenStream {
         let upstream = int(route.upstream);
         let retry = route.retry_non_idempotent;
         let source = &route.source;
+        let marker = source_marker(source);
         quote! {
+            #marker
             Route {
                 methods: #methods,
                 paths: &[#(#paths),*],
@@ -246,152 +262,73 @@ fn routes(config: &Config) -> TokenStream {
     }
 }
 
+/// An integer literal with `_` between groups of three digits once it has five or more
+/// (`16_384`, `1024`), as clippy's `unreadable_literal` asks of hand-written code.
+fn number(value: u128) -> syn::LitInt {
+    let digits = value.to_string();
+    let text = if digits.len() < 5 {
+        digits
+    } else {
+        let mut grouped = String::new();
+        for (index, digit) in digits.chars().enumerate() {
+            if index > 0 && (digits.len() - index) % 3 == 0 {
+                grouped.push('_');
+            }
+            grouped.push(digit);
+        }
+        grouped
+    };
+    syn::LitInt::new(&text, Span::call_site())
+}
+
 fn duration(value: Duration) -> TokenStream {
     let millis = value.as_millis();
     if millis % 1000 == 0 {
-        let secs = Literal::u64_unsuffixed(value.as_secs());
+        let secs = number(u128::from(value.as_secs()));
         quote! { Duration::from_secs(#secs) }
     } else {
-        let millis = Literal::u128_unsuffixed(millis);
+        let millis = number(millis);
         quote! { Duration::from_millis(#millis) }
     }
 }
 
-/// One `pub const` per scalar setting, documented with its value and where it was set.
-fn setting_const<T>(
-    name: &str,
-    key: &str,
-    setting: &Setting<T>,
-    ty: TokenStream,
-    value: TokenStream,
-    shown: String,
-) -> TokenStream {
-    let name = Ident::new(name, Span::call_site());
-    let origin = setting
-        .source
-        .clone()
-        .unwrap_or_else(|| "default".to_string());
-    let doc = doc(format!("`{key}` = {shown} ({origin})."));
-    quote! { #doc pub const #name: #ty = #value; }
+/// One field of a scalar section in `TABLE`, after a comment with the value as the operator wrote
+/// it and where (or that it is the default).
+fn setting_field(setting: &Setting) -> TokenStream {
+    let comment = match &setting.written {
+        Some(written) => format!("{} ({})", written.text, written.source),
+        None => format!("{} (default)", setting.shown()),
+    };
+    let marker = source_marker(&comment);
+    let key = Ident::new(setting.spec.key, Span::call_site());
+    let value = match setting.spec.kind {
+        Kind::Size | Kind::Count => {
+            let value = number(u128::from(setting.value));
+            quote! { #value }
+        }
+        Kind::Duration => duration(setting.duration()),
+        Kind::Bool => {
+            let value = setting.value != 0;
+            quote! { #value }
+        }
+    };
+    quote! { #marker #key: #value }
 }
 
-fn settings(config: &Config) -> TokenStream {
-    let s = &config.settings;
-    let size = |name: &str, key: &str, setting: &Setting<usize>| {
-        let value = int(setting.value);
-        setting_const(
-            name,
-            key,
-            setting,
-            quote! { usize },
-            quote! { #value },
-            format_size(setting.value as u64),
-        )
-    };
-    let count = |name: &str, key: &str, setting: &Setting<usize>| {
-        let value = int(setting.value);
-        setting_const(
-            name,
-            key,
-            setting,
-            quote! { usize },
-            quote! { #value },
-            setting.value.to_string(),
-        )
-    };
-    let small = |name: &str, key: &str, setting: &Setting<u32>| {
-        let value = Literal::u32_unsuffixed(setting.value);
-        setting_const(
-            name,
-            key,
-            setting,
-            quote! { u32 },
-            quote! { #value },
-            setting.value.to_string(),
-        )
-    };
-    let time = |name: &str, key: &str, setting: &Setting<Duration>| {
-        setting_const(
-            name,
-            key,
-            setting,
-            quote! { Duration },
-            duration(setting.value),
-            format!("\"{}\"", format_duration(setting.value)),
-        )
-    };
-    let forwarded = s.forwarded_headers.value;
-    let consts = [
-        count(
-            "MAX_QUEUED_PER_SERVER",
-            "queue.max_queued_per_server",
-            &s.max_queued_per_server,
-        ),
-        time("QUEUE_TIMEOUT", "queue.timeout", &s.queue_timeout),
-        size(
-            "MAX_HEADER_BYTES",
-            "limits.max_header_bytes",
-            &s.max_header_bytes,
-        ),
-        size("MAX_BODY_BYTES", "limits.max_body_bytes", &s.max_body_bytes),
-        time(
-            "HEADER_READ_TIMEOUT",
-            "limits.header_read_timeout",
-            &s.header_read_timeout,
-        ),
-        time(
-            "BODY_READ_TIMEOUT",
-            "limits.body_read_timeout",
-            &s.body_read_timeout,
-        ),
-        time(
-            "CLIENT_IDLE_TIMEOUT",
-            "limits.client_idle_timeout",
-            &s.client_idle_timeout,
-        ),
-        time(
-            "BACKEND_TIMEOUT",
-            "limits.backend_timeout",
-            &s.backend_timeout,
-        ),
-        time(
-            "CONNECT_TIMEOUT",
-            "limits.connect_timeout",
-            &s.connect_timeout,
-        ),
-        size(
-            "RESPONSE_BUFFER_BYTES",
-            "limits.response_buffer_bytes",
-            &s.response_buffer_bytes,
-        ),
-        count(
-            "MAX_CLIENT_CONNECTIONS",
-            "limits.max_client_connections",
-            &s.max_client_connections,
-        ),
-        time(
-            "TLS_HANDSHAKE_TIMEOUT",
-            "limits.tls_handshake_timeout",
-            &s.tls_handshake_timeout,
-        ),
-        time("DRAIN_TIMEOUT", "limits.drain_timeout", &s.drain_timeout),
-        setting_const(
-            "FORWARDED_HEADERS",
-            "proxy.forwarded_headers",
-            &s.forwarded_headers,
-            quote! { bool },
-            quote! { #forwarded },
-            forwarded.to_string(),
-        ),
-        small("MAX_RETRIES", "proxy.max_retries", &s.max_retries),
-        small(
-            "DOWN_AFTER_FAILURES",
-            "proxy.down_after_failures",
-            &s.down_after_failures,
-        ),
-        count("WORKER_THREADS", "proxy.worker_threads", &s.worker_threads),
-    ];
-    quote! { #(#consts)* }
+/// `queue: QueueSettings { ... }, limits: Limits { ... }, ...`, in schema order.
+fn scalar_sections(config: &Config) -> TokenStream {
+    let sections = SCALAR_SECTIONS.iter().map(|section| {
+        let field = Ident::new(section.name, Span::call_site());
+        let ty = Ident::new(section.rust_type, Span::call_site());
+        let settings = config
+            .settings
+            .scalars
+            .iter()
+            .filter(|setting| std::ptr::eq(setting.section, section))
+            .map(setting_field);
+        quote! { #field: #ty { #(#settings),* } }
+    });
+    quote! { #(#sections),* }
 }
 
 fn optional_str(value: &Option<String>) -> TokenStream {
@@ -415,6 +352,7 @@ fn table(config: &Config) -> TokenStream {
         &listen.tls_key,
         listen.redirect_http_to_https,
     );
+    let scalars = scalar_sections(config);
     let hash = &config.config_hash;
     let sources = &config.sources;
     quote! {
@@ -433,26 +371,7 @@ fn table(config: &Config) -> TokenStream {
                     tls_key: #key,
                     redirect_http_to_https: #redirect,
                 },
-                queue: QueueSettings { max_queued_per_server: MAX_QUEUED_PER_SERVER, timeout: QUEUE_TIMEOUT },
-                limits: Limits {
-                    max_header_bytes: MAX_HEADER_BYTES,
-                    max_body_bytes: MAX_BODY_BYTES,
-                    header_read_timeout: HEADER_READ_TIMEOUT,
-                    body_read_timeout: BODY_READ_TIMEOUT,
-                    client_idle_timeout: CLIENT_IDLE_TIMEOUT,
-                    backend_timeout: BACKEND_TIMEOUT,
-                    connect_timeout: CONNECT_TIMEOUT,
-                    response_buffer_bytes: RESPONSE_BUFFER_BYTES,
-                    max_client_connections: MAX_CLIENT_CONNECTIONS,
-                    tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
-                    drain_timeout: DRAIN_TIMEOUT,
-                },
-                proxy: ProxySettings {
-                    forwarded_headers: FORWARDED_HEADERS,
-                    max_retries: MAX_RETRIES,
-                    down_after_failures: DOWN_AFTER_FAILURES,
-                    worker_threads: WORKER_THREADS,
-                },
+                #scalars,
             },
             config_hash: #hash,
             sources: &[#(#sources),*],

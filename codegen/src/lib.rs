@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`raw`]: the files as written, every value with its byte span (serde + toml's spanned tree).
 //! - [`validate`](mod@validate): raw files → [`Config`], collecting every mistake as a [`Diagnostic`].
+//! - [`schema`]: the scalar settings (`[queue]`, `[limits]`, `[proxy]`): key, kind, default, range.
 //! - [`pattern`], [`address`], [`units`]: the small languages inside values (paths, `host:port`,
 //!   `"10s"`, `"16KiB"`).
 //! - [`emit`]: [`generate`], a pure `Config` → formatted Rust source.
@@ -23,6 +24,7 @@ pub mod emit;
 pub mod model;
 pub mod pattern;
 pub mod raw;
+pub mod schema;
 pub mod summary;
 pub mod units;
 pub mod validate;

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use crate::pattern::PathKind;
+use crate::schema::{Kind, SectionSpec, SettingSpec, SCALAR_SECTIONS};
+use crate::units::{format_duration, format_size};
 
 /// The methods a route may name, in the order `Allow` lists them.
 ///
@@ -39,6 +41,9 @@ pub struct Config {
 pub struct Backend {
     pub address: String,
     pub pool_size: usize,
+    /// `file:line` of the `connections` or `connections_per_server` that set the pool size;
+    /// `None`: the default.
+    pub pool_source: Option<String>,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
     /// `file:line` of the server entry.
@@ -114,43 +119,52 @@ impl MethodSet {
     }
 }
 
-/// A setting's value and where it was set (`None`: the documented default).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Setting<T> {
-    pub value: T,
-    pub source: Option<String>,
+/// One scalar setting (`[queue]`, `[limits]`, `[proxy]`): its value and where it came from.
+#[derive(Debug, Clone)]
+pub struct Setting {
+    pub section: &'static SectionSpec,
+    pub spec: &'static SettingSpec,
+    /// In the unit of the spec's kind: bytes, milliseconds, a count, or 0/1.
+    pub value: u64,
+    /// How the operator wrote it and where; `None`: the documented default.
+    pub written: Option<Written>,
 }
 
-impl<T> Setting<T> {
-    pub fn default(value: T) -> Self {
-        Setting {
-            value,
-            source: None,
+/// A value as it stands in the file, for comments in the generated code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The TOML value as written: `"60s"`, `16384`, `"16KiB"`, `true`.
+    pub text: String,
+    /// `file:line`.
+    pub source: String,
+}
+
+impl Setting {
+    /// The value as a duration (meaningful for [`Kind::Duration`] settings).
+    pub fn duration(&self) -> Duration {
+        Duration::from_millis(self.value)
+    }
+
+    /// The value the way an operator would write it: as written, or the default formatted.
+    pub fn shown(&self) -> String {
+        if let Some(written) = &self.written {
+            return written.text.clone();
+        }
+        match self.spec.kind {
+            Kind::Size => format!("\"{}\"", format_size(self.value)),
+            Kind::Duration => format!("\"{}\"", format_duration(self.duration())),
+            Kind::Count => self.value.to_string(),
+            Kind::Bool => (self.value != 0).to_string(),
         }
     }
 }
 
-/// Mirror of `juggler::table::Settings`, field for field.
+/// Mirror of `juggler::table::Settings`: `[listen]` by hand, the scalar sections from the schema.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: Listen,
-    pub max_queued_per_server: Setting<usize>,
-    pub queue_timeout: Setting<Duration>,
-    pub max_header_bytes: Setting<usize>,
-    pub max_body_bytes: Setting<usize>,
-    pub header_read_timeout: Setting<Duration>,
-    pub body_read_timeout: Setting<Duration>,
-    pub client_idle_timeout: Setting<Duration>,
-    pub backend_timeout: Setting<Duration>,
-    pub connect_timeout: Setting<Duration>,
-    pub response_buffer_bytes: Setting<usize>,
-    pub max_client_connections: Setting<usize>,
-    pub tls_handshake_timeout: Setting<Duration>,
-    pub drain_timeout: Setting<Duration>,
-    pub forwarded_headers: Setting<bool>,
-    pub max_retries: Setting<u32>,
-    pub down_after_failures: Setting<u32>,
-    pub worker_threads: Setting<usize>,
+    /// Every scalar setting, in [`SCALAR_SECTIONS`] order.
+    pub scalars: Vec<Setting>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,7 +188,17 @@ impl Settings {
     /// The documented defaults; they equal `juggler::table::Settings::DEFAULT` when the config
     /// directory is `juggler_config` (the certificate and key default to files inside it).
     pub fn defaults(config_dir: &str) -> Settings {
-        let secs = |seconds| Setting::default(Duration::from_secs(seconds));
+        let scalars = SCALAR_SECTIONS
+            .iter()
+            .flat_map(|section| {
+                section.settings.iter().map(move |spec| Setting {
+                    section,
+                    spec,
+                    value: spec.default,
+                    written: None,
+                })
+            })
+            .collect();
         Settings {
             listen: Listen {
                 http: Some("0.0.0.0:8080".to_string()),
@@ -184,23 +208,14 @@ impl Settings {
                 tls_key: format!("{config_dir}/server.key"),
                 redirect_http_to_https: false,
             },
-            max_queued_per_server: Setting::default(1024),
-            queue_timeout: secs(10),
-            max_header_bytes: Setting::default(16 * 1024),
-            max_body_bytes: Setting::default(16 * 1024 * 1024),
-            header_read_timeout: secs(10),
-            body_read_timeout: secs(30),
-            client_idle_timeout: secs(60),
-            backend_timeout: secs(30),
-            connect_timeout: secs(3),
-            response_buffer_bytes: Setting::default(1024 * 1024),
-            max_client_connections: Setting::default(10_000),
-            tls_handshake_timeout: secs(10),
-            drain_timeout: secs(30),
-            forwarded_headers: Setting::default(false),
-            max_retries: Setting::default(1),
-            down_after_failures: Setting::default(3),
-            worker_threads: Setting::default(0),
+            scalars,
         }
+    }
+
+    /// The scalar setting `section.key`, e.g. `("limits", "max_body_bytes")`.
+    pub fn scalar(&self, section: &str, key: &str) -> Option<&Setting> {
+        self.scalars
+            .iter()
+            .find(|setting| setting.section.name == section && setting.spec.key == key)
     }
 }

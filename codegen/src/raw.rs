@@ -14,20 +14,26 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 use crate::diagnostics::{closest, did_you_mean, Diagnostic, Diagnostics, SourceFile};
+use crate::schema::{self, Kind, SectionSpec, SettingSpec, SCALAR_SECTIONS};
 
 /// `juggler_config/load_balancer.toml`.
 #[derive(Debug, Default)]
 pub struct RawLoadBalancer {
     pub listen: RawListen,
-    pub queue: RawQueue,
-    pub limits: RawLimits,
-    pub proxy: RawProxy,
+    /// The keys of the scalar sections, in file order.
+    pub settings: Vec<RawSetting>,
     /// In file order (toml's `preserve_order`), which becomes backend id order.
     pub upstreams: Vec<RawUpstream>,
 }
 
-/// The top-level tables of `load_balancer.toml`.
-pub const LOAD_BALANCER_SECTIONS: [&str; 5] = ["listen", "queue", "limits", "proxy", "upstreams"];
+/// The top-level tables of `load_balancer.toml`, in the order the shipped file has them.
+fn load_balancer_sections() -> Vec<&'static str> {
+    let scalars = SCALAR_SECTIONS.iter().map(|section| section.name);
+    std::iter::once("listen")
+        .chain(scalars)
+        .chain(std::iter::once("upstreams"))
+        .collect()
+}
 /// The top-level keys of `routes.toml`.
 pub const ROUTES_SECTIONS: [&str; 1] = ["route"];
 
@@ -42,36 +48,22 @@ pub struct RawListen {
     pub redirect_http_to_https: Option<Spanned<bool>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawQueue {
-    pub max_queued_per_server: Option<Spanned<i64>>,
-    pub timeout: Option<Spanned<String>>,
+/// One key of a scalar section (`[queue]`, `[limits]`, `[proxy]`) as written, already of the
+/// type its [`Kind`] asks for.
+#[derive(Debug)]
+pub struct RawSetting {
+    pub section: &'static SectionSpec,
+    pub spec: &'static SettingSpec,
+    pub value: Spanned<RawValue>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawLimits {
-    pub max_header_bytes: Option<Spanned<RawSize>>,
-    pub max_body_bytes: Option<Spanned<RawSize>>,
-    pub header_read_timeout: Option<Spanned<String>>,
-    pub body_read_timeout: Option<Spanned<String>>,
-    pub client_idle_timeout: Option<Spanned<String>>,
-    pub backend_timeout: Option<Spanned<String>>,
-    pub connect_timeout: Option<Spanned<String>>,
-    pub response_buffer_bytes: Option<Spanned<RawSize>>,
-    pub max_client_connections: Option<Spanned<i64>>,
-    pub tls_handshake_timeout: Option<Spanned<String>>,
-    pub drain_timeout: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawProxy {
-    pub forwarded_headers: Option<Spanned<bool>>,
-    pub max_retries: Option<Spanned<i64>>,
-    pub down_after_failures: Option<Spanned<i64>>,
-    pub worker_threads: Option<Spanned<i64>>,
+#[derive(Debug)]
+pub enum RawValue {
+    Size(RawSize),
+    /// A duration, still as text.
+    Text(String),
+    Integer(i64),
+    Bool(bool),
 }
 
 /// One `[upstreams.<name>]` table.
@@ -175,11 +167,11 @@ impl Reader<'_> {
         for (key, value) in entries {
             match key.get_ref().as_str() {
                 "listen" => raw.listen = self.section("[listen]", &value).value,
-                "queue" => raw.queue = self.section("[queue]", &value).value,
-                "limits" => raw.limits = self.section("[limits]", &value).value,
-                "proxy" => raw.proxy = self.section("[proxy]", &value).value,
                 "upstreams" => raw.upstreams = self.upstreams(&value),
-                _ => self.unknown_key(&key, "at the top level", &LOAD_BALANCER_SECTIONS),
+                name => match schema::section(name) {
+                    Some(section) => self.settings(section, &value, &mut raw.settings),
+                    None => self.unknown_key(&key, "at the top level", &load_balancer_sections()),
+                },
             }
         }
         Some(raw)
@@ -236,12 +228,7 @@ impl Reader<'_> {
         what: &str,
         value: &Spanned<DeValue<'_>>,
     ) -> Section<T> {
-        let DeValue::Table(table) = value.get_ref() else {
-            self.error(
-                value.span(),
-                format!("{what} must be a table"),
-                "see the comments in the shipped file for its shape",
-            );
+        let Some(table) = self.table(what, value) else {
             return Section {
                 value: T::default(),
                 reported: Vec::new(),
@@ -274,6 +261,58 @@ impl Reader<'_> {
         // all keys are optional (`serde(default)`).
         let value = deserialize::<T>(value.span(), good).unwrap_or_default();
         Section { value, reported }
+    }
+
+    /// Reads a scalar section key by key, each value as its [`Kind`] asks; an unknown key or a
+    /// value of the wrong type is reported and left out.
+    fn settings(
+        &mut self,
+        section: &'static SectionSpec,
+        value: &Spanned<DeValue<'_>>,
+        out: &mut Vec<RawSetting>,
+    ) {
+        let Some(table) = self.table(&format!("[{}]", section.name), value) else {
+            return;
+        };
+        for (key, item) in table.iter() {
+            let name: &str = key.get_ref();
+            let Some(spec) = section.settings.iter().find(|spec| spec.key == name) else {
+                let key = Spanned::new(key.span(), name.to_string());
+                self.unknown_key(&key, &format!("in [{}]", section.name), &section.keys());
+                continue;
+            };
+            let parsed = match spec.kind {
+                Kind::Size => deserialize_value(item).map(RawValue::Size),
+                Kind::Duration => deserialize_value(item).map(RawValue::Text),
+                Kind::Count => deserialize_value(item).map(RawValue::Integer),
+                Kind::Bool => deserialize_value(item).map(RawValue::Bool),
+            };
+            match parsed {
+                Ok(parsed) => out.push(RawSetting {
+                    section,
+                    spec,
+                    value: Spanned::new(item.span(), parsed),
+                }),
+                Err(error) => self.toml_error(error, item.span()),
+            }
+        }
+    }
+
+    /// The table `value` holds; `None` (reported) if it is something else.
+    fn table<'v, 'i>(
+        &mut self,
+        what: &str,
+        value: &'v Spanned<DeValue<'i>>,
+    ) -> Option<&'v DeTable<'i>> {
+        let DeValue::Table(table) = value.get_ref() else {
+            self.error(
+                value.span(),
+                format!("{what} must be a table"),
+                "see the comments in the shipped file for its shape",
+            );
+            return None;
+        };
+        Some(table)
     }
 
     fn unknown_key(&mut self, key: &Spanned<String>, place: &str, known: &[&str]) {
@@ -319,6 +358,12 @@ fn deserialize<T: DeserializeOwned>(
         span,
         DeValue::Table(table),
     )))
+}
+
+fn deserialize_value<T: DeserializeOwned>(
+    value: &Spanned<DeValue<'_>>,
+) -> Result<T, toml::de::Error> {
+    T::deserialize(ValueDeserializer::from(value.clone()))
 }
 
 /// Separates what is wrong from how to fix it inside one serde error message.

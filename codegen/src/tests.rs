@@ -348,15 +348,18 @@ fn durations_and_sizes_need_units() {
         &format!("{LB}[limits]\nmax_body_bytes = 1000\ndrain_timeout = \"250ms\"\n"),
     )
     .unwrap();
-    assert_eq!(config.settings.max_body_bytes.value, 1000);
+    let max_body = config.settings.scalar("limits", "max_body_bytes").unwrap();
+    assert_eq!(max_body.value, 1000);
     assert_eq!(
-        config.settings.max_body_bytes.source.as_deref(),
-        Some("lb.toml:4")
+        max_body.written,
+        Some(crate::model::Written {
+            text: "1000".to_string(),
+            source: "lb.toml:4".to_string()
+        })
     );
-    assert_eq!(
-        config.settings.drain_timeout.value,
-        std::time::Duration::from_millis(250)
-    );
+    let drain = config.settings.scalar("limits", "drain_timeout").unwrap();
+    assert_eq!(drain.duration(), std::time::Duration::from_millis(250));
+    assert_eq!(drain.shown(), "\"250ms\"");
 }
 
 #[test]

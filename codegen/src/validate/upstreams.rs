@@ -1,0 +1,170 @@
+//! `[upstreams.<name>]`: servers, their addresses and pool sizes; a server belongs to one upstream.
+
+use std::collections::HashMap;
+
+use toml::Spanned;
+
+use super::{Checker, MAX_IDS};
+use crate::address::{check_address, PortZero};
+use crate::model::{Backend, Upstream, DEFAULT_POOL_SIZE, MAX_POOL_SIZE};
+use crate::raw::{RawServer, RawUpstream};
+
+impl Checker<'_> {
+    pub(super) fn upstreams(&mut self, raw: &[RawUpstream]) -> (Vec<Upstream>, Vec<Backend>) {
+        if raw.is_empty() {
+            self.file_error(
+                "no upstreams are defined".to_string(),
+                "add `[upstreams.default]` with `servers = [\"localhost:6901\"]`",
+            );
+        }
+        let mut upstreams = Vec::new();
+        let mut backends = Vec::new();
+        // Lower-cased address → (upstream name, location), to find a server listed twice.
+        let mut seen: HashMap<String, (String, String)> = HashMap::new();
+        for (index, upstream) in raw.iter().enumerate() {
+            let name = upstream.name.get_ref();
+            let body = &upstream.section.value;
+            let pool = match &body.connections_per_server {
+                Some(raw) => self
+                    .pool(raw, "connections_per_server")
+                    .unwrap_or(Pool::DEFAULT),
+                None => Pool::DEFAULT,
+            };
+            let servers = body.servers.as_ref();
+            let missing = servers.is_none() && !upstream.section.reported("servers");
+            if missing || servers.is_some_and(|servers| servers.get_ref().is_empty()) {
+                let span = servers.map_or(upstream.name.span(), Spanned::span);
+                self.error(
+                    span,
+                    format!("upstream `{name}` has no servers"),
+                    "list its servers: `servers = [\"localhost:6901\", \"localhost:6902\"]`",
+                );
+            }
+            let mut members = Vec::new();
+            for server in servers
+                .map(|servers| servers.get_ref().as_slice())
+                .unwrap_or_default()
+            {
+                let Some((address, pool)) = self.server(server, &pool) else {
+                    continue;
+                };
+                let location = self.location(&server.span());
+                match seen.get(&address.to_ascii_lowercase()) {
+                    Some((other, first)) if other == name => self.error(
+                        server.span(),
+                        format!("server `{address}` is listed twice in upstream `{name}` (first at {first})"),
+                        "list it once; give it `connections = n` for a bigger pool",
+                    ),
+                    Some((other, first)) => self.error(
+                        server.span(),
+                        format!("server `{address}` is in upstream `{other}` ({first}) and in `{name}`"),
+                        "a server belongs to one upstream (Juggler holds one fixed pool per server): remove it from one",
+                    ),
+                    None => {
+                        seen.insert(address.to_ascii_lowercase(), (name.clone(), location.clone()));
+                    }
+                }
+                members.push(backends.len());
+                backends.push(Backend {
+                    address,
+                    pool_size: pool.size,
+                    pool_source: pool.source,
+                    upstream: index,
+                    source: location,
+                });
+            }
+            upstreams.push(Upstream {
+                name: name.clone(),
+                backends: members,
+                source: self.location(&upstream.name.span()),
+            });
+        }
+        if backends.len() > MAX_IDS || upstreams.len() > MAX_IDS {
+            self.file_error(
+                format!(
+                    "{} servers in {} upstreams are too many",
+                    backends.len(),
+                    upstreams.len()
+                ),
+                format!("Juggler supports up to {MAX_IDS} of each"),
+            );
+        }
+        (upstreams, backends)
+    }
+
+    /// Address and pool of one `servers` entry; `None` if it is unusable.
+    fn server(
+        &mut self,
+        server: &Spanned<RawServer>,
+        upstream_pool: &Pool,
+    ) -> Option<(String, Pool)> {
+        let (address, span, pool) = match server.get_ref() {
+            RawServer::Address(address) => (address.clone(), server.span(), upstream_pool.clone()),
+            RawServer::Table { address: None, .. } => {
+                self.error(
+                    server.span(),
+                    "server has no `address`".to_string(),
+                    "write `{ address = \"host:port\", connections = 8 }`",
+                );
+                return None;
+            }
+            RawServer::Table {
+                address: Some(address),
+                connections,
+            } => {
+                let pool = match connections {
+                    Some(raw) => self.pool(raw, "connections")?,
+                    None => upstream_pool.clone(),
+                };
+                (address.get_ref().clone(), address.span(), pool)
+            }
+        };
+        if let Err(error) = check_address(&address, PortZero::Refused) {
+            self.error(
+                span,
+                format!("bad server address: {}", error.message),
+                error.help,
+            );
+            return None;
+        }
+        Some((address, pool))
+    }
+
+    fn pool(&mut self, raw: &Spanned<i64>, key: &str) -> Option<Pool> {
+        let size = *raw.get_ref();
+        if let Some(size) = usize::try_from(size)
+            .ok()
+            .filter(|_| (1..=MAX_POOL_SIZE).contains(&size))
+        {
+            return Some(Pool {
+                size,
+                source: Some(self.location(&raw.span())),
+            });
+        }
+        let why = if size < 1 {
+            "a backend needs at least one connection"
+        } else {
+            "more would likely exhaust file descriptors or the backend"
+        };
+        self.error(
+            raw.span(),
+            format!("`{key} = {size}` is not a usable pool size"),
+            format!("write 1 to {MAX_POOL_SIZE} ({why})"),
+        );
+        None
+    }
+}
+
+/// A pool size and the `file:line` that set it (`None`: the default).
+#[derive(Clone)]
+struct Pool {
+    size: usize,
+    source: Option<String>,
+}
+
+impl Pool {
+    const DEFAULT: Pool = Pool {
+        size: DEFAULT_POOL_SIZE,
+        source: None,
+    };
+}
