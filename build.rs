@@ -1,5 +1,5 @@
 //! Compiles the config into the binary: `routes.toml` + `juggler_config/load_balancer.toml` →
-//! `$OUT_DIR/distributer.rs`, which `src/lib.rs` includes as `juggler::distributer`.
+//! `$OUT_DIR/distributer.rs`, which `src/main.rs` includes as `distributer`.
 //!
 //! `JUGGLER_ROUTES=<file>` and `JUGGLER_CONFIG=<dir>` pick other inputs (relative to this
 //! directory). A config mistake fails the build with `file:line:col` messages (one

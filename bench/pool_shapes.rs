@@ -3,7 +3,7 @@
 //! the client's own task check a connection out of the pool and use it itself (fewer task hops)?
 //!
 //! Both shapes run here against the same loopback backend with the same connection code
-//! (`juggler::backend_conn`), in alternating rounds, and the rates are printed side by side.
+//! (`juggler::backend::conn`), in alternating rounds, and the rates are printed side by side.
 //! Run: `cargo bench --bench pool_shapes` (env ROUNDS, SECONDS, CLIENTS, POOL to vary).
 
 use std::convert::Infallible;
@@ -15,9 +15,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use juggler::backend_conn::BackendConn;
-use juggler::pool::BackendPool;
-use juggler::table::{BackendId, BackendSpec, Settings, UpstreamId};
+use juggler::backend::conn::BackendConn;
+use juggler::backend::pool::BackendPool;
+use juggler::table::{BackendSpec, Settings, UpstreamId};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 const REQUEST: &[u8] = b"GET /small HTTP/1.1\r\nhost: bench\r\nconnection: keep-alive\r\n\r\n";
@@ -65,7 +65,7 @@ async fn exchange(conn: &mut BackendConn) -> Option<(bool, Bytes)> {
     conn.write_request(REQUEST, &[]).await.ok()?;
     let head = conn.read_head(false).await.ok()?;
     let length = match head.framing {
-        juggler::backend_conn::Framing::Length(length) => length as usize,
+        juggler::backend::conn::Framing::Length(length) => length as usize,
         _ => 0,
     };
     let body = conn.read_exact_body(length).await.ok()?;
@@ -185,7 +185,7 @@ fn main() {
     );
     let (mut checkout_total, mut worker_total) = (0u64, 0u64);
     runtime.block_on(async {
-        let pool = Arc::new(BackendPool::new(BackendId(0), spec, &Settings::DEFAULT));
+        let pool = Arc::new(BackendPool::new(spec, &Settings::DEFAULT));
         for round in 1..=rounds {
             let started = Instant::now();
             let checkout = checkout_shape(Arc::clone(&pool), clients, seconds).await;

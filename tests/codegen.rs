@@ -41,6 +41,21 @@ fn not_allowed(methods: &[&str]) -> RouteMatch {
     RouteMatch::MethodNotAllowed(set)
 }
 
+/// The table this build compiled in, as `src/main.rs` includes it.
+mod distributer {
+    include!(concat!(env!("OUT_DIR"), "/distributer.rs"));
+}
+
+#[test]
+fn describe_lists_the_compiled_servers_and_routes() {
+    let text = juggler::describe::describe(&distributer::TABLE);
+    println!("{text}");
+    for backend in distributer::TABLE.backends {
+        assert!(text.contains(backend.address));
+    }
+    assert!(text.contains("routes"));
+}
+
 #[test]
 fn codegen_knows_the_same_methods_as_the_router() {
     assert_eq!(juggler_codegen::METHOD_NAMES, juggler::router::METHOD_NAMES);
@@ -53,7 +68,7 @@ fn shipped_config_is_three_servers_with_five_connections_and_default_settings() 
     let shipped =
         option_env!("JUGGLER_ROUTES").is_none() && option_env!("JUGGLER_CONFIG").is_none();
     if shipped {
-        tables.push(&juggler::distributer::TABLE);
+        tables.push(&distributer::TABLE);
     }
     for table in tables {
         let servers: Vec<(&str, usize)> = table
@@ -89,7 +104,7 @@ fn shipped_config_is_three_servers_with_five_connections_and_default_settings() 
     }
     if shipped {
         assert_eq!(
-            juggler::distributer::TABLE.sources,
+            distributer::TABLE.sources,
             ["routes.toml", "juggler_config/load_balancer.toml"]
         );
     }

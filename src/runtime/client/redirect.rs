@@ -6,7 +6,7 @@
 use http::uri::Authority;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 
-use crate::body::ProxyBody;
+use crate::backend::ResponseBody;
 use crate::proxy::text_response;
 
 /// The answer to `request` on the plain listener: `308 Permanent Redirect` with
@@ -15,7 +15,7 @@ use crate::proxy::text_response;
 /// The host is the one the client asked for (the absolute-form target's authority if it sent
 /// one, else the `Host` header) without its port, since the plain port means nothing on the
 /// HTTPS side. A request that names no usable host cannot be redirected and gets `400`.
-pub fn https_redirect<B>(request: &Request<B>, https_port: u16) -> Response<ProxyBody> {
+pub(crate) fn https_redirect<B>(request: &Request<B>, https_port: u16) -> Response<ResponseBody> {
     let Some(location) = https_location(request, https_port) else {
         return text_response(
             StatusCode::BAD_REQUEST,
@@ -80,7 +80,7 @@ mod tests {
         builder.body(()).unwrap()
     }
 
-    fn location(response: &Response<ProxyBody>) -> Option<&str> {
+    fn location(response: &Response<ResponseBody>) -> Option<&str> {
         response
             .headers()
             .get(header::LOCATION)

@@ -15,8 +15,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
-use crate::backend_conn::BackendConn;
-use crate::table::{BackendId, BackendSpec, Settings};
+use super::conn::BackendConn;
+use crate::table::{BackendSpec, Settings};
 
 /// Why a request could not get a pooled connection.
 #[derive(Debug)]
@@ -32,7 +32,6 @@ pub enum CheckoutError {
 /// One backend's connections, queue and health.
 #[derive(Debug)]
 pub struct BackendPool {
-    pub id: BackendId,
     pub spec: &'static BackendSpec,
     /// One permit per connection slot; its FIFO wait list is the request queue.
     slots: Semaphore,
@@ -77,9 +76,8 @@ pub struct PooledConn {
 }
 
 impl BackendPool {
-    pub fn new(id: BackendId, spec: &'static BackendSpec, settings: &Settings) -> BackendPool {
+    pub fn new(spec: &'static BackendSpec, settings: &Settings) -> BackendPool {
         BackendPool {
-            id,
             spec,
             slots: Semaphore::new(spec.pool_size),
             idle: Mutex::new(Vec::with_capacity(spec.pool_size)),
@@ -127,33 +125,28 @@ impl BackendPool {
             from_idle: true,
             queued_for: started.elapsed(),
         };
-        let mut waits = 0u32;
-        loop {
-            while let Some(mut member) = self.pop_idle() {
-                if member.conn.is_usable() {
-                    slot.conn = Some(member);
-                    return Ok(slot);
-                }
-            }
-            // The slot is empty (its connection was closed): open one within it.
-            if let Some(reserved) = self.reserve_connection() {
-                let conn = self.connect().await.map_err(CheckoutError::Connect)?;
-                slot.from_idle = false;
-                slot.conn = Some(Member {
-                    conn,
-                    _counted: reserved,
-                });
+        while let Some(mut member) = self.pop_idle() {
+            if member.conn.is_usable() {
+                slot.conn = Some(member);
                 return Ok(slot);
             }
-            // All n connections exist: one is on its way back to the idle list from a holder
-            // that has pushed it but not yet released its slot. Let that finish.
-            waits += 1;
-            if waits < 64 {
-                tokio::task::yield_now().await;
-            } else {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
         }
+        // The slot is empty (its connection was closed): open one within it. Holding a slot with
+        // nothing idle means fewer than `n` connections exist, because every path uncounts a
+        // closed connection before it releases its slot (see `give_back`): nothing to wait for.
+        let Some(reserved) = self.reserve_connection() else {
+            debug_assert!(false, "slot held, nothing idle, yet n connections counted");
+            return Err(CheckoutError::Connect(io::Error::other(
+                "pool bookkeeping: no connection to take or open",
+            )));
+        };
+        let conn = self.connect().await.map_err(CheckoutError::Connect)?;
+        slot.from_idle = false;
+        slot.conn = Some(Member {
+            conn,
+            _counted: reserved,
+        });
+        Ok(slot)
     }
 
     /// Counts a connection about to be opened, unless `n` already exist (or are being opened).
@@ -209,6 +202,9 @@ impl BackendPool {
     }
 
     /// Gives a slot back, keeping its connection if it can carry another request.
+    ///
+    /// Order matters: the connection is in the idle list, or closed and uncounted, *before* the
+    /// slot is released, so whoever takes the slot next finds it idle or may open a new one.
     fn give_back(&self, conn: Option<Member>, reusable: bool) {
         match conn {
             Some(member) if reusable => self
@@ -216,11 +212,11 @@ impl BackendPool {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(member),
-            // Dropping the member closes the connection and uncounts it; the refill task opens a
-            // replacement.
-            _ => self.refill.notify_one(),
+            closed => {
+                drop(closed);
+                self.refill.notify_one();
+            }
         }
-        // After the push: whoever takes this permit finds the connection in the idle list.
         self.slots.add_permits(1);
     }
 
@@ -254,6 +250,8 @@ impl BackendPool {
                         drop(permit);
                     }
                     Err(_) => {
+                        // Uncounted before the slot is free again (see `give_back`).
+                        drop(reserved);
                         drop(permit);
                         wait = backoff.next_delay();
                         break;

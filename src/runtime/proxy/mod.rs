@@ -1,6 +1,10 @@
 //! What happens to one client request: refuse what Juggler does not proxy, route it, read its body
 //! whole, hand it to the next backend in round robin (waiting in that backend's queue for one of its
 //! pooled connections), and turn the backend's answer, or the failure, into the client's response.
+//!
+//! - `balance`: the round-robin order over an upstream's backends.
+//! - [`headers`]: the request head sent to backends (hop-by-hop fields dropped, `X-Forwarded-*`).
+//! - `request_checks`: requests hyper lets through that a proxy must refuse (smuggling).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +16,17 @@ use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
 
-use crate::backend_conn::{BodyError, BodyState, Framing, HeadError, ResponseHead};
-use crate::balance::RoundRobin;
-use crate::body::{ProxyBody, StreamingBody};
+use crate::backend::conn::ResponseHead;
+use crate::backend::pool::{BackendPool, CheckoutError};
+use crate::backend::{self, OutgoingRequest, ResponseBody};
 use crate::error::ProxyError;
-use crate::headers::{self, ClientInfo};
-use crate::pool::{BackendPool, CheckoutError, PooledConn};
 use crate::table::{Route, RouteMatch, RouteTable, Settings};
+use balance::RoundRobin;
+use headers::ClientInfo;
+
+mod balance;
+pub mod headers;
+mod request_checks;
 
 /// The `tracing` target of the one-line-per-request access log.
 pub const ACCESS_LOG: &str = "juggler::access";
@@ -46,11 +54,7 @@ impl Proxy {
         let pools = table
             .backends
             .iter()
-            .enumerate()
-            .map(|(index, spec)| {
-                let id = crate::table::BackendId(index as u16);
-                Arc::new(BackendPool::new(id, spec, &table.settings))
-            })
+            .map(|spec| Arc::new(BackendPool::new(spec, &table.settings)))
             .collect();
         Proxy {
             table,
@@ -59,12 +63,22 @@ impl Proxy {
         }
     }
 
+    /// Starts the tasks that keep every pool at `n` connections; they stop when the set is
+    /// dropped or shut down.
+    pub fn maintain_pools(&self) -> tokio::task::JoinSet<()> {
+        let mut upkeep = tokio::task::JoinSet::new();
+        for pool in &self.pools {
+            upkeep.spawn(Arc::clone(pool).maintain());
+        }
+        upkeep
+    }
+
     fn settings(&self) -> &'static Settings {
         &self.table.settings
     }
 
     /// Answers one client request. Never fails: every problem becomes a status code.
-    pub async fn handle<B>(&self, request: Request<B>, client: ClientInfo) -> Response<ProxyBody>
+    pub async fn handle<B>(&self, request: Request<B>, client: ClientInfo) -> Response<ResponseBody>
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -101,7 +115,7 @@ impl Proxy {
         request: Request<B>,
         client: ClientInfo,
         outcome: &mut Outcome,
-    ) -> Response<ProxyBody>
+    ) -> Response<ResponseBody>
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -112,7 +126,7 @@ impl Proxy {
                 "Juggler does not proxy long-lived connections (CONNECT, Upgrade, WebSocket).\n",
             );
         }
-        if let Some(reason) = crate::request_checks::ambiguity(&request) {
+        if let Some(reason) = request_checks::ambiguity(&request) {
             return closing(text_response(StatusCode::BAD_REQUEST, reason));
         }
         let route = match (self.table.match_route)(request.method(), request.uri().path()) {
@@ -146,9 +160,9 @@ impl Proxy {
             head: &head,
             body: &separate_body,
             is_head: parts.method == Method::HEAD,
-            idempotent: is_idempotent(&parts.method),
         };
-        match self.forward(route, &request, outcome).await {
+        let idempotent = is_idempotent(&parts.method);
+        match self.forward(route, &request, idempotent, outcome).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::warn!(%error, "request failed");
@@ -162,7 +176,7 @@ impl Proxy {
         &self,
         headers: &http::HeaderMap,
         body: B,
-    ) -> Result<Bytes, Response<ProxyBody>>
+    ) -> Result<Bytes, Response<ResponseBody>>
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -207,8 +221,9 @@ impl Proxy {
         &self,
         route: &'static Route,
         request: &OutgoingRequest<'_>,
+        idempotent: bool,
         outcome: &mut Outcome,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Response<ResponseBody>, ProxyError> {
         let upstream = self.table.upstream(route.upstream);
         let mut resends_left = self.settings().proxy.max_retries;
         let mut last_error = None;
@@ -238,11 +253,12 @@ impl Proxy {
             };
             outcome.backend = pool.spec.address;
             outcome.queued += slot.queued_for;
-            match self.exchange(slot, request).await {
-                Ok(response) => return Ok(response),
+            let limits = &self.settings().limits;
+            match backend::exchange(slot, request, limits).await {
+                Ok((head, body)) => return Ok(into_response(head, body)),
                 Err(error)
                     if resends_left > 0
-                        && error.may_resend(request.idempotent, route.retry_non_idempotent) =>
+                        && error.may_resend(idempotent, route.retry_non_idempotent) =>
                 {
                     tracing::info!(%error, "re-sending the request to the next backend");
                     resends_left -= 1;
@@ -255,140 +271,6 @@ impl Proxy {
             upstream: upstream.name,
         }))
     }
-
-    /// One request and response on a checked-out connection.
-    async fn exchange(
-        &self,
-        mut slot: PooledConn,
-        request: &OutgoingRequest<'_>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let backend = slot.backend().address;
-        let limits = &self.settings().limits;
-        let reused = slot.from_idle;
-        let conn = slot.conn();
-        let gone = |source| ProxyError::BackendGone {
-            backend,
-            reused,
-            source,
-        };
-        conn.write_request(request.head, request.body)
-            .await
-            .map_err(gone)?;
-        let head =
-            match tokio::time::timeout(limits.backend_timeout, conn.read_head(request.is_head))
-                .await
-            {
-                Err(_elapsed) => return Err(ProxyError::BackendTimeout { backend }),
-                Ok(Err(HeadError::NothingReceived(source))) => return Err(gone(source)),
-                Ok(Err(HeadError::Invalid(reason))) => {
-                    return Err(ProxyError::InvalidResponse { backend, reason })
-                }
-                Ok(Err(HeadError::Io(_))) => {
-                    return Err(ProxyError::InvalidResponse {
-                        backend,
-                        reason: "connection failed inside the response head",
-                    })
-                }
-                Ok(Ok(head)) => head,
-            };
-        let buffer_limit = limits.response_buffer_bytes as u64;
-        let body = match head.framing {
-            Framing::Empty => {
-                slot.response_complete(head.keep_alive);
-                ProxyBody::empty()
-            }
-            Framing::Length(len) if len <= buffer_limit => {
-                let read = slot.conn().read_exact_body(len as usize);
-                let bytes = match tokio::time::timeout(limits.backend_timeout, read).await {
-                    Ok(Ok(bytes)) => bytes,
-                    Ok(Err(error)) => return Err(body_failure(backend, error)),
-                    Err(_) => return Err(ProxyError::BackendTimeout { backend }),
-                };
-                slot.response_complete(head.keep_alive);
-                ProxyBody::full(bytes)
-            }
-            framing => {
-                let read = buffer_or_stream(&mut slot, framing, buffer_limit);
-                match tokio::time::timeout(limits.backend_timeout, read).await {
-                    Ok(Ok(Buffered::Whole(bytes))) => {
-                        slot.response_complete(head.keep_alive);
-                        ProxyBody::full(bytes)
-                    }
-                    Ok(Ok(Buffered::TooLarge { prefix, state })) => {
-                        return Ok(into_response(
-                            head,
-                            self.streaming(slot, state, prefix, framing),
-                        ));
-                    }
-                    Ok(Err(error)) => return Err(body_failure(backend, error)),
-                    Err(_) => return Err(ProxyError::BackendTimeout { backend }),
-                }
-            }
-        };
-        Ok(into_response(head, body))
-    }
-
-    /// Hands the slot over to a body that streams the rest of the response to the client.
-    fn streaming(
-        &self,
-        slot: PooledConn,
-        state: BodyState,
-        prefix: Bytes,
-        framing: Framing,
-    ) -> ProxyBody {
-        let remaining = match &state {
-            BodyState::Length(remaining) => Some(*remaining),
-            _ => None,
-        };
-        let keep_alive = framing != Framing::UntilClose;
-        ProxyBody::streaming(StreamingBody::new(
-            slot,
-            state,
-            prefix,
-            keep_alive,
-            remaining,
-            self.settings().limits.backend_timeout,
-        ))
-    }
-}
-
-/// The request as it goes to a backend, encoded once and re-sent as is.
-struct OutgoingRequest<'a> {
-    head: &'a [u8],
-    body: &'a Bytes,
-    is_head: bool,
-    /// Idempotent requests may be re-sent after a connection failed before answering.
-    idempotent: bool,
-}
-
-enum Buffered {
-    Whole(Bytes),
-    TooLarge { prefix: Bytes, state: BodyState },
-}
-
-/// Reads a chunked or close-delimited body until it ends or outgrows the response buffer.
-async fn buffer_or_stream(
-    slot: &mut PooledConn,
-    framing: Framing,
-    limit: u64,
-) -> Result<Buffered, BodyError> {
-    let mut state = BodyState::new(framing);
-    let mut collected = bytes::BytesMut::new();
-    loop {
-        let conn = slot.conn();
-        match std::future::poll_fn(|cx| conn.poll_body_chunk(&mut state, cx)).await? {
-            None => return Ok(Buffered::Whole(collected.freeze())),
-            Some(chunk) => {
-                collected.extend_from_slice(&chunk);
-                if collected.len() as u64 > limit {
-                    return Ok(Buffered::TooLarge {
-                        prefix: collected.freeze(),
-                        state,
-                    });
-                }
-            }
-        }
-    }
 }
 
 /// RFC 9110 §9.2.2: methods a client may repeat without changing the outcome.
@@ -399,16 +281,9 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-fn body_failure(backend: &'static str, error: BodyError) -> ProxyError {
-    match error {
-        BodyError::Truncated | BodyError::Io(_) => ProxyError::Truncated { backend },
-        BodyError::Invalid(reason) => ProxyError::InvalidResponse { backend, reason },
-    }
-}
-
-/// The client's response: the backend's status and end-to-end headers (see `backend_conn`) with
-/// Juggler's body.
-fn into_response(head: ResponseHead, body: ProxyBody) -> Response<ProxyBody> {
+/// The client's response: the backend's status and end-to-end headers (see `backend::conn`) with
+/// its body.
+fn into_response(head: ResponseHead, body: ResponseBody) -> Response<ResponseBody> {
     let ResponseHead {
         status, headers, ..
     } = head;
@@ -418,8 +293,8 @@ fn into_response(head: ResponseHead, body: ProxyBody) -> Response<ProxyBody> {
     response
 }
 
-pub fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(Bytes::from_static(text.as_bytes())));
+pub fn text_response(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -429,14 +304,14 @@ pub fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBo
 }
 
 /// Asks hyper to close the client connection after this response.
-fn closing(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+fn closing(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
-fn error_response(error: &ProxyError) -> Response<ProxyBody> {
+fn error_response(error: &ProxyError) -> Response<ResponseBody> {
     let status = error.status();
     let text = match status {
         StatusCode::SERVICE_UNAVAILABLE => "no backend available, retry later\n",

@@ -28,7 +28,7 @@ enum State {
 
 /// What one decoding step produced.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decoded {
+pub(crate) enum Decoded {
     Data(Bytes),
     /// The buffer holds no complete next piece: read more from the socket and call again.
     NeedMore,
@@ -37,10 +37,10 @@ pub enum Decoded {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("malformed chunked body: {0}")]
-pub struct ChunkedError(pub &'static str);
+pub(crate) struct ChunkedError(pub &'static str);
 
 #[derive(Debug, Clone)]
-pub struct ChunkedDecoder {
+pub(crate) struct ChunkedDecoder {
     state: State,
 }
 
@@ -51,12 +51,8 @@ impl Default for ChunkedDecoder {
 }
 
 impl ChunkedDecoder {
-    pub fn is_done(&self) -> bool {
-        self.state == State::Done
-    }
-
     /// Consumes what it can from the front of `buf` and returns the next piece of body data.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkedError> {
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ChunkedError> {
         loop {
             match self.state {
                 State::Done => return Ok(Decoded::Done),

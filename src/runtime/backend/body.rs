@@ -1,5 +1,8 @@
 //! The one body type of every response Juggler sends: a buffered backend response, a body streamed
 //! from a pooled connection, or a short text of Juggler's own.
+//!
+//! hyper polls it on the client side; when the body is streamed, that poll reads from the pooled
+//! connection directly (no task or channel in between), so the client's pace is the backend's.
 
 use std::future::Future;
 use std::io;
@@ -11,16 +14,13 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
-use crate::activity::InFlight;
-use crate::backend_conn::{BodyError, BodyState};
-use crate::pool::PooledConn;
+use super::conn::{BodyError, BodyState};
+use super::pool::PooledConn;
 
-/// A response body. `in_flight` is dropped with the body, when hyper has finished with it
-/// (written or abandoned): that is how a client connection learns its response is over.
+/// A response body.
 #[derive(Debug)]
-pub struct ProxyBody {
+pub struct ResponseBody {
     kind: Kind,
-    in_flight: Option<InFlight>,
 }
 
 #[derive(Debug)]
@@ -32,7 +32,7 @@ enum Kind {
 /// A response too large for the response buffer, read from the backend as the client takes it:
 /// the pooled connection stays checked out (and backpressure reaches the backend) until the end.
 #[derive(Debug)]
-pub struct StreamingBody {
+pub(super) struct StreamingBody {
     /// `None` once the body ended: the slot went back to the pool at that moment.
     slot: Option<PooledConn>,
     state: BodyState,
@@ -47,40 +47,34 @@ pub struct StreamingBody {
     stall: Pin<Box<Sleep>>,
 }
 
-impl ProxyBody {
-    pub fn full(bytes: Bytes) -> ProxyBody {
-        ProxyBody {
+impl ResponseBody {
+    pub fn full(bytes: Bytes) -> ResponseBody {
+        ResponseBody {
             kind: Kind::Full(Some(bytes)),
-            in_flight: None,
         }
     }
 
-    pub fn empty() -> ProxyBody {
-        ProxyBody::full(Bytes::new())
-    }
-
-    pub fn streaming(body: StreamingBody) -> ProxyBody {
-        ProxyBody {
+    pub(super) fn streaming(body: StreamingBody) -> ResponseBody {
+        ResponseBody {
             kind: Kind::Streaming(Box::new(body)),
-            in_flight: None,
         }
-    }
-
-    /// Ends `request` when hyper is done with this body.
-    pub fn end_request_with(&mut self, request: InFlight) {
-        self.in_flight = Some(request);
     }
 }
 
 impl StreamingBody {
-    pub fn new(
+    /// Streams the rest of a response whose first `prefix` bytes were read while deciding it was
+    /// too large to buffer.
+    pub(super) fn new(
         slot: PooledConn,
         state: BodyState,
         prefix: Bytes,
         keep_alive: bool,
-        remaining: Option<u64>,
         stall_timeout: Duration,
     ) -> StreamingBody {
+        let remaining = match &state {
+            BodyState::Length(remaining) => Some(*remaining),
+            _ => None,
+        };
         StreamingBody {
             slot: Some(slot),
             state,
@@ -146,7 +140,7 @@ fn body_error_to_io(error: BodyError) -> io::Error {
     }
 }
 
-impl Body for ProxyBody {
+impl Body for ResponseBody {
     type Data = Bytes;
     type Error = io::Error;
 

@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap};
 use http::{Request, Version};
 
 /// Why a request is refused with `400` and the connection closed, or `None` if it is fine.
-pub fn ambiguity<B>(request: &Request<B>) -> Option<&'static str> {
+pub(crate) fn ambiguity<B>(request: &Request<B>) -> Option<&'static str> {
     let headers = request.headers();
     if request.version() <= Version::HTTP_11 {
         if let Some(reason) = transfer_coding_problem(headers) {

@@ -15,12 +15,12 @@ use bytes::Bytes;
 /// Idle time after which a connection is parked. Long enough that a client sending requests back
 /// to back never pays for re-creating its HTTP state, short enough that thousands of idle clients
 /// do not hold hyper's buffers.
-pub const PARK_AFTER: Duration = Duration::from_millis(50);
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(50);
 
 /// Joins what was left of an old prefix with the bytes hyper had buffered but not used. The
 /// result is always a fresh copy (usually empty): a slice of hyper's buffer, even an empty one,
 /// would keep its whole 8 KiB allocation alive while the connection is parked.
-pub fn carry_over(unread_prefix: &[u8], hyper_buffered: &[u8]) -> Bytes {
+pub(crate) fn carry_over(unread_prefix: &[u8], hyper_buffered: &[u8]) -> Bytes {
     if unread_prefix.is_empty() && hyper_buffered.is_empty() {
         return Bytes::new();
     }

@@ -1,10 +1,7 @@
-//! Listeners and client connections: accept (up to the connection cap), serve HTTP/1.1 or HTTP/2
-//! on each connection in its own task, enforce the client timeouts, and drain on shutdown.
-//!
-//! The accept path is generic over the stream type, so plain TCP and TLS streams share it.
+//! One client connection: HTTP/1.1 (plain or TLS) or HTTP/2 by ALPN, served by hyper under
+//! Juggler's own header, idle and drain timers, with idle HTTP/1.1 connections parked.
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,154 +15,32 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
 
-use crate::activity::{ConnActivity, StallGuard, Verdict, WatchedIo};
-use crate::headers::ClientInfo;
-use crate::park::{carry_over, PARK_AFTER};
+use super::activity::{ConnActivity, StallGuard, Verdict, WatchedIo};
+use super::park::{carry_over, PARK_AFTER};
+use super::response::TrackedBody;
+use super::tls::TlsAcceptor;
+use crate::proxy::headers::ClientInfo;
 use crate::proxy::Proxy;
-use crate::table::RouteTable;
-use crate::tls::TlsAcceptor;
-
-/// The sockets Juggler serves, bound by the caller (so tests can bind `127.0.0.1:0`).
-#[derive(Default)]
-pub struct Listeners {
-    pub http: Option<TcpListener>,
-    pub https: Option<(TcpListener, Arc<TlsAcceptor>)>,
-}
+use crate::table::Limits;
 
 /// Sent to every connection when shutdown begins.
-type DrainSignal = watch::Receiver<bool>;
+pub(super) type DrainSignal = watch::Receiver<bool>;
 
 /// What every connection task shares.
-struct Shared {
-    proxy: Arc<Proxy>,
+pub(super) struct Shared {
+    pub(super) proxy: Arc<Proxy>,
     /// One permit per open client connection: the cap on concurrent connections, and on shutdown
     /// the way to wait for all of them to finish.
-    connection_slots: Arc<Semaphore>,
+    pub(super) connection_slots: Arc<Semaphore>,
     /// The bound HTTPS port plain-HTTP requests are redirected to, when `redirect_http_to_https`
     /// is on and the HTTPS listener actually runs.
-    redirect_to_https_port: Option<u16>,
+    pub(super) redirect_to_https_port: Option<u16>,
 }
 
-/// Serves `listeners` with `table` until `shutdown` completes, then stops accepting, lets accepted
-/// and queued requests finish (up to the drain timeout) and returns.
-pub async fn run(
-    listeners: Listeners,
-    table: &'static RouteTable,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
-    let proxy = Arc::new(Proxy::new(table));
-    run_with(listeners, proxy, shutdown).await
-}
-
-/// [`run`] with a proxy the caller already holds (tests read its pools).
-pub async fn run_with(
-    listeners: Listeners,
-    proxy: Arc<Proxy>,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
-    let table = proxy.table;
-    let limits = &table.settings.limits;
-    let mut background = JoinSet::new();
-    for pool in &proxy.pools {
-        background.spawn(Arc::clone(pool).maintain());
-    }
-    let redirect_to_https_port = listeners
-        .https
-        .as_ref()
-        .filter(|_| table.settings.listen.redirect_http_to_https)
-        .and_then(|(listener, _)| listener.local_addr().ok())
-        .map(|address| address.port());
-    let shared = Arc::new(Shared {
-        proxy,
-        connection_slots: Arc::new(Semaphore::new(limits.max_client_connections)),
-        redirect_to_https_port,
-    });
-    let (drain_tx, drain_rx) = watch::channel(false);
-    let mut accept_loops = JoinSet::new();
-    if let Some(listener) = listeners.http {
-        accept_loops.spawn(accept_loop(
-            listener,
-            None,
-            Arc::clone(&shared),
-            drain_rx.clone(),
-        ));
-    }
-    if let Some((listener, tls)) = listeners.https {
-        let tls = Some(tls);
-        accept_loops.spawn(accept_loop(
-            listener,
-            tls,
-            Arc::clone(&shared),
-            drain_rx.clone(),
-        ));
-    }
-
-    shutdown.await;
-    tracing::info!("shutting down: no new connections, draining accepted requests");
-    let _ = drain_tx.send(true);
-    while accept_loops.join_next().await.is_some() {}
-    let all = u32::try_from(limits.max_client_connections).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(
-        limits.drain_timeout,
-        shared.connection_slots.acquire_many(all),
-    )
-    .await;
-    if drained.is_err() {
-        tracing::warn!("drain timeout reached with requests still in progress; closing them");
-    }
-    background.shutdown().await;
-    Ok(())
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<Arc<TlsAcceptor>>,
-    shared: Arc<Shared>,
-    mut drain: DrainSignal,
-) {
-    let mut backoff = AcceptBackoff::default();
-    loop {
-        // At the connection cap, stop accepting: new clients wait in the kernel's backlog instead
-        // of costing file descriptors and memory here.
-        let permit = tokio::select! {
-            permit = Arc::clone(&shared.connection_slots).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            _ = drain.changed() => return,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = drain.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => {
-                backoff.reset();
-                accepted
-            }
-            Err(error) => {
-                // EMFILE/ENFILE and friends: wait instead of spinning on a failing accept.
-                let delay = backoff.next_delay();
-                tracing::warn!(%error, ?delay, "accept failed; pausing");
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-        };
-        let shared = Arc::clone(&shared);
-        let drain = drain.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            serve_stream(stream, peer, tls, &shared, drain).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn serve_stream(
+pub(super) async fn serve_stream(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<Arc<TlsAcceptor>>,
@@ -206,7 +81,7 @@ async fn serve_tls(
             return;
         }
     };
-    if crate::tls::is_h2(&stream) {
+    if super::tls::is_h2(&stream) {
         serve_http2(stream, client, shared, drain).await;
     } else {
         serve_http1(stream, client, shared, drain, None).await;
@@ -300,7 +175,7 @@ fn client_stream<S>(io: TokioIo<WatchedIo<S>>) -> S {
     io.into_inner().into_parts().1
 }
 
-fn http1_builder(limits: &crate::table::Limits) -> hyper::server::conn::http1::Builder {
+fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .keep_alive(true)
@@ -340,11 +215,9 @@ fn request_service(
     redirect_port: Option<u16>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = http::Response<crate::body::ProxyBody>,
+    Response = http::Response<TrackedBody>,
     Error = std::convert::Infallible,
-    Future = impl Future<
-        Output = Result<http::Response<crate::body::ProxyBody>, std::convert::Infallible>,
-    > + Send,
+    Future = impl Future<Output = Result<http::Response<TrackedBody>, std::convert::Infallible>> + Send,
 > + Clone {
     let proxy = Arc::clone(&shared.proxy);
     let activity = Arc::clone(activity);
@@ -352,12 +225,11 @@ fn request_service(
         let proxy = Arc::clone(&proxy);
         let in_flight = activity.request_started();
         async move {
-            let mut response = match redirect_port {
-                Some(port) => crate::redirect::https_redirect(&request, port),
+            let response = match redirect_port {
+                Some(port) => super::redirect::https_redirect(&request, port),
                 None => proxy.handle(request, client).await,
             };
-            response.body_mut().end_request_with(in_flight);
-            Ok(response)
+            Ok(response.map(|body| TrackedBody::new(body, in_flight)))
         }
     })
 }
@@ -444,21 +316,4 @@ async fn answer_request_timeout<S: AsyncWrite + Unpin>(mut io: S) {
         io.shutdown().await
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
-}
-
-/// Pauses between failing accepts, doubling up to one second.
-#[derive(Debug, Default)]
-struct AcceptBackoff {
-    failures: u32,
-}
-
-impl AcceptBackoff {
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        self.failures = (self.failures + 1).min(7);
-        Duration::from_millis(10 << self.failures).min(Duration::from_secs(1))
-    }
 }

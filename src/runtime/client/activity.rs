@@ -20,7 +20,7 @@ use tokio::time::Instant;
 /// Shared by the connection's IO wrapper (which sees bytes arrive), its requests (which see a
 /// request start and its response end) and the connection task (which enforces the timeouts).
 #[derive(Debug)]
-pub struct ConnActivity {
+pub(crate) struct ConnActivity {
     epoch: Instant,
     /// Requests whose response has not been fully handed to hyper yet.
     in_flight: AtomicU32,
@@ -37,7 +37,7 @@ pub struct ConnActivity {
 
 /// What the connection task should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Nothing is overdue; look again at this instant.
     CheckAt(Instant),
     /// A request head has been arriving for longer than the header timeout: answer 408 and close.
@@ -49,7 +49,7 @@ pub enum Verdict {
 }
 
 impl ConnActivity {
-    pub fn new() -> Arc<ConnActivity> {
+    pub(crate) fn new() -> Arc<ConnActivity> {
         Arc::new(ConnActivity {
             epoch: Instant::now(),
             in_flight: AtomicU32::new(0),
@@ -70,7 +70,7 @@ impl ConnActivity {
 
     /// Called whenever bytes arrive from the client's socket (by the IO wrapper, or by the parked
     /// connection's first read).
-    pub fn bytes_arrived(&self) {
+    pub(crate) fn bytes_arrived(&self) {
         self.socket_io.fetch_add(1, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.head_started_ms.load(Ordering::Relaxed) == 0
@@ -88,7 +88,7 @@ impl ConnActivity {
     /// Called when bytes of the next request head were already read, with an earlier request,
     /// when the connection went idle (a pipelining client): that head is under the header
     /// timeout like any other, counted from when the connection became free to read it.
-    pub fn head_carried_over(&self) {
+    pub(crate) fn head_carried_over(&self) {
         if self.head_started_ms.load(Ordering::Relaxed) == 0 {
             let idle_since = self.idle_since_ms.load(Ordering::Relaxed);
             self.head_started_ms
@@ -98,7 +98,7 @@ impl ConnActivity {
 
     /// Called when hyper hands over a complete request head; the returned guard ends the request
     /// when dropped (with the response body, once hyper has written it).
-    pub fn request_started(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_started_ms.store(0, Ordering::Relaxed);
         InFlight(Arc::clone(self))
@@ -106,7 +106,7 @@ impl ConnActivity {
 
     /// Decides, at `now`, whether a timeout has run out, or (with `park_after`) whether the
     /// connection has been idle long enough to park.
-    pub fn verdict(
+    pub(crate) fn verdict(
         &self,
         header_timeout: Duration,
         idle_timeout: Duration,
@@ -144,20 +144,20 @@ impl ConnActivity {
     }
 
     /// When an idle connection is closed if nothing arrives.
-    pub fn idle_deadline(&self, idle_timeout: Duration) -> Instant {
+    pub(crate) fn idle_deadline(&self, idle_timeout: Duration) -> Instant {
         self.instant_at(self.idle_since_ms.load(Ordering::Relaxed)) + idle_timeout
     }
 
     /// Completes when the last request in flight has ended (at once if that happened since the
     /// previous call).
-    pub async fn went_idle(&self) {
+    pub(crate) async fn went_idle(&self) {
         self.went_idle.notified().await;
     }
 }
 
 /// A request in progress on a connection; dropping it marks the response finished.
 #[derive(Debug)]
-pub struct InFlight(Arc<ConnActivity>);
+pub(crate) struct InFlight(Arc<ConnActivity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -176,7 +176,7 @@ impl Drop for InFlight {
 /// Replayed bytes are not reported: whoever carried them over has already accounted for them
 /// ([`ConnActivity::head_carried_over`]).
 #[derive(Debug)]
-pub struct WatchedIo<S> {
+pub(crate) struct WatchedIo<S> {
     inner: S,
     activity: Arc<ConnActivity>,
     unread: Bytes,
@@ -184,7 +184,7 @@ pub struct WatchedIo<S> {
 
 impl<S> WatchedIo<S> {
     /// Reads yield `unread` before anything from `inner`.
-    pub fn replaying(unread: Bytes, inner: S, activity: Arc<ConnActivity>) -> WatchedIo<S> {
+    pub(crate) fn replaying(unread: Bytes, inner: S, activity: Arc<ConnActivity>) -> WatchedIo<S> {
         WatchedIo {
             inner,
             activity,
@@ -193,7 +193,7 @@ impl<S> WatchedIo<S> {
     }
 
     /// The stream and whatever of `unread` has not been read yet.
-    pub fn into_parts(self) -> (Bytes, S) {
+    pub(crate) fn into_parts(self) -> (Bytes, S) {
         (self.unread, self.inner)
     }
 
@@ -209,7 +209,7 @@ impl<S> WatchedIo<S> {
 /// core and starves every task queued behind it on the same worker. Debug builds (and so the
 /// tests) fail loudly on it; a release build closes that one connection and logs the bug.
 #[derive(Debug)]
-pub struct StallGuard {
+pub(crate) struct StallGuard {
     /// The activity's socket counter when it last moved.
     last_seen: u64,
     /// Turns since then.
@@ -219,7 +219,7 @@ pub struct StallGuard {
 }
 
 impl StallGuard {
-    pub fn new(activity: &ConnActivity, max_idle_turns: u32) -> StallGuard {
+    pub(crate) fn new(activity: &ConnActivity, max_idle_turns: u32) -> StallGuard {
         StallGuard {
             last_seen: activity.socket_io.load(Ordering::Relaxed),
             idle_turns: 0,
@@ -228,7 +228,11 @@ impl StallGuard {
     }
 
     /// Counts one turn of the guarded loop; `Err` once too many turns in a row moved nothing.
-    pub fn turn(&mut self, activity: &ConnActivity, what: &'static str) -> Result<(), Stalled> {
+    pub(crate) fn turn(
+        &mut self,
+        activity: &ConnActivity,
+        what: &'static str,
+    ) -> Result<(), Stalled> {
         let seen = activity.socket_io.load(Ordering::Relaxed);
         if seen != self.last_seen {
             self.last_seen = seen;
@@ -255,7 +259,7 @@ impl StallGuard {
 
 /// A [`StallGuard`] tripped: the connection is closed.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Stalled;
+pub(crate) struct Stalled;
 
 impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(

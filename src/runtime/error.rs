@@ -8,7 +8,7 @@ use http::StatusCode;
 
 /// Why a proxied exchange failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// Every backend of the upstream is down or its queue is full.
     #[error("no backend of upstream `{upstream}` can take the request (all down or queues full)")]
     NoBackendAvailable { upstream: &'static str },
@@ -47,7 +47,7 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// The status the client sees.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoBackendAvailable { .. } | ProxyError::QueueTimeout { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -67,7 +67,7 @@ impl ProxyError {
     /// (RFC 9110 §9.2.2); any other request only on a connection that had sat in the pool, where
     /// the failure is the keep-alive race (the backend closed it as idle just as it was reused),
     /// and only where its route opts in.
-    pub fn may_resend(&self, idempotent: bool, route_opts_in: bool) -> bool {
+    pub(crate) fn may_resend(&self, idempotent: bool, route_opts_in: bool) -> bool {
         match self {
             ProxyError::Connect { .. } => true,
             ProxyError::BackendGone { reused, .. } => idempotent || (*reused && route_opts_in),

@@ -9,12 +9,12 @@ use crate::table::{BackendId, RouteTable, UpstreamId};
 /// One round-robin cursor per upstream, shared by every client connection: request k of an
 /// upstream, from whichever client, starts at backend k mod m.
 #[derive(Debug)]
-pub struct RoundRobin {
+pub(crate) struct RoundRobin {
     cursors: Vec<AtomicUsize>,
 }
 
 impl RoundRobin {
-    pub fn new(table: &RouteTable) -> RoundRobin {
+    pub(crate) fn new(table: &RouteTable) -> RoundRobin {
         RoundRobin {
             cursors: table
                 .upstreams
@@ -26,7 +26,7 @@ impl RoundRobin {
 
     /// The upstream's backends in the order this request should try them: the next one in turn
     /// first, then the ones after it, wrapping around, `passes` times over.
-    pub fn order<'t>(
+    pub(crate) fn order<'t>(
         &self,
         table: &'t RouteTable,
         upstream: UpstreamId,

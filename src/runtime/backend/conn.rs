@@ -17,8 +17,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::chunked::{ChunkedDecoder, Decoded};
-use crate::headers::ConnectionNamed;
+use super::chunked::{ChunkedDecoder, Decoded};
+use crate::hop_by_hop::ConnectionNamed;
 
 /// The largest response head accepted from a backend.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -51,7 +51,6 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
-    pub version: Version,
     pub headers: HeaderMap,
     pub framing: Framing,
     /// Whether the connection may carry another request after this response.
@@ -216,7 +215,6 @@ impl BackendConn {
             }
             return Ok(Some(ResponseHead {
                 status,
-                version,
                 headers,
                 framing,
                 keep_alive,
@@ -239,7 +237,7 @@ impl BackendConn {
 
     /// The next piece of a body, `None` at its end. Used for chunked and close-delimited bodies
     /// and for bodies streamed to the client.
-    pub fn poll_body_chunk(
+    pub(crate) fn poll_body_chunk(
         &mut self,
         state: &mut BodyState,
         cx: &mut Context<'_>,
@@ -308,7 +306,7 @@ impl BackendConn {
 
 /// Where a body being read stands.
 #[derive(Debug)]
-pub enum BodyState {
+pub(crate) enum BodyState {
     Length(u64),
     Chunked(ChunkedDecoder),
     UntilClose,

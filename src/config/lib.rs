@@ -1,0 +1,12 @@
+//! Juggler's config schema: the plain data a route table is made of, shared by the codegen crate
+//! (which writes one as `distributer.rs`) and the runtime (which serves one).
+//!
+//! # Layout
+//! - [`table`]: `RouteTable`, `BackendSpec`, `Upstream`, `Route`, `Settings` and their defaults.
+//! - [`router`]: method sets and wildcard patterns the generated route matcher is built from.
+//! - [`describe`]: the human-readable view of a table (`juggler --print-routes`).
+#![forbid(unsafe_code)]
+
+pub mod describe;
+pub mod router;
+pub mod table;

@@ -1,0 +1,17 @@
+//! The backend side: each backend's fixed pool of `n` keep-alive connections with its FIFO queue,
+//! and Juggler's own HTTP/1.1 client on those connections.
+//!
+//! - [`pool`]: the `n` slots, the queue, health, refill.
+//! - `exchange`: one request and response on a pooled connection.
+//! - [`conn`]: the connection itself: write a request, parse a response head, read body chunks.
+//! - `chunked`: the chunked transfer-coding decoder `conn` reads bodies with.
+//! - [`body`]: a response body: bytes in memory, or streamed from a pooled connection.
+
+pub mod body;
+mod chunked;
+pub mod conn;
+mod exchange;
+pub mod pool;
+
+pub use body::ResponseBody;
+pub(crate) use exchange::{exchange, OutgoingRequest};

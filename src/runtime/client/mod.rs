@@ -1,0 +1,19 @@
+//! The client side: everything between a client's socket and one proxied request.
+//!
+//! - [`listener`]: accept (connection cap, backoff), one task per connection, drain on shutdown.
+//! - `conn`: one connection: HTTP/1.1 or HTTP/2, the client timeouts, parking.
+//! - `activity`, `park`: what a connection is doing as its timers see it; idle connections kept
+//!   as bare streams.
+//! - `response`: the response body with the request's in-flight guard attached.
+//! - [`tls`]: certificates, the TLS acceptor, reload on SIGHUP.
+//! - `redirect`: the optional `308` from the plain listener to HTTPS.
+
+mod activity;
+mod conn;
+pub mod listener;
+mod park;
+mod redirect;
+mod response;
+pub mod tls;
+
+pub use listener::{run, run_with, Listeners};
