@@ -531,3 +531,62 @@ fn write_if_changed_leaves_identical_files_alone() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "b");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Whether `written` (a TOML value or a README cell, quotes and all) means the spec's default.
+fn is_default(spec: &crate::schema::SettingSpec, written: &str) -> bool {
+    use crate::schema::Kind;
+    let text = written.trim().trim_matches('"');
+    let value = match spec.kind {
+        Kind::Size => text.parse().ok().or_else(|| units::parse_size(text)),
+        Kind::Duration => {
+            units::parse_duration(text).and_then(|d| u64::try_from(d.as_millis()).ok())
+        }
+        Kind::Count => text.parse().ok(),
+        Kind::Bool => text.parse::<bool>().ok().map(u64::from),
+    };
+    value == Some(spec.default)
+}
+
+/// The shipped `load_balancer.toml` and the README's reference table show every scalar setting
+/// with its default, so a setting added to the schema cannot stay undocumented.
+#[test]
+fn every_scalar_setting_is_shipped_and_documented_with_its_default() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let shipped =
+        std::fs::read_to_string(root.join("juggler_config").join(LOAD_BALANCER_FILE)).unwrap();
+    let shipped: toml::Table = toml::from_str(&shipped).unwrap();
+    let mut wrong = Vec::new();
+    for section in crate::schema::SCALAR_SECTIONS.iter() {
+        for spec in section.settings {
+            let name = format!("{}.{}", section.name, spec.key);
+            let row = format!("| `{name}` |");
+            let readme_default = readme
+                .lines()
+                .find_map(|line| line.strip_prefix(&row))
+                .and_then(|rest| rest.split('|').next())
+                .map(|cell| cell.trim().trim_matches('`').to_string());
+            if !readme_default
+                .as_deref()
+                .is_some_and(|cell| is_default(spec, cell))
+            {
+                wrong.push(format!("README.md row {name}: {readme_default:?}"));
+            }
+            let shipped_value = shipped
+                .get(section.name)
+                .and_then(|table| table.get(spec.key))
+                .map(toml::Value::to_string);
+            if !shipped_value
+                .as_deref()
+                .is_some_and(|value| is_default(spec, value))
+            {
+                wrong.push(format!("load_balancer.toml {name}: {shipped_value:?}"));
+            }
+        }
+    }
+    println!("checked {} sections", crate::schema::SCALAR_SECTIONS.len());
+    assert!(
+        wrong.is_empty(),
+        "not documented with its default: {wrong:#?}"
+    );
+}
