@@ -1,8 +1,6 @@
 //! Backends that die, close idle connections under Juggler, hang or answer garbage: clients see
 //! as little of it as the rules allow, and the pools stay at n connections.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +9,8 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use juggler::table::Settings;
-use support::faulty::{FaultyBackend, IdlePolicy, Reply};
-use support::*;
+use juggler_testkit::faulty::{FaultyBackend, IdlePolicy, Reply};
+use juggler_testkit::*;
 use tokio::time::Instant;
 
 /// Polls `condition` every 20 ms until it holds or `limit` passes; returns how long it took.
@@ -92,13 +90,7 @@ async fn kill_and_restart_under_load(tolerated: usize) {
 
         // Back on the same port.
         let listener = tokio::net::TcpListener::bind(addrs[1]).await.unwrap();
-        let restarted = TestBackend::serve_on(
-            listener,
-            support::Behaviour {
-                name: "server 2".into(),
-                delay: Duration::ZERO,
-            },
-        );
+        let restarted = TestBackend::serve_on(listener, Behaviour::named("server 2"));
         let restarted_at = Instant::now();
         let readmitted = wait_for(Duration::from_secs(5), || restarted.stats.requests() > 0).await;
         // Its share once back: measure one second of traffic.
@@ -131,7 +123,7 @@ async fn kill_and_restart_under_load(tolerated: usize) {
              {readmitted:?} after the restart; share in the next second {share:?}; \
              connections to the restarted backend {}",
             restarted_at - killed_at,
-            restarted.stats.open()
+            restarted.open()
         );
         assert!(failures.len() <= tolerated, "failed requests: {failures:?}");
         assert!(
@@ -142,7 +134,7 @@ async fn kill_and_restart_under_load(tolerated: usize) {
         assert!(readmitted.is_some(), "restarted backend never re-admitted");
         let fair = share.iter().sum::<usize>() / 3;
         assert!(share[1] * 2 >= fair, "restarted backend's share {share:?}");
-        assert!(restarted.stats.open() <= POOL_PER_BACKEND);
+        assert!(restarted.open() <= POOL_PER_BACKEND);
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -188,7 +180,7 @@ async fn get_stream_against_idle_close(announce: bool) {
             backend.stats.requests(),
             backend.stats.dropped_in_race(),
             backend.stats.idle_closes(),
-            backend.stats.accepted()
+            backend.accepted()
         );
         assert_eq!(bad, 0, "GETs failed: {statuses:?}");
         assert_eq!(backend.stats.requests(), REQUESTS, "each GET acted on once");
@@ -279,8 +271,8 @@ async fn hung_backend_gets_504_in_time_and_the_pool_is_refilled() {
         let mut settings = Settings::DEFAULT;
         settings.limits.backend_timeout = Duration::from_secs(1);
         let juggler = TestJuggler::start(table(&[backend.addr], POOL, settings)).await;
-        wait_for(Duration::from_secs(3), || backend.stats.open() == POOL).await;
-        let accepted_before = backend.stats.accepted();
+        wait_for(Duration::from_secs(3), || backend.open() == POOL).await;
+        let accepted_before = backend.accepted();
 
         let started = Instant::now();
         let hung = (0..POOL).map(|_| {
@@ -295,16 +287,16 @@ async fn hung_backend_gets_504_in_time_and_the_pool_is_refilled() {
             results.push(handle.await.unwrap());
         }
         let refilled = wait_for(Duration::from_secs(3), || {
-            backend.stats.open() == POOL && juggler.open_connections() == [POOL]
+            backend.open() == POOL && juggler.open_connections() == [POOL]
         })
         .await;
         let after = get(juggler.addr, "/ok").await.unwrap();
         println!(
             "hung requests: {results:?}; pool back to {POOL} after {refilled:?} (backend sees {} \
              open, accepted {} → {}); next request {}",
-            backend.stats.open(),
+            backend.open(),
             accepted_before,
-            backend.stats.accepted(),
+            backend.accepted(),
             after.status
         );
         for (status, took) in &results {
@@ -316,8 +308,8 @@ async fn hung_backend_gets_504_in_time_and_the_pool_is_refilled() {
         }
         assert!(refilled.is_some(), "pool not back to {POOL}");
         assert_eq!(after.status, 200);
-        assert_eq!(backend.stats.open(), POOL);
-        assert!(backend.stats.accepted() <= accepted_before + POOL + 1);
+        assert_eq!(backend.open(), POOL);
+        assert!(backend.accepted() <= accepted_before + POOL + 1);
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -400,7 +392,7 @@ async fn garbage_truncated_and_early_responses_get_502_and_the_next_request_succ
         let pool = wait_for(Duration::from_secs(3), || juggler.open_connections() == [2]).await;
         println!(
             "pool back to 2 after {pool:?}; backend open {}",
-            backend.stats.open()
+            backend.open()
         );
         assert!(pool.is_some());
         juggler.shutdown().await.unwrap();
@@ -424,7 +416,7 @@ async fn race_on_a_preopened_never_used_connection_costs_no_get() {
         )
         .await;
         let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
-        let opened = wait_for(Duration::from_secs(3), || backend.stats.accepted() == 1).await;
+        let opened = wait_for(Duration::from_secs(3), || backend.accepted() == 1).await;
         assert!(opened.is_some(), "pool did not pre-open its connection");
         // Lands inside the backend's race window (920..1000 ms after it accepted).
         tokio::time::sleep(Duration::from_millis(960)).await;
@@ -435,7 +427,7 @@ async fn race_on_a_preopened_never_used_connection_costs_no_get() {
             answer.status,
             backend.stats.requests(),
             backend.stats.dropped_in_race(),
-            backend.stats.accepted()
+            backend.accepted()
         );
         assert_eq!(answer.status, 200);
         assert_eq!(backend.stats.count("GET /first"), 1);

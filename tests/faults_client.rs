@@ -1,12 +1,10 @@
 //! Slow and vanishing clients: a slowloris crowd is cut off by the header timeout without slowing
 //! anyone else down, and clients that give up while queued never reach a backend.
 
-mod support;
-
 use std::time::Duration;
 
 use juggler::table::Settings;
-use support::*;
+use juggler_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;

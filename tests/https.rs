@@ -2,8 +2,6 @@
 //! test, HTTP/1.1 and HTTP/2 clients, bad clients dropped by the handshake deadline, and the
 //! certificate reloaded by a real SIGHUP sent to this test process.
 
-mod support;
-
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -11,11 +9,11 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use juggler::table::Settings;
+use juggler_testkit::raw::read_until_close;
+use juggler_testkit::tls::*;
+use juggler_testkit::*;
 use rustls::pki_types::CertificateDer;
 use rustls::CertificateError;
-use support::https::*;
-use support::raw::read_until_close;
-use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::signal::unix::{signal, SignalKind};
@@ -24,18 +22,6 @@ const ROUND_ROBIN: [&str; 6] = [
     "server 1", "server 2", "server 3", "server 1", "server 2", "server 3",
 ];
 
-async fn three_backends() -> [TestBackend; 3] {
-    [
-        TestBackend::start("server 1").await,
-        TestBackend::start("server 2").await,
-        TestBackend::start("server 3").await,
-    ]
-}
-
-fn addrs_of(backends: &[TestBackend]) -> Vec<std::net::SocketAddr> {
-    backends.iter().map(|backend| backend.addr).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_over_https_with_http11_and_http2() {
     bounded(async {
@@ -43,9 +29,9 @@ async fn round_robin_over_https_with_http11_and_http2() {
         let cert = TestCert::generate();
         let files = CertFiles::new("round-robin", &cert);
         let table = table(&addrs_of(&backends), 2, Settings::DEFAULT);
-        let juggler = HttpsJuggler::start(table, &files).await;
+        let juggler = TestJuggler::start_https(table, &files).await;
 
-        let mut http11 = https_client(juggler.https_addr, &cert).await;
+        let mut http11 = https_client(juggler.https_addr(), &cert).await;
         let mut seen = Vec::new();
         for _ in 0..6 {
             let answer = http11.get("/test.txt").await.unwrap();
@@ -56,7 +42,7 @@ async fn round_robin_over_https_with_http11_and_http2() {
         assert_eq!(seen, ROUND_ROBIN);
 
         // One request at a time, so the order of streams is the order of requests.
-        let http2 = H2Client::connect(juggler.https_addr, &cert).await;
+        let http2 = H2Client::connect(juggler.https_addr(), &cert).await;
         let mut seen = Vec::new();
         for _ in 0..6 {
             let answer = http2.get("/test.txt").await.unwrap();
@@ -67,7 +53,7 @@ async fn round_robin_over_https_with_http11_and_http2() {
         assert_eq!(seen, ROUND_ROBIN);
 
         // The plain listener keeps serving next to the TLS one, from the same round robin.
-        let plain = get(juggler.http_addr, "/test.txt").await.unwrap().text();
+        let plain = get(juggler.addr, "/test.txt").await.unwrap().text();
         println!("plain HTTP after them: {plain:?}");
         assert_eq!(plain, "server 1");
         juggler.shutdown().await.unwrap();
@@ -94,9 +80,9 @@ async fn http2_connection_with_100_concurrent_streams_uses_only_the_fixed_pools(
         let cert = TestCert::generate();
         let files = CertFiles::new("h2-streams", &cert);
         let table = table(&addrs_of(&backends), POOL, Settings::DEFAULT);
-        let juggler = HttpsJuggler::start(table, &files).await;
+        let juggler = TestJuggler::start_https(table, &files).await;
 
-        let client = H2Client::connect(juggler.https_addr, &cert).await;
+        let client = H2Client::connect(juggler.https_addr(), &cert).await;
         let started = Instant::now();
         let mut streams = tokio::task::JoinSet::new();
         for _ in 0..STREAMS {
@@ -112,7 +98,7 @@ async fn http2_connection_with_100_concurrent_streams_uses_only_the_fixed_pools(
         let elapsed = started.elapsed();
         let by_body = tally(texts.iter().map(String::as_str));
         let requests: Vec<usize> = backends.iter().map(|b| b.stats.requests()).collect();
-        let accepted: Vec<usize> = backends.iter().map(|b| b.stats.accepted()).collect();
+        let accepted: Vec<usize> = backends.iter().map(|b| b.accepted()).collect();
         let max_in_flight: Vec<usize> = backends.iter().map(|b| b.stats.max_in_flight()).collect();
         println!(
             "{STREAMS} streams on one HTTP/2 connection in {elapsed:?}: answers {by_body:?}, \
@@ -150,7 +136,7 @@ async fn forwarded_proto_is_https_for_tls_clients() {
         let files = CertFiles::new("forwarded", &cert);
         let mut settings = Settings::DEFAULT;
         settings.proxy.forwarded_headers = true;
-        let juggler = HttpsJuggler::start(table(&[backend.addr], 1, settings), &files).await;
+        let juggler = TestJuggler::start_https(table(&[backend.addr], 1, settings), &files).await;
         let forwarded = |backend: &TestBackend| {
             let headers = backend.stats.last_headers.lock().unwrap().clone().unwrap();
             let value = |name: &str| {
@@ -162,19 +148,19 @@ async fn forwarded_proto_is_https_for_tls_clients() {
         };
         let expect = |proto: &str| (Some(proto.to_owned()), Some("127.0.0.1".to_owned()));
 
-        let mut http11 = https_client(juggler.https_addr, &cert).await;
+        let mut http11 = https_client(juggler.https_addr(), &cert).await;
         assert_eq!(http11.get("/test.txt").await.unwrap().status, 200);
         let over_http11 = forwarded(&backend);
         println!("HTTPS HTTP/1.1 → backend saw {over_http11:?}");
         assert_eq!(over_http11, expect("https"));
 
-        let http2 = H2Client::connect(juggler.https_addr, &cert).await;
+        let http2 = H2Client::connect(juggler.https_addr(), &cert).await;
         assert_eq!(http2.get("/test.txt").await.unwrap().status, 200);
         let over_http2 = forwarded(&backend);
         println!("HTTPS HTTP/2 → backend saw {over_http2:?}");
         assert_eq!(over_http2, expect("https"));
 
-        assert_eq!(get(juggler.http_addr, "/x").await.unwrap().status, 200);
+        assert_eq!(get(juggler.addr, "/x").await.unwrap().status, 200);
         let over_plain = forwarded(&backend);
         println!("plain HTTP → backend saw {over_plain:?}");
         assert_eq!(over_plain, expect("http"));
@@ -190,10 +176,10 @@ async fn wrong_name_or_untrusted_certificate_fails_on_the_client() {
         let cert = TestCert::generate();
         let files = CertFiles::new("client-verdict", &cert);
         let juggler =
-            HttpsJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT), &files).await;
+            TestJuggler::start_https(table(&[backend.addr], 1, Settings::DEFAULT), &files).await;
 
         let trusting = client_config(&[&cert.der], ALPN_HTTP11);
-        let error = tls_connect(juggler.https_addr, trusting, "juggler.invalid")
+        let error = tls_connect(juggler.https_addr(), trusting, "juggler.invalid")
             .await
             .expect_err("a certificate for localhost was accepted for juggler.invalid");
         println!("wrong SNI: {error}");
@@ -210,7 +196,7 @@ async fn wrong_name_or_untrusted_certificate_fails_on_the_client() {
 
         let stranger = TestCert::generate_named("someone else");
         let trusting_another = client_config(&[&stranger.der], ALPN_HTTP11);
-        let error = tls_connect(juggler.https_addr, trusting_another, "localhost")
+        let error = tls_connect(juggler.https_addr(), trusting_another, "localhost")
             .await
             .expect_err("a certificate nobody trusts was accepted");
         println!("untrusted certificate: {error}");
@@ -225,7 +211,7 @@ async fn wrong_name_or_untrusted_certificate_fails_on_the_client() {
         );
 
         // The refused clients cost nothing: a proper one is served.
-        let mut client = https_client(juggler.https_addr, &cert).await;
+        let mut client = https_client(juggler.https_addr(), &cert).await;
         assert_eq!(client.get("/test.txt").await.unwrap().text(), "server 1");
         assert_eq!(backend.stats.requests(), 1);
         juggler.shutdown().await.unwrap();
@@ -268,11 +254,11 @@ async fn garbage_plain_http_and_stalled_handshakes_are_dropped_while_others_are_
         let files = CertFiles::new("bad-clients", &cert);
         let mut settings = Settings::DEFAULT;
         settings.limits.tls_handshake_timeout = HANDSHAKE_TIMEOUT;
-        let juggler = HttpsJuggler::start(table(&[backend.addr], 2, settings), &files).await;
-        let mut served = https_client(juggler.https_addr, &cert).await;
+        let juggler = TestJuggler::start_https(table(&[backend.addr], 2, settings), &files).await;
+        let mut served = https_client(juggler.https_addr(), &cert).await;
         assert_eq!(served.get("/before").await.unwrap().status, 200);
 
-        let addr = juggler.https_addr;
+        let addr = juggler.https_addr();
         // A TLS record header announcing a 512-byte handshake message, then only its start.
         let partial_hello: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01];
         let mut bad = tokio::task::JoinSet::new();
@@ -293,7 +279,7 @@ async fn garbage_plain_http_and_stalled_handshakes_are_dropped_while_others_are_
         // While the stalled ones wait for their deadline, the established client and a brand
         // new one (full handshake) keep being served.
         let mut during = 0;
-        let fresh = H2Client::connect(juggler.https_addr, &cert).await;
+        let fresh = H2Client::connect(juggler.https_addr(), &cert).await;
         for _ in 0..5 {
             assert_eq!(served.get("/during").await.unwrap().status, 200);
             assert_eq!(fresh.get("/during").await.unwrap().status, 200);
@@ -375,7 +361,7 @@ async fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_files
         let trusted = [&a.der, &b.der, &c.der];
         let files = CertFiles::new("sighup", &a);
         let juggler =
-            HttpsJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT), &files).await;
+            TestJuggler::start_https(table(&[backend.addr], 1, Settings::DEFAULT), &files).await;
 
         // Our own SIGHUP listener first: it installs the process-wide handler, so SIGHUP can no
         // longer terminate this test process (its default action), and it tells us when each
@@ -383,16 +369,16 @@ async fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_files
         // never see them.
         let mut delivered = signal(SignalKind::hangup()).unwrap();
         let reloader = tokio::spawn(juggler::tls::reload_on_sighup(std::sync::Arc::clone(
-            &juggler.certs,
+            juggler.certs(),
         )));
 
-        let first = certificate_of_new_connection(juggler.https_addr, &trusted)
+        let first = certificate_of_new_connection(juggler.https_addr(), &trusted)
             .await
             .unwrap();
         println!("at start: certificate {}", which(&first, &named));
         assert_eq!(first, a.der);
         // An established connection outlives every reload.
-        let mut established = https_client(juggler.https_addr, &a).await;
+        let mut established = https_client(juggler.https_addr(), &a).await;
         assert_eq!(established.get("/a").await.unwrap().status, 200);
 
         // The reload task registers its listener when it first runs; until then a SIGHUP is not
@@ -420,13 +406,13 @@ async fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_files
         for (what, cert_pem, key_pem) in broken {
             files.write_pem(&cert_pem, &key_pem);
             // The library call the signal handler makes refuses the pair...
-            let error = juggler.certs.reload().expect_err("broken pair accepted");
+            let error = juggler.certs().reload().expect_err("broken pair accepted");
             println!("{what}: reload refused: {error}");
             // ...and so does the handler itself, given time to run after the signal arrives.
             send_sighup();
             delivered.recv().await.unwrap();
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let current = certificate_of_new_connection(juggler.https_addr, &trusted)
+            let current = certificate_of_new_connection(juggler.https_addr(), &trusted)
                 .await
                 .unwrap();
             println!(
@@ -434,7 +420,7 @@ async fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_files
                 which(&current, &named)
             );
             assert_eq!(current, b.der, "{what}: the old certificate was not kept");
-            let mut client = https_client(juggler.https_addr, &b).await;
+            let mut client = https_client(juggler.https_addr(), &b).await;
             assert_eq!(client.get("/still-b").await.unwrap().status, 200);
         }
 
@@ -452,7 +438,7 @@ async fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_files
 
 /// Sends SIGHUP until a new connection gets `expected` (at most 5 s); returns the signals sent.
 async fn wait_for_certificate(
-    juggler: &HttpsJuggler,
+    juggler: &TestJuggler,
     delivered: &mut tokio::signal::unix::Signal,
     trusted: &[&CertificateDer<'static>],
     expected: &CertificateDer<'static>,
@@ -465,7 +451,7 @@ async fn wait_for_certificate(
         delivered.recv().await.unwrap();
         // A moment for the reload task, which got the same signal, to run.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let current = certificate_of_new_connection(juggler.https_addr, trusted)
+        let current = certificate_of_new_connection(juggler.https_addr(), trusted)
             .await
             .unwrap();
         if current == *expected {
@@ -486,11 +472,11 @@ async fn plain_listener_redirects_to_https_when_configured() {
         let files = CertFiles::new("redirect", &cert);
         let mut settings = Settings::DEFAULT;
         settings.listen.redirect_http_to_https = true;
-        let juggler = HttpsJuggler::start(table(&[backend.addr], 1, settings), &files).await;
+        let juggler = TestJuggler::start_https(table(&[backend.addr], 1, settings), &files).await;
         // The redirect names the port the HTTPS listener is actually bound to.
-        let port = juggler.https_addr.port();
+        let port = juggler.https_addr().port();
 
-        let mut plain = Client::connect(juggler.http_addr).await;
+        let mut plain = Client::connect(juggler.addr).await;
         let answer = plain.get("/a/b?x=1").await.unwrap();
         let location = answer.headers.get("location").map(|v| v.to_str().unwrap());
         println!("plain GET → {} location {location:?}", answer.status);
@@ -511,7 +497,7 @@ async fn plain_listener_redirects_to_https_when_configured() {
         assert_eq!(location, Some(expected.as_str()));
 
         // HTTPS itself is proxied as usual, and nothing from the plain listener reached a backend.
-        let mut secure = https_client(juggler.https_addr, &cert).await;
+        let mut secure = https_client(juggler.https_addr(), &cert).await;
         assert_eq!(secure.get("/a/b?x=1").await.unwrap().text(), "server 1");
         assert_eq!(backend.stats.requests(), 1);
         juggler.shutdown().await.unwrap();
@@ -529,11 +515,11 @@ async fn idle_http2_connections_are_closed_and_busy_ones_are_not() {
         let files = CertFiles::new("h2-idle", &cert);
         let mut settings = Settings::DEFAULT;
         settings.limits.client_idle_timeout = Duration::from_millis(300);
-        let juggler = HttpsJuggler::start(table(&[backend.addr], 1, settings), &files).await;
+        let juggler = TestJuggler::start_https(table(&[backend.addr], 1, settings), &files).await;
 
         let connect = || async {
             let stream = tls_connect(
-                juggler.https_addr,
+                juggler.https_addr(),
                 client_config(&[&cert.der], ALPN_H2),
                 "localhost",
             )

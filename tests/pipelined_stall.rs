@@ -3,15 +3,13 @@
 //! its task and starve every other client (which it once did: a parked connection with carried
 //! over bytes was parked again at once, forever, without yielding).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use juggler::table::Settings;
-use support::https::{client_config, tls_connect, CertFiles, HttpsJuggler, TestCert, ALPN_HTTP11};
-use support::raw::read_until_close;
-use support::*;
+use juggler_testkit::raw::read_until_close;
+use juggler_testkit::tls::{client_config, tls_connect, ALPN_HTTP11};
+use juggler_testkit::*;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -155,14 +153,14 @@ async fn pipelined_partial_request_over_tls_gets_408_and_stalls_no_one() {
         let backend = TestBackend::start("server").await;
         let cert = TestCert::generate();
         let files = CertFiles::new("pipelined-partial", &cert);
-        let juggler = HttpsJuggler::start(table(&[backend.addr], 2, settings()), &files).await;
+        let juggler = TestJuggler::start_https(table(&[backend.addr], 2, settings()), &files).await;
         let config = client_config(&[&cert.der], ALPN_HTTP11);
-        let mut stalled = tls_connect(juggler.https_addr, config, "localhost")
+        let mut stalled = tls_connect(juggler.https_addr(), config, "localhost")
             .await
             .unwrap();
         let sent = send_pipelined_partial(&mut stalled).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let others = others_latencies(juggler.http_addr, Duration::from_millis(500)).await;
+        let others = others_latencies(juggler.addr, Duration::from_millis(500)).await;
         assert_others_served(others);
         assert_answered_then_408(&mut stalled, sent).await;
         juggler.shutdown().await.unwrap();

@@ -1,11 +1,9 @@
 //! Round robin and the fixed pools, end to end over loopback.
 
-mod support;
-
 use std::time::Duration;
 
 use juggler::table::Settings;
-use support::*;
+use juggler_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_on_one_connection_and_across_many() {
@@ -75,7 +73,7 @@ async fn each_backend_sees_exactly_n_connections_under_500_clients() {
         while let Some(ok) = clients.join_next().await {
             succeeded += ok.unwrap();
         }
-        let accepted: Vec<usize> = backends.iter().map(|b| b.stats.accepted()).collect();
+        let accepted: Vec<usize> = backends.iter().map(|b| b.accepted()).collect();
         let requests: Vec<usize> = backends.iter().map(|b| b.stats.requests()).collect();
         println!(
             "{succeeded} of {} requests succeeded; backend connections accepted {accepted:?}; \
@@ -116,11 +114,11 @@ async fn single_connection_pool_queues_without_overlap() {
         println!(
             "{ok}/50 ok; backend max in flight {}, connections accepted {}",
             backend.stats.max_in_flight(),
-            backend.stats.accepted()
+            backend.accepted()
         );
         assert_eq!(ok, 50);
         assert_eq!(backend.stats.max_in_flight(), 1);
-        assert_eq!(backend.stats.accepted(), 1);
+        assert_eq!(backend.accepted(), 1);
         juggler.shutdown().await.unwrap();
     })
     .await;

@@ -1,11 +1,9 @@
 //! What clients see when backends are full, slow or gone.
 
-mod support;
-
 use std::time::Duration;
 
 use juggler::table::Settings;
-use support::*;
+use juggler_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_503_with_retry_after() {
@@ -89,10 +87,10 @@ async fn slow_backend_answers_504_and_pool_recovers() {
         println!(
             "pool after: {:?}; backend open {}",
             juggler.open_connections(),
-            backend.stats.open()
+            backend.open()
         );
         assert_eq!(juggler.open_connections(), [2]);
-        assert_eq!(backend.stats.open(), 2);
+        assert_eq!(backend.open(), 2);
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -158,11 +156,11 @@ async fn clients_vanishing_mid_request_leave_the_pool_at_n() {
         };
         println!(
             "after 100 vanished clients: pool {pool:?}, backend open {}, accepted {}, next answers {answers:?}",
-            backend.stats.open(),
-            backend.stats.accepted()
+            backend.open(),
+            backend.accepted()
         );
         assert_eq!(pool, [POOL]);
-        assert_eq!(backend.stats.open(), POOL);
+        assert_eq!(backend.open(), POOL);
         assert!(answers.iter().all(|&status| status == 200));
         juggler.shutdown().await.unwrap();
     })

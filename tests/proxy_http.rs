@@ -2,18 +2,16 @@
 //! the client's framing, headers cross as RFC 9110 says a proxy must pass them, and requests
 //! Juggler refuses get the right status without ever reaching a backend.
 
-mod support;
-
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use juggler::table::Settings;
-use support::bodies::{fingerprint, random_body, send_frames, Frames};
-use support::raw_backend::{RawBackend, HOP_BY_HOP_RESPONSE_HEADERS};
-use support::wire::Wire;
-use support::*;
+use juggler_testkit::bodies::{fingerprint, random_body, send_frames, Frames};
+use juggler_testkit::raw_backend::{RawBackend, HOP_BY_HOP_RESPONSE_HEADERS};
+use juggler_testkit::wire::Wire;
+use juggler_testkit::*;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
@@ -196,7 +194,7 @@ async fn chunked_and_close_delimited_responses_arrive_byte_for_byte() {
             }
         }
         // Every close-delimited response cost the pool its connection; each was replaced.
-        let accepted = backend.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        let accepted = backend.accepted();
         println!("backend connections accepted: {accepted}");
         assert!(
             accepted >= 3,
@@ -974,7 +972,7 @@ async fn interim_responses_from_the_backend_are_skipped() {
             first.text(),
             second.status,
             second.text(),
-            backend.accepted.load(std::sync::atomic::Ordering::SeqCst)
+            backend.accepted()
         );
         assert_eq!(
             (first.status.as_u16(), first.text().as_str()),
@@ -984,10 +982,7 @@ async fn interim_responses_from_the_backend_are_skipped() {
             (second.status.as_u16(), second.text().as_str()),
             (200, "final")
         );
-        assert_eq!(
-            backend.accepted.load(std::sync::atomic::Ordering::SeqCst),
-            1
-        );
+        assert_eq!(backend.accepted(), 1);
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -1013,7 +1008,7 @@ async fn client_connection_close_ends_only_the_client_connection() {
             assert!(closed, "client asked for close");
             assert!(head.contains("connection: keep-alive\r\n") && !head.contains("close"));
         }
-        let accepted = backend.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        let accepted = backend.accepted();
         println!("backend connections accepted over 3 client closes: {accepted}");
         assert_eq!(accepted, 1);
         juggler.shutdown().await.unwrap();
@@ -1034,7 +1029,7 @@ async fn head_of_a_large_response_carries_its_length_and_keeps_the_connection() 
         wire.send(b"GET /after-head HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
             .await;
         let next = wire.read_response(false).await;
-        let accepted = backend.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        let accepted = backend.accepted();
         println!(
             "HEAD /big-length: {} content-length {:?}, {} stray bytes, closed {closed}; next \
              request {}; backend connections {accepted}",
@@ -1046,7 +1041,7 @@ async fn head_of_a_large_response_carries_its_length_and_keeps_the_connection() 
         assert_eq!(head.status, 200);
         assert_eq!(
             head.header("content-length"),
-            Some(support::raw_backend::BIG_LENGTH.to_string().as_str())
+            Some(raw_backend::BIG_LENGTH.to_string().as_str())
         );
         assert!(stray.is_empty() && !closed);
         assert_eq!(next.status, 200);
@@ -1092,7 +1087,7 @@ async fn client_leaving_mid_stream_frees_the_pooled_connection() {
             .unwrap();
         let waited = started.elapsed();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while (juggler.open_connections() != [1] || backend.stats.open() != 1)
+        while (juggler.open_connections() != [1] || backend.open() != 1)
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1102,13 +1097,13 @@ async fn client_leaving_mid_stream_frees_the_pooled_connection() {
              open {}, accepted {}",
             next.status,
             juggler.open_connections(),
-            backend.stats.open(),
-            backend.stats.accepted()
+            backend.open(),
+            backend.accepted()
         );
         assert_eq!(next.status, 200);
         assert_eq!(next.text(), "server");
         assert_eq!(juggler.open_connections(), [1]);
-        assert_eq!(backend.stats.open(), 1);
+        assert_eq!(backend.open(), 1);
         juggler.shutdown().await.unwrap();
     })
     .await;

@@ -1,13 +1,11 @@
 //! Graceful shutdown end to end: what is in flight or queued when shutdown starts still completes,
 //! idle clients do not hold the drain up, the drain deadline bounds it, and nothing new gets in.
 
-mod support;
-
 use std::time::Duration;
 
 use juggler::table::Settings;
-use support::wire::Wire;
-use support::*;
+use juggler_testkit::wire::Wire;
+use juggler_testkit::*;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -59,11 +57,7 @@ async fn in_flight_requests_complete_and_new_connections_are_refused() {
 
         let requests = start_requests(addr, "/sleep/500", IN_FLIGHT);
         until("every request to reach the backend", || {
-            backend
-                .stats
-                .in_flight
-                .load(std::sync::atomic::Ordering::SeqCst)
-                == IN_FLIGHT
+            backend.stats.in_flight() == IN_FLIGHT
         })
         .await;
         let started = Instant::now();
@@ -204,7 +198,7 @@ async fn streaming_response_completes_during_shutdown() {
 
         let backend = TestBackend::start("echo").await;
         let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
-        let body = support::bodies::random_body(4 * 1024 * 1024, 11);
+        let body = bodies::random_body(4 * 1024 * 1024, 11);
         let stream = tokio::net::TcpStream::connect(juggler.addr).await.unwrap();
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))

@@ -2,13 +2,11 @@
 //! connection, the backend receives nothing, and the next client is unaffected. Each case says
 //! who refuses it: hyper/httparse while parsing, or Juggler's own `request_checks`.
 
-mod support;
-
 use std::time::Duration;
 
 use juggler::table::Settings;
-use support::raw::{exchange, status_of};
-use support::*;
+use juggler_testkit::raw::{exchange, status_of};
+use juggler_testkit::*;
 
 /// How long a refused connection may take to be answered and closed.
 const ANSWER_WAIT: Duration = Duration::from_secs(3);

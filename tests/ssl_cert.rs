@@ -2,48 +2,20 @@
 //! writes is checked on disk, parsed as X.509, and used for a real TLS handshake on 127.0.0.1.
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use juggler_testkit::tls::{client_config, tls_connect};
+use juggler_testkit::{bind_local, bounded, TempDir};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::time::timeout;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
 use x509_parser::extensions::GeneralName;
 
-const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 const SECONDS_PER_DAY: i64 = 24 * 60 * 60;
-
-/// A unique directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn create() -> TempDir {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "juggler-ssl-cert-{}-{nanos}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs `ssl_cert --dir <dir> <extra…>` to completion (it never waits on input or the network).
 fn run_ssl_cert(dir: &Path, extra: &[&str]) -> Output {
@@ -68,9 +40,9 @@ fn mode_of(path: &Path) -> u32 {
 
 #[test]
 fn writes_a_private_key_and_a_certificate_for_localhost() {
-    let dir = TempDir::create();
+    let dir = TempDir::new("ssl-cert");
     // A directory that does not exist yet, as on a fresh checkout without juggler_config/ files.
-    let out = dir.0.join("config");
+    let out = dir.file("config");
     let output = run_ssl_cert(&out, &["--days", "30"]);
     assert!(output.status.success());
     let stdout = String::from_utf8(output.stdout).unwrap();
@@ -121,14 +93,14 @@ fn writes_a_private_key_and_a_certificate_for_localhost() {
 
 #[test]
 fn refuses_to_overwrite_without_force_and_replaces_with_it() {
-    let dir = TempDir::create();
-    let cert_path = dir.0.join("server.crt");
-    let key_path = dir.0.join("server.key");
-    assert!(run_ssl_cert(&dir.0, &[]).status.success());
+    let dir = TempDir::new("ssl-cert");
+    let cert_path = dir.file("server.crt");
+    let key_path = dir.file("server.key");
+    assert!(run_ssl_cert(dir.path(), &[]).status.success());
     let first_cert = std::fs::read(&cert_path).unwrap();
     let first_key = std::fs::read(&key_path).unwrap();
 
-    let refused = run_ssl_cert(&dir.0, &[]);
+    let refused = run_ssl_cert(dir.path(), &[]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
     assert_eq!(std::fs::read(&cert_path).unwrap(), first_cert);
@@ -143,11 +115,11 @@ fn refuses_to_overwrite_without_force_and_replaces_with_it() {
         .open(&key_path)
         .unwrap();
     assert!(
-        !run_ssl_cert(&dir.0, &[]).status.success(),
+        !run_ssl_cert(dir.path(), &[]).status.success(),
         "one existing file is enough to refuse"
     );
 
-    assert!(run_ssl_cert(&dir.0, &["--force"]).status.success());
+    assert!(run_ssl_cert(dir.path(), &["--force"]).status.success());
     assert_ne!(std::fs::read(&cert_path).unwrap(), first_cert);
     assert_ne!(std::fs::read(&key_path).unwrap(), first_key);
     let key_mode = mode_of(&key_path);
@@ -157,18 +129,18 @@ fn refuses_to_overwrite_without_force_and_replaces_with_it() {
 
 #[tokio::test]
 async fn generated_files_complete_a_real_tls_handshake() {
-    timeout(TEST_TIMEOUT, async {
-        let dir = TempDir::create();
-        assert!(run_ssl_cert(&dir.0, &[]).status.success());
+    bounded(async {
+        let dir = TempDir::new("ssl-cert");
+        assert!(run_ssl_cert(dir.path(), &[]).status.success());
         let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(dir.0.join("server.crt"))
+            CertificateDer::pem_file_iter(dir.file("server.crt"))
                 .unwrap()
                 .collect::<Result<_, _>>()
                 .unwrap();
-        let key = PrivateKeyDer::from_pem_file(dir.0.join("server.key")).unwrap();
+        let key = PrivateKeyDer::from_pem_file(dir.file("server.key")).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
 
-        let server_config = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        let server_config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
@@ -177,16 +149,9 @@ async fn generated_files_complete_a_real_tls_handshake() {
         let acceptor = TlsAcceptor::from(Arc::new(server_config));
 
         // The client trusts exactly the generated certificate and nothing else.
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(certs[0].clone()).unwrap();
-        let client_config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = TlsConnector::from(Arc::new(client_config));
+        let client_config = client_config(&[&certs[0]], &[]);
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = bind_local().await;
         let addr = listener.local_addr().unwrap();
         let names = ["localhost", "127.0.0.1"];
         let server = tokio::spawn(async move {
@@ -202,9 +167,8 @@ async fn generated_files_complete_a_real_tls_handshake() {
         });
 
         for name in names {
-            let server_name = ServerName::try_from(name).unwrap();
-            let stream = TcpStream::connect(addr).await.unwrap();
-            let mut tls = connector.connect(server_name, stream).await.unwrap();
+            let config = Arc::clone(&client_config);
+            let mut tls = tls_connect(addr, config, name).await.unwrap();
             let (_, session) = tls.get_ref();
             println!(
                 "handshake as {name}: {:?} {:?}",
@@ -218,6 +182,5 @@ async fn generated_files_complete_a_real_tls_handshake() {
         }
         server.await.unwrap();
     })
-    .await
-    .unwrap();
+    .await;
 }

@@ -2,67 +2,53 @@
 //! to with a hyper client and, where the exact bytes on the wire matter (keep-alive, traversal
 //! paths a client library might normalise), with a raw `TcpStream`.
 
-use std::io::{BufRead, BufReader as StdBufReader};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::time::timeout;
+use http_body_util::Full;
+use juggler_testkit::wire::{RawResponse, Wire};
+use juggler_testkit::{bounded, Answer, Client, TempDir};
 
-/// Upper bound for any single test; a hang is a failure, not a stuck CI job.
-const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the binary may take to print its listening line.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Written outside the served root; no response may ever contain it.
 const SECRET: &str = "SECRET-OUTSIDE-THE-ROOT";
 
-/// A directory tree under the system temp dir, removed on drop:
+/// A directory tree in a temporary directory, removed on drop:
 /// `base/Cargo.toml` (the secret, outside the root) and `base/root/…` (what is served).
 struct TestRoot {
-    base: PathBuf,
     root: PathBuf,
+    _base: TempDir,
 }
 
 impl TestRoot {
     fn create() -> TestRoot {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let base = std::env::temp_dir().join(format!(
-            "juggler-test-server-{}-{nanos}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let root = base.join("root");
+        let base = TempDir::new("test-server");
+        let root = base.file("root");
         std::fs::create_dir_all(root.join("a")).unwrap();
         std::fs::create_dir_all(root.join("sub")).unwrap();
-        std::fs::write(base.join("Cargo.toml"), format!("{SECRET}\n")).unwrap();
+        std::fs::write(base.file("Cargo.toml"), format!("{SECRET}\n")).unwrap();
         std::fs::write(root.join("test.txt"), "server 1\n").unwrap();
         std::fs::write(root.join("page.html"), "<p>hi</p>\n").unwrap();
         std::fs::write(root.join("data.json"), "{}\n").unwrap();
         std::fs::write(root.join("blob.bin"), [0u8, 1, 2]).unwrap();
         std::fs::write(root.join("hello world.txt"), "spaced\n").unwrap();
         // A symlink inside the root that points outside it must not be followed out.
-        std::os::unix::fs::symlink(base.join("Cargo.toml"), root.join("escape.txt")).unwrap();
-        TestRoot { base, root }
+        std::os::unix::fs::symlink(base.file("Cargo.toml"), root.join("escape.txt")).unwrap();
+        TestRoot { root, _base: base }
     }
 }
 
-impl Drop for TestRoot {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.base);
-    }
+/// `test_server` serving a fresh [`TestRoot`], which lives as long as the server.
+fn serve_test_root() -> (RunningServer, TestRoot) {
+    let tree = TestRoot::create();
+    (RunningServer::start(&tree.root), tree)
 }
 
 /// The `test_server` binary running as a child process; killed on drop.
@@ -85,7 +71,7 @@ impl RunningServer {
         let (line_tx, line_rx) = mpsc::channel();
         // The reader thread ends when the child's stdout closes, i.e. when the child exits.
         std::thread::spawn(move || {
-            for line in StdBufReader::new(stdout).lines() {
+            for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if line_tx.send(line).is_err() {
                     break;
@@ -147,102 +133,43 @@ fn parse_listening_line(line: &str, root: &Path) -> SocketAddr {
     addr
 }
 
-/// A response read by the hyper client.
-struct Fetched {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-impl Fetched {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("missing header {name}"))
-            .to_str()
-            .unwrap()
-    }
-}
-
 /// One request over a fresh connection with hyper's HTTP/1 client.
-async fn fetch(addr: SocketAddr, method: Method, path: &str) -> Fetched {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
+async fn fetch(addr: SocketAddr, method: Method, path: &str) -> Answer {
     let request = Request::builder()
         .method(method)
         .uri(path)
         .header("host", addr.to_string())
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(Bytes::new()))
         .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    drop(sender);
-    driver.abort();
-    Fetched {
-        status,
-        headers,
-        body,
-    }
+    Client::connect(addr).await.send(request).await.unwrap()
 }
 
-/// A response read off a raw connection.
-struct RawResponse {
-    status: u16,
-    content_length: usize,
-    body: Vec<u8>,
+/// The value of header `name`, which must be there.
+fn header<'a>(answer: &'a Answer, name: &str) -> &'a str {
+    answer
+        .headers
+        .get(name)
+        .unwrap_or_else(|| panic!("missing header {name}"))
+        .to_str()
+        .unwrap()
 }
 
-/// Writes `request_target` verbatim in a GET and reads one response from the same connection.
-async fn raw_get(connection: &mut BufReader<TcpStream>, request_target: &str) -> RawResponse {
+/// Writes `request_target` verbatim in a GET and reads one response (with a `Content-Length`)
+/// from the same connection.
+async fn raw_get(connection: &mut Wire, request_target: &str) -> RawResponse {
     let request = format!("GET {request_target} HTTP/1.1\r\nHost: test\r\n\r\n");
-    connection
-        .get_mut()
-        .write_all(request.as_bytes())
-        .await
-        .unwrap();
-    let mut status_line = String::new();
-    connection.read_line(&mut status_line).await.unwrap();
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"))
-        .parse()
-        .unwrap();
-    let mut content_length = None;
-    loop {
-        let mut line = String::new();
-        connection.read_line(&mut line).await.unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':').unwrap();
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(value.trim().parse().unwrap());
-        }
-    }
-    let content_length = content_length.expect("response without Content-Length");
-    let mut body = vec![0; content_length];
-    connection.read_exact(&mut body).await.unwrap();
-    RawResponse {
-        status,
-        content_length,
-        body,
-    }
-}
-
-async fn raw_connect(addr: SocketAddr) -> BufReader<TcpStream> {
-    BufReader::new(TcpStream::connect(addr).await.unwrap())
+    connection.send(request.as_bytes()).await;
+    let response = connection.read_response(false).await;
+    assert!(
+        response.header("content-length").is_some(),
+        "no Content-Length"
+    );
+    response
 }
 
 #[tokio::test]
 async fn shipped_roots_serve_their_test_file() {
-    timeout(TEST_TIMEOUT, async {
+    bounded(async {
         let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
         for n in 1..=3 {
             let server = RunningServer::start(&manifest_dir.join(format!("test_server_root_{n}")));
@@ -252,15 +179,13 @@ async fn shipped_roots_serve_their_test_file() {
             assert_eq!(response.body, format!("server {n}\n"));
         }
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test]
 async fn get_and_head_report_length_and_content_type() {
-    timeout(TEST_TIMEOUT, async {
-        let tree = TestRoot::create();
-        let server = RunningServer::start(&tree.root);
+    bounded(async {
+        let (server, _tree) = serve_test_root();
 
         let get = fetch(server.addr, Method::GET, "/test.txt").await;
         println!(
@@ -269,8 +194,8 @@ async fn get_and_head_report_length_and_content_type() {
         );
         assert_eq!(get.status, StatusCode::OK);
         assert_eq!(get.body, "server 1\n");
-        assert_eq!(get.header("content-length"), "9");
-        assert!(get.header("content-type").starts_with("text/plain"));
+        assert_eq!(header(&get, "content-length"), "9");
+        assert!(header(&get, "content-type").starts_with("text/plain"));
 
         let head = fetch(server.addr, Method::HEAD, "/test.txt").await;
         println!(
@@ -280,8 +205,8 @@ async fn get_and_head_report_length_and_content_type() {
             head.body.len()
         );
         assert_eq!(head.status, StatusCode::OK);
-        assert_eq!(head.header("content-length"), "9");
-        assert!(head.header("content-type").starts_with("text/plain"));
+        assert_eq!(header(&head, "content-length"), "9");
+        assert!(header(&head, "content-type").starts_with("text/plain"));
         assert!(head.body.is_empty());
 
         for (path, content_type, body) in [
@@ -295,48 +220,44 @@ async fn get_and_head_report_length_and_content_type() {
             println!(
                 "GET {path}: {} {}",
                 response.status,
-                response.header("content-type")
+                header(&response, "content-type")
             );
             assert_eq!(response.status, StatusCode::OK, "{path}");
             assert!(
-                response.header("content-type").starts_with(content_type),
+                header(&response, "content-type").starts_with(content_type),
                 "{path}"
             );
             assert_eq!(response.body, body, "{path}");
         }
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test]
 async fn keep_alive_serves_two_requests_on_one_connection() {
-    timeout(TEST_TIMEOUT, async {
-        let tree = TestRoot::create();
-        let server = RunningServer::start(&tree.root);
-        let mut connection = raw_connect(server.addr).await;
-        let local = connection.get_ref().local_addr().unwrap();
+    bounded(async {
+        let (server, _tree) = serve_test_root();
+        let mut connection = Wire::connect(server.addr).await;
+        let local = connection.stream.local_addr().unwrap();
         for round in 1..=2 {
             let response = raw_get(&mut connection, "/test.txt").await;
             println!(
                 "request {round} on connection {local}: {} length {} body {:?}",
                 response.status,
-                response.content_length,
+                response.header("content-length").unwrap(),
                 String::from_utf8_lossy(&response.body)
             );
             assert_eq!(response.status, 200);
             assert_eq!(response.body, b"server 1\n");
         }
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test]
 async fn missing_files_and_directories_are_404() {
-    timeout(TEST_TIMEOUT, async {
-        let tree = TestRoot::create();
-        let server = RunningServer::start(&tree.root);
+    bounded(async {
+        let (server, _tree) = serve_test_root();
         for path in [
             "/missing.txt",
             "/sub",
@@ -350,15 +271,13 @@ async fn missing_files_and_directories_are_404() {
             assert_eq!(response.status, StatusCode::NOT_FOUND, "{path}");
         }
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test]
 async fn path_traversal_never_reads_outside_the_root() {
-    timeout(TEST_TIMEOUT, async {
-        let tree = TestRoot::create();
-        let server = RunningServer::start(&tree.root);
+    bounded(async {
+        let (server, _tree) = serve_test_root();
         // Each of these, resolved naively, names `base/Cargo.toml` (the secret) or a symlink to it.
         for target in [
             "/../Cargo.toml",
@@ -372,7 +291,7 @@ async fn path_traversal_never_reads_outside_the_root() {
             "/escape.txt",
         ] {
             // A fresh connection each time: a rejected request must not depend on earlier ones.
-            let mut connection = raw_connect(server.addr).await;
+            let mut connection = Wire::connect(server.addr).await;
             let response = raw_get(&mut connection, target).await;
             let body = String::from_utf8_lossy(&response.body);
             println!("GET {target}: {} {:?}", response.status, body.trim_end());
@@ -390,15 +309,13 @@ async fn path_traversal_never_reads_outside_the_root() {
         let response = fetch(server.addr, Method::GET, "/test.txt").await;
         assert_eq!(response.status, StatusCode::OK);
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test]
 async fn other_methods_get_405_with_allow() {
-    timeout(TEST_TIMEOUT, async {
-        let tree = TestRoot::create();
-        let server = RunningServer::start(&tree.root);
+    bounded(async {
+        let (server, _tree) = serve_test_root();
         for method in [Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS] {
             let response = fetch(server.addr, method.clone(), "/test.txt").await;
             println!(
@@ -407,20 +324,18 @@ async fn other_methods_get_405_with_allow() {
                 response.headers.get("allow")
             );
             assert_eq!(response.status, StatusCode::METHOD_NOT_ALLOWED);
-            assert_eq!(response.header("allow"), "GET, HEAD");
+            assert_eq!(header(&response, "allow"), "GET, HEAD");
         }
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test]
 async fn sigterm_exits_cleanly_with_an_idle_connection_open() {
-    timeout(TEST_TIMEOUT, async {
-        let tree = TestRoot::create();
-        let mut server = RunningServer::start(&tree.root);
+    bounded(async {
+        let (mut server, _tree) = serve_test_root();
         // An idle keep-alive connection must not hold the shutdown up.
-        let mut connection = raw_connect(server.addr).await;
+        let mut connection = Wire::connect(server.addr).await;
         assert_eq!(raw_get(&mut connection, "/test.txt").await.status, 200);
 
         let (status, took) = server.terminate();
@@ -428,13 +343,12 @@ async fn sigterm_exits_cleanly_with_an_idle_connection_open() {
         assert!(status.success(), "exit status {status}");
         assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
 
-        let mut rest = Vec::new();
-        let read = connection.read_to_end(&mut rest).await.unwrap_or(0);
-        assert_eq!(
-            read, 0,
-            "idle connection got unexpected bytes after shutdown"
+        let (rest, closed) = connection.rest(Duration::from_secs(5)).await;
+        assert!(
+            rest.is_empty(),
+            "idle connection got bytes after shutdown: {rest:?}"
         );
+        assert!(closed, "idle connection left open after shutdown");
     })
-    .await
-    .unwrap();
+    .await;
 }

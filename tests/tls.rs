@@ -2,113 +2,26 @@
 //! over 127.0.0.1, ALPN, bad clients dropped by the handshake deadline, and certificate reload.
 //! Certificates are generated per test with rcgen into a temporary directory of their own.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use juggler::tls::{self, ReloadableCert, TlsAcceptor, TlsError};
-use rustls::pki_types::{CertificateDer, ServerName};
+use juggler_testkit::tls::{
+    client_config_for, peer_cert, rustls_error, tls_connect, TlsClientStream,
+};
+use juggler_testkit::{bind_local, bounded, Backend, CertFiles, TestCert};
+use rustls::pki_types::CertificateDer;
 use rustls::version::{TLS12, TLS13};
-use rustls::{ClientConfig, ProtocolVersion, RootCertStore, SupportedProtocolVersion};
+use rustls::{ProtocolVersion, SupportedProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
 
-/// Upper bound for any whole test: a hang is a failure, not a stuck CI job.
-const TEST_DEADLINE: Duration = Duration::from_secs(30);
 /// Handshake deadline for tests that expect handshakes to finish (or fail) on their own.
 const GENEROUS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-async fn bounded<F: Future>(test: F) -> F::Output {
-    tokio::time::timeout(TEST_DEADLINE, test)
-        .await
-        .expect("test exceeded its deadline")
-}
-
-/// A directory of its own per test, removed when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test_name: &str) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "juggler-tls-{test_name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A self-signed certificate for `localhost` and `127.0.0.1` with its key, as PEM and DER.
-struct GeneratedPair {
-    cert_pem: String,
-    key_pem: String,
-    cert_der: CertificateDer<'static>,
-}
-
-fn generate_pair() -> GeneratedPair {
-    sign_pair(localhost_params())
-}
-
-/// A pair valid from January 1st of `from_year` to January 1st of `until_year`.
-fn generate_pair_between(from_year: i32, until_year: i32) -> GeneratedPair {
-    let mut params = localhost_params();
-    params.not_before = rcgen::date_time_ymd(from_year, 1, 1);
-    params.not_after = rcgen::date_time_ymd(until_year, 1, 1);
-    sign_pair(params)
-}
-
-/// rcgen's defaults (valid 1975 to 4096) with the names a local client checks.
-fn localhost_params() -> rcgen::CertificateParams {
-    rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap()
-}
-
-fn sign_pair(params: rcgen::CertificateParams) -> GeneratedPair {
-    let key_pair = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key_pair).unwrap();
-    GeneratedPair {
-        cert_pem: cert.pem(),
-        key_pem: key_pair.serialize_pem(),
-        cert_der: cert.der().clone(),
-    }
-}
-
-/// Where a test keeps the pair the acceptor loads (and reloads).
-struct PairFiles {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl PairFiles {
-    fn in_dir(dir: &TempDir) -> Self {
-        Self {
-            cert: dir.file("cert.pem"),
-            key: dir.file("key.pem"),
-        }
-    }
-
-    fn write(&self, cert_pem: &str, key_pem: &str) {
-        std::fs::write(&self.cert, cert_pem).unwrap();
-        std::fs::write(&self.key, key_pem).unwrap();
-    }
-}
 
 /// What the server side saw for one connection.
 struct ServerOutcome {
@@ -117,57 +30,41 @@ struct ServerOutcome {
     result: io::Result<bool>,
 }
 
-/// An accept loop on 127.0.0.1:0 that runs each handshake in its own task (so a stalled client
-/// cannot hold up others), reports every outcome, and after a handshake writes `hello` and closes.
+/// A server on 127.0.0.1:0 that runs each handshake in its own task (so a stalled client cannot
+/// hold up others), reports every outcome, and after a handshake writes `hello` and closes.
 struct TestServer {
     addr: SocketAddr,
     outcomes: mpsc::UnboundedReceiver<ServerOutcome>,
-    accept_loop: JoinHandle<()>,
+    /// Aborts every connection when the test ends.
+    _backend: Backend<mpsc::UnboundedSender<ServerOutcome>>,
 }
 
 impl TestServer {
     async fn start(acceptor: TlsAcceptor, handshake_timeout: Duration) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (report, outcomes) = mpsc::unbounded_channel();
-        let accept_loop = tokio::spawn(async move {
-            // Dropped with this task, which aborts every connection task still running.
-            let mut connections = JoinSet::new();
-            loop {
-                let (tcp, _) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(_) => continue,
-                };
-                let acceptor = acceptor.clone();
-                let report = report.clone();
-                connections.spawn(async move {
-                    let started = Instant::now();
-                    match acceptor.accept(tcp, handshake_timeout).await {
-                        Ok(mut stream) => {
-                            let is_h2 = tls::is_h2(&stream);
-                            let _ = report.send(ServerOutcome {
-                                elapsed: started.elapsed(),
-                                result: Ok(is_h2),
-                            });
-                            let _ = stream.write_all(b"hello").await;
-                            let _ = stream.shutdown().await;
-                        }
-                        Err(error) => {
-                            let _ = report.send(ServerOutcome {
-                                elapsed: started.elapsed(),
-                                result: Err(error),
-                            });
-                        }
+        let backend = Backend::serve(bind_local().await, report, move |tcp, report| {
+            let acceptor = acceptor.clone();
+            async move {
+                let started = Instant::now();
+                let result = match acceptor.accept(tcp, handshake_timeout).await {
+                    Ok(mut stream) => {
+                        let is_h2 = tls::is_h2(&stream);
+                        let _ = stream.write_all(b"hello").await;
+                        let _ = stream.shutdown().await;
+                        Ok(is_h2)
                     }
+                    Err(error) => Err(error),
+                };
+                let _ = report.send(ServerOutcome {
+                    elapsed: started.elapsed(),
+                    result,
                 });
-                // Reap finished connection tasks so the set does not grow without bound.
-                while connections.try_join_next().is_some() {}
             }
         });
         Self {
-            addr,
+            addr: backend.addr,
             outcomes,
-            accept_loop,
+            _backend: backend,
         }
     }
 
@@ -179,50 +76,8 @@ impl TestServer {
     }
 }
 
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.accept_loop.abort();
-    }
-}
-
-fn client_config(
-    trusted: &[&CertificateDer<'static>],
-    alpn: &[&[u8]],
-    versions: &[&'static SupportedProtocolVersion],
-) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in trusted {
-        roots.add((*cert).clone()).unwrap();
-    }
-    let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-    Arc::new(config)
-}
-
-type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
-
-async fn connect(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-    server_name: &str,
-) -> io::Result<ClientStream> {
-    let tcp = TcpStream::connect(addr).await?;
-    let name = ServerName::try_from(server_name.to_owned()).unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
-    )
-    .await
-    .expect("client handshake hung")
-}
-
 /// Reads what the server sends after the handshake, proving the session carries data.
-async fn read_greeting(stream: &mut ClientStream) -> Vec<u8> {
+async fn read_greeting(stream: &mut TlsClientStream) -> Vec<u8> {
     let mut received = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received))
         .await
@@ -231,21 +86,9 @@ async fn read_greeting(stream: &mut ClientStream) -> Vec<u8> {
     received
 }
 
-fn peer_cert(stream: &ClientStream) -> CertificateDer<'static> {
-    stream.get_ref().1.peer_certificates().unwrap()[0].clone()
-}
-
-/// A rustls error the client side reported, from the `io::Error` tokio-rustls wraps it in.
-fn rustls_error(error: &io::Error) -> Option<&rustls::Error> {
-    error.get_ref()?.downcast_ref::<rustls::Error>()
-}
-
-fn acceptor_for(
-    pair: &GeneratedPair,
-    dir: &TempDir,
-) -> (TlsAcceptor, Arc<ReloadableCert>, PairFiles) {
-    let files = PairFiles::in_dir(dir);
-    files.write(&pair.cert_pem, &pair.key_pem);
+/// An acceptor for `cert`, loaded from files of its own (which a test may rewrite to reload).
+fn acceptor_for(test_name: &str, cert: &TestCert) -> (TlsAcceptor, Arc<ReloadableCert>, CertFiles) {
+    let files = CertFiles::new(test_name, cert);
     let (acceptor, certs) = tls::from_files(&files.cert, &files.key).unwrap();
     (acceptor, certs, files)
 }
@@ -260,106 +103,102 @@ fn assert_names(error: &TlsError, path: &Path) {
     );
 }
 
+/// Writes `cert_pem` and `key_pem` where `files` are, loads them, and returns the error, which
+/// must be the variant `expected` (by its name) and name the `culprit` file.
+fn refused(
+    files: &CertFiles,
+    cert_pem: &str,
+    key_pem: &str,
+    expected: &str,
+    culprit: &Path,
+) -> TlsError {
+    files.write_pem(cert_pem, key_pem);
+    let Err(error) = tls::from_files(&files.cert, &files.key) else {
+        panic!("{expected}: the pair was accepted");
+    };
+    let variant = format!("{error:?}");
+    assert_eq!(variant.split(' ').next(), Some(expected), "{variant}");
+    assert_names(&error, culprit);
+    error
+}
+
 #[test]
 fn missing_files_are_named_in_the_error() {
-    let dir = TempDir::new("missing");
-    let pair = generate_pair();
-    let files = PairFiles::in_dir(&dir);
-    files.write(&pair.cert_pem, &pair.key_pem);
-    let absent = dir.file("absent.pem");
-
-    let error = tls::from_files(&absent, &files.key).err().unwrap();
-    assert!(matches!(&error, TlsError::Read { path, .. } if *path == absent));
-    assert_names(&error, &absent);
-
-    let error = tls::from_files(&files.cert, &absent).err().unwrap();
-    assert!(matches!(&error, TlsError::Read { path, .. } if *path == absent));
-    assert_names(&error, &absent);
+    let files = CertFiles::new("tls-missing", &TestCert::generate());
+    let absent = files.dir.file("absent.pem");
+    for (cert, key) in [(&absent, &files.key), (&files.cert, &absent)] {
+        let error = tls::from_files(cert, key).err().unwrap();
+        assert!(matches!(&error, TlsError::Read { path, .. } if *path == absent));
+        assert_names(&error, &absent);
+    }
 }
 
 #[test]
 fn garbage_pem_is_refused_with_the_reason() {
-    let dir = TempDir::new("garbage");
-    let pair = generate_pair();
-    let files = PairFiles::in_dir(&dir);
-
-    files.write("this is not a certificate\n", &pair.key_pem);
-    let error = tls::from_files(&files.cert, &files.key).err().unwrap();
-    assert!(matches!(error, TlsError::NoCertificate { .. }), "{error:?}");
-    assert_names(&error, &files.cert);
-
+    let pair = TestCert::generate();
+    let files = CertFiles::new("tls-garbage", &pair);
     let bad_base64 = "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n";
-    files.write(bad_base64, &pair.key_pem);
-    let error = tls::from_files(&files.cert, &files.key).err().unwrap();
-    assert!(matches!(error, TlsError::InvalidPem { .. }), "{error:?}");
-    assert_names(&error, &files.cert);
-
-    // Well-formed PEM whose content is not a certificate.
+    // Well-formed PEM whose content is not a certificate, or not a key.
     let not_der = "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n";
-    files.write(not_der, &pair.key_pem);
-    let error = tls::from_files(&files.cert, &files.key).err().unwrap();
-    assert!(
-        matches!(error, TlsError::InvalidCertificate { .. }),
-        "{error:?}"
-    );
-    assert_names(&error, &files.cert);
-
-    // A certificate where the key should be.
-    files.write(&pair.cert_pem, &pair.cert_pem);
-    let error = tls::from_files(&files.cert, &files.key).err().unwrap();
-    assert!(matches!(error, TlsError::NoPrivateKey { .. }), "{error:?}");
-    assert_names(&error, &files.key);
-
     let not_a_key = "-----BEGIN PRIVATE KEY-----\naGVsbG8gd29ybGQ=\n-----END PRIVATE KEY-----\n";
-    files.write(&pair.cert_pem, not_a_key);
-    let error = tls::from_files(&files.cert, &files.key).err().unwrap();
-    assert!(
-        matches!(error, TlsError::UnsupportedKey { .. }),
-        "{error:?}"
+    let (cert, key) = (pair.cert_pem.as_str(), pair.key_pem.as_str());
+    refused(
+        &files,
+        "this is not a certificate\n",
+        key,
+        "NoCertificate",
+        &files.cert,
     );
-    assert_names(&error, &files.key);
+    refused(&files, bad_base64, key, "InvalidPem", &files.cert);
+    refused(&files, not_der, key, "InvalidCertificate", &files.cert);
+    // A certificate where the key should be.
+    refused(&files, cert, cert, "NoPrivateKey", &files.key);
+    refused(&files, cert, not_a_key, "UnsupportedKey", &files.key);
 }
 
 #[test]
 fn key_that_does_not_match_the_certificate_is_refused() {
-    let dir = TempDir::new("mismatch");
-    let first = generate_pair();
-    let second = generate_pair();
-    let files = PairFiles::in_dir(&dir);
-    files.write(&first.cert_pem, &second.key_pem);
-
-    let error = tls::from_files(&files.cert, &files.key).err().unwrap();
-    assert!(matches!(error, TlsError::KeyMismatch { .. }), "{error:?}");
-    assert_names(&error, &files.cert);
+    let (first, second) = (TestCert::generate(), TestCert::generate());
+    let files = CertFiles::new("tls-mismatch", &first);
+    let error = refused(
+        &files,
+        &first.cert_pem,
+        &second.key_pem,
+        "KeyMismatch",
+        &files.cert,
+    );
     assert_names(&error, &files.key);
 }
 
 #[test]
 fn certificate_outside_its_validity_period_is_refused() {
-    let dir = TempDir::new("expired");
-    let files = PairFiles::in_dir(&dir);
-
-    let expired = generate_pair_between(2000, 2001);
-    files.write(&expired.cert_pem, &expired.key_pem);
-    let error = tls::from_files(&files.cert, &files.key).err().unwrap();
-    assert!(matches!(error, TlsError::Expired { .. }), "{error:?}");
-    assert_names(&error, &files.cert);
+    let expired = TestCert::generate_between(2000, 2001);
+    let files = CertFiles::new("tls-expired", &expired);
+    let error = refused(
+        &files,
+        &expired.cert_pem,
+        &expired.key_pem,
+        "Expired",
+        &files.cert,
+    );
     assert!(error.to_string().contains("2001"), "notAfter date missing");
 
-    let future = generate_pair_between(2090, 2091);
-    files.write(&future.cert_pem, &future.key_pem);
-    let error = tls::from_files(&files.cert, &files.key).err().unwrap();
-    assert!(matches!(error, TlsError::NotYetValid { .. }), "{error:?}");
-    assert_names(&error, &files.cert);
+    let future = TestCert::generate_between(2090, 2091);
+    let error = refused(
+        &files,
+        &future.cert_pem,
+        &future.key_pem,
+        "NotYetValid",
+        &files.cert,
+    );
     assert!(error.to_string().contains("2090"), "notBefore date missing");
 }
 
 #[tokio::test]
 async fn trusted_client_negotiates_h2_when_offered_and_http11_otherwise() {
     bounded(async {
-        let dir = TempDir::new("alpn");
-        let pair = generate_pair();
-        let (acceptor, _certs, _files) = acceptor_for(&pair, &dir);
+        let pair = TestCert::generate();
+        let (acceptor, _certs, _files) = acceptor_for("tls", &pair);
         let mut server = TestServer::start(acceptor, GENEROUS_HANDSHAKE_TIMEOUT).await;
 
         struct Case {
@@ -396,14 +235,14 @@ async fn trusted_client_negotiates_h2_when_offered_and_http11_otherwise() {
             },
         ];
         for case in cases {
-            let config = client_config(&[&pair.cert_der], case.offered, &[case.version]);
-            let mut stream = connect(server.addr, config, "localhost").await.unwrap();
+            let config = client_config_for(&[&pair.der], case.offered, &[case.version]);
+            let mut stream = tls_connect(server.addr, config, "localhost").await.unwrap();
             let (_, session) = stream.get_ref();
             let version = session.protocol_version().unwrap();
             let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
             assert_eq!(version, case.expect_version);
             assert_eq!(alpn.as_deref(), case.expect_alpn);
-            assert_eq!(peer_cert(&stream), pair.cert_der);
+            assert_eq!(peer_cert(&stream), pair.der);
 
             let outcome = server.next_outcome().await;
             let server_is_h2 = outcome.result.unwrap();
@@ -427,14 +266,13 @@ async fn trusted_client_negotiates_h2_when_offered_and_http11_otherwise() {
 #[tokio::test]
 async fn client_that_does_not_trust_the_certificate_fails() {
     bounded(async {
-        let dir = TempDir::new("untrusted");
-        let pair = generate_pair();
-        let stranger = generate_pair();
-        let (acceptor, _certs, _files) = acceptor_for(&pair, &dir);
+        let pair = TestCert::generate();
+        let stranger = TestCert::generate();
+        let (acceptor, _certs, _files) = acceptor_for("tls", &pair);
         let mut server = TestServer::start(acceptor, GENEROUS_HANDSHAKE_TIMEOUT).await;
 
-        let config = client_config(&[&stranger.cert_der], &[b"h2"], &[&TLS13, &TLS12]);
-        let error = connect(server.addr, config, "localhost")
+        let config = client_config_for(&[&stranger.der], &[b"h2"], &[&TLS13, &TLS12]);
+        let error = tls_connect(server.addr, config, "localhost")
             .await
             .err()
             .unwrap();
@@ -460,13 +298,12 @@ async fn client_that_does_not_trust_the_certificate_fails() {
 #[tokio::test]
 async fn client_expecting_another_name_fails() {
     bounded(async {
-        let dir = TempDir::new("sni");
-        let pair = generate_pair();
-        let (acceptor, _certs, _files) = acceptor_for(&pair, &dir);
+        let pair = TestCert::generate();
+        let (acceptor, _certs, _files) = acceptor_for("tls", &pair);
         let mut server = TestServer::start(acceptor, GENEROUS_HANDSHAKE_TIMEOUT).await;
 
-        let config = client_config(&[&pair.cert_der], &[b"h2"], &[&TLS13, &TLS12]);
-        let error = connect(server.addr, config, "example.com")
+        let config = client_config_for(&[&pair.der], &[b"h2"], &[&TLS13, &TLS12]);
+        let error = tls_connect(server.addr, config, "example.com")
             .await
             .err()
             .unwrap();
@@ -481,8 +318,8 @@ async fn client_expecting_another_name_fails() {
         assert!(server.next_outcome().await.result.is_err());
 
         // The same server and certificate are fine for the name they were made for.
-        let config = client_config(&[&pair.cert_der], &[b"h2"], &[&TLS13, &TLS12]);
-        let mut stream = connect(server.addr, config, "localhost").await.unwrap();
+        let config = client_config_for(&[&pair.der], &[b"h2"], &[&TLS13, &TLS12]);
+        let mut stream = tls_connect(server.addr, config, "localhost").await.unwrap();
         assert_eq!(read_greeting(&mut stream).await, b"hello");
     })
     .await;
@@ -491,9 +328,8 @@ async fn client_expecting_another_name_fails() {
 #[tokio::test]
 async fn garbage_or_plain_http_instead_of_client_hello_is_refused_at_once() {
     bounded(async {
-        let dir = TempDir::new("garbage-hello");
-        let pair = generate_pair();
-        let (acceptor, _certs, _files) = acceptor_for(&pair, &dir);
+        let pair = TestCert::generate();
+        let (acceptor, _certs, _files) = acceptor_for("tls", &pair);
         let mut server = TestServer::start(acceptor, GENEROUS_HANDSHAKE_TIMEOUT).await;
 
         let inputs: [(&str, &[u8]); 2] = [
@@ -533,9 +369,8 @@ async fn garbage_or_plain_http_instead_of_client_hello_is_refused_at_once() {
 #[tokio::test]
 async fn stalled_handshakes_time_out_without_blocking_other_clients() {
     bounded(async {
-        let dir = TempDir::new("stall");
-        let pair = generate_pair();
-        let (acceptor, _certs, _files) = acceptor_for(&pair, &dir);
+        let pair = TestCert::generate();
+                let (acceptor, _certs, _files) = acceptor_for("tls", &pair);
         let handshake_timeout = Duration::from_millis(300);
         let mut server = TestServer::start(acceptor, handshake_timeout).await;
 
@@ -548,8 +383,8 @@ async fn stalled_handshakes_time_out_without_blocking_other_clients() {
             .unwrap();
 
         // Meanwhile a normal client is served.
-        let config = client_config(&[&pair.cert_der], &[b"h2"], &[&TLS13]);
-        let mut good = connect(server.addr, config, "localhost").await.unwrap();
+        let config = client_config_for(&[&pair.der], &[b"h2"], &[&TLS13]);
+        let mut good = tls_connect(server.addr, config, "localhost").await.unwrap();
         assert_eq!(read_greeting(&mut good).await, b"hello");
         println!(
             "normal client served {:?} after the stalled ones connected (handshake timeout {handshake_timeout:?})",
@@ -587,12 +422,11 @@ async fn stalled_handshakes_time_out_without_blocking_other_clients() {
 #[tokio::test]
 async fn reload_serves_the_new_certificate_and_keeps_the_old_one_on_error() {
     bounded(async {
-        let dir = TempDir::new("reload");
-        let first = generate_pair();
-        let second = generate_pair();
-        let (acceptor, certs, files) = acceptor_for(&first, &dir);
+        let first = TestCert::generate();
+        let second = TestCert::generate();
+        let (acceptor, certs, files) = acceptor_for("tls", &first);
         let mut server = TestServer::start(acceptor, GENEROUS_HANDSHAKE_TIMEOUT).await;
-        let trusted = [&first.cert_der, &second.cert_der];
+        let trusted = [&first.der, &second.der];
 
         /// The certificate a new client gets in a full handshake. Each call builds a fresh
         /// client config: a reused one would resume its earlier TLS session, and a resumed
@@ -601,33 +435,33 @@ async fn reload_serves_the_new_certificate_and_keeps_the_old_one_on_error() {
             server: &mut TestServer,
             trusted: &[&CertificateDer<'static>],
         ) -> CertificateDer<'static> {
-            let config = client_config(trusted, &[b"h2", b"http/1.1"], &[&TLS13, &TLS12]);
-            let mut stream = connect(server.addr, config, "localhost").await.unwrap();
+            let config = client_config_for(trusted, &[b"h2", b"http/1.1"], &[&TLS13, &TLS12]);
+            let mut stream = tls_connect(server.addr, config, "localhost").await.unwrap();
             assert!(server.next_outcome().await.result.is_ok());
             assert_eq!(read_greeting(&mut stream).await, b"hello");
             assert!(!stream.get_ref().1.is_handshaking());
             peer_cert(&stream)
         }
 
-        assert_eq!(served_cert(&mut server, &trusted).await, first.cert_der);
+        assert_eq!(served_cert(&mut server, &trusted).await, first.der);
         // A connection made before the reload keeps its session.
-        let mut before_reload = connect(
+        let mut before_reload = tls_connect(
             server.addr,
-            client_config(&trusted, &[b"h2"], &[&TLS13]),
+            client_config_for(&trusted, &[b"h2"], &[&TLS13]),
             "localhost",
         )
         .await
         .unwrap();
         assert!(server.next_outcome().await.result.is_ok());
 
-        files.write(&second.cert_pem, &second.key_pem);
+        files.write_pem(&second.cert_pem, &second.key_pem);
         certs.reload().unwrap();
-        assert_eq!(served_cert(&mut server, &trusted).await, second.cert_der);
-        assert_eq!(peer_cert(&before_reload), first.cert_der);
+        assert_eq!(served_cert(&mut server, &trusted).await, second.der);
+        assert_eq!(peer_cert(&before_reload), first.der);
         assert_eq!(read_greeting(&mut before_reload).await, b"hello");
         println!("after reload: new handshakes get the new certificate, the open one kept the old");
 
-        let expired = generate_pair_between(2000, 2001);
+        let expired = TestCert::generate_between(2000, 2001);
         let broken_pairs = [
             (
                 "garbage certificate",
@@ -646,17 +480,17 @@ async fn reload_serves_the_new_certificate_and_keeps_the_old_one_on_error() {
             ),
         ];
         for (label, cert_pem, key_pem) in broken_pairs {
-            files.write(&cert_pem, &key_pem);
+            files.write_pem(&cert_pem, &key_pem);
             let error = certs.reload().err().unwrap();
             println!("reload with {label} refused: {error}");
-            assert_eq!(served_cert(&mut server, &trusted).await, second.cert_der);
+            assert_eq!(served_cert(&mut server, &trusted).await, second.der);
         }
-        files.write(&second.cert_pem, &second.key_pem);
+        files.write_pem(&second.cert_pem, &second.key_pem);
         std::fs::remove_file(&files.key).unwrap();
         let error = certs.reload().err().unwrap();
         println!("reload with missing key refused: {error}");
         assert_names(&error, &files.key);
-        assert_eq!(served_cert(&mut server, &trusted).await, second.cert_der);
+        assert_eq!(served_cert(&mut server, &trusted).await, second.der);
     })
     .await;
 }

@@ -10,10 +10,9 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::Request;
 use http_body::{Body, Frame};
-use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 
-use super::Answer;
+use crate::client::Answer;
 
 /// `len` bytes from a xorshift64 generator seeded with `seed`: the same bytes on every run, and no
 /// repeating pattern that could hide a misplaced or duplicated piece.
@@ -85,13 +84,7 @@ pub async fn send_frames(addr: SocketAddr, request: Request<Frames>) -> hyper::R
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let driver = tokio::spawn(conn);
-    let response = sender.send_request(request).await?;
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await?.to_bytes();
+    let answer = Answer::read(sender.send_request(request).await?).await;
     driver.abort();
-    Ok(Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
+    answer
 }

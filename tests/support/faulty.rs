@@ -3,16 +3,15 @@
 //! response short, or answers before reading the request body. hyper's server would not do any of
 //! this, so requests are parsed minimally with httparse.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::backend::{bind_local, Backend};
 
 /// What the backend does with one request, chosen from its method and path.
 #[derive(Debug, Clone)]
@@ -40,11 +39,9 @@ pub struct IdlePolicy {
     pub race_window: Duration,
 }
 
-/// What the backend has seen.
+/// What the backend has seen (connections: [`Backend::accepted`] and [`Backend::open`]).
 #[derive(Debug, Default)]
 pub struct FaultyStats {
-    pub connections_accepted: AtomicUsize,
-    pub connections_open: AtomicUsize,
     /// Requests parsed and acted on (answered, hung on or faulted), per method below.
     pub requests: AtomicUsize,
     /// Requests that arrived inside the race window and were dropped unread.
@@ -59,12 +56,6 @@ impl FaultyStats {
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
-    pub fn open(&self) -> usize {
-        self.connections_open.load(Ordering::SeqCst)
-    }
-    pub fn accepted(&self) -> usize {
-        self.connections_accepted.load(Ordering::SeqCst)
-    }
     pub fn dropped_in_race(&self) -> usize {
         self.dropped_in_race.load(Ordering::SeqCst)
     }
@@ -78,70 +69,24 @@ impl FaultyStats {
     }
 }
 
-pub type Decide = Arc<dyn Fn(&str, &str) -> Reply + Send + Sync>;
+pub type FaultyBackend = Backend<FaultyStats>;
 
-pub struct FaultyBackend {
-    pub addr: SocketAddr,
-    pub stats: Arc<FaultyStats>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl FaultyBackend {
+impl Backend<FaultyStats> {
     /// Starts on 127.0.0.1:0. `decide(method, path)` picks each reply; `idle` (if any) closes
     /// keep-alive connections on a timer.
     pub async fn start(
         decide: impl Fn(&str, &str) -> Reply + Send + Sync + 'static,
         idle: Option<IdlePolicy>,
     ) -> FaultyBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stats = Arc::new(FaultyStats::default());
-        let decide: Decide = Arc::new(decide);
-        let (stop, mut stopped) = oneshot::channel();
-        let task_stats = Arc::clone(&stats);
-        let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let stream = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(_) => continue,
-                    },
-                    _ = &mut stopped => break,
-                };
-                task_stats
-                    .connections_accepted
-                    .fetch_add(1, Ordering::SeqCst);
-                task_stats.connections_open.fetch_add(1, Ordering::SeqCst);
-                let stats = Arc::clone(&task_stats);
+        let decide = Arc::new(decide);
+        Backend::serve(
+            bind_local().await,
+            FaultyStats::default(),
+            move |stream, stats| {
                 let decide = Arc::clone(&decide);
-                connections.spawn(async move {
-                    serve(stream, &decide, idle, &stats).await;
-                    stats.connections_open.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-            connections.shutdown().await;
-        });
-        FaultyBackend {
-            addr,
-            stats,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for FaultyBackend {
-    fn drop(&mut self) {
-        self.task.abort();
+                async move { serve(stream, &*decide, idle, &stats).await }
+            },
+        )
     }
 }
 
@@ -177,7 +122,7 @@ fn parse_head(buf: &[u8]) -> Option<Head> {
 
 async fn serve(
     mut stream: TcpStream,
-    decide: &Decide,
+    decide: &(dyn Fn(&str, &str) -> Reply + Send + Sync),
     idle: Option<IdlePolicy>,
     stats: &FaultyStats,
 ) {

@@ -2,15 +2,13 @@
 //! bytes of each request head Juggler sent (header order and case included), responses carrying
 //! hop-by-hop headers, chunked responses with extensions and trailers, and close-delimited ones.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
+
+use crate::backend::{bind_local, Backend};
 
 /// The response to `/hop-by-hop`: every kind of hop-by-hop header next to end-to-end ones
 /// (`x-kept` twice, `set-cookie` twice) that must reach the client in order.
@@ -43,6 +41,13 @@ pub const HOP_BY_HOP_RESPONSE_HEADERS: [&str; 6] = [
 /// The `Content-Length` of `/big-length`: several times the response buffer.
 pub const BIG_LENGTH: usize = 5_000_000;
 
+/// What the raw backend has seen (connections: [`Backend::accepted`] and [`Backend::open`]).
+#[derive(Debug, Default)]
+pub struct RawStats {
+    /// Every request head received, in order, byte for byte (as text).
+    pub heads: Mutex<Vec<String>>,
+}
+
 /// A raw HTTP/1.1 backend on 127.0.0.1:0. Paths:
 /// - `/hop-by-hop`: answers [`HOP_BY_HOP_RESPONSE`];
 /// - `/chunked-echo`: answers the request body `Transfer-Encoding: chunked` in several chunks, the
@@ -52,65 +57,20 @@ pub const BIG_LENGTH: usize = 5_000_000;
 /// - `/big-length`: answers [`BIG_LENGTH`] zero bytes (only the head to `HEAD`);
 /// - anything else: answers the request head exactly as received, as `text/plain` (only the
 ///   response head to `HEAD`).
-pub struct RawBackend {
-    pub addr: SocketAddr,
-    /// Every request head received, in order, byte for byte (as text).
-    pub heads: Arc<Mutex<Vec<String>>>,
-    /// TCP connections accepted over the backend's life.
-    pub accepted: Arc<AtomicUsize>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
+pub type RawBackend = Backend<RawStats>;
 
-impl RawBackend {
+impl Backend<RawStats> {
     pub async fn start() -> RawBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let (stop, mut stopped) = oneshot::channel();
-        let task_heads = Arc::clone(&heads);
-        let task_accepted = Arc::clone(&accepted);
-        let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let stream = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(_) => continue,
-                    },
-                    _ = &mut stopped => break,
-                };
-                task_accepted.fetch_add(1, Ordering::SeqCst);
-                connections.spawn(serve(stream, Arc::clone(&task_heads)));
-            }
-            connections.shutdown().await;
-        });
-        RawBackend {
-            addr,
-            heads,
-            accepted,
-            stop: Some(stop),
-            task,
-        }
+        Backend::serve(
+            bind_local().await,
+            RawStats::default(),
+            |stream, stats| async move { serve(stream, &stats.heads).await },
+        )
     }
 
     /// The most recent request head received.
     pub fn last_head(&self) -> Option<String> {
-        self.heads.lock().unwrap().last().cloned()
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for RawBackend {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.stats.heads.lock().unwrap().last().cloned()
     }
 }
 
@@ -123,7 +83,7 @@ struct RawRequest {
 }
 
 /// Serves requests on one connection until the peer closes it or sends something unexpected.
-async fn serve(mut stream: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
+async fn serve(mut stream: TcpStream, heads: &Mutex<Vec<String>>) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     while let Some(request) = read_request(&mut stream, &mut buf).await {
         heads.lock().unwrap().push(request.head.clone());
