@@ -57,11 +57,6 @@ fn describe_lists_the_compiled_servers_and_routes() {
 }
 
 #[test]
-fn codegen_knows_the_same_methods_as_the_router() {
-    assert_eq!(juggler_codegen::METHOD_NAMES, juggler::router::METHOD_NAMES);
-}
-
-#[test]
 fn shipped_config_is_three_servers_with_five_connections_and_default_settings() {
     let mut tables = vec![&default_config::TABLE];
     // The crate's own table is the shipped config unless this build picked other inputs.

@@ -7,12 +7,13 @@
 
 use std::time::Duration;
 
+use juggler_config::schema::Kind;
+use juggler_config::table::SCALAR_SECTIONS;
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 
-use crate::model::{Config, MethodSet, Route, Setting, TlsMode};
+use crate::model::{Config, MethodSet, Route, Setting};
 use crate::pattern::{PathKind, Pattern, Segment};
-use crate::schema::{Kind, SCALAR_SECTIONS};
 
 /// The formatted source of `distributer.rs` for `config`. Pure: same config, same bytes.
 pub fn generate(config: &Config) -> String {
@@ -230,9 +231,8 @@ fn routes(config: &Config) -> TokenStream {
     let consts = config.routes.iter().enumerate().map(|(index, route)| {
         let name = methods_ident(index);
         let doc = doc(format!(
-            "Methods of route {index} ({}): `{}`.",
-            route.source,
-            route.methods.describe()
+            "Methods of route {index} ({}): `{:?}`.",
+            route.source, route.methods
         ));
         let set = method_set(route.methods);
         quote! { #doc pub const #name: MethodSet = #set; }
@@ -324,7 +324,7 @@ fn scalar_sections(config: &Config) -> TokenStream {
             .settings
             .scalars
             .iter()
-            .filter(|setting| std::ptr::eq(setting.section, section))
+            .filter(|setting| std::ptr::eq(setting.section, *section))
             .map(setting_field);
         quote! { #field: #ty { #(#settings),* } }
     });
@@ -342,11 +342,8 @@ fn table(config: &Config) -> TokenStream {
     let listen = &config.settings.listen;
     let http = optional_str(&listen.http);
     let https = optional_str(&listen.https);
-    let tls = match listen.tls {
-        TlsMode::Off => quote! { TlsMode::Off },
-        TlsMode::Auto => quote! { TlsMode::Auto },
-        TlsMode::On => quote! { TlsMode::On },
-    };
+    let tls = Ident::new(&format!("{:?}", listen.tls), Span::call_site());
+    let tls = quote! { TlsMode::#tls };
     let (cert, key, redirect) = (
         &listen.tls_cert,
         &listen.tls_key,

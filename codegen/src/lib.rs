@@ -4,7 +4,6 @@
 //! # Layout
 //! - [`raw`]: the files as written, every value with its byte span (serde + toml's spanned tree).
 //! - [`validate`](mod@validate): raw files → [`Config`], collecting every mistake as a [`Diagnostic`].
-//! - [`schema`]: the scalar settings (`[queue]`, `[limits]`, `[proxy]`): key, kind, default, range.
 //! - [`pattern`], [`address`], [`units`]: the small languages inside values (paths, `host:port`,
 //!   `"10s"`, `"16KiB"`).
 //! - [`emit`]: [`generate`], a pure `Config` → formatted Rust source.
@@ -24,14 +23,13 @@ pub mod emit;
 pub mod model;
 pub mod pattern;
 pub mod raw;
-pub mod schema;
 pub mod summary;
 pub mod units;
 pub mod validate;
 
 pub use diagnostics::{Diagnostic, Diagnostics, SourceFile};
 pub use emit::generate;
-pub use model::{Config, METHOD_NAMES};
+pub use model::Config;
 pub use summary::summary;
 
 /// The file inside the config directory that holds listeners, limits and upstreams.

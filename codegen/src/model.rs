@@ -3,24 +3,13 @@
 
 use std::time::Duration;
 
+pub use juggler_config::router::{MethodSet, METHOD_NAMES};
+use juggler_config::schema::{Kind, SectionSpec, SettingSpec};
+pub use juggler_config::table::TlsMode;
+use juggler_config::table::{Settings as RuntimeSettings, SCALAR_SECTIONS};
+
 use crate::pattern::PathKind;
-use crate::schema::{Kind, SectionSpec, SettingSpec, SCALAR_SECTIONS};
 use crate::units::{format_duration, format_size};
-
-/// The methods a route may name, in the order `Allow` lists them.
-///
-/// Must equal `juggler::router::METHOD_NAMES` (this crate cannot depend on the crate it generates
-/// code for; `tests/codegen.rs` checks the two lists are the same).
-pub const METHOD_NAMES: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-];
-
-/// Pool sizes above this are refused: a backend rarely serves more keep-alive connections from
-/// one client well, and a typo such as `50000` would exhaust file descriptors at start-up.
-pub const MAX_POOL_SIZE: i64 = 1024;
-
-/// Pool size of every server of an upstream that does not set `connections_per_server`.
-pub const DEFAULT_POOL_SIZE: usize = 5;
 
 /// A validated configuration, ready for [`crate::generate`].
 #[derive(Debug, Clone)]
@@ -79,46 +68,6 @@ pub struct RoutePath {
     pub source: String,
 }
 
-/// Bit set of [`METHOD_NAMES`], the same bits as `juggler::router::MethodSet`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MethodSet(pub u16);
-
-impl MethodSet {
-    pub const ANY: MethodSet = MethodSet((1 << METHOD_NAMES.len()) - 1);
-
-    pub fn from_name(name: &str) -> Option<MethodSet> {
-        METHOD_NAMES
-            .iter()
-            .position(|known| *known == name)
-            .map(|index| MethodSet(1 << index))
-    }
-
-    pub fn union(self, other: MethodSet) -> MethodSet {
-        MethodSet(self.0 | other.0)
-    }
-
-    pub fn contains_all(self, other: MethodSet) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    pub fn names(self) -> impl Iterator<Item = &'static str> {
-        METHOD_NAMES
-            .iter()
-            .enumerate()
-            .filter(move |(index, _)| self.0 & (1 << index) != 0)
-            .map(|(_, name)| *name)
-    }
-
-    /// `*` or `GET, HEAD`, for summaries and messages.
-    pub fn describe(self) -> String {
-        if self == Self::ANY {
-            "*".to_string()
-        } else {
-            self.names().collect::<Vec<_>>().join(", ")
-        }
-    }
-}
-
 /// One scalar setting (`[queue]`, `[limits]`, `[proxy]`): its value and where it came from.
 #[derive(Debug, Clone)]
 pub struct Setting {
@@ -167,13 +116,6 @@ pub struct Settings {
     pub scalars: Vec<Setting>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsMode {
-    Off,
-    Auto,
-    On,
-}
-
 #[derive(Debug, Clone)]
 pub struct Listen {
     pub http: Option<String>,
@@ -184,12 +126,33 @@ pub struct Listen {
     pub redirect_http_to_https: bool,
 }
 
+impl Listen {
+    /// `juggler_config::table::Settings::DEFAULT.listen`, with the certificate and key moved into
+    /// `config_dir` (the runtime's defaults name the shipped `juggler_config/`).
+    fn defaults(config_dir: &str) -> Listen {
+        let listen = &RuntimeSettings::DEFAULT.listen;
+        let in_config_dir = |path: &str| {
+            let file = path.rsplit('/').next().unwrap_or(path);
+            format!("{config_dir}/{file}")
+        };
+        Listen {
+            http: listen.http.map(str::to_string),
+            https: listen.https.map(str::to_string),
+            tls: listen.tls,
+            tls_cert: in_config_dir(listen.tls_cert),
+            tls_key: in_config_dir(listen.tls_key),
+            redirect_http_to_https: listen.redirect_http_to_https,
+        }
+    }
+}
+
 impl Settings {
     /// The documented defaults; they equal `juggler::table::Settings::DEFAULT` when the config
     /// directory is `juggler_config` (the certificate and key default to files inside it).
     pub fn defaults(config_dir: &str) -> Settings {
         let scalars = SCALAR_SECTIONS
             .iter()
+            .copied()
             .flat_map(|section| {
                 section.settings.iter().map(move |spec| Setting {
                     section,
@@ -200,14 +163,7 @@ impl Settings {
             })
             .collect();
         Settings {
-            listen: Listen {
-                http: Some("0.0.0.0:8080".to_string()),
-                https: Some("0.0.0.0:8443".to_string()),
-                tls: TlsMode::Auto,
-                tls_cert: format!("{config_dir}/server.crt"),
-                tls_key: format!("{config_dir}/server.key"),
-                redirect_http_to_https: false,
-            },
+            listen: Listen::defaults(config_dir),
             scalars,
         }
     }

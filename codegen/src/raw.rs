@@ -13,8 +13,10 @@ use serde::{Deserialize, Deserializer};
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
+use juggler_config::schema::{Kind, SectionSpec, SettingSpec};
+use juggler_config::table::{scalar_section, SCALAR_SECTIONS};
+
 use crate::diagnostics::{closest, did_you_mean, Diagnostic, Diagnostics, SourceFile};
-use crate::schema::{self, Kind, SectionSpec, SettingSpec, SCALAR_SECTIONS};
 
 /// `juggler_config/load_balancer.toml`.
 #[derive(Debug, Default)]
@@ -168,7 +170,7 @@ impl Reader<'_> {
             match key.get_ref().as_str() {
                 "listen" => raw.listen = self.section("[listen]", &value).value,
                 "upstreams" => raw.upstreams = self.upstreams(&value),
-                name => match schema::section(name) {
+                name => match scalar_section(name) {
                     Some(section) => self.settings(section, &value, &mut raw.settings),
                     None => self.unknown_key(&key, "at the top level", &load_balancer_sections()),
                 },

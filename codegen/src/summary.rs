@@ -70,8 +70,8 @@ pub fn summary(config: &Config) -> String {
         };
         let _ = writeln!(
             out,
-            "  {index}. [{}] {paths} -> {}{retry}  ({})",
-            route.methods.describe(),
+            "  {index}. [{:?}] {paths} -> {}{retry}  ({})",
+            route.methods,
             config.upstreams[route.upstream].name,
             route.source
         );

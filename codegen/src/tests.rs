@@ -533,8 +533,8 @@ fn write_if_changed_leaves_identical_files_alone() {
 }
 
 /// Whether `written` (a TOML value or a README cell, quotes and all) means the spec's default.
-fn is_default(spec: &crate::schema::SettingSpec, written: &str) -> bool {
-    use crate::schema::Kind;
+fn is_default(spec: &juggler_config::schema::SettingSpec, written: &str) -> bool {
+    use juggler_config::schema::Kind;
     let text = written.trim().trim_matches('"');
     let value = match spec.kind {
         Kind::Size => text.parse().ok().or_else(|| units::parse_size(text)),
@@ -557,7 +557,7 @@ fn every_scalar_setting_is_shipped_and_documented_with_its_default() {
         std::fs::read_to_string(root.join("juggler_config").join(LOAD_BALANCER_FILE)).unwrap();
     let shipped: toml::Table = toml::from_str(&shipped).unwrap();
     let mut wrong = Vec::new();
-    for section in crate::schema::SCALAR_SECTIONS.iter() {
+    for section in juggler_config::table::SCALAR_SECTIONS.iter() {
         for spec in section.settings {
             let name = format!("{}.{}", section.name, spec.key);
             let row = format!("| `{name}` |");
@@ -584,7 +584,10 @@ fn every_scalar_setting_is_shipped_and_documented_with_its_default() {
             }
         }
     }
-    println!("checked {} sections", crate::schema::SCALAR_SECTIONS.len());
+    println!(
+        "checked {} sections",
+        juggler_config::table::SCALAR_SECTIONS.len()
+    );
     assert!(
         wrong.is_empty(),
         "not documented with its default: {wrong:#?}"

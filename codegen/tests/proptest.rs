@@ -4,7 +4,8 @@
 //! a file `syn` parses. Full compiles of generated files are covered by the golden fixtures
 //! (`tests/codegen.rs` in the root crate `include!`s each and routes requests through it).
 
-use juggler_codegen::{from_sources, generate, summary, SourceFile, METHOD_NAMES};
+use juggler_codegen::{from_sources, generate, summary, SourceFile};
+use juggler_config::router::METHOD_NAMES;
 use proptest::prelude::*;
 use proptest::sample::select;
 

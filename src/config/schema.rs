@@ -1,6 +1,6 @@
 //! How a scalar config section (`[queue]`, `[limits]`, `[proxy]`) is described once.
 //!
-//! [`settings_section!`] turns one list of fields (name, type, kind, default, range, one-line doc)
+//! `settings_section!` turns one list of fields (name, type, kind, default, range, one-line doc)
 //! into the runtime struct, its `DEFAULT` and its [`SectionSpec`]. The codegen crate reads the
 //! specs: which keys exist, how each is written, its range, its default and how to emit it. So a
 //! new setting is one line in `table.rs` plus its use; nothing else mirrors it.
@@ -84,14 +84,14 @@ macro_rules! settings_section {
         impl $name {
             /// The documented defaults.
             pub const DEFAULT: $name = $name {
-                $($field: settings_section!(@default $kind($($arg),+)),)+
+                $($field: $crate::schema::settings_section!(@default $kind($($arg),+)),)+
             };
 
             /// What the codegen crate needs to parse, check, default and emit this section.
             pub const SPEC: $crate::schema::SectionSpec = $crate::schema::SectionSpec {
                 name: $section,
                 rust_type: stringify!($name),
-                settings: &[$(settings_section!(@spec $field, $doc, $kind($($arg),+)),)+],
+                settings: &[$($crate::schema::settings_section!(@spec $field, $doc, $kind($($arg),+)),)+],
             };
         }
     };
@@ -103,19 +103,19 @@ macro_rules! settings_section {
     (@default flag($default:expr)) => { $default };
 
     (@spec $field:ident, $doc:expr, size($default:expr, $min:expr, $max:expr)) => {
-        settings_section!(@make $field, $doc, Size, ($default) as u64, $min, $max)
+        $crate::schema::settings_section!(@make $field, $doc, Size, ($default) as u64, $min, $max)
     };
     (@spec $field:ident, $doc:expr, count($default:expr, $min:expr, $max:expr)) => {
-        settings_section!(@make $field, $doc, Count, ($default) as u64, $min, $max)
+        $crate::schema::settings_section!(@make $field, $doc, Count, ($default) as u64, $min, $max)
     };
     (@spec $field:ident, $doc:expr, timeout($default:expr)) => {
-        settings_section!(@make $field, $doc, Duration, ($default).as_millis() as u64, 1, u64::MAX)
+        $crate::schema::settings_section!(@make $field, $doc, Duration, ($default).as_millis() as u64, 1, u64::MAX)
     };
     (@spec $field:ident, $doc:expr, duration($default:expr)) => {
-        settings_section!(@make $field, $doc, Duration, ($default).as_millis() as u64, 0, u64::MAX)
+        $crate::schema::settings_section!(@make $field, $doc, Duration, ($default).as_millis() as u64, 0, u64::MAX)
     };
     (@spec $field:ident, $doc:expr, flag($default:expr)) => {
-        settings_section!(@make $field, $doc, Bool, ($default) as u64, 0, 1)
+        $crate::schema::settings_section!(@make $field, $doc, Bool, ($default) as u64, 0, 1)
     };
     (@make $field:ident, $doc:expr, $kind:ident, $default:expr, $min:expr, $max:expr) => {
         $crate::schema::SettingSpec {
@@ -124,7 +124,7 @@ macro_rules! settings_section {
             default: $default,
             min: $min,
             max: $max,
-            doc: $doc,
+            doc: $doc.trim_ascii_start(),
         }
     };
 }

@@ -7,10 +7,19 @@
 use std::time::Duration;
 
 use crate::router::MethodSet;
+use crate::schema::{settings_section, SectionSpec, GIB, KIB, MIB, TIB};
 
 /// Index of a backend server in [`RouteTable::backends`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendId(pub u16);
+
+impl BackendSpec {
+    /// Pool size of every server of an upstream that does not set `connections_per_server`.
+    pub const DEFAULT_POOL_SIZE: usize = 5;
+    /// Pool sizes above this are refused: a backend rarely serves more keep-alive connections
+    /// from one client well, and a typo such as `50000` would exhaust file descriptors at start-up.
+    pub const MAX_POOL_SIZE: usize = 1024;
+}
 
 /// Index of an upstream in [`RouteTable::upstreams`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -86,50 +95,69 @@ pub struct ListenSettings {
     pub redirect_http_to_https: bool,
 }
 
-#[derive(Debug)]
-pub struct QueueSettings {
-    /// Requests that may wait for one backend's pool before that backend counts as full.
-    pub max_queued_per_server: usize,
-    /// How long a request may wait for a pooled connection before the client gets `503`.
-    pub timeout: Duration,
+settings_section! {
+    /// `[queue]`: waiting for a pooled connection.
+    pub struct QueueSettings in "queue" {
+        /// Requests that may wait for one backend's pool before that backend counts as full.
+        max_queued_per_server: usize = count(1024, 0, 1_000_000),
+        /// How long a request may wait for a pooled connection before the client gets `503`.
+        timeout: Duration = timeout(Duration::from_secs(10)),
+    }
 }
 
-#[derive(Debug)]
-pub struct Limits {
-    /// Request line plus headers; beyond it the client gets `431`.
-    pub max_header_bytes: usize,
-    /// Request body; beyond it the client gets `413` and the connection is closed.
-    pub max_body_bytes: usize,
-    /// Time a client has to send a complete header block (`408` after it).
-    pub header_read_timeout: Duration,
-    /// Time a client has to send the complete body once the headers are in (`408` after it).
-    pub body_read_timeout: Duration,
-    /// Keep-alive client connections idle longer than this are closed.
-    pub client_idle_timeout: Duration,
-    /// Time from sending a request to a backend until its response head arrives (`504` after it).
-    pub backend_timeout: Duration,
-    /// Time to open one pooled TCP connection.
-    pub connect_timeout: Duration,
-    /// Responses up to this size are read whole so the pooled connection is freed at once.
-    pub response_buffer_bytes: usize,
-    /// Concurrent client connections; beyond it new connections wait in the accept backlog.
-    pub max_client_connections: usize,
-    /// Time a TLS client has to finish its handshake.
-    pub tls_handshake_timeout: Duration,
-    /// On SIGINT/SIGTERM, time given to accepted and queued requests to finish.
-    pub drain_timeout: Duration,
+settings_section! {
+    /// `[limits]`: what clients may send and how long Juggler waits for clients and backends.
+    pub struct Limits in "limits" {
+        /// Request line plus headers; beyond it the client gets `431`.
+        max_header_bytes: usize = size(16 * KIB, KIB, MIB),
+        /// Request body; beyond it the client gets `413` and the connection is closed.
+        max_body_bytes: usize = size(16 * MIB, 1, TIB),
+        /// Time a client has to send a complete header block (`408` after it).
+        header_read_timeout: Duration = timeout(Duration::from_secs(10)),
+        /// Time a client has to send the complete body once the headers are in (`408` after it).
+        body_read_timeout: Duration = timeout(Duration::from_secs(30)),
+        /// Keep-alive client connections idle longer than this are closed.
+        client_idle_timeout: Duration = timeout(Duration::from_secs(60)),
+        /// Time from sending a request to a backend until its response head arrives (`504` after it).
+        backend_timeout: Duration = timeout(Duration::from_secs(30)),
+        /// Time to open one pooled TCP connection.
+        connect_timeout: Duration = timeout(Duration::from_secs(3)),
+        /// Responses up to this size are read whole so the pooled connection is freed at once.
+        response_buffer_bytes: usize = size(MIB, 1, GIB),
+        /// Concurrent client connections; beyond it new connections wait in the accept backlog.
+        max_client_connections: usize = count(10_000, 1, 1_000_000),
+        /// Time a TLS client has to finish its handshake.
+        tls_handshake_timeout: Duration = timeout(Duration::from_secs(10)),
+        /// On SIGINT/SIGTERM, time given to accepted and queued requests to finish (`"0s"`: none).
+        drain_timeout: Duration = duration(Duration::from_secs(30)),
+    }
 }
 
-#[derive(Debug)]
-pub struct ProxySettings {
-    /// Add `X-Forwarded-For` / `X-Forwarded-Proto` toward backends (off, as in the original).
-    pub forwarded_headers: bool,
-    /// Re-sends of one request after a pooled connection failed before any response byte.
-    pub max_retries: u32,
-    /// Consecutive failed connects after which a backend is marked down and skipped.
-    pub down_after_failures: u32,
-    /// Runtime worker threads; `0` means one per core.
-    pub worker_threads: usize,
+settings_section! {
+    /// `[proxy]`: how requests are forwarded.
+    pub struct ProxySettings in "proxy" {
+        /// Add `X-Forwarded-For` / `X-Forwarded-Proto` toward backends (off, as in the original).
+        forwarded_headers: bool = flag(false),
+        /// Re-sends of one request after a pooled connection failed before any response byte.
+        max_retries: u32 = count(1, 0, 10),
+        /// Consecutive failed connects after which a backend is marked down and skipped.
+        down_after_failures: u32 = count(3, 1, 1000),
+        /// Runtime worker threads; `0` means one per core.
+        worker_threads: usize = count(0, 0, 1024),
+    }
+}
+
+/// The scalar sections of [`Settings`], in field order: what the codegen crate parses, checks and
+/// emits generically (`[listen]` has keys that depend on each other and is handled by hand).
+pub static SCALAR_SECTIONS: [&SectionSpec; 3] =
+    [&QueueSettings::SPEC, &Limits::SPEC, &ProxySettings::SPEC];
+
+/// The scalar section whose TOML table is `name`.
+pub fn scalar_section(name: &str) -> Option<&'static SectionSpec> {
+    SCALAR_SECTIONS
+        .iter()
+        .copied()
+        .find(|section| section.name == name)
 }
 
 #[derive(Debug)]
@@ -180,28 +208,8 @@ impl Settings {
             tls_key: "juggler_config/server.key",
             redirect_http_to_https: false,
         },
-        queue: QueueSettings {
-            max_queued_per_server: 1024,
-            timeout: Duration::from_secs(10),
-        },
-        limits: Limits {
-            max_header_bytes: 16 * 1024,
-            max_body_bytes: 16 * 1024 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-            body_read_timeout: Duration::from_secs(30),
-            client_idle_timeout: Duration::from_secs(60),
-            backend_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(3),
-            response_buffer_bytes: 1024 * 1024,
-            max_client_connections: 10_000,
-            tls_handshake_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(30),
-        },
-        proxy: ProxySettings {
-            forwarded_headers: false,
-            max_retries: 1,
-            down_after_failures: 3,
-            worker_threads: 0,
-        },
+        queue: QueueSettings::DEFAULT,
+        limits: Limits::DEFAULT,
+        proxy: ProxySettings::DEFAULT,
     };
 }

@@ -1,10 +1,11 @@
 //! The scalar sections `[queue]`, `[limits]` and `[proxy]`: every key is checked against its
 //! [`SettingSpec`] (kind and range), so this file does not name a single setting.
 
+use juggler_config::schema::{Kind, SettingSpec};
+
 use super::Checker;
 use crate::model::{Setting, Settings, Written};
 use crate::raw::{RawSetting, RawSize, RawValue};
-use crate::schema::{Kind, SettingSpec};
 use crate::units::{
     format_duration, format_size, parse_duration, parse_size, DURATION_HELP, SIZE_HELP,
 };

@@ -6,7 +6,9 @@ use toml::Spanned;
 
 use super::{Checker, MAX_IDS};
 use crate::address::{check_address, PortZero};
-use crate::model::{Backend, Upstream, DEFAULT_POOL_SIZE, MAX_POOL_SIZE};
+use juggler_config::table::BackendSpec;
+
+use crate::model::{Backend, Upstream};
 use crate::raw::{RawServer, RawUpstream};
 
 impl Checker<'_> {
@@ -134,7 +136,7 @@ impl Checker<'_> {
         let size = *raw.get_ref();
         if let Some(size) = usize::try_from(size)
             .ok()
-            .filter(|_| (1..=MAX_POOL_SIZE).contains(&size))
+            .filter(|size| (1..=BackendSpec::MAX_POOL_SIZE).contains(size))
         {
             return Some(Pool {
                 size,
@@ -149,7 +151,7 @@ impl Checker<'_> {
         self.error(
             raw.span(),
             format!("`{key} = {size}` is not a usable pool size"),
-            format!("write 1 to {MAX_POOL_SIZE} ({why})"),
+            format!("write 1 to {} ({why})", BackendSpec::MAX_POOL_SIZE),
         );
         None
     }
@@ -164,7 +166,7 @@ struct Pool {
 
 impl Pool {
     const DEFAULT: Pool = Pool {
-        size: DEFAULT_POOL_SIZE,
+        size: BackendSpec::DEFAULT_POOL_SIZE,
         source: None,
     };
 }
