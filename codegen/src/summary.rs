@@ -71,9 +71,7 @@ pub fn summary(config: &Config) -> String {
         let _ = writeln!(
             out,
             "  {index}. [{:?}] {paths} -> {}{retry}  ({})",
-            route.methods,
-            config.upstreams[route.upstream].name,
-            route.source
+            route.methods, config.upstreams[route.upstream].name, route.source
         );
     }
     let listen = &config.settings.listen;
