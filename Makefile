@@ -19,7 +19,10 @@ all:
 	RUSTFLAGS="$(STATIC)" $(CARGO) build --release --target $(TARGET) $(addprefix --bin ,$(BINS))
 	@mkdir -p bin
 	@cp $(addprefix $(RELEASE)/,$(BINS)) bin/
-	@echo "built: $(addprefix bin/,$(BINS))"
+	@# Debug info goes beside the binary (gdb and perf find it through the debuglink); symbols stay.
+	@objcopy --only-keep-debug bin/juggler bin/juggler.debug
+	@objcopy --strip-debug --add-gnu-debuglink=bin/juggler.debug bin/juggler
+	@echo "built: $(addprefix bin/,$(BINS)) (debug info: bin/juggler.debug)"
 
 ## routes: validate the config, regenerate distributer.rs and print a summary of it
 routes:
@@ -33,6 +36,11 @@ clean:
 ## ssl_cert: self-signed certificate and key (mode 0600) for localhost into juggler_config/
 ssl_cert:
 	$(CARGO) run -q --bin ssl_cert -- --dir juggler_config
+	@if git check-ignore -q juggler_config/server.key 2>/dev/null; then \
+		echo "git ignores juggler_config/server.key and server.crt (.gitignore): they stay out of commits"; \
+	else \
+		echo "warning: git does not ignore juggler_config/server.key: keep it out of commits" >&2; \
+	fi
 
 ## test: every test of the workspace (unit, codegen, integration over loopback)
 test:

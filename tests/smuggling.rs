@@ -373,3 +373,46 @@ async fn odd_but_cr_lf_free_chunk_extensions_are_dropped_not_forwarded() {
     })
     .await;
 }
+
+// --- RFC-strict requests (issue 12) --------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http11_without_host_is_refused_before_any_body() {
+    assert_all_refused(&[
+        ("HTTP/1.1 GET without Host", b"GET / HTTP/1.1\r\n\r\n"),
+        (
+            "HTTP/1.1 POST without Host, body never sent",
+            b"POST /echo HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n",
+        ),
+    ])
+    .await;
+}
+
+/// `Content-Length` together with `Transfer-Encoding: chunked`: hyper drops the length before
+/// Juggler sees the request (so it cannot be refused with 400 without a parser of Juggler's own),
+/// frames the body by chunked alone and closes the connection after the response. What matters
+/// holds: the backend gets exactly the chunked body, re-framed with Juggler's own length, and no
+/// bytes are left on the connection to be read as a smuggled request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn length_with_chunked_is_framed_by_chunked_and_the_connection_closed() {
+    bounded(async {
+        let backend = TestBackend::start("server 1").await;
+        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        for request in [
+            &b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            let (answer, closed) = exchange(juggler.addr, request, ANSWER_WAIT).await;
+            println!("{answer:?}");
+            assert_eq!(status_of(&answer), Some(200), "{answer:?}");
+            assert!(answer.ends_with("hello"), "{answer:?}");
+            assert!(answer.contains("x-body-len: 5"), "{answer:?}");
+            assert!(closed, "connection left open");
+            assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer:?}");
+        }
+        let paths = backend.stats.paths.lock().unwrap().clone();
+        assert_eq!(paths, ["/echo", "/echo"], "nothing smuggled through");
+        juggler.shutdown().await.unwrap();
+    })
+    .await;
+}

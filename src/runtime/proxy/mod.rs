@@ -22,9 +22,11 @@ use crate::backend::{self, OutgoingRequest, ResponseBody};
 use crate::error::ProxyError;
 use crate::table::{Route, RouteMatch, RouteTable, Settings};
 use balance::RoundRobin;
+use contain::CatchPanic;
 use headers::ClientInfo;
 
 mod balance;
+mod contain;
 pub mod headers;
 mod request_checks;
 
@@ -83,18 +85,24 @@ impl Proxy {
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        // The access log needs the request line after the request is consumed; keep it (a
-        // reference-counted copy, not a new string) only when the log is on.
-        let logged = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO).then(|| {
-            (
-                Instant::now(),
-                request.method().clone(),
-                request.uri().clone(),
-            )
-        });
+        // The access log and a panic report need the request line after the request is consumed
+        // (reference-counted copies, not new strings).
+        let (method, uri) = (request.method().clone(), request.uri().clone());
+        let log_started =
+            tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO).then(Instant::now);
         let mut outcome = Outcome::default();
-        let response = self.route_and_forward(request, client, &mut outcome).await;
-        if let Some((started, method, uri)) = logged {
+        let handled = CatchPanic::new(self.route_and_forward(request, client, &mut outcome));
+        let response = handled.await.unwrap_or_else(|panic| {
+            tracing::error!(
+                client = %client.ip,
+                %method,
+                uri = %uri,
+                panic,
+                "bug: handling this request panicked; answered 500"
+            );
+            text_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+        });
+        if let Some(started) = log_started {
             tracing::info!(
                 target: ACCESS_LOG,
                 client = %client.ip,
@@ -120,6 +128,10 @@ impl Proxy {
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        #[cfg(feature = "test-hooks")]
+        if request.headers().contains_key("x-juggler-test-panic") {
+            panic!("test hook: a panic while handling {}", request.uri());
+        }
         if request.method() == Method::CONNECT || headers::wants_upgrade(request.headers()) {
             return text_response(
                 StatusCode::NOT_IMPLEMENTED,

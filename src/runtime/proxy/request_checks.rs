@@ -15,6 +15,10 @@ pub(crate) fn ambiguity<B>(request: &Request<B>) -> Option<&'static str> {
             return Some(reason);
         }
     }
+    if request.version() == Version::HTTP_11 && !headers.contains_key(header::HOST) {
+        // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without Host.
+        return Some("HTTP/1.1 request without a Host header\n");
+    }
     if headers.get_all(header::HOST).iter().nth(1).is_some() {
         // RFC 9112 §3.2: two Host lines leave the target authority for each hop to pick.
         return Some("more than one Host header\n");
@@ -46,8 +50,12 @@ fn transfer_coding_problem(headers: &HeaderMap) -> Option<&'static str> {
 mod tests {
     use super::*;
 
+    /// An HTTP/1.1 request with `headers`, and `Host: a` unless they name a Host themselves.
     fn request(headers: &[(&str, &str)]) -> Request<()> {
-        let mut builder = Request::post("/x");
+        let mut builder = Request::post("/x").version(Version::HTTP_11);
+        if !headers.iter().any(|(name, _)| *name == "host") {
+            builder = builder.header("host", "a");
+        }
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
@@ -65,7 +73,16 @@ mod tests {
             ambiguity(&request(&[("transfer-encoding", "Chunked")])),
             None
         );
-        assert_eq!(ambiguity(&request(&[("host", "a")])), None);
+        assert_eq!(ambiguity(&request(&[("content-length", "3")])), None);
+    }
+
+    #[test]
+    fn host_is_required_from_http11_only() {
+        let without_host = |version| Request::get("/x").version(version).body(()).unwrap();
+        assert!(ambiguity(&without_host(Version::HTTP_11)).is_some());
+        assert_eq!(ambiguity(&without_host(Version::HTTP_10)), None);
+        // HTTP/2 carries the authority in `:authority`, not in a Host header.
+        assert_eq!(ambiguity(&without_host(Version::HTTP_2)), None);
     }
 
     #[test]
