@@ -9,7 +9,8 @@ pub enum PathKind {
     Wildcard(Pattern),
 }
 
-/// Mirror of `juggler::router::PathPattern` (this crate cannot depend on the one it generates for).
+/// Owned counterpart of `juggler::router::PathPattern`, which holds `&'static str`s so that
+/// generated statics can name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pattern {
     pub segments: Vec<Segment>,
