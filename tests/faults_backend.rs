@@ -1,6 +1,7 @@
 //! Backends that die, close idle connections under Juggler, hang or answer garbage: clients see
 //! as little of it as the rules allow, and the pools stay at n connections.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,14 +46,9 @@ async fn kill_and_restart_under_load(tolerated: usize) {
         .try_init();
     bounded(async {
         const CLIENTS: usize = 64;
-        let mut backends = [
-            Some(TestBackend::start("server 1").await),
-            Some(TestBackend::start("server 2").await),
-            Some(TestBackend::start("server 3").await),
-        ];
+        let mut backends = three_backends().await.map(Some);
         let addrs: Vec<_> = backends.iter().map(|b| b.as_ref().unwrap().addr).collect();
-        let mut settings = Settings::DEFAULT;
-        settings.limits.connect_timeout = Duration::from_millis(500);
+        let settings = settings_with(|s| s.limits.connect_timeout = Duration::from_millis(500));
         let juggler = TestJuggler::start(table(&addrs, POOL_PER_BACKEND, settings)).await;
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -92,18 +88,21 @@ async fn kill_and_restart_under_load(tolerated: usize) {
         let listener = tokio::net::TcpListener::bind(addrs[1]).await.unwrap();
         let restarted = TestBackend::serve_on(listener, Behaviour::named("server 2"));
         let restarted_at = Instant::now();
-        let readmitted = wait_for(Duration::from_secs(5), || restarted.stats.requests() > 0).await;
+        let readmitted = wait_for(Duration::from_secs(5), || {
+            restarted.stats.requests.get() > 0
+        })
+        .await;
         // Its share once back: measure one second of traffic.
         let share_from = [
-            backends[0].as_ref().unwrap().stats.requests(),
-            restarted.stats.requests(),
-            backends[2].as_ref().unwrap().stats.requests(),
+            backends[0].as_ref().unwrap().stats.requests.get(),
+            restarted.stats.requests.get(),
+            backends[2].as_ref().unwrap().stats.requests.get(),
         ];
         tokio::time::sleep(Duration::from_secs(1)).await;
         let share = [
-            backends[0].as_ref().unwrap().stats.requests() - share_from[0],
-            restarted.stats.requests() - share_from[1],
-            backends[2].as_ref().unwrap().stats.requests() - share_from[2],
+            backends[0].as_ref().unwrap().stats.requests.get() - share_from[0],
+            restarted.stats.requests.get() - share_from[1],
+            backends[2].as_ref().unwrap().stats.requests.get() - share_from[2],
         ];
         stop.store(true, Ordering::Relaxed);
         let mut failures = Vec::new();
@@ -140,6 +139,39 @@ async fn kill_and_restart_under_load(tolerated: usize) {
     .await;
 }
 
+/// Juggler with one connection to a backend answering `200 ok` that closes each keep-alive
+/// connection 1 s after its last response (announcing that as `Keep-Alive: timeout=1` if
+/// `announce`), and drops unread, as if its close timer had fired, a request arriving within
+/// `race_window` of that close.
+async fn behind_idle_closing_backend(
+    announce: bool,
+    race_window: Duration,
+) -> (FaultyBackend, TestJuggler) {
+    let policy = IdlePolicy {
+        close_after: Duration::from_secs(1),
+        announce,
+        race_window,
+    };
+    let backend = FaultyBackend::start(|_, _| Reply::Ok("ok"), Some(policy)).await;
+    let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+    (backend, juggler)
+}
+
+/// Requests in a stream paced to land on the backend's idle close.
+const PACED_REQUESTS: usize = 9;
+
+/// Sends [`PACED_REQUESTS`] requests, `request(i)` for each i, on one keep-alive connection to
+/// `addr`, each [`paced_interval`] after the previous answer; returns the statuses.
+async fn send_paced(addr: SocketAddr, request: impl Fn(usize) -> Request<Full<Bytes>>) -> Vec<u16> {
+    let mut client = Client::connect(addr).await;
+    let mut statuses = Vec::new();
+    for i in 0..PACED_REQUESTS {
+        statuses.push(client.send(request(i)).await.unwrap().status.as_u16());
+        tokio::time::sleep(paced_interval(i)).await;
+    }
+    statuses
+}
+
 /// Intervals around the backend's 1 s idle close: 940..1060 ms, so some requests land in the
 /// backend's race window, some just before and some just after the close.
 fn paced_interval(i: usize) -> Duration {
@@ -149,47 +181,37 @@ fn paced_interval(i: usize) -> Duration {
 /// A stream of idempotent requests paced to land on the backend's idle close.
 async fn get_stream_against_idle_close(announce: bool) {
     bounded(async {
-        const REQUESTS: usize = 9;
-        let backend = FaultyBackend::start(
-            |_, _| Reply::Ok("ok"),
-            Some(IdlePolicy {
-                close_after: Duration::from_secs(1),
-                announce,
-                race_window: Duration::from_millis(60),
-            }),
-        )
+        const REQUESTS: usize = PACED_REQUESTS;
+        let (backend, juggler) =
+            behind_idle_closing_backend(announce, Duration::from_millis(60)).await;
+        let statuses = send_paced(juggler.addr, |i| {
+            Request::get(format!("/get/{i}"))
+                .header("host", "juggler.test")
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        })
         .await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
-        let mut statuses = Vec::new();
-        let mut client = Client::connect(juggler.addr).await;
-        for i in 0..REQUESTS {
-            statuses.push(
-                client
-                    .get(&format!("/get/{i}"))
-                    .await
-                    .unwrap()
-                    .status
-                    .as_u16(),
-            );
-            tokio::time::sleep(paced_interval(i)).await;
-        }
         let bad = statuses.iter().filter(|s| **s != 200).count();
         println!(
             "announce {announce}: statuses {statuses:?}; backend: {} requests, {} dropped in the \
              race window, {} idle closes, {} connections accepted",
-            backend.stats.requests(),
-            backend.stats.dropped_in_race(),
-            backend.stats.idle_closes(),
+            backend.stats.requests.get(),
+            backend.stats.dropped_in_race.get(),
+            backend.stats.idle_closes.get(),
             backend.accepted()
         );
         assert_eq!(bad, 0, "GETs failed: {statuses:?}");
-        assert_eq!(backend.stats.requests(), REQUESTS, "each GET acted on once");
+        assert_eq!(
+            backend.stats.requests.get(),
+            REQUESTS,
+            "each GET acted on once"
+        );
         for i in 0..REQUESTS {
             assert_eq!(backend.stats.count(&format!("GET /get/{i}")), 1);
         }
         if announce {
             // Retired before the announced timeout: never offered on a closing connection.
-            assert_eq!(backend.stats.dropped_in_race(), 0);
+            assert_eq!(backend.stats.dropped_in_race.get(), 0);
         }
         juggler.shutdown().await.unwrap();
     })
@@ -209,34 +231,20 @@ async fn idle_close_race_costs_no_get_with_keep_alive_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_without_opt_in_is_never_sent_twice_across_the_race() {
     bounded(async {
-        const REQUESTS: usize = 9;
-        let backend = FaultyBackend::start(
-            |_, _| Reply::Ok("ok"),
-            Some(IdlePolicy {
-                close_after: Duration::from_secs(1),
-                announce: false,
-                race_window: Duration::from_millis(60),
-            }),
-        )
+        const REQUESTS: usize = PACED_REQUESTS;
+        let (backend, juggler) =
+            behind_idle_closing_backend(false, Duration::from_millis(60)).await;
+        let statuses = send_paced(juggler.addr, |i| {
+            post(&format!("/post/{i}"), Bytes::from_static(b"payload"))
+        })
         .await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
-        let mut statuses = Vec::new();
-        let mut client = Client::connect(juggler.addr).await;
-        for i in 0..REQUESTS {
-            let request = Request::post(format!("/post/{i}"))
-                .header("host", "juggler.test")
-                .body(Full::new(Bytes::from_static(b"payload")))
-                .unwrap();
-            statuses.push(client.send(request).await.unwrap().status.as_u16());
-            tokio::time::sleep(paced_interval(i)).await;
-        }
         let bad_gateway = statuses.iter().filter(|s| **s == 502).count();
         println!(
             "POST statuses {statuses:?}: {bad_gateway} of {REQUESTS} got 502; backend: {} \
              requests, {} dropped in the race window, {} idle closes",
-            backend.stats.requests(),
-            backend.stats.dropped_in_race(),
-            backend.stats.idle_closes()
+            backend.stats.requests.get(),
+            backend.stats.dropped_in_race.get(),
+            backend.stats.idle_closes.get()
         );
         for (i, status) in statuses.iter().enumerate() {
             let acted_on = backend.stats.count(&format!("POST /post/{i}"));
@@ -247,7 +255,7 @@ async fn post_without_opt_in_is_never_sent_twice_across_the_race() {
             }
         }
         // Every race the backend saw is a POST the client got 502 for: none was re-sent.
-        assert!(bad_gateway >= backend.stats.dropped_in_race());
+        assert!(bad_gateway >= backend.stats.dropped_in_race.get());
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -268,8 +276,7 @@ async fn hung_backend_gets_504_in_time_and_the_pool_is_refilled() {
             None,
         )
         .await;
-        let mut settings = Settings::DEFAULT;
-        settings.limits.backend_timeout = Duration::from_secs(1);
+        let settings = settings_with(|s| s.limits.backend_timeout = Duration::from_secs(1));
         let juggler = TestJuggler::start(table(&[backend.addr], POOL, settings)).await;
         wait_for(Duration::from_secs(3), || backend.open() == POOL).await;
         let accepted_before = backend.accepted();
@@ -340,8 +347,7 @@ async fn garbage_truncated_and_early_responses_get_502_and_the_next_request_succ
             None,
         )
         .await;
-        let mut settings = Settings::DEFAULT;
-        settings.limits.response_buffer_bytes = 1024;
+        let settings = settings_with(|s| s.limits.response_buffer_bytes = 1024);
         let juggler = TestJuggler::start(table(&[backend.addr], 2, settings)).await;
 
         for path in ["/garbage", "/truncated"] {
@@ -371,10 +377,7 @@ async fn garbage_truncated_and_early_responses_get_502_and_the_next_request_succ
 
         // The backend answers before reading a 1 MiB body, then closes.
         let body = Bytes::from(vec![b'b'; 1024 * 1024]);
-        let request = Request::post("/early")
-            .header("host", "juggler.test")
-            .body(Full::new(body))
-            .unwrap();
+        let request = post("/early", body);
         let early = Client::connect(juggler.addr).await.send(request).await;
         let next = get(juggler.addr, "/ok").await.unwrap();
         let early_status = early.as_ref().map(|a| a.status.as_u16()).ok();
@@ -406,16 +409,8 @@ async fn garbage_truncated_and_early_responses_get_502_and_the_next_request_succ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn race_on_a_preopened_never_used_connection_costs_no_get() {
     bounded(async {
-        let backend = FaultyBackend::start(
-            |_, _| Reply::Ok("ok"),
-            Some(IdlePolicy {
-                close_after: Duration::from_secs(1),
-                announce: false,
-                race_window: Duration::from_millis(80),
-            }),
-        )
-        .await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (backend, juggler) =
+            behind_idle_closing_backend(false, Duration::from_millis(80)).await;
         let opened = wait_for(Duration::from_secs(3), || backend.accepted() == 1).await;
         assert!(opened.is_some(), "pool did not pre-open its connection");
         // Lands inside the backend's race window (920..1000 ms after it accepted).
@@ -425,8 +420,8 @@ async fn race_on_a_preopened_never_used_connection_costs_no_get() {
             "first request on the pre-opened connection: {}; backend: {} requests, {} dropped in \
              the race window, {} connections accepted",
             answer.status,
-            backend.stats.requests(),
-            backend.stats.dropped_in_race(),
+            backend.stats.requests.get(),
+            backend.stats.dropped_in_race.get(),
             backend.accepted()
         );
         assert_eq!(answer.status, 200);

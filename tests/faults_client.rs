@@ -84,10 +84,8 @@ async fn trickle(addr: std::net::SocketAddr, give_up: Duration) -> SlowEnd {
 /// normal client measures its latency against a baseline taken first.
 async fn slowloris(slow: usize, header_timeout: Duration, run: Duration) {
     bounded(async {
-        let backend = TestBackend::start("server 1").await;
-        let mut settings = Settings::DEFAULT;
-        settings.limits.header_read_timeout = header_timeout;
-        let juggler = TestJuggler::start(table(&[backend.addr], 4, settings)).await;
+        let settings = settings_with(|s| s.limits.header_read_timeout = header_timeout);
+        let (backend, juggler) = start_one_backend("server 1", 4, settings).await;
         let addr = juggler.addr;
         let (base_kept, base_fresh, base_samples) =
             measure_latency(addr, Duration::from_secs(2), 200).await;
@@ -183,10 +181,8 @@ async fn slowloris_500_connections_for_30s_are_cut_off_and_others_unaffected() {
 async fn clients_that_disconnect_while_queued_never_reach_the_backend() {
     bounded(async {
         const CLIENTS: usize = 2000;
-        let backend = TestBackend::start("server 1").await;
-        let mut settings = Settings::DEFAULT;
-        settings.queue.max_queued_per_server = CLIENTS;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+        let settings = settings_with(|s| s.queue.max_queued_per_server = CLIENTS);
+        let (backend, juggler) = start_one_backend("server 1", 1, settings).await;
         let addr = juggler.addr;
         // Holds the only pooled connection while the crowd queues behind it.
         let holder = tokio::spawn(async move { get(addr, "/sleep/6000").await.unwrap().status });
@@ -245,7 +241,7 @@ async fn clients_that_disconnect_while_queued_never_reach_the_backend() {
         assert_eq!(holder_status, 200);
         assert_eq!(leaked, 0, "disconnected clients reached the backend");
         assert_eq!(next.status, 200);
-        assert_eq!(backend.stats.requests(), 2);
+        assert_eq!(backend.stats.requests.get(), 2);
         juggler.shutdown().await.unwrap();
     })
     .await;

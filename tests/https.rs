@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use juggler::table::Settings;
+use juggler_testkit::certs::broken_pairs;
 use juggler_testkit::raw::read_until_close;
 use juggler_testkit::tls::*;
 use juggler_testkit::*;
@@ -26,8 +27,7 @@ const ROUND_ROBIN: [&str; 6] = [
 async fn round_robin_over_https_with_http11_and_http2() {
     bounded(async {
         let backends = three_backends().await;
-        let cert = TestCert::generate();
-        let files = CertFiles::new("round-robin", &cert);
+        let (cert, files) = CertFiles::generate("round-robin");
         let table = table(&addrs_of(&backends), 2, Settings::DEFAULT);
         let juggler = TestJuggler::start_https(table, &files).await;
 
@@ -77,8 +77,7 @@ async fn http2_connection_with_100_concurrent_streams_uses_only_the_fixed_pools(
                 .await,
             );
         }
-        let cert = TestCert::generate();
-        let files = CertFiles::new("h2-streams", &cert);
+        let (cert, files) = CertFiles::generate("h2-streams");
         let table = table(&addrs_of(&backends), POOL, Settings::DEFAULT);
         let juggler = TestJuggler::start_https(table, &files).await;
 
@@ -97,9 +96,12 @@ async fn http2_connection_with_100_concurrent_streams_uses_only_the_fixed_pools(
         }
         let elapsed = started.elapsed();
         let by_body = tally(texts.iter().map(String::as_str));
-        let requests: Vec<usize> = backends.iter().map(|b| b.stats.requests()).collect();
+        let requests: Vec<usize> = backends.iter().map(|b| b.stats.requests.get()).collect();
         let accepted: Vec<usize> = backends.iter().map(|b| b.accepted()).collect();
-        let max_in_flight: Vec<usize> = backends.iter().map(|b| b.stats.max_in_flight()).collect();
+        let max_in_flight: Vec<usize> = backends
+            .iter()
+            .map(|b| b.stats.max_in_flight.get())
+            .collect();
         println!(
             "{STREAMS} streams on one HTTP/2 connection in {elapsed:?}: answers {by_body:?}, \
              requests per backend {requests:?}, backend connections accepted {accepted:?}, \
@@ -132,10 +134,8 @@ async fn http2_connection_with_100_concurrent_streams_uses_only_the_fixed_pools(
 async fn forwarded_proto_is_https_for_tls_clients() {
     bounded(async {
         let backend = TestBackend::start("server 1").await;
-        let cert = TestCert::generate();
-        let files = CertFiles::new("forwarded", &cert);
-        let mut settings = Settings::DEFAULT;
-        settings.proxy.forwarded_headers = true;
+        let (cert, files) = CertFiles::generate("forwarded");
+        let settings = settings_with(|s| s.proxy.forwarded_headers = true);
         let juggler = TestJuggler::start_https(table(&[backend.addr], 1, settings), &files).await;
         let forwarded = |backend: &TestBackend| {
             let headers = backend.stats.last_headers.lock().unwrap().clone().unwrap();
@@ -173,8 +173,7 @@ async fn forwarded_proto_is_https_for_tls_clients() {
 async fn wrong_name_or_untrusted_certificate_fails_on_the_client() {
     bounded(async {
         let backend = TestBackend::start("server 1").await;
-        let cert = TestCert::generate();
-        let files = CertFiles::new("client-verdict", &cert);
+        let (cert, files) = CertFiles::generate("client-verdict");
         let juggler =
             TestJuggler::start_https(table(&[backend.addr], 1, Settings::DEFAULT), &files).await;
 
@@ -213,7 +212,7 @@ async fn wrong_name_or_untrusted_certificate_fails_on_the_client() {
         // The refused clients cost nothing: a proper one is served.
         let mut client = https_client(juggler.https_addr(), &cert).await;
         assert_eq!(client.get("/test.txt").await.unwrap().text(), "server 1");
-        assert_eq!(backend.stats.requests(), 1);
+        assert_eq!(backend.stats.requests.get(), 1);
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -250,10 +249,8 @@ async fn garbage_plain_http_and_stalled_handshakes_are_dropped_while_others_are_
     bounded(async {
         const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(300);
         let backend = TestBackend::start("server 1").await;
-        let cert = TestCert::generate();
-        let files = CertFiles::new("bad-clients", &cert);
-        let mut settings = Settings::DEFAULT;
-        settings.limits.tls_handshake_timeout = HANDSHAKE_TIMEOUT;
+        let (cert, files) = CertFiles::generate("bad-clients");
+        let settings = settings_with(|s| s.limits.tls_handshake_timeout = HANDSHAKE_TIMEOUT);
         let juggler = TestJuggler::start_https(table(&[backend.addr], 2, settings), &files).await;
         let mut served = https_client(juggler.https_addr(), &cert).await;
         assert_eq!(served.get("/before").await.unwrap().status, 200);
@@ -315,10 +312,10 @@ async fn garbage_plain_http_and_stalled_handshakes_are_dropped_while_others_are_
         assert_eq!(served.get("/after").await.unwrap().status, 200);
         println!(
             "served {during} requests during the bad handshakes; backend requests {}",
-            backend.stats.requests()
+            backend.stats.requests.get()
         );
         // before + during + after; none of the bad clients reached the backend.
-        assert_eq!(backend.stats.requests(), 1 + during + 1);
+        assert_eq!(backend.stats.requests.get(), 1 + during + 1);
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -390,20 +387,7 @@ async fn sighup_reloads_the_certificate_and_keeps_the_old_one_when_the_new_files
             which(&b.der, &named)
         );
 
-        let broken = [
-            (
-                "garbage certificate",
-                "not a certificate\n".to_owned(),
-                c.key_pem.clone(),
-            ),
-            (
-                "key of another certificate",
-                c.cert_pem.clone(),
-                a.key_pem.clone(),
-            ),
-            ("empty key", c.cert_pem.clone(), String::new()),
-        ];
-        for (what, cert_pem, key_pem) in broken {
+        for (what, cert_pem, key_pem) in broken_pairs(&c, &a) {
             files.write_pem(&cert_pem, &key_pem);
             // The library call the signal handler makes refuses the pair...
             let error = juggler.certs().reload().expect_err("broken pair accepted");
@@ -468,10 +452,8 @@ async fn wait_for_certificate(
 async fn plain_listener_redirects_to_https_when_configured() {
     bounded(async {
         let backend = TestBackend::start("server 1").await;
-        let cert = TestCert::generate();
-        let files = CertFiles::new("redirect", &cert);
-        let mut settings = Settings::DEFAULT;
-        settings.listen.redirect_http_to_https = true;
+        let (cert, files) = CertFiles::generate("redirect");
+        let settings = settings_with(|s| s.listen.redirect_http_to_https = true);
         let juggler = TestJuggler::start_https(table(&[backend.addr], 1, settings), &files).await;
         // The redirect names the port the HTTPS listener is actually bound to.
         let port = juggler.https_addr().port();
@@ -499,7 +481,7 @@ async fn plain_listener_redirects_to_https_when_configured() {
         // HTTPS itself is proxied as usual, and nothing from the plain listener reached a backend.
         let mut secure = https_client(juggler.https_addr(), &cert).await;
         assert_eq!(secure.get("/a/b?x=1").await.unwrap().text(), "server 1");
-        assert_eq!(backend.stats.requests(), 1);
+        assert_eq!(backend.stats.requests.get(), 1);
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -511,10 +493,8 @@ async fn plain_listener_redirects_to_https_when_configured() {
 async fn idle_http2_connections_are_closed_and_busy_ones_are_not() {
     bounded(async {
         let backend = TestBackend::start("server 1").await;
-        let cert = TestCert::generate();
-        let files = CertFiles::new("h2-idle", &cert);
-        let mut settings = Settings::DEFAULT;
-        settings.limits.client_idle_timeout = Duration::from_millis(300);
+        let (cert, files) = CertFiles::generate("h2-idle");
+        let settings = settings_with(|s| s.limits.client_idle_timeout = Duration::from_millis(300));
         let juggler = TestJuggler::start_https(table(&[backend.addr], 1, settings), &files).await;
 
         let connect = || async {

@@ -8,13 +8,8 @@ use juggler_testkit::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_on_one_connection_and_across_many() {
     bounded(async {
-        let backends = [
-            TestBackend::start("server 1").await,
-            TestBackend::start("server 2").await,
-            TestBackend::start("server 3").await,
-        ];
-        let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
-        let juggler = TestJuggler::start(table(&addrs, 2, Settings::DEFAULT)).await;
+        let backends = three_backends().await;
+        let juggler = TestJuggler::start(table(&addrs_of(&backends), 2, Settings::DEFAULT)).await;
 
         let mut client = Client::connect(juggler.addr).await;
         let mut seen = Vec::new();
@@ -47,13 +42,9 @@ async fn each_backend_sees_exactly_n_connections_under_500_clients() {
         const POOL: usize = 4;
         const CLIENTS: usize = 500;
         const REQUESTS_PER_CLIENT: usize = 4;
-        let backends = [
-            TestBackend::start("server 1").await,
-            TestBackend::start("server 2").await,
-            TestBackend::start("server 3").await,
-        ];
-        let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
-        let juggler = TestJuggler::start(table(&addrs, POOL, Settings::DEFAULT)).await;
+        let backends = three_backends().await;
+        let juggler =
+            TestJuggler::start(table(&addrs_of(&backends), POOL, Settings::DEFAULT)).await;
 
         let mut clients = tokio::task::JoinSet::new();
         for _ in 0..CLIENTS {
@@ -74,7 +65,7 @@ async fn each_backend_sees_exactly_n_connections_under_500_clients() {
             succeeded += ok.unwrap();
         }
         let accepted: Vec<usize> = backends.iter().map(|b| b.accepted()).collect();
-        let requests: Vec<usize> = backends.iter().map(|b| b.stats.requests()).collect();
+        let requests: Vec<usize> = backends.iter().map(|b| b.stats.requests.get()).collect();
         println!(
             "{succeeded} of {} requests succeeded; backend connections accepted {accepted:?}; \
              requests per backend {requests:?}",
@@ -113,11 +104,11 @@ async fn single_connection_pool_queues_without_overlap() {
         }
         println!(
             "{ok}/50 ok; backend max in flight {}, connections accepted {}",
-            backend.stats.max_in_flight(),
+            backend.stats.max_in_flight.get(),
             backend.accepted()
         );
         assert_eq!(ok, 50);
-        assert_eq!(backend.stats.max_in_flight(), 1);
+        assert_eq!(backend.stats.max_in_flight.get(), 1);
         assert_eq!(backend.accepted(), 1);
         juggler.shutdown().await.unwrap();
     })

@@ -8,10 +8,8 @@ use juggler_testkit::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_503_with_retry_after() {
     bounded(async {
-        let backend = TestBackend::start("slow").await;
-        let mut settings = Settings::DEFAULT;
-        settings.queue.max_queued_per_server = 1;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+        let settings = settings_with(|s| s.queue.max_queued_per_server = 1);
+        let (backend, juggler) = start_one_backend("slow", 1, settings).await;
         // One request holds the only connection, one waits in the queue, the rest find it full.
         let mut requests = tokio::task::JoinSet::new();
         for _ in 0..6 {
@@ -35,7 +33,7 @@ async fn full_queue_answers_503_with_retry_after() {
         println!("ok {ok}, 503 {unavailable}");
         assert_eq!(ok, 2);
         assert_eq!(unavailable, 4);
-        assert_eq!(backend.stats.requests(), 2);
+        assert_eq!(backend.stats.requests.get(), 2);
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -44,10 +42,8 @@ async fn full_queue_answers_503_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_timeout_answers_503() {
     bounded(async {
-        let backend = TestBackend::start("slow").await;
-        let mut settings = Settings::DEFAULT;
-        settings.queue.timeout = Duration::from_millis(150);
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+        let settings = settings_with(|s| s.queue.timeout = Duration::from_millis(150));
+        let (_backend, juggler) = start_one_backend("slow", 1, settings).await;
         let addr = juggler.addr;
         let holder = tokio::spawn(async move { get(addr, "/sleep/1000").await.unwrap().status });
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -67,10 +63,8 @@ async fn queue_timeout_answers_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_backend_answers_504_and_pool_recovers() {
     bounded(async {
-        let backend = TestBackend::start("slow").await;
-        let mut settings = Settings::DEFAULT;
-        settings.limits.backend_timeout = Duration::from_millis(200);
-        let juggler = TestJuggler::start(table(&[backend.addr], 2, settings)).await;
+        let settings = settings_with(|s| s.limits.backend_timeout = Duration::from_millis(200));
+        let (backend, juggler) = start_one_backend("slow", 2, settings).await;
         let started = tokio::time::Instant::now();
         let answer = get(juggler.addr, "/sleep/2000").await.unwrap();
         println!(
@@ -127,8 +121,7 @@ async fn refusing_backend_is_skipped_and_alone_gives_502() {
 async fn clients_vanishing_mid_request_leave_the_pool_at_n() {
     bounded(async {
         const POOL: usize = 3;
-        let backend = TestBackend::start("b").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], POOL, Settings::DEFAULT)).await;
+        let (backend, juggler) = start_one_backend("b", POOL, Settings::DEFAULT).await;
         // Clients that send a request whose answer takes a while, then hang up: some are waiting
         // for the backend, some are queued, some may catch a connection being replaced.
         for _ in 0..5 {

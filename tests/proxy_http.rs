@@ -31,13 +31,6 @@ const HOP_BY_HOP_REQUEST_HEADERS: [&str; 7] = [
     "upgrade",
 ];
 
-fn post_echo(body: Bytes) -> Request<Full<Bytes>> {
-    Request::post("/echo")
-        .header("host", "juggler.test")
-        .body(Full::new(body))
-        .unwrap()
-}
-
 /// What the backend saw of the most recent request: its `content-length`, and whether any
 /// `transfer-encoding` came with it.
 fn framing_seen(backend: &TestBackend) -> (Option<String>, bool) {
@@ -52,13 +45,12 @@ fn framing_seen(backend: &TestBackend) -> (Option<String>, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_with_content_length_arrive_byte_for_byte() {
     bounded(async {
-        let backend = TestBackend::start("echo").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 2, Settings::DEFAULT)).await;
+        let (backend, juggler) = start_one_backend("echo", 2, Settings::DEFAULT).await;
         let mut client = Client::connect(juggler.addr).await;
         for (seed, size) in BODY_SIZES.into_iter().enumerate() {
             let body = random_body(size, seed as u64);
             let started = Instant::now();
-            let answer = client.send(post_echo(body.clone())).await.unwrap();
+            let answer = client.send(post("/echo", body.clone())).await.unwrap();
             let (length, chunked) = framing_seen(&backend);
             println!(
                 "content-length {size:>8} B: status {}, echoed {} B, fingerprint {:016x} -> {:016x}, \
@@ -75,7 +67,7 @@ async fn bodies_with_content_length_arrive_byte_for_byte() {
             assert_eq!(length, Some(size.to_string()));
             assert!(!chunked);
         }
-        assert_eq!(backend.stats.requests(), BODY_SIZES.len());
+        assert_eq!(backend.stats.requests.get(), BODY_SIZES.len());
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -84,8 +76,7 @@ async fn bodies_with_content_length_arrive_byte_for_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_bodies_are_reframed_with_content_length() {
     bounded(async {
-        let backend = TestBackend::start("echo").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 2, Settings::DEFAULT)).await;
+        let (backend, juggler) = start_one_backend("echo", 2, Settings::DEFAULT).await;
         for (seed, size) in BODY_SIZES.into_iter().enumerate() {
             let body = random_body(size, 100 + seed as u64);
             let frames = Frames::split(&body, 4);
@@ -123,8 +114,7 @@ async fn chunked_bodies_are_reframed_with_content_length() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_chunked_body_with_extensions_and_trailers_is_reframed() {
     bounded(async {
-        let backend = TestBackend::start("echo").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (backend, juggler) = start_one_backend("echo", 1, Settings::DEFAULT).await;
         let mut wire = Wire::connect(juggler.addr).await;
         wire.send(
             b"POST /echo HTTP/1.1\r\nHost: juggler.test\r\nTransfer-Encoding: chunked\r\n\r\n\
@@ -169,10 +159,7 @@ async fn chunked_and_close_delimited_responses_arrive_byte_for_byte() {
         ] {
             for &size in sizes {
                 let body = random_body(size, 200 + size as u64);
-                let request = Request::post(path)
-                    .header("host", "juggler.test")
-                    .body(Full::new(body.clone()))
-                    .unwrap();
+                let request = post(path, body.clone());
                 let started = Instant::now();
                 let answer = client.send(request).await.unwrap();
                 println!(
@@ -240,8 +227,7 @@ const END_TO_END: [(&str, &[&str]); 7] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_headers_cross_unchanged_except_hop_by_hop() {
     bounded(async {
-        let backend = TestBackend::start("echo").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (backend, juggler) = start_one_backend("echo", 1, Settings::DEFAULT).await;
         let mut wire = Wire::connect(juggler.addr).await;
         wire.send(HEADER_TEST_REQUEST).await;
         let response = wire.read_response(false).await;
@@ -403,8 +389,7 @@ async fn forwarded_headers_are_opt_in() {
         assert_eq!(proto, ["https"]);
         off.shutdown().await.unwrap();
 
-        let mut settings = Settings::DEFAULT;
-        settings.proxy.forwarded_headers = true;
+        let settings = settings_with(|s| s.proxy.forwarded_headers = true);
         let on = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
         let (xff, proto) = forwarded_seen(&on, &backend, &[], false).await;
         println!("flag on, nothing sent: x-forwarded-for {xff:?}, x-forwarded-proto {proto:?}");
@@ -427,17 +412,11 @@ async fn forwarded_headers_are_opt_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
     bounded(async {
-        let backend = TestBackend::start("server").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (backend, juggler) = start_one_backend("server", 1, Settings::DEFAULT).await;
         let mut client = Client::connect(juggler.addr).await;
         let not_found = client.get("/nowhere/x").await.unwrap();
         let wrong_method = client
-            .send(
-                Request::post("/get-only")
-                    .header("host", "juggler.test")
-                    .body(Full::new(Bytes::from_static(b"data")))
-                    .unwrap(),
-            )
+            .send(post("/get-only", Bytes::from_static(b"data")))
             .await
             .unwrap();
         println!(
@@ -446,32 +425,29 @@ async fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
             not_found.text(),
             wrong_method.status,
             wrong_method.headers.get("allow"),
-            backend.stats.requests()
+            backend.stats.requests.get()
         );
         assert_eq!(not_found.status, 404);
         assert_eq!(wrong_method.status, 405);
         assert_eq!(wrong_method.headers["allow"], "GET, HEAD");
-        assert_eq!(backend.stats.requests(), 0);
+        assert_eq!(backend.stats.requests.get(), 0);
         // The same connection still reaches the backend on a matching route.
         assert_eq!(client.get("/get-only").await.unwrap().text(), "server");
-        assert_eq!(backend.stats.requests(), 1);
+        assert_eq!(backend.stats.requests.get(), 1);
         juggler.shutdown().await.unwrap();
     })
     .await;
 }
 
 fn limited_body_settings() -> Settings {
-    let mut settings = Settings::DEFAULT;
-    settings.limits.max_body_bytes = 1000;
-    settings
+    settings_with(|s| s.limits.max_body_bytes = 1000)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_body_over_the_limit_is_413_and_closes() {
     bounded(async {
-        let backend = TestBackend::start("echo").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, limited_body_settings())).await;
-        let at_limit = get_with(&juggler, post_echo(random_body(1000, 1))).await;
+        let (backend, juggler) = start_one_backend("echo", 1, limited_body_settings()).await;
+        let at_limit = get_with(&juggler, post("/echo", random_body(1000, 1))).await;
         assert_eq!(at_limit.status, 200);
 
         let mut wire = Wire::connect(juggler.addr).await;
@@ -486,7 +462,7 @@ async fn declared_body_over_the_limit_is_413_and_closes() {
             response.status,
             String::from_utf8_lossy(&response.body),
             rest.len(),
-            backend.stats.requests()
+            backend.stats.requests.get()
         );
         assert_eq!(response.status, 413);
         assert!(rest.is_empty());
@@ -508,7 +484,7 @@ async fn declared_body_over_the_limit_is_413_and_closes() {
         );
         assert_eq!(refused.status, 413);
         assert!(polite_closed);
-        assert_eq!(backend.stats.requests(), 1);
+        assert_eq!(backend.stats.requests.get(), 1);
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -517,8 +493,7 @@ async fn declared_body_over_the_limit_is_413_and_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_body_growing_over_the_limit_is_413_and_closes() {
     bounded(async {
-        let backend = TestBackend::start("echo").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, limited_body_settings())).await;
+        let (backend, juggler) = start_one_backend("echo", 1, limited_body_settings()).await;
         let mut wire = Wire::connect(juggler.addr).await;
         let chunk = [b'a'; 600];
         wire.send(
@@ -541,12 +516,12 @@ async fn chunked_body_growing_over_the_limit_is_413_and_closes() {
              backend requests {}",
             response.status,
             rest.len(),
-            backend.stats.requests()
+            backend.stats.requests.get()
         );
         assert_eq!(response.status, 413);
         assert!(rest.is_empty());
         assert!(closed, "connection left open after 413");
-        assert_eq!(backend.stats.requests(), 0);
+        assert_eq!(backend.stats.requests.get(), 0);
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -555,10 +530,8 @@ async fn chunked_body_growing_over_the_limit_is_413_and_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_block_over_the_limit_is_431() {
     bounded(async {
-        let backend = TestBackend::start("server").await;
-        let mut settings = Settings::DEFAULT;
-        settings.limits.max_header_bytes = 4096;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+        let settings = settings_with(|s| s.limits.max_header_bytes = 4096);
+        let (backend, juggler) = start_one_backend("server", 1, settings).await;
         let request_with = |filler: usize| {
             format!(
                 "GET /x HTTP/1.1\r\nHost: juggler.test\r\nX-Filler: {}\r\n\r\n",
@@ -578,12 +551,12 @@ async fn header_block_over_the_limit_is_431() {
              requests {}",
             fits.status,
             too_large.status,
-            backend.stats.requests()
+            backend.stats.requests.get()
         );
         assert_eq!(fits.status, 200);
         assert_eq!(too_large.status, 431);
         assert!(closed);
-        assert_eq!(backend.stats.requests(), 1);
+        assert_eq!(backend.stats.requests.get(), 1);
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -592,10 +565,8 @@ async fn header_block_over_the_limit_is_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_body_is_408_and_closes() {
     bounded(async {
-        let backend = TestBackend::start("echo").await;
-        let mut settings = Settings::DEFAULT;
-        settings.limits.body_read_timeout = Duration::from_millis(300);
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+        let settings = settings_with(|s| s.limits.body_read_timeout = Duration::from_millis(300));
+        let (backend, juggler) = start_one_backend("echo", 1, settings).await;
         let mut wire = Wire::connect(juggler.addr).await;
         let started = Instant::now();
         wire.send(
@@ -608,28 +579,25 @@ async fn slow_body_is_408_and_closes() {
         println!(
             "10 of 100 body bytes: {} after {waited:?}, closed {closed}; backend requests {}",
             response.status,
-            backend.stats.requests()
+            backend.stats.requests.get()
         );
         assert_eq!(response.status, 408);
         assert!(waited >= Duration::from_millis(280) && waited < Duration::from_secs(3));
         assert!(closed);
-        assert_eq!(backend.stats.requests(), 0);
+        assert_eq!(backend.stats.requests.get(), 0);
         juggler.shutdown().await.unwrap();
     })
     .await;
 }
 
 fn short_header_timeout() -> Settings {
-    let mut settings = Settings::DEFAULT;
-    settings.limits.header_read_timeout = Duration::from_millis(300);
-    settings
+    settings_with(|s| s.limits.header_read_timeout = Duration::from_millis(300))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_head_is_408_and_closes() {
     bounded(async {
-        let backend = TestBackend::start("server").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, short_header_timeout())).await;
+        let (backend, juggler) = start_one_backend("server", 1, short_header_timeout()).await;
         let started = Instant::now();
         let (text, closed) = raw::exchange(
             juggler.addr,
@@ -642,7 +610,7 @@ async fn slow_head_is_408_and_closes() {
         assert_eq!(raw::status_of(&text), Some(408));
         assert!(closed);
         assert!(waited >= Duration::from_millis(280) && waited < Duration::from_secs(3));
-        assert_eq!(backend.stats.requests(), 0);
+        assert_eq!(backend.stats.requests.get(), 0);
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -651,8 +619,7 @@ async fn slow_head_is_408_and_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickled_head_is_408_however_steady_the_trickle() {
     bounded(async {
-        let backend = TestBackend::start("server").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, short_header_timeout())).await;
+        let (backend, juggler) = start_one_backend("server", 1, short_header_timeout()).await;
         let mut wire = Wire::connect(juggler.addr).await;
         let started = Instant::now();
         // One byte every 40 ms: every read sees progress, but the head takes over a second.
@@ -674,7 +641,7 @@ async fn trickled_head_is_408_however_steady_the_trickle() {
         );
         assert_eq!(raw::status_of(&text), Some(408));
         assert!(closed);
-        assert_eq!(backend.stats.requests(), 0);
+        assert_eq!(backend.stats.requests.get(), 0);
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -683,10 +650,8 @@ async fn trickled_head_is_408_however_steady_the_trickle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_quietly() {
     bounded(async {
-        let backend = TestBackend::start("server").await;
-        let mut settings = Settings::DEFAULT;
-        settings.limits.client_idle_timeout = Duration::from_millis(300);
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+        let settings = settings_with(|s| s.limits.client_idle_timeout = Duration::from_millis(300));
+        let (_backend, juggler) = start_one_backend("server", 1, settings).await;
 
         let mut used = Wire::connect(juggler.addr).await;
         used.send(b"GET /x HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
@@ -718,8 +683,7 @@ async fn idle_connections_are_closed_quietly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_and_connect_are_501() {
     bounded(async {
-        let backend = TestBackend::start("server").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (backend, juggler) = start_one_backend("server", 1, Settings::DEFAULT).await;
         let mut websocket = Wire::connect(juggler.addr).await;
         websocket
             .send(
@@ -740,7 +704,7 @@ async fn upgrade_and_connect_are_501() {
             String::from_utf8_lossy(&upgrade.body),
             connect.status,
             String::from_utf8_lossy(&connect.body),
-            backend.stats.requests()
+            backend.stats.requests.get()
         );
         for response in [&upgrade, &connect] {
             assert_eq!(response.status, 501);
@@ -748,7 +712,7 @@ async fn upgrade_and_connect_are_501() {
             assert!(text.contains("long-lived"), "body {text:?}");
             assert!(response.header("upgrade").is_none());
         }
-        assert_eq!(backend.stats.requests(), 0);
+        assert_eq!(backend.stats.requests.get(), 0);
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -757,8 +721,7 @@ async fn upgrade_and_connect_are_501() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_response_has_the_get_length_and_no_body() {
     bounded(async {
-        let backend = TestBackend::start("server 1").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (_backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
         let mut wire = Wire::connect(juggler.addr).await;
         wire.send(b"HEAD /x HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
             .await;
@@ -792,8 +755,7 @@ async fn head_response_has_the_get_length_and_no_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_body_for_204_and_304() {
     bounded(async {
-        let backend = TestBackend::start("server 1").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (_backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
         let mut wire = Wire::connect(juggler.addr).await;
         for status in [204u16, 304] {
             wire.send(
@@ -830,8 +792,7 @@ async fn no_body_for_204_and_304() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_is_answered_by_juggler_and_not_forwarded() {
     bounded(async {
-        let backend = TestBackend::start("echo").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (backend, juggler) = start_one_backend("echo", 1, Settings::DEFAULT).await;
         let mut wire = Wire::connect(juggler.addr).await;
         wire.send(
             b"POST /echo HTTP/1.1\r\nHost: juggler.test\r\nExpect: 100-continue\r\n\
@@ -867,8 +828,7 @@ async fn expect_100_continue_is_answered_by_juggler_and_not_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() {
     bounded(async {
-        let backend = TestBackend::start("server").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 2, Settings::DEFAULT)).await;
+        let (_backend, juggler) = start_one_backend("server", 2, Settings::DEFAULT).await;
         let mut wire = Wire::connect(juggler.addr).await;
         // Three requests in one write; a slow one first, so a later one could overtake it.
         wire.send(
@@ -1055,8 +1015,7 @@ async fn head_of_a_large_response_carries_its_length_and_keeps_the_connection() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_leaving_mid_stream_frees_the_pooled_connection() {
     bounded(async {
-        let backend = TestBackend::start("server").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (backend, juggler) = start_one_backend("server", 1, Settings::DEFAULT).await;
         let body = random_body(4 * MIB, 7);
         let mut wire = Wire::connect(juggler.addr).await;
         wire.send(
@@ -1112,12 +1071,11 @@ async fn client_leaving_mid_stream_frees_the_pooled_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_of_a_client_gone_while_queued_is_never_sent() {
     bounded(async {
-        let backend = TestBackend::start("server").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (backend, juggler) = start_one_backend("server", 1, Settings::DEFAULT).await;
         let addr = juggler.addr;
         let holder = tokio::spawn(async move { get(addr, "/sleep/600").await.unwrap().status });
         let deadline = Instant::now() + Duration::from_secs(5);
-        while backend.stats.requests() == 0 && Instant::now() < deadline {
+        while backend.stats.requests.get() == 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut quitter = Wire::connect(addr).await;
@@ -1142,8 +1100,7 @@ async fn request_of_a_client_gone_while_queued_is_never_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_still_sending_a_large_body_reads_its_413() {
     bounded(async {
-        let backend = TestBackend::start("echo").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, limited_body_settings())).await;
+        let (backend, juggler) = start_one_backend("echo", 1, limited_body_settings()).await;
         // 20 MB is far beyond what the socket buffers absorb: Juggler answers and closes while
         // the client is still writing, and the 413 must still reach it (not just a reset).
         const SIZE: usize = 20_000_000;
@@ -1174,12 +1131,12 @@ async fn client_still_sending_a_large_body_reads_its_413() {
         }
         println!(
             "(status, read end, write end) x5: {outcomes:?}; backend requests {}",
-            backend.stats.requests()
+            backend.stats.requests.get()
         );
         for (status, _, _) in &outcomes {
             assert_eq!(*status, Some(413));
         }
-        assert_eq!(backend.stats.requests(), 0);
+        assert_eq!(backend.stats.requests.get(), 0);
         juggler.shutdown().await.unwrap();
     })
     .await;
@@ -1188,11 +1145,11 @@ async fn client_still_sending_a_large_body_reads_its_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_timeouts_do_not_cut_a_slow_backend_answer() {
     bounded(async {
-        let backend = TestBackend::start("server").await;
-        let mut settings = Settings::DEFAULT;
-        settings.limits.header_read_timeout = Duration::from_millis(200);
-        settings.limits.client_idle_timeout = Duration::from_millis(200);
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+        let settings = settings_with(|s| {
+            s.limits.header_read_timeout = Duration::from_millis(200);
+            s.limits.client_idle_timeout = Duration::from_millis(200);
+        });
+        let (_backend, juggler) = start_one_backend("server", 1, settings).await;
         let mut wire = Wire::connect(juggler.addr).await;
         let started = Instant::now();
         wire.send(b"GET /sleep/800 HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
@@ -1325,8 +1282,7 @@ async fn non_ascii_header_values_and_long_targets_pass_byte_for_byte() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_second_head_on_a_keep_alive_connection_is_408() {
     bounded(async {
-        let backend = TestBackend::start("server").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, short_header_timeout())).await;
+        let (backend, juggler) = start_one_backend("server", 1, short_header_timeout()).await;
         let mut wire = Wire::connect(juggler.addr).await;
         wire.send(b"GET /x HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
             .await;
@@ -1340,12 +1296,12 @@ async fn slow_second_head_on_a_keep_alive_connection_is_408() {
         println!(
             "second head stalled: {text:?} after {:?}, closed {closed}; backend requests {}",
             started.elapsed(),
-            backend.stats.requests()
+            backend.stats.requests.get()
         );
         assert_eq!(raw::status_of(&text), Some(408));
         assert!(closed);
         assert!(started.elapsed() >= Duration::from_millis(280));
-        assert_eq!(backend.stats.requests(), 1);
+        assert_eq!(backend.stats.requests.get(), 1);
         juggler.shutdown().await.unwrap();
     })
     .await;

@@ -45,9 +45,7 @@ async fn statuses(mut requests: JoinSet<u16>) -> Vec<u16> {
 async fn in_flight_requests_complete_and_new_connections_are_refused() {
     bounded(async {
         const IN_FLIGHT: usize = 4;
-        let backend = TestBackend::start("server").await;
-        let juggler =
-            TestJuggler::start(table(&[backend.addr], IN_FLIGHT, Settings::DEFAULT)).await;
+        let (backend, juggler) = start_one_backend("server", IN_FLIGHT, Settings::DEFAULT).await;
         let addr = juggler.addr;
         // An idle keep-alive client and a connection that never sent a byte must not hold the
         // drain up until their idle timeout.
@@ -57,7 +55,7 @@ async fn in_flight_requests_complete_and_new_connections_are_refused() {
 
         let requests = start_requests(addr, "/sleep/500", IN_FLIGHT);
         until("every request to reach the backend", || {
-            backend.stats.in_flight() == IN_FLIGHT
+            backend.stats.in_flight.get() == IN_FLIGHT
         })
         .await;
         let started = Instant::now();
@@ -94,18 +92,19 @@ async fn in_flight_requests_complete_and_new_connections_are_refused() {
 async fn queued_requests_complete_during_shutdown() {
     bounded(async {
         const REQUESTS: usize = 4;
-        let backend = TestBackend::start("server").await;
-        let mut settings = Settings::DEFAULT;
         // A queue that holds exactly the waiting requests: "full" then means all of them wait.
-        settings.queue.max_queued_per_server = REQUESTS - 1;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+        let settings = settings_with(|s| s.queue.max_queued_per_server = REQUESTS - 1);
+        let (backend, juggler) = start_one_backend("server", 1, settings).await;
         let requests = start_requests(juggler.addr, "/sleep/300", REQUESTS);
         let pool = std::sync::Arc::clone(&juggler.proxy.pools[0]);
         until("one request on the connection and the rest queued", || {
             pool.is_full()
         })
         .await;
-        assert!(backend.stats.requests() <= 1, "the pool has one connection");
+        assert!(
+            backend.stats.requests.get() <= 1,
+            "the pool has one connection"
+        );
         let started = Instant::now();
         let result = juggler.shutdown().await;
         let drained_in = started.elapsed();
@@ -113,13 +112,13 @@ async fn queued_requests_complete_during_shutdown() {
         println!(
             "shutdown returned {result:?} after {drained_in:?}; statuses {statuses:?}; backend \
              requests {}, max in flight {}",
-            backend.stats.requests(),
-            backend.stats.max_in_flight()
+            backend.stats.requests.get(),
+            backend.stats.max_in_flight.get()
         );
         assert!(result.is_ok());
         assert_eq!(statuses, [200; REQUESTS]);
-        assert_eq!(backend.stats.requests(), REQUESTS);
-        assert_eq!(backend.stats.max_in_flight(), 1);
+        assert_eq!(backend.stats.requests.get(), REQUESTS);
+        assert_eq!(backend.stats.max_in_flight.get(), 1);
         assert!(
             drained_in >= Duration::from_millis(700),
             "shutdown did not wait for the queue"
@@ -131,13 +130,11 @@ async fn queued_requests_complete_during_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_deadline_bounds_shutdown() {
     bounded(async {
-        let backend = TestBackend::start("server").await;
-        let mut settings = Settings::DEFAULT;
-        settings.limits.drain_timeout = Duration::from_millis(300);
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+        let settings = settings_with(|s| s.limits.drain_timeout = Duration::from_millis(300));
+        let (backend, juggler) = start_one_backend("server", 1, settings).await;
         let requests = start_requests(juggler.addr, "/sleep/5000", 1);
         until("the request to reach the backend", || {
-            backend.stats.requests() == 1
+            backend.stats.requests.get() == 1
         })
         .await;
         let started = Instant::now();
@@ -155,8 +152,7 @@ async fn drain_deadline_bounds_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_still_uploading_its_body_completes_during_shutdown() {
     bounded(async {
-        let backend = TestBackend::start("echo").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (_backend, juggler) = start_one_backend("echo", 1, Settings::DEFAULT).await;
         let mut wire = Wire::connect(juggler.addr).await;
         wire.send(b"POST /echo HTTP/1.1\r\nHost: juggler.test\r\nContent-Length: 10\r\n\r\n01234")
             .await;
@@ -196,8 +192,7 @@ async fn streaming_response_completes_during_shutdown() {
     bounded(async {
         use http_body_util::BodyExt;
 
-        let backend = TestBackend::start("echo").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (_backend, juggler) = start_one_backend("echo", 1, Settings::DEFAULT).await;
         let body = bodies::random_body(4 * 1024 * 1024, 11);
         let stream = tokio::net::TcpStream::connect(juggler.addr).await.unwrap();
         let (mut sender, conn) =

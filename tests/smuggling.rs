@@ -16,13 +16,12 @@ const ANSWER_WAIT: Duration = Duration::from_secs(3);
 async fn assert_all_refused(cases: &[(&str, &[u8])]) {
     bounded(async {
         for (name, bytes) in cases {
-            let backend = TestBackend::start("server 1").await;
-            let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+            let (backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
             let started = tokio::time::Instant::now();
             let (answer, closed) = exchange(juggler.addr, bytes, ANSWER_WAIT).await;
             let took = started.elapsed();
             let status = status_of(&answer);
-            let leaked = backend.stats.requests();
+            let leaked = backend.stats.requests.get();
             let next = get(juggler.addr, "/after").await.unwrap();
             println!(
                 "{name}: status {status:?}, closed {closed} after {took:?}, backend saw {leaked}, \
@@ -33,7 +32,7 @@ async fn assert_all_refused(cases: &[(&str, &[u8])]) {
             assert!(closed, "{name}: connection left open");
             assert_eq!(leaked, 0, "{name}: reached the backend");
             assert_eq!(next.status, 200, "{name}: next client");
-            assert_eq!(backend.stats.requests(), 1, "{name}");
+            assert_eq!(backend.stats.requests.get(), 1, "{name}");
             juggler.shutdown().await.unwrap();
         }
     })
@@ -270,8 +269,7 @@ async fn content_length_with_transfer_encoding_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_with_transfer_encoding_cannot_smuggle() {
     bounded(async {
-        let backend = TestBackend::start("server 1").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
         for (name, extra) in [
             (
                 "CL.TE",
@@ -286,7 +284,7 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
             bytes.extend_from_slice(
                 b"5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
             );
-            let before = backend.stats.requests();
+            let before = backend.stats.requests.get();
             let (answer, closed) = exchange(juggler.addr, &bytes, ANSWER_WAIT).await;
             let paths = backend.stats.paths.lock().unwrap().clone();
             println!(
@@ -294,7 +292,7 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
                 status_of(&answer)
             );
             assert!(closed, "{name}: connection left open");
-            assert_eq!(backend.stats.requests(), before + 1, "{name}");
+            assert_eq!(backend.stats.requests.get(), before + 1, "{name}");
             assert!(!paths.iter().any(|p| p == "/smuggled"), "{name}: smuggled");
             assert_eq!(
                 answer.matches("HTTP/1.1 ").count(),
@@ -335,18 +333,17 @@ async fn bare_lf_line_endings_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_lf_line_endings_are_reencoded_not_passed_on() {
     bounded(async {
-        let backend = TestBackend::start("server 1").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
         let bytes = b"POST /echo HTTP/1.1\nHost: a\nContent-Length: 5\nX-A: b\n\nhello";
         let (answer, _) = exchange(juggler.addr, bytes, Duration::from_millis(500)).await;
         let headers = backend.stats.last_headers.lock().unwrap().clone();
         println!(
             "bare LF: status {:?}, backend saw {} request(s), headers {headers:?}",
             status_of(&answer),
-            backend.stats.requests()
+            backend.stats.requests.get()
         );
         assert_eq!(status_of(&answer), Some(200));
-        assert_eq!(backend.stats.requests(), 1);
+        assert_eq!(backend.stats.requests.get(), 1);
         let headers = headers.unwrap();
         assert_eq!(headers["x-a"], "b");
         assert_eq!(headers["content-length"], "5");
@@ -361,8 +358,7 @@ async fn bare_lf_line_endings_are_reencoded_not_passed_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_but_cr_lf_free_chunk_extensions_are_dropped_not_forwarded() {
     bounded(async {
-        let backend = TestBackend::start("server 1").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (_backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
         let bytes = chunked("5;a=\"unterminated;b\r\nhello\r\n0;c\r\n\r\n");
         let (answer, _) = exchange(juggler.addr, &bytes, Duration::from_millis(500)).await;
         println!("odd extension: {answer:?}");
@@ -396,8 +392,7 @@ async fn http11_without_host_is_refused_before_any_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn length_with_chunked_is_framed_by_chunked_and_the_connection_closed() {
     bounded(async {
-        let backend = TestBackend::start("server 1").await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+        let (backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
         for request in [
             &b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"[..],
             b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use juggler::tls::{self, ReloadableCert, TlsAcceptor, TlsError};
+use juggler_testkit::certs::broken_pairs;
 use juggler_testkit::tls::{
     client_config_for, peer_cert, rustls_error, tls_connect, TlsClientStream,
 };
@@ -103,16 +104,9 @@ fn assert_names(error: &TlsError, path: &Path) {
     );
 }
 
-/// Writes `cert_pem` and `key_pem` where `files` are, loads them, and returns the error, which
-/// must be the variant `expected` (by its name) and name the `culprit` file.
-fn refused(
-    files: &CertFiles,
-    cert_pem: &str,
-    key_pem: &str,
-    expected: &str,
-    culprit: &Path,
-) -> TlsError {
-    files.write_pem(cert_pem, key_pem);
+/// Loads the pair `files` hold and returns the error, which must be the variant `expected` (by
+/// its name) and name the `culprit` file.
+fn refused(files: &CertFiles, expected: &str, culprit: &Path) -> TlsError {
     let Err(error) = tls::from_files(&files.cert, &files.key) else {
         panic!("{expected}: the pair was accepted");
     };
@@ -142,55 +136,36 @@ fn garbage_pem_is_refused_with_the_reason() {
     let not_der = "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n";
     let not_a_key = "-----BEGIN PRIVATE KEY-----\naGVsbG8gd29ybGQ=\n-----END PRIVATE KEY-----\n";
     let (cert, key) = (pair.cert_pem.as_str(), pair.key_pem.as_str());
-    refused(
-        &files,
-        "this is not a certificate\n",
-        key,
-        "NoCertificate",
-        &files.cert,
-    );
-    refused(&files, bad_base64, key, "InvalidPem", &files.cert);
-    refused(&files, not_der, key, "InvalidCertificate", &files.cert);
+    files.write_pem("this is not a certificate\n", key);
+    refused(&files, "NoCertificate", &files.cert);
+    files.write_pem(bad_base64, key);
+    refused(&files, "InvalidPem", &files.cert);
+    files.write_pem(not_der, key);
+    refused(&files, "InvalidCertificate", &files.cert);
     // A certificate where the key should be.
-    refused(&files, cert, cert, "NoPrivateKey", &files.key);
-    refused(&files, cert, not_a_key, "UnsupportedKey", &files.key);
+    files.write_pem(cert, cert);
+    refused(&files, "NoPrivateKey", &files.key);
+    files.write_pem(cert, not_a_key);
+    refused(&files, "UnsupportedKey", &files.key);
 }
 
 #[test]
 fn key_that_does_not_match_the_certificate_is_refused() {
     let (first, second) = (TestCert::generate(), TestCert::generate());
     let files = CertFiles::new("tls-mismatch", &first);
-    let error = refused(
-        &files,
-        &first.cert_pem,
-        &second.key_pem,
-        "KeyMismatch",
-        &files.cert,
-    );
+    files.write_pem(&first.cert_pem, &second.key_pem);
+    let error = refused(&files, "KeyMismatch", &files.cert);
     assert_names(&error, &files.key);
 }
 
 #[test]
 fn certificate_outside_its_validity_period_is_refused() {
-    let expired = TestCert::generate_between(2000, 2001);
-    let files = CertFiles::new("tls-expired", &expired);
-    let error = refused(
-        &files,
-        &expired.cert_pem,
-        &expired.key_pem,
-        "Expired",
-        &files.cert,
-    );
+    let files = CertFiles::new("tls-expired", &TestCert::generate_between(2000, 2001));
+    let error = refused(&files, "Expired", &files.cert);
     assert!(error.to_string().contains("2001"), "notAfter date missing");
 
-    let future = TestCert::generate_between(2090, 2091);
-    let error = refused(
-        &files,
-        &future.cert_pem,
-        &future.key_pem,
-        "NotYetValid",
-        &files.cert,
-    );
+    files.write(&TestCert::generate_between(2090, 2091));
+    let error = refused(&files, "NotYetValid", &files.cert);
     assert!(error.to_string().contains("2090"), "notBefore date missing");
 }
 
@@ -461,25 +436,7 @@ async fn reload_serves_the_new_certificate_and_keeps_the_old_one_on_error() {
         assert_eq!(read_greeting(&mut before_reload).await, b"hello");
         println!("after reload: new handshakes get the new certificate, the open one kept the old");
 
-        let expired = TestCert::generate_between(2000, 2001);
-        let broken_pairs = [
-            (
-                "garbage certificate",
-                "garbage".to_owned(),
-                second.key_pem.clone(),
-            ),
-            (
-                "mismatched key",
-                second.cert_pem.clone(),
-                first.key_pem.clone(),
-            ),
-            (
-                "expired certificate",
-                expired.cert_pem.clone(),
-                expired.key_pem.clone(),
-            ),
-        ];
-        for (label, cert_pem, key_pem) in broken_pairs {
+        for (label, cert_pem, key_pem) in broken_pairs(&second, &first) {
             files.write_pem(&cert_pem, &key_pem);
             let error = certs.reload().err().unwrap();
             println!("reload with {label} refused: {error}");

@@ -16,11 +16,35 @@ pub async fn bind_local() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.unwrap()
 }
 
+/// A count a server keeps and a test reads.
+#[derive(Debug, Default)]
+pub struct Count(AtomicUsize);
+
+impl Count {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Adds one and returns the new count.
+    pub fn bump(&self) -> usize {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    pub fn drop_one(&self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Raises the count to `value` if it is lower (for a "most ever at once").
+    pub fn raise_to(&self, value: usize) {
+        self.0.fetch_max(value, Ordering::SeqCst);
+    }
+}
+
 /// TCP connections a server has seen.
 #[derive(Debug, Default)]
-pub struct ConnectionCounts {
-    accepted: AtomicUsize,
-    open: AtomicUsize,
+struct ConnectionCounts {
+    accepted: Count,
+    open: Count,
 }
 
 /// Counts a connection open for as long as it lives, so the count stays exact when its task is
@@ -29,15 +53,15 @@ struct OpenConnection(Arc<ConnectionCounts>);
 
 impl OpenConnection {
     fn new(counts: &Arc<ConnectionCounts>) -> OpenConnection {
-        counts.accepted.fetch_add(1, Ordering::SeqCst);
-        counts.open.fetch_add(1, Ordering::SeqCst);
+        counts.accepted.bump();
+        counts.open.bump();
         OpenConnection(Arc::clone(counts))
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.open.drop_one();
     }
 }
 
@@ -98,12 +122,12 @@ impl<S: Send + Sync + 'static> Backend<S> {
 
     /// TCP connections accepted over the server's life.
     pub fn accepted(&self) -> usize {
-        self.connections.accepted.load(Ordering::SeqCst)
+        self.connections.accepted.get()
     }
 
     /// TCP connections open right now.
     pub fn open(&self) -> usize {
-        self.connections.open.load(Ordering::SeqCst)
+        self.connections.open.get()
     }
 
     /// Stops accepting and closes every connection, as a crashed backend would.

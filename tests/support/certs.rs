@@ -91,6 +91,27 @@ fn localhost_params() -> rcgen::CertificateParams {
     rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap()
 }
 
+/// Certificate and key files Juggler must refuse to load, each with what is wrong with them: built
+/// from `good`'s certificate or key, and `other`'s key for a mismatch.
+pub fn broken_pairs(good: &TestCert, other: &TestCert) -> [(&'static str, String, String); 4] {
+    let expired = TestCert::generate_between(2000, 2001);
+    let (cert, key) = (&good.cert_pem, &good.key_pem);
+    [
+        (
+            "garbage certificate",
+            "not a certificate\n".to_owned(),
+            key.clone(),
+        ),
+        (
+            "key of another certificate",
+            cert.clone(),
+            other.key_pem.clone(),
+        ),
+        ("expired certificate", expired.cert_pem, expired.key_pem),
+        ("empty key", cert.clone(), String::new()),
+    ]
+}
+
 /// The certificate and key files Juggler reads at start and on every reload, in a temporary
 /// directory that lives as long as this value.
 pub struct CertFiles {
@@ -110,6 +131,13 @@ impl CertFiles {
         };
         files.write(cert);
         files
+    }
+
+    /// A fresh certificate ([`TestCert::generate`]) and its files.
+    pub fn generate(test_name: &str) -> (TestCert, CertFiles) {
+        let cert = TestCert::generate();
+        let files = CertFiles::new(test_name, &cert);
+        (cert, files)
     }
 
     /// Replaces both files in place, as an operator deploying a new certificate would.

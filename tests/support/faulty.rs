@@ -3,7 +3,6 @@
 //! response short, or answers before reading the request body. hyper's server would not do any of
 //! this, so requests are parsed minimally with httparse.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::backend::{bind_local, Backend};
+use crate::backend::{bind_local, Backend, Count};
 
 /// What the backend does with one request, chosen from its method and path.
 #[derive(Debug, Clone)]
@@ -43,25 +42,16 @@ pub struct IdlePolicy {
 #[derive(Debug, Default)]
 pub struct FaultyStats {
     /// Requests parsed and acted on (answered, hung on or faulted), per method below.
-    pub requests: AtomicUsize,
+    pub requests: Count,
     /// Requests that arrived inside the race window and were dropped unread.
-    pub dropped_in_race: AtomicUsize,
+    pub dropped_in_race: Count,
     /// Connections closed by the idle timer.
-    pub idle_closes: AtomicUsize,
+    pub idle_closes: Count,
     /// `METHOD path` of each request acted on, in order.
     pub seen: Mutex<Vec<String>>,
 }
 
 impl FaultyStats {
-    pub fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-    pub fn dropped_in_race(&self) -> usize {
-        self.dropped_in_race.load(Ordering::SeqCst)
-    }
-    pub fn idle_closes(&self) -> usize {
-        self.idle_closes.load(Ordering::SeqCst)
-    }
     /// How many requests acted on had this `METHOD path`.
     pub fn count(&self, request_line: &str) -> usize {
         let seen = self.seen.lock().unwrap();
@@ -142,7 +132,7 @@ async fn serve(
                     match tokio::time::timeout_at(close_at, stream.read(&mut chunk)).await {
                         Ok(read) => read,
                         Err(_) => {
-                            stats.idle_closes.fetch_add(1, Ordering::SeqCst);
+                            stats.idle_closes.bump();
                             return;
                         }
                     }
@@ -156,7 +146,7 @@ async fn serve(
                         let race_from = last_response + policy.close_after - policy.race_window;
                         if buf.is_empty() && Instant::now() >= race_from {
                             // The timer "fired" with this request on the wire: close unread.
-                            stats.dropped_in_race.fetch_add(1, Ordering::SeqCst);
+                            stats.dropped_in_race.bump();
                             return;
                         }
                     }
@@ -165,7 +155,7 @@ async fn serve(
             }
         };
         let reply = decide(&head.method, &head.path);
-        stats.requests.fetch_add(1, Ordering::SeqCst);
+        stats.requests.bump();
         stats
             .seen
             .lock()

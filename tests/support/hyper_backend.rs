@@ -1,7 +1,6 @@
 //! A real hyper HTTP/1.1 backend that counts what it sees and answers by path.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,16 +12,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::backend::{bind_local, Backend};
+use crate::backend::{bind_local, Backend, Count};
 
 /// What a test backend has seen (connections: [`Backend::accepted`] and [`Backend::open`]).
 #[derive(Debug, Default)]
 pub struct BackendStats {
     /// Requests received.
-    pub requests: AtomicUsize,
+    pub requests: Count,
     /// Requests being handled right now, and the most ever at once.
-    pub in_flight: AtomicUsize,
-    pub max_in_flight: AtomicUsize,
+    pub in_flight: Count,
+    pub max_in_flight: Count,
     /// Headers of the most recent request, as received.
     pub last_headers: Mutex<Option<HeaderMap>>,
     /// Request paths received, in order.
@@ -30,15 +29,6 @@ pub struct BackendStats {
 }
 
 impl BackendStats {
-    pub fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
-    }
-    pub fn max_in_flight(&self) -> usize {
-        self.max_in_flight.load(Ordering::SeqCst)
-    }
     /// Headers of the most recent request; panics if there was none.
     pub fn last_headers(&self) -> HeaderMap {
         let headers = self.last_headers.lock().unwrap();
@@ -119,9 +109,8 @@ async fn answer(
     behaviour: Behaviour,
     stats: Arc<BackendStats>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    stats.requests.fetch_add(1, Ordering::SeqCst);
-    let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    stats.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    stats.requests.bump();
+    stats.max_in_flight.raise_to(stats.in_flight.bump());
     *stats.last_headers.lock().unwrap() = Some(request.headers().clone());
     let path = request.uri().path().to_owned();
     stats.paths.lock().unwrap().push(path.clone());
@@ -154,6 +143,6 @@ async fn answer(
             .body(Full::new(Bytes::from(behaviour.name.clone())))
             .unwrap()
     };
-    stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+    stats.in_flight.drop_one();
     Ok(response)
 }

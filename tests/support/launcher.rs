@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::backend::bind_local;
 use crate::certs::CertFiles;
+use crate::hyper_backend::TestBackend;
 
 /// The HTTPS side of a [`TestJuggler`] started with [`TestJuggler::start_https`].
 pub struct HttpsListener {
@@ -123,6 +124,25 @@ impl Drop for TestJuggler {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The setup most tests share: one hyper backend named `name` behind Juggler, with `pool`
+/// connections to it.
+pub async fn start_one_backend(
+    name: &str,
+    pool: usize,
+    settings: Settings,
+) -> (TestBackend, TestJuggler) {
+    let backend = TestBackend::start(name).await;
+    let juggler = TestJuggler::start(table(&[backend.addr], pool, settings)).await;
+    (backend, juggler)
+}
+
+/// `Settings::DEFAULT` with `adjust` applied: the limit or timeout a test is about.
+pub fn settings_with(adjust: impl FnOnce(&mut Settings)) -> Settings {
+    let mut settings = Settings::DEFAULT;
+    adjust(&mut settings);
+    settings
 }
 
 /// Routes used by hand-written tables: `/get-only` accepts GET and HEAD (so other methods get
