@@ -201,7 +201,16 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
+        // Rapid reset (CVE-2023-44487): streams reset before hyper accepted them count against
+        // this; past it the connection gets GOAWAY ENHANCE_YOUR_CALM. h2's default, pinned here
+        // so an upgrade cannot loosen it unnoticed (tests/h2_abuse.rs).
+        .max_pending_accept_reset_streams(20)
+        // Streams Juggler itself had to reset for protocol errors, same answer past the limit.
+        .max_local_error_reset_streams(Some(1024))
         .keep_alive_interval(Some(Duration::from_secs(30)))
+        // hyper closes a connection whose keep-alive PING goes unanswered this long (default
+        // 20 s): a client that stops acknowledging PINGs is not kept for half a minute more.
+        .keep_alive_timeout(Duration::from_secs(10))
         .serve_connection(TokioIo::new(stream), service);
     drive(Box::pin(conn), &activity, shared, client, drain, None).await;
 }

@@ -1,0 +1,651 @@
+//! Issue 12, part 5: HTTP/2 abuse. Each attack comes from a raw client over real TLS (ALPN `h2`,
+//! frames written by hand, or hyper's client where only the body or the window matters) and must
+//! end with `GOAWAY` or a stream reset within bounded time, while another client on its own
+//! connection keeps getting answers and the backends never see the attack.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use juggler::table::{RouteTable, Settings};
+use juggler_testkit::tls::*;
+use juggler_testkit::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+// Frame types and flags (RFC 9113 §6).
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const CANCEL: u32 = 0x8;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One frame on the wire.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = Vec::with_capacity(9 + payload.len());
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An HPACK header block for `GET https://localhost<path>`: static-table indexes for the
+/// method and scheme, literals (never Huffman, never indexed) for the path and authority.
+fn get_block(path: &str) -> Vec<u8> {
+    assert!(path.len() < 127);
+    let mut block = vec![0x82, 0x87]; // :method GET, :scheme https
+    block.extend_from_slice(&[0x04, path.len() as u8]); // :path, literal value
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 9]); // :authority, literal value
+    block.extend_from_slice(b"localhost");
+    block
+}
+
+/// What a raw client read back from Juggler until the connection closed or the deadline passed.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Error code and last stream id of the first GOAWAY.
+    goaway: Option<(u32, u32)>,
+    /// When the GOAWAY (or, without one, the close) came, from the start of the attack.
+    ended_after: Option<Duration>,
+    /// The connection ended: EOF, or an error such as a TCP reset.
+    closed: bool,
+    /// The read error that ended it, if it was one (a reset reads as an error).
+    read_error: Option<String>,
+    resets: usize,
+    headers: usize,
+    settings_acks: usize,
+    ping_acks: usize,
+    bytes: usize,
+}
+
+/// What the reader tells the flood. The reader never waits on the writer: a writer blocked by a
+/// server that waits for its own writes to be read would deadlock it.
+#[derive(Default)]
+struct Back {
+    /// PING acknowledgements owed to Juggler (as any client must send, so a graceful close can
+    /// complete); the flood sends them with its next write.
+    owed: std::sync::Mutex<Vec<u8>>,
+    /// A GOAWAY arrived: the flood stops and only acknowledges from then on, as a client that
+    /// heeds GOAWAY does.
+    goaway: std::sync::atomic::AtomicBool,
+}
+
+type Acks = Arc<Back>;
+
+/// Reads frames until the connection closes or `deadline` passes.
+async fn read_frames(
+    mut read: ReadHalf<TlsClientStream>,
+    acks: Acks,
+    started: Instant,
+    deadline: Duration,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut buffer = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let until = started + deadline;
+    loop {
+        let n = match tokio::time::timeout_at(until, read.read(&mut chunk)).await {
+            Err(_) => break,
+            Ok(Ok(0)) => {
+                seen.closed = true;
+                break;
+            }
+            Ok(Ok(n)) => n,
+            Ok(Err(error)) => {
+                seen.closed = true;
+                seen.read_error = Some(error.to_string());
+                break;
+            }
+        };
+        seen.bytes += n;
+        buffer.extend_from_slice(&chunk[..n]);
+        while buffer.len() >= 9 {
+            let len = u32::from_be_bytes([0, buffer[0], buffer[1], buffer[2]]) as usize;
+            if buffer.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buffer[3], buffer[4]);
+            let payload = &buffer[9..9 + len];
+            match kind {
+                GOAWAY if seen.goaway.is_none() => {
+                    let last = u32::from_be_bytes(payload[0..4].try_into().unwrap()) & 0x7fff_ffff;
+                    let code = u32::from_be_bytes(payload[4..8].try_into().unwrap());
+                    seen.goaway = Some((code, last));
+                    acks.goaway.store(true, std::sync::atomic::Ordering::SeqCst);
+                    seen.ended_after = Some(started.elapsed());
+                }
+                RST_STREAM => seen.resets += 1,
+                HEADERS => seen.headers += 1,
+                SETTINGS if flags & ACK != 0 => seen.settings_acks += 1,
+                PING if flags & ACK != 0 => seen.ping_acks += 1,
+                PING => {
+                    let ack = frame(PING, ACK, 0, payload);
+                    acks.owed.lock().unwrap().extend(ack);
+                }
+                _ => {}
+            }
+            buffer.drain(..9 + len);
+        }
+    }
+    if seen.closed && seen.ended_after.is_none() {
+        seen.ended_after = Some(started.elapsed());
+    }
+    seen
+}
+
+/// A TLS connection to Juggler's HTTPS listener with ALPN `h2`, split for a writer that floods
+/// and a reader that watches. The preface and an empty SETTINGS are already written.
+async fn raw_h2(
+    juggler: &TestJuggler,
+    cert: &TestCert,
+) -> (ReadHalf<TlsClientStream>, WriteHalf<TlsClientStream>) {
+    let stream = tls_connect(
+        juggler.https_addr(),
+        client_config(&[&cert.der], ALPN_H2),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(alpn_of(&stream).as_deref(), Some(&b"h2"[..]));
+    let (read, mut write) = tokio::io::split(stream);
+    write.write_all(PREFACE).await.unwrap();
+    write.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    (read, write)
+}
+
+/// Writes `batch(n)` for n = 0, 1, … until `count` batches went out, a GOAWAY came, the
+/// connection refused more, or `run` has passed; returns the batches written.
+fn flood(
+    mut write: WriteHalf<TlsClientStream>,
+    acks: Acks,
+    count: usize,
+    run: Duration,
+    mut batch: impl FnMut(usize) -> Vec<u8> + Send + 'static,
+) -> JoinHandle<usize> {
+    tokio::spawn(async move {
+        let until = Instant::now() + run;
+        let mut sent = 0;
+        while sent < count && !acks.goaway.load(std::sync::atomic::Ordering::SeqCst) {
+            let mut bytes = std::mem::take(&mut *acks.owed.lock().unwrap());
+            bytes.extend(batch(sent));
+            match tokio::time::timeout_at(until, write.write_all(&bytes)).await {
+                Ok(Ok(())) => sent += 1,
+                _ => return sent,
+            }
+        }
+        // Keep the write half open (and keep acknowledging) so the reader sees how Juggler
+        // ends the connection.
+        while Instant::now() < until {
+            let owed = std::mem::take(&mut *acks.owed.lock().unwrap());
+            if write.write_all(&owed).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sent
+    })
+}
+
+/// A well-behaved HTTP/2 client on a connection of its own: GETs one after another for `run`,
+/// each answered `200` within 2 s; returns the slowest.
+fn other_client(
+    juggler: &TestJuggler,
+    cert: &Arc<TestCert>,
+    run: Duration,
+) -> JoinHandle<Duration> {
+    let (addr, cert) = (juggler.https_addr(), Arc::clone(cert));
+    tokio::spawn(async move {
+        let client = H2Client::connect(addr, &cert).await;
+        let started = Instant::now();
+        let mut slowest = Duration::ZERO;
+        while started.elapsed() < run {
+            let sent = Instant::now();
+            let answer = tokio::time::timeout(Duration::from_secs(2), client.get("/other"))
+                .await
+                .expect("another client got no answer within 2 s")
+                .unwrap();
+            assert_eq!(answer.status, 200);
+            slowest = slowest.max(sent.elapsed());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        slowest
+    })
+}
+
+/// Resident set size of this process (Juggler runs inside it), in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Requests the backend received whose path starts with `prefix` (the other client's `/other`
+/// requests reach it too).
+fn reached_backend(s: &Setup, prefix: &str) -> usize {
+    let paths = s.backend.stats.paths();
+    paths.iter().filter(|path| path.starts_with(prefix)).count()
+}
+
+struct Setup {
+    backend: TestBackend,
+    juggler: TestJuggler,
+    cert: Arc<TestCert>,
+    /// Keeps the certificate files alive for as long as Juggler may reload them.
+    _files: CertFiles,
+}
+
+async fn setup(name: &str, settings: Settings) -> Setup {
+    let backend = TestBackend::start("server 1").await;
+    let cert = TestCert::generate();
+    let files = CertFiles::new(name, &cert);
+    let table: &'static RouteTable = table(&[backend.addr], 2, settings);
+    let juggler = TestJuggler::start_https(table, &files).await;
+    Setup {
+        backend,
+        juggler,
+        cert: Arc::new(cert),
+        _files: files,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_flood_ends_the_connection_and_reaches_no_backend() {
+    bounded(async {
+        const PAIRS: usize = 100_000;
+        let s = setup("rapid-reset", Settings::DEFAULT).await;
+        let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
+        let rss_before = rss_kib();
+        let (read, write) = raw_h2(&s.juggler, &s.cert).await;
+        let acks = Acks::default();
+        let started = Instant::now();
+        // Each batch: 10 streams opened (HEADERS with END_STREAM) and cancelled at once.
+        let writer = flood(
+            write,
+            Arc::clone(&acks),
+            PAIRS / 10,
+            Duration::from_secs(10),
+            |batch| {
+                let mut bytes = Vec::new();
+                for i in 0..10 {
+                    let id = ((batch * 10 + i) * 2 + 1) as u32;
+                    let block = get_block("/rapid");
+                    bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, id, &block));
+                    bytes.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+                }
+                bytes
+            },
+        );
+        let seen = read_frames(read, acks, started, Duration::from_secs(10)).await;
+        let sent = writer.await.unwrap() * 10;
+        let slowest = other.await.unwrap();
+        let rss_after = rss_kib();
+        println!(
+            "rapid reset: {sent} of {PAIRS} HEADERS+RST_STREAM pairs written before the \
+             connection refused more; ended after {:?} with GOAWAY {:?} (code, last stream), \
+             closed {}, read error {:?}; {} HEADERS back; backend saw {} requests; other \
+             client's slowest answer {slowest:?}; RSS {rss_before} -> {rss_after} KiB",
+            seen.ended_after,
+            seen.goaway,
+            seen.closed,
+            seen.read_error,
+            seen.headers,
+            reached_backend(&s, "/rapid"),
+        );
+        assert!(sent < PAIRS, "the flood was never stopped");
+        assert!(seen.closed, "the connection was left open");
+        let (code, _) = seen.goaway.expect("rapid reset ended without GOAWAY");
+        assert_eq!(code, ENHANCE_YOUR_CALM);
+        // Streams the server accepted before their reset arrived may be forwarded; the flood
+        // as a whole must not be.
+        assert!(reached_backend(&s, "/rapid") <= 300);
+        assert!(
+            rss_after < rss_before + 64 * 1024,
+            "RSS grew by over 64 MiB"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_flood_gets_goaway_enhance_your_calm() {
+    bounded(async {
+        const FRAMES: usize = 1_000_000;
+        let s = setup("continuation", Settings::DEFAULT).await;
+        let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
+        let (read, write) = raw_h2(&s.juggler, &s.cert).await;
+        let acks = Acks::default();
+        let started = Instant::now();
+        // A header block that never ends: HEADERS without END_HEADERS, then CONTINUATIONs of
+        // one small literal header each (small, so the count limit acts before the size limit).
+        let writer = flood(
+            write,
+            Arc::clone(&acks),
+            FRAMES / 100,
+            Duration::from_secs(10),
+            |batch| {
+                let mut bytes = Vec::new();
+                if batch == 0 {
+                    bytes.extend(frame(HEADERS, END_STREAM, 1, &get_block("/continued")));
+                }
+                let field = [0x00, 1, b'x', 1, b'y']; // literal "x: y", not indexed
+                for _ in 0..100 {
+                    bytes.extend(frame(CONTINUATION, 0, 1, &field));
+                }
+                bytes
+            },
+        );
+        let seen = read_frames(read, acks, started, Duration::from_secs(10)).await;
+        let sent = writer.await.unwrap() * 100;
+        let slowest = other.await.unwrap();
+        println!(
+            "CONTINUATION flood: {sent} of {FRAMES} frames written; ended after {:?} with \
+             GOAWAY {:?}, closed {}, read error {:?}; backend saw {} requests; other client's \
+             slowest answer {slowest:?}",
+            seen.ended_after,
+            seen.goaway,
+            seen.closed,
+            seen.read_error,
+            reached_backend(&s, "/continued"),
+        );
+        assert!(sent < FRAMES, "the flood was never stopped");
+        let (code, _) = seen.goaway.expect("no GOAWAY");
+        assert_eq!(code, ENHANCE_YOUR_CALM);
+        assert!(seen.closed);
+        assert_eq!(reached_backend(&s, "/continued"), 0);
+    })
+    .await;
+}
+
+/// A flood of `kind` frames (SETTINGS or PING) with no request at all: Juggler acknowledges them
+/// one at a time, so a client that does not read stalls only itself, and the connection (which
+/// never opens a stream) is closed with GOAWAY at the idle timeout.
+async fn control_frame_flood(kind: u8, name: &str) {
+    const IDLE: Duration = Duration::from_secs(2);
+    const FRAMES: usize = 1_000_000_000; // more than 8 s can carry: the flood lasts the whole run
+    let mut settings = Settings::DEFAULT;
+    settings.limits.client_idle_timeout = IDLE;
+    let s = setup(name, settings).await;
+    let other = other_client(&s.juggler, &s.cert, Duration::from_secs(3));
+    let rss_before = rss_kib();
+    let (read, write) = raw_h2(&s.juggler, &s.cert).await;
+    let acks = Acks::default();
+    let started = Instant::now();
+    let writer = flood(
+        write,
+        Arc::clone(&acks),
+        FRAMES / 1000,
+        Duration::from_secs(8),
+        move |batch| {
+            let mut bytes = Vec::new();
+            for i in 0..1000u64 {
+                let payload = match kind {
+                    PING => ((batch as u64) << 10 | i).to_be_bytes().to_vec(),
+                    _ => [0x0, 0x3, 0, 0, 0, 100].to_vec(), // SETTINGS_MAX_CONCURRENT_STREAMS = 100
+                };
+                bytes.extend(frame(kind, 0, 0, &payload));
+            }
+            bytes
+        },
+    );
+    let seen = read_frames(read, acks, started, Duration::from_secs(8)).await;
+    let sent = writer.await.unwrap() * 1000;
+    let slowest = other.await.unwrap();
+    let rss_after = rss_kib();
+    println!(
+        "{name} flood: {sent} frames written in {:?}; {} SETTINGS ACKs and {} PING ACKs read; \
+         ended after {:?} with GOAWAY {:?}, closed {}; other client's slowest answer \
+         {slowest:?}; RSS {rss_before} -> {rss_after} KiB",
+        seen.ended_after.unwrap_or_default(),
+        seen.settings_acks,
+        seen.ping_acks,
+        seen.ended_after,
+        seen.goaway,
+        seen.closed,
+    );
+    let (code, _) = seen.goaway.expect("no GOAWAY");
+    assert_eq!(code, 0, "idle close is a NO_ERROR GOAWAY");
+    let ended = seen.ended_after.unwrap();
+    assert!(ended >= IDLE && ended < IDLE * 3, "ended after {ended:?}");
+    assert!(seen.closed);
+    assert_eq!(reached_backend(&s, "/"), reached_backend(&s, "/other"));
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew by over 64 MiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_flood_is_acknowledged_in_step_and_closed_when_idle() {
+    bounded(control_frame_flood(SETTINGS, "SETTINGS")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_flood_is_acknowledged_in_step_and_closed_when_idle() {
+    bounded(control_frame_flood(PING, "PING")).await;
+}
+
+/// A request body that announces 10 bytes and never sends one.
+struct NeverEnds;
+
+impl Body for NeverEnds {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Pending
+    }
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(10)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_that_never_sends_its_body_gets_408_and_a_reset() {
+    bounded(async {
+        const BODY_TIMEOUT: Duration = Duration::from_secs(1);
+        let mut settings = Settings::DEFAULT;
+        settings.limits.body_read_timeout = BODY_TIMEOUT;
+        let s = setup("stalled-body", settings).await;
+        let stream = tls_connect(
+            s.juggler.https_addr(),
+            client_config(&[&s.cert.der], ALPN_H2),
+            "localhost",
+        )
+        .await
+        .unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        // Many stalled streams on one connection: each is answered on its own.
+        let started = Instant::now();
+        let mut stalled = Vec::new();
+        for _ in 0..50 {
+            let request = Request::post("https://localhost/upload")
+                .header("content-length", "10")
+                .body(NeverEnds)
+                .unwrap();
+            sender.ready().await.unwrap();
+            stalled.push(sender.send_request(request));
+        }
+        let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
+        let mut statuses = Vec::new();
+        for response in stalled {
+            statuses.push(response.await.unwrap().status().as_u16());
+        }
+        let answered = started.elapsed();
+        let slowest = other.await.unwrap();
+        println!(
+            "50 stalled bodies on one connection: answered {:?} after {answered:?}; backend saw \
+             {} requests; other client's slowest answer {slowest:?}",
+            tally(
+                statuses
+                    .iter()
+                    .map(|s| if *s == 408 { "408" } else { "other" })
+            ),
+            reached_backend(&s, "/echo"),
+        );
+        assert!(statuses.iter().all(|status| *status == 408));
+        assert!(answered >= BODY_TIMEOUT && answered < BODY_TIMEOUT * 4);
+        assert_eq!(reached_backend(&s, "/upload"), 0);
+        conn.abort();
+    })
+    .await;
+}
+
+/// An HTTP/2 connection whose client opens no receive window (`SETTINGS_INITIAL_WINDOW_SIZE`
+/// 0) and asks for `streams` echoes of `body_len` bytes; returns it (kept open) once every
+/// response head has arrived.
+async fn starved_streams(
+    s: &Setup,
+    streams: usize,
+    body_len: usize,
+) -> (Vec<hyper::Response<hyper::body::Incoming>>, JoinHandle<()>) {
+    let stream = tls_connect(
+        s.juggler.https_addr(),
+        client_config(&[&s.cert.der], ALPN_H2),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let body = Bytes::from(vec![b'w'; body_len]);
+    let mut responses = Vec::new();
+    for _ in 0..streams {
+        let mut sender = sender.clone();
+        sender.ready().await.unwrap();
+        let request = Request::post("https://localhost/echo")
+            .body(Full::new(body.clone()))
+            .unwrap();
+        // The head comes (HEADERS carry no flow control); the body cannot.
+        responses.push(sender.send_request(request).await.unwrap());
+    }
+    (responses, conn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_starved_buffered_responses_hold_no_backend_connection() {
+    bounded(async {
+        // Pool of 2 to the one backend; 20 starved streams of 256 KiB each (buffered whole,
+        // below response_buffer_bytes) must leave both pooled connections free.
+        let s = setup("starved", Settings::DEFAULT).await;
+        let rss_before = rss_kib();
+        let (responses, conn) = starved_streams(&s, 20, 256 * 1024).await;
+        let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
+        let slowest = other.await.unwrap();
+        let rss_after = rss_kib();
+        println!(
+            "window starvation, 20 x 256 KiB buffered responses never read: backend saw {} \
+             requests; pool open {:?}; other client's slowest answer \
+             {slowest:?}; RSS {rss_before} -> {rss_after} KiB",
+            reached_backend(&s, "/echo"),
+            s.juggler.open_connections(),
+        );
+        assert_eq!(responses.len(), 20);
+        assert!(responses.iter().all(|r| r.status() == 200));
+        assert_eq!(s.juggler.open_connections(), vec![2]);
+        drop(responses);
+        conn.abort();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "gap: a streamed response to a client that never opens its window holds a pooled connection with no deadline"]
+async fn window_starved_streamed_response_does_not_hold_the_pool_forever() {
+    bounded(async {
+        let s = setup("starved-stream", Settings::DEFAULT).await;
+        // Two 4 MiB responses (streamed: above response_buffer_bytes) hold both pooled
+        // connections while their client never opens its window.
+        let (_responses, conn) = starved_streams(&s, 2, 4 * 1024 * 1024).await;
+        let started = Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(40), async {
+            let client = H2Client::connect(s.juggler.https_addr(), &s.cert).await;
+            client.get("/other").await.unwrap()
+        })
+        .await;
+        println!(
+            "other client while 2 streamed responses are starved: {:?} after {:?}",
+            answer.as_ref().map(|a| a.status),
+            started.elapsed()
+        );
+        assert_eq!(answer.expect("no answer in 40 s").status, 200);
+        conn.abort();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_one_pair_per_write_is_bounded_too() {
+    bounded(async {
+        const PAIRS: usize = 5_000;
+        let s = setup("rapid-reset-slow", Settings::DEFAULT).await;
+        let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
+        let (read, write) = raw_h2(&s.juggler, &s.cert).await;
+        let acks = Acks::default();
+        let started = Instant::now();
+        // One pair per TLS record and write: the server may accept each stream before its reset.
+        let writer = flood(
+            write,
+            Arc::clone(&acks),
+            PAIRS,
+            Duration::from_secs(10),
+            |n| {
+                let id = (n * 2 + 1) as u32;
+                let mut bytes = frame(HEADERS, END_STREAM | END_HEADERS, id, &get_block("/rapid"));
+                bytes.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+                bytes
+            },
+        );
+        let seen = read_frames(read, acks, started, Duration::from_secs(10)).await;
+        let sent = writer.await.unwrap();
+        let slowest = other.await.unwrap();
+        println!(
+            "rapid reset, one pair per write: {sent} of {PAIRS} pairs written; ended after {:?} \
+             with GOAWAY {:?}, closed {}, read error {:?}; {} HEADERS and {} RST_STREAM back; \
+             backend saw {} of them; other client's slowest answer {slowest:?}",
+            seen.ended_after,
+            seen.goaway,
+            seen.closed,
+            seen.read_error,
+            seen.headers,
+            seen.resets,
+            reached_backend(&s, "/rapid"),
+        );
+        assert!(sent < PAIRS, "the flood was never stopped");
+        assert!(seen.closed, "the connection was left open");
+        assert_eq!(seen.goaway.expect("no GOAWAY").0, ENHANCE_YOUR_CALM);
+        assert!(reached_backend(&s, "/rapid") <= 300);
+    })
+    .await;
+}
