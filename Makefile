@@ -12,7 +12,7 @@ RELEASE := target/$(TARGET)/release
 STATIC  := -C target-feature=+crt-static -C relocation-model=static
 BINS    := juggler test_server ssl_cert
 
-.PHONY: all routes clean ssl_cert test run test_servers bench
+.PHONY: all routes clean ssl_cert test run test_servers bench upgrade
 
 ## all: build bin/juggler (static), bin/test_server and bin/ssl_cert in release mode
 all:
@@ -51,10 +51,18 @@ test:
 	fi
 
 ## run: the three test servers on 6901-6903 and Juggler on the compiled config; Ctrl-C stops all
+## (after a `make upgrade`, the test servers stay up for the new Juggler until Ctrl-C here)
 run: all
 	@trap 'kill $$(jobs -p) 2>/dev/null; wait' EXIT; \
 	for i in 1 2 3; do ./bin/test_server --port 690$$i --root ./test_server_root_$$i & done; \
-	./bin/juggler
+	./bin/juggler; \
+	while [ -S juggler.sock ]; do sleep 1; done
+
+## upgrade: build, then hand the Juggler that `make run` started over to the new bin/juggler
+## (listeners, idle clients, pooled backend connections; the old process exits when it holds nothing)
+upgrade: all
+	@test -S juggler.sock || { echo "no running Juggler at ./juggler.sock (start one with make run)" >&2; exit 1; }
+	./bin/juggler --upgrade
 
 ## test_servers: only the three test servers (Ctrl-C stops them)
 test_servers: all

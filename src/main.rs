@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
+use juggler::proxy::Proxy;
 use juggler::table::{RouteTable, TlsMode};
 use juggler::tls::{self, ReloadableCert};
+use juggler::upgrade::{self, Predecessor};
 use juggler::Listeners;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -39,6 +41,16 @@ struct Cli {
     /// Print the compiled route table (listeners, upstreams, servers, pool sizes, routes) and exit.
     #[arg(long)]
     print_routes: bool,
+
+    /// Take over from the Juggler running on the control socket: its listeners, idle client
+    /// connections and pooled backend connections; it exits once it holds nothing. Fails, and
+    /// leaves it serving, if this binary cannot start (bad certificate, unknown listener).
+    #[arg(long)]
+    upgrade: bool,
+
+    /// The control socket a running Juggler listens on for --upgrade (created mode 0600).
+    #[arg(long, value_name = "PATH", default_value = "juggler.sock")]
+    control_socket: std::path::PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -61,7 +73,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging();
-    match serve(&TABLE) {
+    match serve(&TABLE, &cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("juggler: {error:#}");
@@ -81,7 +93,7 @@ fn init_logging() {
         .init();
 }
 
-fn serve(table: &'static RouteTable) -> Result<()> {
+fn serve(table: &'static RouteTable, cli: &Cli) -> Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if table.settings.proxy.worker_threads > 0 {
         runtime.worker_threads(table.settings.proxy.worker_threads);
@@ -94,35 +106,46 @@ fn serve(table: &'static RouteTable) -> Result<()> {
         // Take over SIGHUP before anything else: its default action would end the process if one
         // arrived before the reload task registers (tokio keeps the handler installed for good).
         let _hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-        let (listeners, certs) = bind(table).await?;
+        let mut predecessor = None;
+        if cli.upgrade {
+            let found = upgrade::connect(&cli.control_socket, table.config_hash).await?;
+            tracing::info!(
+                predecessor_config = found.config_hash,
+                config = table.config_hash,
+                "upgrade: taking over"
+            );
+            predecessor = Some(found);
+        }
+        let (listeners, certs) = listeners(table, predecessor.as_mut()).await?;
         if let Some(certs) = certs {
             tokio::spawn(tls::reload_on_sighup(certs));
         }
-        juggler::run(listeners, table, shutdown_signal()?).await?;
+        let proxy = Arc::new(Proxy::new(table));
+        let shutdown = shutdown_signal()?;
+        upgrade::serve(listeners, proxy, shutdown, &cli.control_socket, predecessor).await?;
         tracing::info!("stopped");
         Ok(())
     })
 }
 
-/// Binds the configured listeners; a bad certificate or key is an error naming the file.
-async fn bind(table: &RouteTable) -> Result<(Listeners, Option<Arc<ReloadableCert>>)> {
+/// The configured listeners, bound here or taken from the process being upgraded; a bad
+/// certificate or key is an error naming the file.
+async fn listeners(
+    table: &RouteTable,
+    mut predecessor: Option<&mut Predecessor>,
+) -> Result<(Listeners, Option<Arc<ReloadableCert>>)> {
     let listen = &table.settings.listen;
     let mut listeners = Listeners::default();
     if let Some(address) = listen.http {
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen for HTTP on {address}"))?;
+        listeners.http = Some(listener("http", address, predecessor.as_deref_mut()).await?);
         tracing::info!(address, "listening for HTTP");
-        listeners.http = Some(listener);
     }
     let mut certs = None;
     if let Some(address) = listen.https {
         if tls_enabled(table) {
             let (acceptor, reloadable) =
                 tls::from_files(listen.tls_cert.as_ref(), listen.tls_key.as_ref())?;
-            let listener = TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot listen for HTTPS on {address}"))?;
+            let listener = listener("https", address, predecessor).await?;
             tracing::info!(address, cert = listen.tls_cert, "listening for HTTPS");
             listeners.https = Some((listener, Arc::new(acceptor)));
             certs = Some(reloadable);
@@ -134,6 +157,19 @@ async fn bind(table: &RouteTable) -> Result<(Listeners, Option<Arc<ReloadableCer
         }
     }
     Ok((listeners, certs))
+}
+
+async fn listener(
+    scheme: &'static str,
+    address: &str,
+    predecessor: Option<&mut Predecessor>,
+) -> Result<TcpListener> {
+    match predecessor {
+        Some(predecessor) => Ok(predecessor.take_listener(scheme, address)?),
+        None => TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen for {scheme} on {address}")),
+    }
 }
 
 fn tls_enabled(table: &RouteTable) -> bool {

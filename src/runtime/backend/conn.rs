@@ -91,6 +91,31 @@ impl BackendConn {
         })
     }
 
+    /// The idle connection's socket and how long it may still be used, for another Juggler
+    /// process to adopt ([`BackendConn::adopt`]). Only a connection that finished its last
+    /// response cleanly is handed over, so no buffered byte is lost.
+    pub(crate) fn into_socket(self) -> io::Result<(std::os::fd::OwnedFd, Option<Duration>)> {
+        debug_assert!(self.read_buf.is_empty());
+        let retire_in = self
+            .retire_at
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        Ok((self.stream.into_std()?.into(), retire_in))
+    }
+
+    /// A connection another Juggler process opened and handed over.
+    pub(crate) fn adopt(
+        socket: std::os::fd::OwnedFd,
+        retire_in: Option<Duration>,
+    ) -> io::Result<BackendConn> {
+        let stream = std::net::TcpStream::from(socket);
+        stream.set_nonblocking(true)?;
+        Ok(BackendConn {
+            stream: TcpStream::from_std(stream)?,
+            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            retire_at: retire_in.map(|rest| Instant::now() + rest),
+        })
+    }
+
     /// Whether this idle connection can carry another request: not past its retirement, and not
     /// closed by the backend while it sat in the pool. The check costs no system call in the common
     /// case: tokio only reads when the socket has been reported readable, which an idle connection

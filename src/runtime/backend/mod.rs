@@ -8,7 +8,7 @@
 //! - [`body`]: a response body: bytes in memory, or streamed from a pooled connection.
 
 pub mod body;
-mod chunked;
+pub(crate) mod chunked;
 pub mod conn;
 mod exchange;
 pub mod pool;

@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
 
 use super::conn::BackendConn;
+
 use crate::table::{BackendSpec, Settings};
 
 /// Why a request could not get a pooled connection.
@@ -27,6 +28,15 @@ pub enum CheckoutError {
     QueueTimeout,
     /// The slot was empty and a new connection could not be opened.
     Connect(io::Error),
+}
+
+/// Where a pool sends the connections it hands to a successor process (with the backend's
+/// address), and the count of this process's requests in progress: a connection is handed over
+/// only while none is, since a request still on its way to a pool might need it.
+#[derive(Debug, Clone)]
+pub(crate) struct HandoverSink {
+    pub(crate) successor: mpsc::UnboundedSender<(&'static str, BackendConn)>,
+    pub(crate) requests_in_progress: Arc<AtomicUsize>,
 }
 
 /// One backend's connections, queue and health.
@@ -47,6 +57,17 @@ pub struct BackendPool {
     health: Health,
     /// Wakes the refill task when a connection was closed, so the pool is back to `n` promptly.
     refill: Notify,
+    /// Set while another Juggler process takes this backend's connections over (a binary
+    /// upgrade): idle connections go there instead of the idle list, and nothing is opened.
+    handover: Mutex<Option<HandoverSink>>,
+    /// Whether `handover` is set, readable on every give-back without taking its lock.
+    handing_over: AtomicBool,
+    /// Set while the process this one took over from still holds this backend's connections:
+    /// the pool opens nothing and uses only what it is handed, so the backend never sees more
+    /// than `n` connections from both processes together.
+    inheriting: AtomicBool,
+    /// Wakes checkouts waiting, while inheriting, for a connection to be handed over.
+    adopted: Notify,
     max_queued: usize,
     queue_timeout: Duration,
     connect_timeout: Duration,
@@ -89,6 +110,10 @@ impl BackendPool {
                 down_after: settings.proxy.down_after_failures.max(1),
             },
             refill: Notify::new(),
+            handover: Mutex::new(None),
+            handing_over: AtomicBool::new(false),
+            inheriting: AtomicBool::new(false),
+            adopted: Notify::new(),
             max_queued: settings.queue.max_queued_per_server,
             queue_timeout: settings.queue.timeout,
             connect_timeout: settings.limits.connect_timeout,
@@ -125,34 +150,92 @@ impl BackendPool {
             from_idle: true,
             queued_for: started.elapsed(),
         };
-        while let Some(mut member) = self.pop_idle() {
-            if member.conn.is_usable() {
+        loop {
+            if let Some(member) = self.pop_usable_idle() {
                 slot.conn = Some(member);
                 return Ok(slot);
             }
+            // The slot is empty (its connection was closed): open one within it. Holding a slot
+            // with nothing idle means fewer than `n` connections exist, because every path
+            // uncounts a closed connection before it releases its slot (see `give_back`).
+            if let Some(reserved) = self.reserve_connection() {
+                let conn = self.connect().await.map_err(CheckoutError::Connect)?;
+                slot.from_idle = false;
+                slot.conn = Some(Member {
+                    conn,
+                    _counted: reserved,
+                });
+                return Ok(slot);
+            }
+            if self.is_handing_over() && !self.inheriting.load(Ordering::Acquire) {
+                // A request that reached this process after it handed its connections to a
+                // successor (a TLS keep-alive client still here): served on a connection of its
+                // own rather than failed, the one case where the backend briefly sees more than
+                // `n` from both processes together.
+                if let Some(reserved) = self.count_connection() {
+                    tracing::warn!(
+                        backend = self.spec.address,
+                        "upgrade: a late request opened a connection beyond the pool's bound"
+                    );
+                    let conn = self.connect().await.map_err(CheckoutError::Connect)?;
+                    slot.from_idle = false;
+                    slot.conn = Some(Member {
+                        conn,
+                        _counted: reserved,
+                    });
+                    return Ok(slot);
+                }
+            }
+            if !self.inheriting.load(Ordering::Acquire) {
+                debug_assert!(false, "slot held, nothing idle, yet n connections counted");
+                return Err(CheckoutError::Connect(io::Error::other(
+                    "pool bookkeeping: no connection to take or open",
+                )));
+            }
+            // The previous process still holds this backend's connections: wait for one of them
+            // (armed before the last look, so one handed over in between still wakes us).
+            let adopted = self.adopted.notified();
+            tokio::pin!(adopted);
+            adopted.as_mut().enable();
+            if let Some(member) = self.pop_usable_idle() {
+                slot.conn = Some(member);
+                return Ok(slot);
+            }
+            if !self.inheriting.load(Ordering::Acquire) {
+                continue;
+            }
+            if tokio::time::timeout_at(started + self.queue_timeout, adopted)
+                .await
+                .is_err()
+            {
+                return Err(CheckoutError::QueueTimeout);
+            }
         }
-        // The slot is empty (its connection was closed): open one within it. Holding a slot with
-        // nothing idle means fewer than `n` connections exist, because every path uncounts a
-        // closed connection before it releases its slot (see `give_back`): nothing to wait for.
-        let Some(reserved) = self.reserve_connection() else {
-            debug_assert!(false, "slot held, nothing idle, yet n connections counted");
-            return Err(CheckoutError::Connect(io::Error::other(
-                "pool bookkeeping: no connection to take or open",
-            )));
-        };
-        let conn = self.connect().await.map_err(CheckoutError::Connect)?;
-        slot.from_idle = false;
-        slot.conn = Some(Member {
-            conn,
-            _counted: reserved,
-        });
-        Ok(slot)
+    }
+
+    /// The most recently used idle connection that can still carry a request; unusable ones met
+    /// on the way are closed.
+    fn pop_usable_idle(&self) -> Option<Member> {
+        while let Some(mut member) = self.pop_idle() {
+            if member.conn.is_usable() {
+                return Some(member);
+            }
+        }
+        None
     }
 
     /// Counts a connection about to be opened, unless `n` already exist (or are being opened).
     /// Slots alone do not guarantee the bound: an idle connection and a free slot are the same
     /// capacity, so opening counts against `open` too.
     fn reserve_connection(&self) -> Option<Counted> {
+        if self.inheriting.load(Ordering::Acquire) || self.is_handing_over() {
+            return None;
+        }
+        self.count_connection()
+    }
+
+    /// Counts one more connection if fewer than `n` exist.
+    fn count_connection(&self) -> Option<Counted> {
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
                 (open < self.spec.pool_size).then_some(open + 1)
@@ -207,17 +290,108 @@ impl BackendPool {
     /// slot is released, so whoever takes the slot next finds it idle or may open a new one.
     fn give_back(&self, conn: Option<Member>, reusable: bool) {
         match conn {
-            Some(member) if reusable => self
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(member),
+            Some(member) if reusable => {
+                if let Some(member) = self.try_hand_over(member) {
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(member);
+                }
+            }
             closed => {
                 drop(closed);
                 self.refill.notify_one();
             }
         }
         self.slots.add_permits(1);
+    }
+
+    /// Starts handing this backend's connections to another process: the idle ones now, the
+    /// others as they come back idle with no request of this process waiting for them (and
+    /// whatever [`Self::hand_over_idle`] finds later).
+    pub(crate) fn hand_over_to(&self, successor: HandoverSink) {
+        *self.handover.lock().unwrap_or_else(PoisonError::into_inner) = Some(successor);
+        self.handing_over.store(true, Ordering::Release);
+        self.hand_over_idle();
+    }
+
+    /// Offers the idle connections to the successor again: one kept idle because a request was
+    /// waiting at the time is handed over once nobody waits any more.
+    pub(crate) fn hand_over_idle(&self) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
+        let kept: Vec<Member> = idle
+            .into_iter()
+            .filter_map(|member| self.try_hand_over(member))
+            .collect();
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(kept);
+    }
+
+    /// Stops handing over (the successor went away) and refills as usual.
+    pub(crate) fn keep_connections(&self) {
+        *self.handover.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.handing_over.store(false, Ordering::Release);
+        self.refill.notify_one();
+    }
+
+    fn is_handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Acquire)
+    }
+
+    /// Sends `member`'s connection to the successor, unless there is none or a request of this
+    /// process is waiting for a connection; then `member` comes back to be kept.
+    fn try_hand_over(&self, member: Member) -> Option<Member> {
+        if !self.is_handing_over() {
+            return Some(member);
+        }
+        let handover = self.handover.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(sink) = handover.as_ref() else {
+            return Some(member);
+        };
+        let busy = self.queued.load(Ordering::Relaxed) > 0
+            || sink.requests_in_progress.load(Ordering::Acquire) > 0;
+        if busy || sink.successor.is_closed() {
+            return Some(member);
+        }
+        // Sent as a bare connection: its unit of `open` is dropped here, with `member`.
+        let Member { conn, _counted } = member;
+        if let Err(returned) = sink.successor.send((self.spec.address, conn)) {
+            return Some(Member {
+                conn: returned.0 .1,
+                _counted,
+            });
+        }
+        None
+    }
+
+    /// Takes this pool's connections from the previous process only: opens none of its own until
+    /// [`Self::end_inheritance`].
+    pub(crate) fn inherit(&self) {
+        self.inheriting.store(true, Ordering::Release);
+    }
+
+    /// Adds a connection the previous process handed over; closes it if `n` are already open (the
+    /// new config may have a smaller pool).
+    pub(crate) fn adopt(&self, conn: BackendConn) {
+        if let Some(counted) = self.count_connection() {
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Member {
+                    conn,
+                    _counted: counted,
+                });
+        }
+        self.adopted.notify_waiters();
+    }
+
+    /// The previous process holds no connection to this backend any more: open what is missing.
+    pub(crate) fn end_inheritance(&self) {
+        self.inheriting.store(false, Ordering::Release);
+        self.adopted.notify_waiters();
+        self.refill.notify_one();
     }
 
     /// Keeps the pool at `n` open connections: opens them at start-up, replaces the ones backends

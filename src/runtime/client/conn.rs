@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -16,9 +17,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::server::TlsStream;
 
 use super::activity::{ConnActivity, StallGuard, Verdict, WatchedIo};
+use super::listener::Phase;
 use super::park::{carry_over, PARK_AFTER};
 use super::response::TrackedBody;
 use super::tls::TlsAcceptor;
@@ -26,8 +29,8 @@ use crate::proxy::headers::ClientInfo;
 use crate::proxy::Proxy;
 use crate::table::Limits;
 
-/// Sent to every connection when shutdown begins.
-pub(super) type DrainSignal = watch::Receiver<bool>;
+/// The client side's phase (serving, handing over, draining), as each connection watches it.
+pub(super) type PhaseSignal = watch::Receiver<Phase>;
 
 /// What every connection task shares.
 pub(super) struct Shared {
@@ -38,6 +41,33 @@ pub(super) struct Shared {
     /// The bound HTTPS port plain-HTTP requests are redirected to, when `redirect_http_to_https`
     /// is on and the HTTPS listener actually runs.
     pub(super) redirect_to_https_port: Option<u16>,
+    /// Where idle plain connections go while handing over to a successor process.
+    pub(super) handed_over: mpsc::UnboundedSender<OwnedFd>,
+}
+
+/// A client stream as the connection code needs it; plain TCP can be handed to another process,
+/// TLS cannot (its session state lives in this one).
+pub(super) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether [`ClientStream::into_socket`] can hand this kind of stream over.
+    const MOVABLE: bool;
+    /// The socket, to hand to another process.
+    fn into_socket(self) -> Option<OwnedFd>;
+}
+
+impl ClientStream for TcpStream {
+    const MOVABLE: bool = true;
+
+    fn into_socket(self) -> Option<OwnedFd> {
+        self.into_std().ok().map(OwnedFd::from)
+    }
+}
+
+impl ClientStream for TlsStream<TcpStream> {
+    const MOVABLE: bool = false;
+
+    fn into_socket(self) -> Option<OwnedFd> {
+        None
+    }
 }
 
 pub(super) async fn serve_stream(
@@ -45,7 +75,7 @@ pub(super) async fn serve_stream(
     peer: SocketAddr,
     tls: Option<Arc<TlsAcceptor>>,
     shared: &Shared,
-    drain: DrainSignal,
+    drain: PhaseSignal,
 ) {
     // Responses are complete writes; Nagle would only hold back their last segment.
     let _ = stream.set_nodelay(true);
@@ -67,7 +97,7 @@ async fn serve_tls(
     peer: SocketAddr,
     tls: &TlsAcceptor,
     shared: &Shared,
-    drain: DrainSignal,
+    drain: PhaseSignal,
 ) {
     let limits = &shared.proxy.table.settings.limits;
     let client = ClientInfo {
@@ -90,15 +120,13 @@ async fn serve_tls(
 
 /// One HTTP/1.1 client connection, plain or over TLS: served by hyper while active, parked (only
 /// the stream kept, see `park`) while idle, served again when the client sends its next request.
-async fn serve_http1<S>(
+async fn serve_http1<S: ClientStream>(
     stream: S,
     client: ClientInfo,
     shared: &Shared,
-    mut drain: DrainSignal,
+    mut phase: PhaseSignal,
     redirect_port: Option<u16>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let limits = &shared.proxy.table.settings.limits;
     let activity = ConnActivity::new();
     let service = request_service(shared, client, &activity, redirect_port);
@@ -116,8 +144,11 @@ async fn serve_http1<S>(
             &activity,
             shared,
             client,
-            drain.clone(),
-            Some(PARK_AFTER),
+            phase.clone(),
+            Parking::Park {
+                after: PARK_AFTER,
+                movable: S::MOVABLE,
+            },
         );
         let mut conn = match Box::pin(serving).await {
             Ended::Finished => return,
@@ -146,15 +177,29 @@ async fn serve_http1<S>(
             continue;
         }
         let idle_deadline = activity.idle_deadline(limits.client_idle_timeout);
-        tokio::select! {
-            first = read_first_byte(&mut stream) => match first {
-                // The next request head is arriving: its header timeout runs from now.
-                Some(byte) => unread = byte,
-                None => return,
-            },
-            _ = tokio::time::sleep_until(idle_deadline) => return,
-            _ = drain.changed() => return,
-        }
+        let first = loop {
+            if *phase.borrow_and_update() == Phase::HandingOver && S::MOVABLE {
+                // Idle, nothing buffered: the successor serves this client's next request.
+                if let Some(socket) = stream.into_socket() {
+                    let _ = shared.handed_over.send(socket);
+                }
+                return;
+            }
+            tokio::select! {
+                first = read_first_byte(&mut stream) => break first,
+                _ = tokio::time::sleep_until(idle_deadline) => return,
+                changed = phase.changed() => {
+                    if changed.is_err() || *phase.borrow() == Phase::Draining {
+                        return;
+                    }
+                }
+            }
+        };
+        // The next request head is arriving: its header timeout runs from now.
+        let Some(byte) = first else {
+            return;
+        };
+        unread = byte;
         activity.bytes_arrived();
     }
 }
@@ -187,7 +232,7 @@ fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
 }
 
 /// One HTTP/2 client connection: every stream goes through the same routing, queues and pools.
-async fn serve_http2<S>(stream: S, client: ClientInfo, shared: &Shared, drain: DrainSignal)
+async fn serve_http2<S>(stream: S, client: ClientInfo, shared: &Shared, phase: PhaseSignal)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -212,7 +257,15 @@ where
         // 20 s): a client that stops acknowledging PINGs is not kept for half a minute more.
         .keep_alive_timeout(Duration::from_secs(10))
         .serve_connection(TokioIo::new(stream), service);
-    drive(Box::pin(conn), &activity, shared, client, drain, None).await;
+    drive(
+        Box::pin(conn),
+        &activity,
+        shared,
+        client,
+        phase,
+        Parking::Never,
+    )
+    .await;
 }
 
 /// The per-request service of a connection: proxy the request (or redirect it to HTTPS), and
@@ -252,15 +305,23 @@ enum Ended<C> {
     Park(C),
 }
 
-/// Polls a connection to its end while enforcing the client timeouts and the shutdown drain, and
-/// hands it back when it should be parked (`park_after`).
+/// Whether a connection is parked when idle (HTTP/1.1), and whether it can then move to another
+/// process.
+#[derive(Debug, Clone, Copy)]
+enum Parking {
+    Never,
+    Park { after: Duration, movable: bool },
+}
+
+/// Polls a connection to its end while enforcing the client timeouts and the phase (draining,
+/// handing over), and hands it back when it should be parked.
 async fn drive<C>(
     mut conn: Pin<Box<C>>,
     activity: &ConnActivity,
     shared: &Shared,
     client: ClientInfo,
-    mut drain: DrainSignal,
-    park_after: Option<Duration>,
+    mut phase: PhaseSignal,
+    parking: Parking,
 ) -> Ended<Pin<Box<C>>>
 where
     C: GracefulConnection,
@@ -271,6 +332,23 @@ where
     // Far more polls than any real exchange needs between two socket reads or writes.
     let mut polls = StallGuard::new(activity, 10_000);
     loop {
+        let park_after = match (parking, *phase.borrow_and_update()) {
+            (Parking::Never, _) => None,
+            // Handing over: park the moment the connection is idle, so it moves at once.
+            (Parking::Park { movable: true, .. }, Phase::HandingOver) => Some(Duration::ZERO),
+            (Parking::Park { after, .. }, _) => Some(after),
+        };
+        let must_close = match *phase.borrow() {
+            Phase::Serving => false,
+            Phase::Draining => true,
+            Phase::HandingOver => !matches!(parking, Parking::Park { movable: true, .. }),
+        };
+        if must_close && !closing {
+            // HTTP/1.1 answers its current request with `Connection: close`; HTTP/2 sends GOAWAY
+            // and finishes its streams.
+            closing = true;
+            conn.as_mut().graceful_shutdown();
+        }
         let verdict = activity.verdict(
             limits.header_read_timeout,
             limits.client_idle_timeout,
@@ -301,9 +379,12 @@ where
             _ = sleep_until_some(wake_at) => {}
             // Re-decide as soon as the last request ends: that is when parking becomes possible.
             _ = activity.went_idle(), if park_after.is_some() => {}
-            _ = drain.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
+            // Re-decided at the top of the loop.
+            changed = phase.changed(), if !closing => {
+                if changed.is_err() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
             }
         }
     }

@@ -1,16 +1,19 @@
 //! Listeners: accept client connections (up to the connection cap, backing off when accept
-//! fails), give each its own task (`conn`), and on shutdown stop accepting and drain.
+//! fails), give each its own task (`conn`), and on shutdown stop accepting and drain; during a
+//! binary upgrade, stop accepting and hand idle connections to the successor (`upgrade`).
 
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use std::os::fd::OwnedFd;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::conn::{serve_stream, DrainSignal, Shared};
+use super::conn::{serve_stream, PhaseSignal, Shared};
 use super::tls::TlsAcceptor;
 use crate::proxy::Proxy;
 use crate::table::RouteTable;
@@ -20,6 +23,125 @@ use crate::table::RouteTable;
 pub struct Listeners {
     pub http: Option<TcpListener>,
     pub https: Option<(TcpListener, Arc<TlsAcceptor>)>,
+}
+
+/// What the client side is doing, as every accept loop and connection sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Serving,
+    /// A successor process accepts on the same listeners: accept nothing, hand idle plain
+    /// HTTP/1.1 connections over, close the others after their current request. Back to
+    /// `Serving` if the successor goes away first.
+    HandingOver,
+    /// Shutting down: accept nothing, finish what was accepted, close.
+    Draining,
+}
+
+/// The client side of a running Juggler: its accept loops and connections.
+pub(crate) struct Server {
+    shared: Arc<Shared>,
+    phase: watch::Sender<Phase>,
+    accept_loops: JoinSet<()>,
+    pool_upkeep: JoinSet<()>,
+}
+
+impl Server {
+    /// Starts accepting on `listeners`; idle plain connections go to `handed_over` while
+    /// handing over.
+    pub(crate) fn start(
+        listeners: Listeners,
+        proxy: Arc<Proxy>,
+        handed_over: mpsc::UnboundedSender<OwnedFd>,
+    ) -> Server {
+        let table = proxy.table;
+        let limits = &table.settings.limits;
+        let pool_upkeep = proxy.maintain_pools();
+        let redirect_to_https_port = listeners
+            .https
+            .as_ref()
+            .filter(|_| table.settings.listen.redirect_http_to_https)
+            .and_then(|(listener, _)| listener.local_addr().ok())
+            .map(|address| address.port());
+        let shared = Arc::new(Shared {
+            proxy,
+            connection_slots: Arc::new(Semaphore::new(limits.max_client_connections)),
+            redirect_to_https_port,
+            handed_over,
+        });
+        let (phase, phase_rx) = watch::channel(Phase::Serving);
+        let mut accept_loops = JoinSet::new();
+        if let Some(listener) = listeners.http {
+            let shared = Arc::clone(&shared);
+            accept_loops.spawn(accept_loop(listener, None, shared, phase_rx.clone()));
+        }
+        if let Some((listener, tls)) = listeners.https {
+            let shared = Arc::clone(&shared);
+            accept_loops.spawn(accept_loop(listener, Some(tls), shared, phase_rx.clone()));
+        }
+        Server {
+            shared,
+            phase,
+            accept_loops,
+            pool_upkeep,
+        }
+    }
+
+    pub(crate) fn proxy(&self) -> &Arc<Proxy> {
+        &self.shared.proxy
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.phase.send_replace(phase);
+    }
+
+    /// Serves a plain HTTP/1.1 client connection another process handed over.
+    pub(crate) fn adopt_client(&self, socket: OwnedFd) {
+        let Ok(permit) = Arc::clone(&self.shared.connection_slots).try_acquire_owned() else {
+            tracing::warn!("connection cap reached: closing a handed-over client connection");
+            return;
+        };
+        let stream = std::net::TcpStream::from(socket);
+        let adopted = stream
+            .set_nonblocking(true)
+            .and_then(|()| Ok((stream.peer_addr()?, TcpStream::from_std(stream)?)));
+        let (peer, stream) = match adopted {
+            Ok(adopted) => adopted,
+            Err(error) => {
+                tracing::debug!(%error, "handed-over client connection unusable");
+                return;
+            }
+        };
+        let shared = Arc::clone(&self.shared);
+        let phase = self.phase.subscribe();
+        tokio::spawn(async move {
+            serve_stream(stream, peer, None, &shared, phase).await;
+            drop(permit);
+        });
+    }
+
+    /// Client connections open now.
+    pub(crate) fn open_connections(&self) -> usize {
+        let limits = &self.shared.proxy.table.settings.limits;
+        limits.max_client_connections - self.shared.connection_slots.available_permits()
+    }
+
+    /// Stops accepting, lets accepted and queued requests finish (up to the drain timeout), and
+    /// stops the pools' upkeep.
+    pub(crate) async fn drain(mut self) {
+        let limits = &self.shared.proxy.table.settings.limits;
+        self.set_phase(Phase::Draining);
+        while self.accept_loops.join_next().await.is_some() {}
+        let all = u32::try_from(limits.max_client_connections).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(
+            limits.drain_timeout,
+            self.shared.connection_slots.acquire_many(all),
+        )
+        .await;
+        if drained.is_err() {
+            tracing::warn!("drain timeout reached with requests still in progress; closing them");
+        }
+        self.pool_upkeep.shutdown().await;
+    }
 }
 
 /// Serves `listeners` with `table` until `shutdown` completes, then stops accepting, lets accepted
@@ -39,54 +161,12 @@ pub async fn run_with(
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let table = proxy.table;
-    let limits = &table.settings.limits;
-    let mut pool_upkeep = proxy.maintain_pools();
-    let redirect_to_https_port = listeners
-        .https
-        .as_ref()
-        .filter(|_| table.settings.listen.redirect_http_to_https)
-        .and_then(|(listener, _)| listener.local_addr().ok())
-        .map(|address| address.port());
-    let shared = Arc::new(Shared {
-        proxy,
-        connection_slots: Arc::new(Semaphore::new(limits.max_client_connections)),
-        redirect_to_https_port,
-    });
-    let (drain_tx, drain_rx) = watch::channel(false);
-    let mut accept_loops = JoinSet::new();
-    if let Some(listener) = listeners.http {
-        accept_loops.spawn(accept_loop(
-            listener,
-            None,
-            Arc::clone(&shared),
-            drain_rx.clone(),
-        ));
-    }
-    if let Some((listener, tls)) = listeners.https {
-        let tls = Some(tls);
-        accept_loops.spawn(accept_loop(
-            listener,
-            tls,
-            Arc::clone(&shared),
-            drain_rx.clone(),
-        ));
-    }
-
+    // Nobody takes connections over: a connection that would be handed over is closed.
+    let (handed_over, _) = mpsc::unbounded_channel();
+    let server = Server::start(listeners, proxy, handed_over);
     shutdown.await;
     tracing::info!("shutting down: no new connections, draining accepted requests");
-    let _ = drain_tx.send(true);
-    while accept_loops.join_next().await.is_some() {}
-    let all = u32::try_from(limits.max_client_connections).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(
-        limits.drain_timeout,
-        shared.connection_slots.acquire_many(all),
-    )
-    .await;
-    if drained.is_err() {
-        tracing::warn!("drain timeout reached with requests still in progress; closing them");
-    }
-    pool_upkeep.shutdown().await;
+    server.drain().await;
     Ok(())
 }
 
@@ -94,10 +174,22 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<TlsAcceptor>>,
     shared: Arc<Shared>,
-    mut drain: DrainSignal,
+    mut phase: PhaseSignal,
 ) {
     let mut backoff = AcceptBackoff::default();
     loop {
+        let current = *phase.borrow_and_update();
+        match current {
+            Phase::Serving => {}
+            Phase::Draining => return,
+            // Keep the listener (a successor that fails hands the work back) but accept nothing.
+            Phase::HandingOver => {
+                if phase.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
         // At the connection cap, stop accepting: new clients wait in the kernel's backlog instead
         // of costing file descriptors and memory here.
         let permit = tokio::select! {
@@ -105,11 +197,11 @@ async fn accept_loop(
                 Ok(permit) => permit,
                 Err(_) => return,
             },
-            _ = drain.changed() => return,
+            _ = phase.changed() => continue,
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = drain.changed() => return,
+            _ = phase.changed() => continue,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => {
@@ -125,10 +217,10 @@ async fn accept_loop(
             }
         };
         let shared = Arc::clone(&shared);
-        let drain = drain.clone();
+        let phase = phase.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            serve_stream(stream, peer, tls, &shared, drain).await;
+            serve_stream(stream, peer, tls, &shared, phase).await;
             drop(permit);
         });
     }

@@ -17,3 +17,4 @@ mod response;
 pub mod tls;
 
 pub use listener::{run, run_with, Listeners};
+pub(crate) use listener::{Phase, Server};

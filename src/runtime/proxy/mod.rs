@@ -6,6 +6,7 @@
 //! - [`headers`]: the request head sent to backends (hop-by-hop fields dropped, `X-Forwarded-*`).
 //! - `request_checks`: requests hyper lets through that a proxy must refuse (smuggling).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use headers::ClientInfo;
 mod balance;
 mod contain;
 pub mod headers;
-mod request_checks;
+pub(crate) mod request_checks;
 
 /// The `tracing` target of the one-line-per-request access log.
 pub const ACCESS_LOG: &str = "juggler::access";
@@ -42,6 +43,26 @@ pub struct Proxy {
     pub table: &'static RouteTable,
     pub pools: Vec<Arc<BackendPool>>,
     round_robin: RoundRobin,
+    /// Requests between arriving and being answered; during an upgrade, pooled connections are
+    /// handed to the successor only while this is zero.
+    pub(crate) requests_in_progress: Arc<AtomicUsize>,
+}
+
+/// One request counted in `requests_in_progress` until dropped, however handling ends (a client
+/// that goes away drops the request's future mid-way).
+struct InProgress<'a>(&'a AtomicUsize);
+
+impl<'a> InProgress<'a> {
+    fn count(counter: &'a AtomicUsize) -> InProgress<'a> {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InProgress(counter)
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What the access log records about a forwarded request.
@@ -62,6 +83,7 @@ impl Proxy {
             table,
             pools,
             round_robin: RoundRobin::new(table),
+            requests_in_progress: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -91,8 +113,11 @@ impl Proxy {
         let log_started =
             tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO).then(Instant::now);
         let mut outcome = Outcome::default();
+        let in_progress = InProgress::count(&self.requests_in_progress);
         let handled = CatchPanic::new(self.route_and_forward(request, client, &mut outcome));
-        let response = handled.await.unwrap_or_else(|panic| {
+        let handled = handled.await;
+        drop(in_progress);
+        let response = handled.unwrap_or_else(|panic| {
             tracing::error!(
                 client = %client.ip,
                 %method,

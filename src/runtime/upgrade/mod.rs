@@ -1,0 +1,477 @@
+//! Zero-downtime binary upgrade: a new Juggler process (the successor) takes over the listening
+//! sockets, the idle client connections and the pooled backend connections of the running one
+//! (the predecessor), so no connection is refused, no keep-alive client sees its connection
+//! closed, and each backend sees at most `n` connections from both processes together.
+//!
+//! The predecessor listens on a control Unix socket (mode 0600, same user only). The successor
+//! connects, and over one connection, each message a line with descriptors attached (`wire`):
+//! ```text
+//! successor → HELLO <protocol> <config hash>
+//! predecessor → WELCOME <protocol> <config hash>            (or REFUSE <reason>)
+//! predecessor → LISTENER <http|https> <address>  + fd        one per listener
+//! predecessor → LISTENERS
+//! successor → ACCEPTING                                      it accepts on them from now on
+//! predecessor → CLIENT + fd                                  an idle plain HTTP/1.1 connection
+//! predecessor → BACKEND <address> <retire-ms|-> + fd         an idle pooled backend connection
+//! predecessor → RELEASED <address>                           it holds no connection to it any more
+//! predecessor → DONE                                         it holds nothing; it exits
+//! ```
+//! Until ACCEPTING the predecessor changes nothing, so a successor that fails to start (bad
+//! certificate, unknown listener) leaves it serving untouched. If the successor goes away after
+//! ACCEPTING, the predecessor accepts again and keeps its remaining connections.
+
+mod wire;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+use crate::backend::conn::BackendConn;
+use crate::backend::pool::HandoverSink;
+use crate::client::{Listeners, Phase, Server};
+use crate::proxy::Proxy;
+use wire::Frame;
+
+/// Bumped whenever a message changes meaning; both sides must speak the same one.
+pub const PROTOCOL: u32 = 1;
+
+/// How often the predecessor looks whether a backend or the whole process is done.
+const POLL_EVERY: Duration = Duration::from_millis(10);
+
+/// Why a takeover could not happen (the running process is unaffected by any of them).
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("no running Juggler to take over at {path}: {source}")]
+    NoPredecessor { path: PathBuf, source: io::Error },
+    #[error("the running Juggler refused the takeover: {0}")]
+    Refused(String),
+    #[error("upgrade protocol error: {0}")]
+    Protocol(#[from] io::Error),
+    #[error("the new config listens for {scheme} on {address}, which the running Juggler does not; stop it and start the new binary instead")]
+    UnknownListener {
+        scheme: &'static str,
+        address: String,
+    },
+}
+
+/// What the successor received from the predecessor before it starts serving.
+#[derive(Debug)]
+pub struct Predecessor {
+    link: UnixStream,
+    /// The predecessor's config hash, for the log.
+    pub config_hash: String,
+    listeners: Vec<(&'static str, SocketAddr, OwnedFd)>,
+}
+
+/// Connects to the running Juggler at `path` and receives its listeners. Nothing changes for the
+/// running process until [`serve`] tells it the successor accepts.
+pub async fn connect(path: &Path, config_hash: &str) -> Result<Predecessor, UpgradeError> {
+    let mut link =
+        UnixStream::connect(path)
+            .await
+            .map_err(|source| UpgradeError::NoPredecessor {
+                path: path.to_owned(),
+                source,
+            })?;
+    wire::send(&link, &format!("HELLO {PROTOCOL} {config_hash}"), &[]).await?;
+    let welcome = expect(&mut link).await?;
+    if welcome.word(0)? != "WELCOME" {
+        return Err(UpgradeError::Refused(welcome.words[1..].join(" ")));
+    }
+    let config_hash = welcome.word(2)?.to_owned();
+    let mut listeners = Vec::new();
+    loop {
+        let mut frame = expect(&mut link).await?;
+        match frame.word(0)? {
+            "LISTENERS" => break,
+            "LISTENER" => {
+                let scheme = match frame.word(1)? {
+                    "http" => "http",
+                    "https" => "https",
+                    _ => return Err(wire::malformed(&frame.words).into()),
+                };
+                let address = frame
+                    .word(2)?
+                    .parse()
+                    .map_err(|_| wire::malformed(&frame.words))?;
+                let fd = frame
+                    .fds
+                    .pop()
+                    .ok_or_else(|| wire::malformed(&frame.words))?;
+                listeners.push((scheme, address, fd));
+            }
+            _ => return Err(wire::malformed(&frame.words).into()),
+        }
+    }
+    Ok(Predecessor {
+        link,
+        config_hash,
+        listeners,
+    })
+}
+
+impl Predecessor {
+    /// The predecessor's listener for `scheme` on `address` (as configured: `0.0.0.0:8080`).
+    pub fn take_listener(
+        &mut self,
+        scheme: &'static str,
+        address: &str,
+    ) -> Result<TcpListener, UpgradeError> {
+        let unknown = || UpgradeError::UnknownListener {
+            scheme,
+            address: address.to_owned(),
+        };
+        let wanted: SocketAddr = address.parse().map_err(|_| unknown())?;
+        let index = self
+            .listeners
+            .iter()
+            .position(|(kind, bound, _)| *kind == scheme && *bound == wanted)
+            .ok_or_else(unknown)?;
+        let (_, _, fd) = self.listeners.swap_remove(index);
+        let listener = std::net::TcpListener::from(fd);
+        listener.set_nonblocking(true)?;
+        Ok(TcpListener::from_std(listener)?)
+    }
+}
+
+async fn expect(link: &mut UnixStream) -> io::Result<Frame> {
+    wire::recv(link)
+        .await?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "control connection closed"))
+}
+
+/// The control socket of a running Juggler, bound at `path` with mode 0600 (a stale file from a
+/// process that is gone is replaced).
+pub async fn bind_control(path: &Path) -> io::Result<UnixListener> {
+    if UnixStream::connect(path).await.is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "{} is the control socket of a running Juggler: take it over with --upgrade",
+                path.display()
+            ),
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    // Created 0600 from the start: the umask applies to the socket file bind creates.
+    let old_mask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(old_mask);
+    bound
+}
+
+/// Serves `listeners` until `shutdown` completes or a successor has taken everything over; takes
+/// over from `predecessor` first when there is one. Successors knock at the control socket
+/// `control_path`, which a successor binds anew once it accepts (until then the predecessor's
+/// stays reachable, in case this one fails).
+pub async fn serve(
+    listeners: Listeners,
+    proxy: Arc<Proxy>,
+    shutdown: impl std::future::Future<Output = ()>,
+    control_path: &Path,
+    predecessor: Option<Predecessor>,
+) -> io::Result<()> {
+    let listener_fds = listener_fds(&listeners)?;
+    let control = match &predecessor {
+        None => Some(bind_control(control_path).await?),
+        Some(_) => None,
+    };
+    let (clients_tx, mut clients_rx) = mpsc::unbounded_channel();
+    if predecessor.is_some() {
+        for pool in &proxy.pools {
+            pool.inherit();
+        }
+    }
+    let server = Server::start(listeners, proxy, clients_tx);
+    let (mut predecessor, control) = match predecessor {
+        Some(predecessor) => {
+            let link = start_successor(predecessor).await?;
+            let _ = std::fs::remove_file(control_path);
+            (Some(link), bind_control(control_path).await?)
+        }
+        None => (
+            None,
+            control.ok_or_else(|| io::Error::other("control socket not bound"))?,
+        ),
+    };
+    tokio::pin!(shutdown);
+    let mut handed_over = false;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            frame = next_frame(&mut predecessor) => {
+                if !take_from_predecessor(frame, &server) {
+                    predecessor = None;
+                }
+            }
+            accepted = control.accept() => {
+                let Ok((link, _)) = accepted else { continue };
+                if !same_user(&link) {
+                    tracing::warn!("control socket: refused a peer of another user");
+                    continue;
+                }
+                if hand_over(link, &server, &listener_fds, &mut clients_rx).await {
+                    tracing::info!("upgrade: everything handed over; exiting");
+                    handed_over = true;
+                    break;
+                }
+            }
+        }
+    }
+    // The successor has bound the path anew; otherwise nobody listens there any more.
+    if !handed_over {
+        let _ = std::fs::remove_file(control_path);
+    }
+    server.drain().await;
+    Ok(())
+}
+
+/// Duplicates of the listening sockets, to hand to a successor.
+fn listener_fds(listeners: &Listeners) -> io::Result<Vec<(&'static str, SocketAddr, OwnedFd)>> {
+    let mut fds = Vec::new();
+    if let Some(listener) = &listeners.http {
+        fds.push((
+            "http",
+            listener.local_addr()?,
+            listener.as_fd().try_clone_to_owned()?,
+        ));
+    }
+    if let Some((listener, _)) = &listeners.https {
+        fds.push((
+            "https",
+            listener.local_addr()?,
+            listener.as_fd().try_clone_to_owned()?,
+        ));
+    }
+    Ok(fds)
+}
+
+fn same_user(link: &UnixStream) -> bool {
+    rustix::net::sockopt::socket_peercred(link)
+        .is_ok_and(|peer| peer.uid == rustix::process::getuid())
+}
+
+/// Tells the predecessor this process accepts now; from then on it hands over what it holds.
+async fn start_successor(predecessor: Predecessor) -> io::Result<UnixStream> {
+    let Predecessor {
+        link, config_hash, ..
+    } = predecessor;
+    wire::send(&link, "ACCEPTING", &[]).await?;
+    tracing::info!(
+        predecessor_config = config_hash,
+        "upgrade: accepting on the inherited listeners"
+    );
+    Ok(link)
+}
+
+async fn next_frame(predecessor: &mut Option<UnixStream>) -> io::Result<Option<Frame>> {
+    match predecessor {
+        Some(link) => wire::recv(link).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Adopts what the predecessor sends; `false` when it has nothing more to send.
+fn take_from_predecessor(frame: io::Result<Option<Frame>>, server: &Server) -> bool {
+    let pools = &server.proxy().pools;
+    let mut frame = match frame {
+        Ok(Some(frame)) => frame,
+        Ok(None) | Err(_) => {
+            // The predecessor is gone (or said DONE): nothing of it is left to wait for.
+            for pool in pools {
+                pool.end_inheritance();
+            }
+            return false;
+        }
+    };
+    let kind = frame.words.first().map(String::as_str).unwrap_or("");
+    match (kind, frame.fds.pop()) {
+        ("CLIENT", Some(fd)) => server.adopt_client(fd),
+        ("BACKEND", Some(fd)) => {
+            let address = frame.words.get(1).map(String::as_str).unwrap_or("");
+            let retire_in = frame
+                .words
+                .get(2)
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis);
+            if let Some(pool) = pools.iter().find(|pool| pool.spec.address == address) {
+                match BackendConn::adopt(fd, retire_in) {
+                    Ok(conn) => pool.adopt(conn),
+                    Err(error) => {
+                        tracing::debug!(%error, "handed-over backend connection unusable")
+                    }
+                }
+            }
+        }
+        ("RELEASED", None) => {
+            let address = frame.words.get(1).map(String::as_str).unwrap_or("");
+            for pool in pools.iter().filter(|pool| pool.spec.address == address) {
+                pool.end_inheritance();
+            }
+        }
+        ("DONE", None) => {
+            tracing::info!("upgrade: the previous process has handed everything over");
+            for pool in pools {
+                pool.end_inheritance();
+            }
+            return false;
+        }
+        _ => tracing::warn!(words = ?frame.words, "upgrade: unexpected message ignored"),
+    }
+    true
+}
+
+/// The predecessor's side of one takeover; `true` once everything is handed over (the process
+/// then exits), `false` if the successor went away first (this process serves on as before).
+async fn hand_over(
+    mut link: UnixStream,
+    server: &Server,
+    listener_fds: &[(&'static str, SocketAddr, OwnedFd)],
+    clients: &mut mpsc::UnboundedReceiver<OwnedFd>,
+) -> bool {
+    match greet(&mut link, server, listener_fds).await {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(error) => {
+            tracing::warn!(%error, "upgrade: takeover abandoned before it started");
+            return false;
+        }
+    }
+    let handed = transfer(&mut link, server, clients).await;
+    if let Err(error) = &handed {
+        tracing::warn!(%error, "upgrade: the new process went away; serving on");
+        server.set_phase(Phase::Serving);
+        for pool in &server.proxy().pools {
+            pool.keep_connections();
+        }
+    }
+    handed.is_ok()
+}
+
+/// HELLO, WELCOME, the listeners, and the successor's ACCEPTING; `Ok(false)` if refused.
+async fn greet(
+    link: &mut UnixStream,
+    server: &Server,
+    listener_fds: &[(&'static str, SocketAddr, OwnedFd)],
+) -> io::Result<bool> {
+    let hello = expect(link).await?;
+    let ours = server.proxy().table.config_hash;
+    if hello.word(0)? != "HELLO" || hello.word(1)? != PROTOCOL.to_string() {
+        let reason = format!("REFUSE protocol {PROTOCOL} expected, got {:?}", hello.words);
+        wire::send(link, &reason, &[]).await?;
+        return Ok(false);
+    }
+    let theirs = hello.word(2)?.to_owned();
+    wire::send(link, &format!("WELCOME {PROTOCOL} {ours}"), &[]).await?;
+    for (scheme, address, fd) in listener_fds {
+        wire::send(link, &format!("LISTENER {scheme} {address}"), &[fd.as_fd()]).await?;
+    }
+    wire::send(link, "LISTENERS", &[]).await?;
+    let accepting = expect(link).await?;
+    if accepting.word(0)? != "ACCEPTING" {
+        return Err(wire::malformed(&accepting.words));
+    }
+    tracing::info!(
+        config = ours,
+        successor_config = theirs,
+        "upgrade: the new process accepts; handing over"
+    );
+    Ok(true)
+}
+
+/// Hands over clients as they become idle and backend connections as they come back, until
+/// nothing is left (or the drain timeout passes); `Err` if the successor went away.
+async fn transfer(
+    link: &mut UnixStream,
+    server: &Server,
+    clients: &mut mpsc::UnboundedReceiver<OwnedFd>,
+) -> io::Result<()> {
+    let proxy = server.proxy();
+    let (backends_tx, mut backends_rx) = mpsc::unbounded_channel();
+    server.set_phase(Phase::HandingOver);
+    let sink = HandoverSink {
+        successor: backends_tx,
+        requests_in_progress: Arc::clone(&proxy.requests_in_progress),
+    };
+    for pool in &proxy.pools {
+        pool.hand_over_to(sink.clone());
+    }
+    drop(sink);
+    let mut released = vec![false; proxy.pools.len()];
+    let (mut clients_sent, mut backends_sent) = (0usize, 0usize);
+    let deadline = tokio::time::Instant::now() + proxy.table.settings.limits.drain_timeout;
+    let mut tick = tokio::time::interval(POLL_EVERY);
+    loop {
+        tokio::select! {
+            Some(socket) = clients.recv() => {
+                send_client(link, socket).await?;
+                clients_sent += 1;
+            }
+            Some((address, conn)) = backends_rx.recv() => {
+                send_backend(link, address, conn).await?;
+                backends_sent += 1;
+            }
+            // The successor only ever closes its end: it died.
+            gone = wire::recv(link) => {
+                return Err(match gone {
+                    Err(error) => error,
+                    Ok(_) => io::ErrorKind::ConnectionAborted.into(),
+                });
+            }
+            _ = tick.tick() => {
+                for pool in &proxy.pools {
+                    pool.hand_over_idle();
+                }
+                // A connection counts as gone from here once it is in a channel: send what the
+                // channels hold before declaring anything released.
+                while let Ok(socket) = clients.try_recv() {
+                    send_client(link, socket).await?;
+                    clients_sent += 1;
+                }
+                while let Ok((address, conn)) = backends_rx.try_recv() {
+                    send_backend(link, address, conn).await?;
+                    backends_sent += 1;
+                }
+                for (pool, released) in proxy.pools.iter().zip(&mut released) {
+                    if !*released && pool.open_connections() == 0 {
+                        wire::send(link, &format!("RELEASED {}", pool.spec.address), &[]).await?;
+                        *released = true;
+                    }
+                }
+                let all_released = released.iter().all(|released| *released);
+                let timed_out = tokio::time::Instant::now() >= deadline;
+                if (server.open_connections() == 0 && all_released) || timed_out {
+                    wire::send(link, "DONE", &[]).await?;
+                    tracing::info!(
+                        clients = clients_sent,
+                        backend_connections = backends_sent,
+                        timed_out,
+                        "upgrade: handed over"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+async fn send_client(link: &UnixStream, socket: OwnedFd) -> io::Result<()> {
+    wire::send(link, "CLIENT", &[socket.as_fd()]).await
+}
+
+async fn send_backend(link: &UnixStream, address: &str, conn: BackendConn) -> io::Result<()> {
+    let (socket, retire_in) = conn.into_socket()?;
+    let retire = retire_in.map_or("-".to_owned(), |rest| rest.as_millis().to_string());
+    wire::send(
+        link,
+        &format!("BACKEND {address} {retire}"),
+        &[socket.as_fd()],
+    )
+    .await
+}
