@@ -12,7 +12,7 @@ RELEASE := target/$(TARGET)/release
 STATIC  := -C target-feature=+crt-static -C relocation-model=static
 BINS    := juggler test_server ssl_cert
 
-.PHONY: all routes clean ssl_cert test run test_servers bench upgrade
+.PHONY: all routes clean ssl_cert test run test_servers bench fuzz upgrade
 
 ## all: build bin/juggler (static), bin/test_server and bin/ssl_cert in release mode
 all:
@@ -73,3 +73,15 @@ test_servers: all
 ## bench: Juggler against nginx and HAProxy in one run (installs them if missing); see bench/README.md
 bench:
 	bash bench/run.sh
+
+## fuzz: each fuzz target of tests/fuzz for FUZZ_SECONDS (60) under libFuzzer + ASan; a crash fails
+## it and lands in tests/fuzz/artifacts/<target>/ (installs cargo-fuzz if missing)
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := chunked request_head response_head route_match
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@# cargo-fuzz needs nightly flags (-Z sanitizer, sancov); stable accepts them this way.
+	cd tests/fuzz && for target in $(FUZZ_TARGETS); do \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O --fuzz-dir . $$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 || exit 1; \
+	done
