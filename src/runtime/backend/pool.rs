@@ -159,13 +159,7 @@ impl BackendPool {
             // with nothing idle means fewer than `n` connections exist, because every path
             // uncounts a closed connection before it releases its slot (see `give_back`).
             if let Some(reserved) = self.reserve_connection() {
-                let conn = self.connect().await.map_err(CheckoutError::Connect)?;
-                slot.from_idle = false;
-                slot.conn = Some(Member {
-                    conn,
-                    _counted: reserved,
-                });
-                return Ok(slot);
+                return self.open_within(slot, reserved).await;
             }
             if self.is_handing_over() && !self.inheriting.load(Ordering::Acquire) {
                 // A request that reached this process after it handed its connections to a
@@ -177,13 +171,7 @@ impl BackendPool {
                         backend = self.spec.address,
                         "upgrade: a late request opened a connection beyond the pool's bound"
                     );
-                    let conn = self.connect().await.map_err(CheckoutError::Connect)?;
-                    slot.from_idle = false;
-                    slot.conn = Some(Member {
-                        conn,
-                        _counted: reserved,
-                    });
-                    return Ok(slot);
+                    return self.open_within(slot, reserved).await;
                 }
             }
             if !self.inheriting.load(Ordering::Acquire) {
@@ -211,6 +199,28 @@ impl BackendPool {
                 return Err(CheckoutError::QueueTimeout);
             }
         }
+    }
+
+    /// Opens a connection for `slot`, counted by `reserved`.
+    async fn open_within(
+        &self,
+        mut slot: PooledConn,
+        reserved: Counted,
+    ) -> Result<PooledConn, CheckoutError> {
+        let conn = match self.connect().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                // Uncounted before `slot` releases its slot (see `give_back`).
+                drop(reserved);
+                return Err(CheckoutError::Connect(error));
+            }
+        };
+        slot.from_idle = false;
+        slot.conn = Some(Member {
+            conn,
+            _counted: reserved,
+        });
+        Ok(slot)
     }
 
     /// The most recently used idle connection that can still carry a request; unusable ones met
