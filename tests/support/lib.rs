@@ -2,7 +2,7 @@
 //! accept/stop/drop lifecycle ([`backend`]: a real hyper backend, a faulty one, a raw one),
 //! Juggler itself inside the test's runtime on plain HTTP or plain HTTP and HTTPS ([`launcher`]),
 //! clients ([`client`], [`tls`], [`wire`], [`raw`]), a temporary directory and certificates
-//! ([`certs`]), and the time bound every test runs under ([`bounded`]).
+//! ([`certs`]), and the runtime and time bound every test runs under ([`test`], [`bounded`]).
 //!
 //! A library rather than a `mod support;` in each test file: it compiles once, and everything a
 //! test may use is `pub` instead of hidden behind `allow(dead_code)`.
@@ -30,6 +30,48 @@ pub use launcher::{settings_with, start_one_backend, table, test_routes, TestJug
 
 /// Every test gives up after this long rather than hang.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `#[juggler_testkit::test]` on an `async fn` without arguments: a test on a multi-thread runtime
+/// with two workers, under [`TEST_TIMEOUT`]; `#[juggler_testkit::test(current_thread)]` for one
+/// thread. It expands to a `#[test]` that calls [`run_test`].
+pub use juggler_testkit_macros::test;
+
+/// The runtime [`run_test`] builds, as `#[juggler_testkit::test]` asks for it.
+#[derive(Debug, Clone, Copy)]
+pub enum Runtime {
+    /// Two workers: a server and its clients really run in parallel, as in production.
+    MultiThread,
+    /// One thread, for tests that do not need more.
+    CurrentThread,
+}
+
+/// What `#[juggler_testkit::test]` expands to: runs the test `name` on a fresh `runtime` and panics
+/// if it has not finished within [`TEST_TIMEOUT`].
+pub fn run_test<F: Future>(runtime: Runtime, name: &str, test: F) -> F::Output {
+    let mut builder = match runtime {
+        Runtime::MultiThread => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(2);
+            builder
+        }
+        Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = builder
+        .enable_all()
+        .build()
+        .expect("building the test's runtime");
+    // Boxed: the future holds every local of the test's body; on the heap it is not moved about
+    // on the test thread's stack.
+    let test = Box::pin(test);
+    runtime.block_on(async {
+        match tokio::time::timeout(TEST_TIMEOUT, test).await {
+            Ok(output) => output,
+            Err(_) => {
+                panic!("test `{name}` did not finish within its time bound of {TEST_TIMEOUT:?}")
+            }
+        }
+    })
+}
 
 /// Runs `future` with the suite-wide time bound.
 pub async fn bounded<F: Future>(future: F) -> F::Output {
