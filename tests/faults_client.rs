@@ -83,90 +83,87 @@ async fn trickle(addr: std::net::SocketAddr, give_up: Duration) -> SlowEnd {
 /// `slow` connections trickle request heads for `run` (each reconnecting when cut off) while a
 /// normal client measures its latency against a baseline taken first.
 async fn slowloris(slow: usize, header_timeout: Duration, run: Duration) {
-    bounded(async {
-        let settings = settings_with(|s| s.limits.header_read_timeout = header_timeout);
-        let (backend, juggler) = start_one_backend("server 1", 4, settings).await;
-        let addr = juggler.addr;
-        let (base_kept, base_fresh, base_samples) =
-            measure_latency(addr, Duration::from_secs(2), 200).await;
+    let settings = settings_with(|s| s.limits.header_read_timeout = header_timeout);
+    let (backend, juggler) = start_one_backend("server 1", 4, settings).await;
+    let addr = juggler.addr;
+    let (base_kept, base_fresh, base_samples) =
+        measure_latency(addr, Duration::from_secs(2), 200).await;
 
-        let attack_until = Instant::now() + run;
-        let give_up = header_timeout + Duration::from_secs(2);
-        let mut attackers = tokio::task::JoinSet::new();
-        for _ in 0..slow {
-            attackers.spawn(async move {
-                let mut ends = Vec::new();
-                while Instant::now() < attack_until {
-                    ends.push(trickle(addr, give_up).await);
-                }
-                ends
-            });
-            // Spread the connects over the first second, as a real crowd would arrive.
-            tokio::time::sleep(Duration::from_secs(1) / slow as u32).await;
-        }
-        let (kept, fresh, samples) = measure_latency(addr, run, 200).await;
-        let mut ends = Vec::new();
-        while let Some(result) = attackers.join_next().await {
-            ends.extend(result.unwrap());
-        }
-        let with_408 = ends.iter().filter(|end| end.got_408).count();
-        let closed = ends.iter().filter(|end| end.closed).count();
-        let longest = ends.iter().map(|end| end.lasted).max().unwrap_or_default();
-        let bound = |base: Duration| (base * 2).max(Duration::from_millis(20));
-        println!(
-            "baseline p99: keep-alive {base_kept:?}, fresh connection {base_fresh:?} \
-             ({base_samples} samples)"
-        );
-        println!(
-            "under {slow} slowloris connections: keep-alive p99 {kept:?} (bound {:?}), fresh \
-             connection p99 {fresh:?} (bound {:?}) ({samples} samples)",
-            bound(base_kept),
-            bound(base_fresh)
-        );
-        println!(
-            "slow connections: {} in total, {with_408} got 408, {closed} closed, longest lasted \
-             {longest:?} (header timeout {header_timeout:?}); backend saw {} slow requests",
-            ends.len(),
-            backend
-                .stats
-                .paths
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|p| *p == "/slow")
-                .count()
-        );
-        assert!(
-            kept <= bound(base_kept),
-            "keep-alive p99 {kept:?} vs {base_kept:?}"
-        );
-        assert!(
-            fresh <= bound(base_fresh),
-            "fresh p99 {fresh:?} vs {base_fresh:?}"
-        );
-        assert!(ends.len() >= slow);
-        assert_eq!(
-            closed,
-            ends.len(),
-            "a slow connection outlived the header timeout"
-        );
-        assert_eq!(with_408, ends.len(), "a slow connection closed without 408");
-        assert!(
-            longest < header_timeout + Duration::from_millis(1500),
-            "{longest:?}"
-        );
-        juggler.shutdown().await.unwrap();
-    })
-    .await;
+    let attack_until = Instant::now() + run;
+    let give_up = header_timeout + Duration::from_secs(2);
+    let mut attackers = tokio::task::JoinSet::new();
+    for _ in 0..slow {
+        attackers.spawn(async move {
+            let mut ends = Vec::new();
+            while Instant::now() < attack_until {
+                ends.push(trickle(addr, give_up).await);
+            }
+            ends
+        });
+        // Spread the connects over the first second, as a real crowd would arrive.
+        tokio::time::sleep(Duration::from_secs(1) / slow as u32).await;
+    }
+    let (kept, fresh, samples) = measure_latency(addr, run, 200).await;
+    let mut ends = Vec::new();
+    while let Some(result) = attackers.join_next().await {
+        ends.extend(result.unwrap());
+    }
+    let with_408 = ends.iter().filter(|end| end.got_408).count();
+    let closed = ends.iter().filter(|end| end.closed).count();
+    let longest = ends.iter().map(|end| end.lasted).max().unwrap_or_default();
+    let bound = |base: Duration| (base * 2).max(Duration::from_millis(20));
+    println!(
+        "baseline p99: keep-alive {base_kept:?}, fresh connection {base_fresh:?} \
+         ({base_samples} samples)"
+    );
+    println!(
+        "under {slow} slowloris connections: keep-alive p99 {kept:?} (bound {:?}), fresh \
+         connection p99 {fresh:?} (bound {:?}) ({samples} samples)",
+        bound(base_kept),
+        bound(base_fresh)
+    );
+    println!(
+        "slow connections: {} in total, {with_408} got 408, {closed} closed, longest lasted \
+         {longest:?} (header timeout {header_timeout:?}); backend saw {} slow requests",
+        ends.len(),
+        backend
+            .stats
+            .paths
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == "/slow")
+            .count()
+    );
+    assert!(
+        kept <= bound(base_kept),
+        "keep-alive p99 {kept:?} vs {base_kept:?}"
+    );
+    assert!(
+        fresh <= bound(base_fresh),
+        "fresh p99 {fresh:?} vs {base_fresh:?}"
+    );
+    assert!(ends.len() >= slow);
+    assert_eq!(
+        closed,
+        ends.len(),
+        "a slow connection outlived the header timeout"
+    );
+    assert_eq!(with_408, ends.len(), "a slow connection closed without 408");
+    assert!(
+        longest < header_timeout + Duration::from_millis(1500),
+        "{longest:?}"
+    );
+    juggler.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn slowloris_200_connections_for_6s_are_cut_off_and_others_unaffected() {
     slowloris(200, Duration::from_secs(2), Duration::from_secs(6)).await;
 }
 
 /// Issue 5's full version: 500 connections for 30 s against the default 10 s header timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 #[ignore = "long: 30 s slowloris run"]
 async fn slowloris_500_connections_for_30s_are_cut_off_and_others_unaffected() {
     slowloris(
@@ -177,72 +174,69 @@ async fn slowloris_500_connections_for_30s_are_cut_off_and_others_unaffected() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn clients_that_disconnect_while_queued_never_reach_the_backend() {
-    bounded(async {
-        const CLIENTS: usize = 2000;
-        let settings = settings_with(|s| s.queue.max_queued_per_server = CLIENTS);
-        let (backend, juggler) = start_one_backend("server 1", 1, settings).await;
-        let addr = juggler.addr;
-        // Holds the only pooled connection while the crowd queues behind it.
-        let holder = tokio::spawn(async move { get(addr, "/sleep/6000").await.unwrap().status });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    const CLIENTS: usize = 2000;
+    let settings = settings_with(|s| s.queue.max_queued_per_server = CLIENTS);
+    let (backend, juggler) = start_one_backend("server 1", 1, settings).await;
+    let addr = juggler.addr;
+    // Holds the only pooled connection while the crowd queues behind it.
+    let holder = tokio::spawn(async move { get(addr, "/sleep/6000").await.unwrap().status });
+    tokio::time::sleep(Duration::from_millis(200)).await;
 
-        let started = Instant::now();
-        let mut sockets = Vec::with_capacity(CLIENTS);
-        for batch in 0..CLIENTS / 100 {
-            let connects = (0..100).map(|i| {
-                let n = batch * 100 + i;
-                tokio::spawn(async move {
-                    let mut stream = TcpStream::connect(addr).await.unwrap();
-                    let request = format!("GET /queued/{n} HTTP/1.1\r\nHost: a\r\n\r\n");
-                    stream.write_all(request.as_bytes()).await.unwrap();
-                    stream
-                })
-            });
-            for connect in connects.collect::<Vec<_>>() {
-                sockets.push(connect.await.unwrap());
-            }
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(CLIENTS);
+    for batch in 0..CLIENTS / 100 {
+        let connects = (0..100).map(|i| {
+            let n = batch * 100 + i;
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.unwrap();
+                let request = format!("GET /queued/{n} HTTP/1.1\r\nHost: a\r\n\r\n");
+                stream.write_all(request.as_bytes()).await.unwrap();
+                stream
+            })
+        });
+        for connect in connects.collect::<Vec<_>>() {
+            sockets.push(connect.await.unwrap());
         }
-        let pool = &juggler.proxy.pools[0];
-        let all_queued = tokio::time::timeout(Duration::from_secs(5), async {
-            while !pool.is_full() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .is_ok();
-        let queued_after = started.elapsed();
-        drop(sockets);
-        let dropped_at = Instant::now();
-        let drained = tokio::time::timeout(Duration::from_secs(3), async {
-            while pool.is_full() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .is_ok();
-        let drained_after = dropped_at.elapsed();
-        let holder_status = holder.await.unwrap();
-        // Anything still queued would be sent now that the connection is free.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let next = get(addr, "/next").await.unwrap();
-        let paths = backend.stats.paths.lock().unwrap().clone();
-        let leaked = paths.iter().filter(|p| p.starts_with("/queued/")).count();
-        println!(
-            "{CLIENTS} clients queued behind one connection: all queued {all_queued} after \
-             {queued_after:?}; queue no longer full {drained_after:?} after they disconnected \
-             ({drained}); holder {holder_status}; backend received {leaked} of their requests \
-             (paths seen: {}); next request {}",
-            paths.len(),
-            next.status
-        );
-        assert!(all_queued, "the crowd never filled the queue");
-        assert_eq!(holder_status, 200);
-        assert_eq!(leaked, 0, "disconnected clients reached the backend");
-        assert_eq!(next.status, 200);
-        assert_eq!(backend.stats.requests.get(), 2);
-        juggler.shutdown().await.unwrap();
+    }
+    let pool = &juggler.proxy.pools[0];
+    let all_queued = tokio::time::timeout(Duration::from_secs(5), async {
+        while !pool.is_full() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     })
-    .await;
+    .await
+    .is_ok();
+    let queued_after = started.elapsed();
+    drop(sockets);
+    let dropped_at = Instant::now();
+    let drained = tokio::time::timeout(Duration::from_secs(3), async {
+        while pool.is_full() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .is_ok();
+    let drained_after = dropped_at.elapsed();
+    let holder_status = holder.await.unwrap();
+    // Anything still queued would be sent now that the connection is free.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let next = get(addr, "/next").await.unwrap();
+    let paths = backend.stats.paths.lock().unwrap().clone();
+    let leaked = paths.iter().filter(|p| p.starts_with("/queued/")).count();
+    println!(
+        "{CLIENTS} clients queued behind one connection: all queued {all_queued} after \
+         {queued_after:?}; queue no longer full {drained_after:?} after they disconnected \
+         ({drained}); holder {holder_status}; backend received {leaked} of their requests \
+         (paths seen: {}); next request {}",
+        paths.len(),
+        next.status
+    );
+    assert!(all_queued, "the crowd never filled the queue");
+    assert_eq!(holder_status, 200);
+    assert_eq!(leaked, 0, "disconnected clients reached the backend");
+    assert_eq!(next.status, 200);
+    assert_eq!(backend.stats.requests.get(), 2);
+    juggler.shutdown().await.unwrap();
 }

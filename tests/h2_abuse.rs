@@ -268,112 +268,106 @@ async fn setup(name: &str, settings: Settings) -> Setup {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn rapid_reset_flood_ends_the_connection_and_reaches_no_backend() {
-    bounded(async {
-        const PAIRS: usize = 100_000;
-        let s = setup("rapid-reset", Settings::DEFAULT).await;
-        let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
-        let rss_before = rss_kib();
-        let (read, write) = raw_h2(&s.juggler, &s.cert).await;
-        let acks = Acks::default();
-        let started = Instant::now();
-        // Each batch: 10 streams opened (HEADERS with END_STREAM) and cancelled at once.
-        let writer = flood(
-            write,
-            Arc::clone(&acks),
-            PAIRS / 10,
-            Duration::from_secs(10),
-            |batch| {
-                let mut bytes = Vec::new();
-                for i in 0..10 {
-                    let id = ((batch * 10 + i) * 2 + 1) as u32;
-                    let block = get_block("/rapid");
-                    bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, id, &block));
-                    bytes.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
-                }
-                bytes
-            },
-        );
-        let seen = read_frames(read, acks, started, Duration::from_secs(10)).await;
-        let sent = writer.await.unwrap() * 10;
-        let slowest = other.await.unwrap();
-        let rss_after = rss_kib();
-        println!(
-            "rapid reset: {sent} of {PAIRS} HEADERS+RST_STREAM pairs written before the \
-             connection refused more; ended after {:?} with GOAWAY {:?} (code, last stream), \
-             closed {}, read error {:?}; {} HEADERS back; backend saw {} requests; other \
-             client's slowest answer {slowest:?}; RSS {rss_before} -> {rss_after} KiB",
-            seen.ended_after,
-            seen.goaway,
-            seen.closed,
-            seen.read_error,
-            seen.headers,
-            reached_backend(&s, "/rapid"),
-        );
-        assert!(sent < PAIRS, "the flood was never stopped");
-        assert!(seen.closed, "the connection was left open");
-        let (code, _) = seen.goaway.expect("rapid reset ended without GOAWAY");
-        assert_eq!(code, ENHANCE_YOUR_CALM);
-        // Streams the server accepted before their reset arrived may be forwarded; the flood
-        // as a whole must not be.
-        assert!(reached_backend(&s, "/rapid") <= 300);
-        assert!(
-            rss_after < rss_before + 64 * 1024,
-            "RSS grew by over 64 MiB"
-        );
-    })
-    .await;
+    const PAIRS: usize = 100_000;
+    let s = setup("rapid-reset", Settings::DEFAULT).await;
+    let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
+    let rss_before = rss_kib();
+    let (read, write) = raw_h2(&s.juggler, &s.cert).await;
+    let acks = Acks::default();
+    let started = Instant::now();
+    // Each batch: 10 streams opened (HEADERS with END_STREAM) and cancelled at once.
+    let writer = flood(
+        write,
+        Arc::clone(&acks),
+        PAIRS / 10,
+        Duration::from_secs(10),
+        |batch| {
+            let mut bytes = Vec::new();
+            for i in 0..10 {
+                let id = ((batch * 10 + i) * 2 + 1) as u32;
+                let block = get_block("/rapid");
+                bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, id, &block));
+                bytes.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+            }
+            bytes
+        },
+    );
+    let seen = read_frames(read, acks, started, Duration::from_secs(10)).await;
+    let sent = writer.await.unwrap() * 10;
+    let slowest = other.await.unwrap();
+    let rss_after = rss_kib();
+    println!(
+        "rapid reset: {sent} of {PAIRS} HEADERS+RST_STREAM pairs written before the \
+         connection refused more; ended after {:?} with GOAWAY {:?} (code, last stream), \
+         closed {}, read error {:?}; {} HEADERS back; backend saw {} requests; other \
+         client's slowest answer {slowest:?}; RSS {rss_before} -> {rss_after} KiB",
+        seen.ended_after,
+        seen.goaway,
+        seen.closed,
+        seen.read_error,
+        seen.headers,
+        reached_backend(&s, "/rapid"),
+    );
+    assert!(sent < PAIRS, "the flood was never stopped");
+    assert!(seen.closed, "the connection was left open");
+    let (code, _) = seen.goaway.expect("rapid reset ended without GOAWAY");
+    assert_eq!(code, ENHANCE_YOUR_CALM);
+    // Streams the server accepted before their reset arrived may be forwarded; the flood
+    // as a whole must not be.
+    assert!(reached_backend(&s, "/rapid") <= 300);
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew by over 64 MiB"
+    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn continuation_flood_gets_goaway_enhance_your_calm() {
-    bounded(async {
-        const FRAMES: usize = 1_000_000;
-        let s = setup("continuation", Settings::DEFAULT).await;
-        let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
-        let (read, write) = raw_h2(&s.juggler, &s.cert).await;
-        let acks = Acks::default();
-        let started = Instant::now();
-        // A header block that never ends: HEADERS without END_HEADERS, then CONTINUATIONs of
-        // one small literal header each (small, so the count limit acts before the size limit).
-        let writer = flood(
-            write,
-            Arc::clone(&acks),
-            FRAMES / 100,
-            Duration::from_secs(10),
-            |batch| {
-                let mut bytes = Vec::new();
-                if batch == 0 {
-                    bytes.extend(frame(HEADERS, END_STREAM, 1, &get_block("/continued")));
-                }
-                let field = [0x00, 1, b'x', 1, b'y']; // literal "x: y", not indexed
-                for _ in 0..100 {
-                    bytes.extend(frame(CONTINUATION, 0, 1, &field));
-                }
-                bytes
-            },
-        );
-        let seen = read_frames(read, acks, started, Duration::from_secs(10)).await;
-        let sent = writer.await.unwrap() * 100;
-        let slowest = other.await.unwrap();
-        println!(
-            "CONTINUATION flood: {sent} of {FRAMES} frames written; ended after {:?} with \
-             GOAWAY {:?}, closed {}, read error {:?}; backend saw {} requests; other client's \
-             slowest answer {slowest:?}",
-            seen.ended_after,
-            seen.goaway,
-            seen.closed,
-            seen.read_error,
-            reached_backend(&s, "/continued"),
-        );
-        assert!(sent < FRAMES, "the flood was never stopped");
-        let (code, _) = seen.goaway.expect("no GOAWAY");
-        assert_eq!(code, ENHANCE_YOUR_CALM);
-        assert!(seen.closed);
-        assert_eq!(reached_backend(&s, "/continued"), 0);
-    })
-    .await;
+    const FRAMES: usize = 1_000_000;
+    let s = setup("continuation", Settings::DEFAULT).await;
+    let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
+    let (read, write) = raw_h2(&s.juggler, &s.cert).await;
+    let acks = Acks::default();
+    let started = Instant::now();
+    // A header block that never ends: HEADERS without END_HEADERS, then CONTINUATIONs of
+    // one small literal header each (small, so the count limit acts before the size limit).
+    let writer = flood(
+        write,
+        Arc::clone(&acks),
+        FRAMES / 100,
+        Duration::from_secs(10),
+        |batch| {
+            let mut bytes = Vec::new();
+            if batch == 0 {
+                bytes.extend(frame(HEADERS, END_STREAM, 1, &get_block("/continued")));
+            }
+            let field = [0x00, 1, b'x', 1, b'y']; // literal "x: y", not indexed
+            for _ in 0..100 {
+                bytes.extend(frame(CONTINUATION, 0, 1, &field));
+            }
+            bytes
+        },
+    );
+    let seen = read_frames(read, acks, started, Duration::from_secs(10)).await;
+    let sent = writer.await.unwrap() * 100;
+    let slowest = other.await.unwrap();
+    println!(
+        "CONTINUATION flood: {sent} of {FRAMES} frames written; ended after {:?} with \
+         GOAWAY {:?}, closed {}, read error {:?}; backend saw {} requests; other client's \
+         slowest answer {slowest:?}",
+        seen.ended_after,
+        seen.goaway,
+        seen.closed,
+        seen.read_error,
+        reached_backend(&s, "/continued"),
+    );
+    assert!(sent < FRAMES, "the flood was never stopped");
+    let (code, _) = seen.goaway.expect("no GOAWAY");
+    assert_eq!(code, ENHANCE_YOUR_CALM);
+    assert!(seen.closed);
+    assert_eq!(reached_backend(&s, "/continued"), 0);
 }
 
 /// A flood of `kind` frames (SETTINGS or PING) with no request at all: Juggler acknowledges them
@@ -434,14 +428,14 @@ async fn control_frame_flood(kind: u8, name: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn settings_flood_is_acknowledged_in_step_and_closed_when_idle() {
-    bounded(control_frame_flood(SETTINGS, "SETTINGS")).await;
+    control_frame_flood(SETTINGS, "SETTINGS").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn ping_flood_is_acknowledged_in_step_and_closed_when_idle() {
-    bounded(control_frame_flood(PING, "PING")).await;
+    control_frame_flood(PING, "PING").await;
 }
 
 /// A request body that announces 10 bytes and never sends one.
@@ -461,59 +455,56 @@ impl Body for NeverEnds {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn stream_that_never_sends_its_body_gets_408_and_a_reset() {
-    bounded(async {
-        const BODY_TIMEOUT: Duration = Duration::from_secs(1);
-        let mut settings = Settings::DEFAULT;
-        settings.limits.body_read_timeout = BODY_TIMEOUT;
-        let s = setup("stalled-body", settings).await;
-        let stream = tls_connect(
-            s.juggler.https_addr(),
-            client_config(&[&s.cert.der], ALPN_H2),
-            "localhost",
-        )
-        .await
-        .unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        let conn = tokio::spawn(conn);
-        // Many stalled streams on one connection: each is answered on its own.
-        let started = Instant::now();
-        let mut stalled = Vec::new();
-        for _ in 0..50 {
-            let request = Request::post("https://localhost/upload")
-                .header("content-length", "10")
-                .body(NeverEnds)
-                .unwrap();
-            sender.ready().await.unwrap();
-            stalled.push(sender.send_request(request));
-        }
-        let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
-        let mut statuses = Vec::new();
-        for response in stalled {
-            statuses.push(response.await.unwrap().status().as_u16());
-        }
-        let answered = started.elapsed();
-        let slowest = other.await.unwrap();
-        println!(
-            "50 stalled bodies on one connection: answered {:?} after {answered:?}; backend saw \
-             {} requests; other client's slowest answer {slowest:?}",
-            tally(
-                statuses
-                    .iter()
-                    .map(|s| if *s == 408 { "408" } else { "other" })
-            ),
-            reached_backend(&s, "/echo"),
-        );
-        assert!(statuses.iter().all(|status| *status == 408));
-        assert!(answered >= BODY_TIMEOUT && answered < BODY_TIMEOUT * 4);
-        assert_eq!(reached_backend(&s, "/upload"), 0);
-        conn.abort();
-    })
-    .await;
+    const BODY_TIMEOUT: Duration = Duration::from_secs(1);
+    let mut settings = Settings::DEFAULT;
+    settings.limits.body_read_timeout = BODY_TIMEOUT;
+    let s = setup("stalled-body", settings).await;
+    let stream = tls_connect(
+        s.juggler.https_addr(),
+        client_config(&[&s.cert.der], ALPN_H2),
+        "localhost",
+    )
+    .await
+    .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    // Many stalled streams on one connection: each is answered on its own.
+    let started = Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..50 {
+        let request = Request::post("https://localhost/upload")
+            .header("content-length", "10")
+            .body(NeverEnds)
+            .unwrap();
+        sender.ready().await.unwrap();
+        stalled.push(sender.send_request(request));
+    }
+    let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
+    let mut statuses = Vec::new();
+    for response in stalled {
+        statuses.push(response.await.unwrap().status().as_u16());
+    }
+    let answered = started.elapsed();
+    let slowest = other.await.unwrap();
+    println!(
+        "50 stalled bodies on one connection: answered {:?} after {answered:?}; backend saw \
+         {} requests; other client's slowest answer {slowest:?}",
+        tally(
+            statuses
+                .iter()
+                .map(|s| if *s == 408 { "408" } else { "other" })
+        ),
+        reached_backend(&s, "/echo"),
+    );
+    assert!(statuses.iter().all(|status| *status == 408));
+    assert!(answered >= BODY_TIMEOUT && answered < BODY_TIMEOUT * 4);
+    assert_eq!(reached_backend(&s, "/upload"), 0);
+    conn.abort();
 }
 
 /// An HTTP/2 connection whose client opens no receive window (`SETTINGS_INITIAL_WINDOW_SIZE`
@@ -553,99 +544,90 @@ async fn starved_streams(
     (responses, conn)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn window_starved_buffered_responses_hold_no_backend_connection() {
-    bounded(async {
-        // Pool of 2 to the one backend; 20 starved streams of 256 KiB each (buffered whole,
-        // below response_buffer_bytes) must leave both pooled connections free.
-        let s = setup("starved", Settings::DEFAULT).await;
-        let rss_before = rss_kib();
-        let (responses, conn) = starved_streams(&s, 20, 256 * 1024).await;
-        let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
-        let slowest = other.await.unwrap();
-        let rss_after = rss_kib();
-        println!(
-            "window starvation, 20 x 256 KiB buffered responses never read: backend saw {} \
-             requests; pool open {:?}; other client's slowest answer \
-             {slowest:?}; RSS {rss_before} -> {rss_after} KiB",
-            reached_backend(&s, "/echo"),
-            s.juggler.open_connections(),
-        );
-        assert_eq!(responses.len(), 20);
-        assert!(responses.iter().all(|r| r.status() == 200));
-        assert_eq!(s.juggler.open_connections(), vec![2]);
-        drop(responses);
-        conn.abort();
-    })
-    .await;
+    // Pool of 2 to the one backend; 20 starved streams of 256 KiB each (buffered whole,
+    // below response_buffer_bytes) must leave both pooled connections free.
+    let s = setup("starved", Settings::DEFAULT).await;
+    let rss_before = rss_kib();
+    let (responses, conn) = starved_streams(&s, 20, 256 * 1024).await;
+    let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
+    let slowest = other.await.unwrap();
+    let rss_after = rss_kib();
+    println!(
+        "window starvation, 20 x 256 KiB buffered responses never read: backend saw {} \
+         requests; pool open {:?}; other client's slowest answer \
+         {slowest:?}; RSS {rss_before} -> {rss_after} KiB",
+        reached_backend(&s, "/echo"),
+        s.juggler.open_connections(),
+    );
+    assert_eq!(responses.len(), 20);
+    assert!(responses.iter().all(|r| r.status() == 200));
+    assert_eq!(s.juggler.open_connections(), vec![2]);
+    drop(responses);
+    conn.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 #[ignore = "gap: a streamed response to a client that never opens its window holds a pooled connection with no deadline"]
 async fn window_starved_streamed_response_does_not_hold_the_pool_forever() {
-    bounded(async {
-        let s = setup("starved-stream", Settings::DEFAULT).await;
-        // Two 4 MiB responses (streamed: above response_buffer_bytes) hold both pooled
-        // connections while their client never opens its window.
-        let (_responses, conn) = starved_streams(&s, 2, 4 * 1024 * 1024).await;
-        let started = Instant::now();
-        let answer = tokio::time::timeout(Duration::from_secs(40), async {
-            let client = H2Client::connect(s.juggler.https_addr(), &s.cert).await;
-            client.get("/other").await.unwrap()
-        })
-        .await;
-        println!(
-            "other client while 2 streamed responses are starved: {:?} after {:?}",
-            answer.as_ref().map(|a| a.status),
-            started.elapsed()
-        );
-        assert_eq!(answer.expect("no answer in 40 s").status, 200);
-        conn.abort();
+    let s = setup("starved-stream", Settings::DEFAULT).await;
+    // Two 4 MiB responses (streamed: above response_buffer_bytes) hold both pooled
+    // connections while their client never opens its window.
+    let (_responses, conn) = starved_streams(&s, 2, 4 * 1024 * 1024).await;
+    let started = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(40), async {
+        let client = H2Client::connect(s.juggler.https_addr(), &s.cert).await;
+        client.get("/other").await.unwrap()
     })
     .await;
+    println!(
+        "other client while 2 streamed responses are starved: {:?} after {:?}",
+        answer.as_ref().map(|a| a.status),
+        started.elapsed()
+    );
+    assert_eq!(answer.expect("no answer in 40 s").status, 200);
+    conn.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn rapid_reset_one_pair_per_write_is_bounded_too() {
-    bounded(async {
-        const PAIRS: usize = 5_000;
-        let s = setup("rapid-reset-slow", Settings::DEFAULT).await;
-        let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
-        let (read, write) = raw_h2(&s.juggler, &s.cert).await;
-        let acks = Acks::default();
-        let started = Instant::now();
-        // One pair per TLS record and write: the server may accept each stream before its reset.
-        let writer = flood(
-            write,
-            Arc::clone(&acks),
-            PAIRS,
-            Duration::from_secs(10),
-            |n| {
-                let id = (n * 2 + 1) as u32;
-                let mut bytes = frame(HEADERS, END_STREAM | END_HEADERS, id, &get_block("/rapid"));
-                bytes.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
-                bytes
-            },
-        );
-        let seen = read_frames(read, acks, started, Duration::from_secs(10)).await;
-        let sent = writer.await.unwrap();
-        let slowest = other.await.unwrap();
-        println!(
-            "rapid reset, one pair per write: {sent} of {PAIRS} pairs written; ended after {:?} \
-             with GOAWAY {:?}, closed {}, read error {:?}; {} HEADERS and {} RST_STREAM back; \
-             backend saw {} of them; other client's slowest answer {slowest:?}",
-            seen.ended_after,
-            seen.goaway,
-            seen.closed,
-            seen.read_error,
-            seen.headers,
-            seen.resets,
-            reached_backend(&s, "/rapid"),
-        );
-        assert!(sent < PAIRS, "the flood was never stopped");
-        assert!(seen.closed, "the connection was left open");
-        assert_eq!(seen.goaway.expect("no GOAWAY").0, ENHANCE_YOUR_CALM);
-        assert!(reached_backend(&s, "/rapid") <= 300);
-    })
-    .await;
+    const PAIRS: usize = 5_000;
+    let s = setup("rapid-reset-slow", Settings::DEFAULT).await;
+    let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
+    let (read, write) = raw_h2(&s.juggler, &s.cert).await;
+    let acks = Acks::default();
+    let started = Instant::now();
+    // One pair per TLS record and write: the server may accept each stream before its reset.
+    let writer = flood(
+        write,
+        Arc::clone(&acks),
+        PAIRS,
+        Duration::from_secs(10),
+        |n| {
+            let id = (n * 2 + 1) as u32;
+            let mut bytes = frame(HEADERS, END_STREAM | END_HEADERS, id, &get_block("/rapid"));
+            bytes.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+            bytes
+        },
+    );
+    let seen = read_frames(read, acks, started, Duration::from_secs(10)).await;
+    let sent = writer.await.unwrap();
+    let slowest = other.await.unwrap();
+    println!(
+        "rapid reset, one pair per write: {sent} of {PAIRS} pairs written; ended after {:?} \
+         with GOAWAY {:?}, closed {}, read error {:?}; {} HEADERS and {} RST_STREAM back; \
+         backend saw {} of them; other client's slowest answer {slowest:?}",
+        seen.ended_after,
+        seen.goaway,
+        seen.closed,
+        seen.read_error,
+        seen.headers,
+        seen.resets,
+        reached_backend(&s, "/rapid"),
+    );
+    assert!(sent < PAIRS, "the flood was never stopped");
+    assert!(seen.closed, "the connection was left open");
+    assert_eq!(seen.goaway.expect("no GOAWAY").0, ENHANCE_YOUR_CALM);
+    assert!(reached_backend(&s, "/rapid") <= 300);
 }

@@ -98,113 +98,98 @@ async fn send_pipelined_partial<S: AsyncWrite + Unpin>(stream: &mut S) -> Instan
     Instant::now()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn pipelined_partial_request_gets_408_and_stalls_no_one() {
-    bounded(async {
-        let (_backend, juggler) = start_one_backend("server", 2, settings()).await;
-        let mut stalled = TcpStream::connect(juggler.addr).await.unwrap();
-        let sent = send_pipelined_partial(&mut stalled).await;
+    let (_backend, juggler) = start_one_backend("server", 2, settings()).await;
+    let mut stalled = TcpStream::connect(juggler.addr).await.unwrap();
+    let sent = send_pipelined_partial(&mut stalled).await;
 
-        // Held, unread, well past the park delay: Juggler must sit still meanwhile.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let cpu_before = process_cpu();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let cpu = process_cpu() - cpu_before;
-        println!("CPU while the connection is held idle: {cpu:?} over 500 ms");
-        assert!(cpu < Duration::from_millis(100), "{cpu:?} of CPU in 500 ms");
+    // Held, unread, well past the park delay: Juggler must sit still meanwhile.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu_before = process_cpu();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu = process_cpu() - cpu_before;
+    println!("CPU while the connection is held idle: {cpu:?} over 500 ms");
+    assert!(cpu < Duration::from_millis(100), "{cpu:?} of CPU in 500 ms");
 
-        assert_others_served(juggler.addr, Duration::from_millis(500)).await;
-        assert_answered_then_408(&mut stalled, sent).await;
-        juggler.shutdown().await.unwrap();
-    })
-    .await;
+    assert_others_served(juggler.addr, Duration::from_millis(500)).await;
+    assert_answered_then_408(&mut stalled, sent).await;
+    juggler.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn fifty_pipelined_partial_requests_stall_no_one() {
-    bounded(async {
-        let (_backend, juggler) = start_one_backend("server", 4, settings()).await;
-        let mut stalled = Vec::new();
-        for _ in 0..50 {
-            let mut stream = TcpStream::connect(juggler.addr).await.unwrap();
-            let sent = send_pipelined_partial(&mut stream).await;
-            stalled.push((stream, sent));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_others_served(juggler.addr, Duration::from_millis(800)).await;
-        let ends = stalled.into_iter().map(|(mut stream, sent)| {
-            tokio::spawn(async move { assert_answered_then_408(&mut stream, sent).await })
-        });
-        for end in ends.collect::<Vec<_>>() {
-            end.await.unwrap();
-        }
-        juggler.shutdown().await.unwrap();
-    })
-    .await;
+    let (_backend, juggler) = start_one_backend("server", 4, settings()).await;
+    let mut stalled = Vec::new();
+    for _ in 0..50 {
+        let mut stream = TcpStream::connect(juggler.addr).await.unwrap();
+        let sent = send_pipelined_partial(&mut stream).await;
+        stalled.push((stream, sent));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_others_served(juggler.addr, Duration::from_millis(800)).await;
+    let ends = stalled.into_iter().map(|(mut stream, sent)| {
+        tokio::spawn(async move { assert_answered_then_408(&mut stream, sent).await })
+    });
+    for end in ends.collect::<Vec<_>>() {
+        end.await.unwrap();
+    }
+    juggler.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn pipelined_partial_request_over_tls_gets_408_and_stalls_no_one() {
-    bounded(async {
-        let backend = TestBackend::start("server").await;
-        let (cert, files) = CertFiles::generate("pipelined-partial");
-        let juggler = TestJuggler::start_https(table(&[backend.addr], 2, settings()), &files).await;
-        let config = client_config(&[&cert.der], ALPN_HTTP11);
-        let mut stalled = tls_connect(juggler.https_addr(), config, "localhost")
-            .await
-            .unwrap();
-        let sent = send_pipelined_partial(&mut stalled).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_others_served(juggler.addr, Duration::from_millis(500)).await;
-        assert_answered_then_408(&mut stalled, sent).await;
-        juggler.shutdown().await.unwrap();
-    })
-    .await;
+    let backend = TestBackend::start("server").await;
+    let (cert, files) = CertFiles::generate("pipelined-partial");
+    let juggler = TestJuggler::start_https(table(&[backend.addr], 2, settings()), &files).await;
+    let config = client_config(&[&cert.der], ALPN_HTTP11);
+    let mut stalled = tls_connect(juggler.https_addr(), config, "localhost")
+        .await
+        .unwrap();
+    let sent = send_pipelined_partial(&mut stalled).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_others_served(juggler.addr, Duration::from_millis(500)).await;
+    assert_answered_then_408(&mut stalled, sent).await;
+    juggler.shutdown().await.unwrap();
 }
 
 /// Complete pipelined requests, then the start of one more that is finished only after the
 /// connection has gone idle (and been parked with those bytes carried over): every answer
 /// arrives, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn pipelined_requests_finished_after_a_park_are_answered_in_order() {
-    bounded(async {
-        let (_backend, juggler) = start_one_backend("server", 2, settings()).await;
-        let mut wire = wire::Wire::connect(juggler.addr).await;
-        wire.send(
-            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\none\
-              POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\ntwo\
-              POST /echo HTTP/1.1\r\nHost: x\r\nCont",
-        )
-        .await;
-        let mut bodies = Vec::new();
-        for _ in 0..2 {
-            bodies.push(wire.read_response(false).await.body);
-        }
-        // Well past the park delay, well within the header timeout.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        wire.send(b"ent-Length: 5\r\n\r\nthree").await;
-        bodies.push(wire.read_response(false).await.body);
-        assert_eq!(bodies, [&b"one"[..], b"two", b"three"]);
-        juggler.shutdown().await.unwrap();
-    })
+    let (_backend, juggler) = start_one_backend("server", 2, settings()).await;
+    let mut wire = wire::Wire::connect(juggler.addr).await;
+    wire.send(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\none\
+          POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\ntwo\
+          POST /echo HTTP/1.1\r\nHost: x\r\nCont",
+    )
     .await;
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        bodies.push(wire.read_response(false).await.body);
+    }
+    // Well past the park delay, well within the header timeout.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    wire.send(b"ent-Length: 5\r\n\r\nthree").await;
+    bodies.push(wire.read_response(false).await.body);
+    assert_eq!(bodies, [&b"one"[..], b"two", b"three"]);
+    juggler.shutdown().await.unwrap();
 }
 
 /// A task that blocks its worker thread (as a buggy connection task would) must not stop the
 /// rest of Juggler: new clients are still accepted and answered by the other worker.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn a_blocked_worker_does_not_stop_accepting() {
-    bounded(async {
-        let (_backend, juggler) = start_one_backend("server", 2, settings()).await;
-        // Warm up: the accept loop and the pool have run on the workers.
-        assert_eq!(get(juggler.addr, "/").await.unwrap().status, 200);
-        let blocker = tokio::spawn(async {
-            std::thread::sleep(Duration::from_millis(1500));
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_others_served(juggler.addr, Duration::from_millis(800)).await;
-        blocker.await.unwrap();
-        juggler.shutdown().await.unwrap();
-    })
-    .await;
+    let (_backend, juggler) = start_one_backend("server", 2, settings()).await;
+    // Warm up: the accept loop and the pool have run on the workers.
+    assert_eq!(get(juggler.addr, "/").await.unwrap().status, 200);
+    let blocker = tokio::spawn(async {
+        std::thread::sleep(Duration::from_millis(1500));
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_others_served(juggler.addr, Duration::from_millis(800)).await;
+    blocker.await.unwrap();
+    juggler.shutdown().await.unwrap();
 }

@@ -5,112 +5,102 @@ use std::time::Duration;
 use juggler::table::Settings;
 use juggler_testkit::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn round_robin_on_one_connection_and_across_many() {
-    bounded(async {
-        let backends = three_backends().await;
-        let juggler = TestJuggler::start(table(&addrs_of(&backends), 2, Settings::DEFAULT)).await;
+    let backends = three_backends().await;
+    let juggler = TestJuggler::start(table(&addrs_of(&backends), 2, Settings::DEFAULT)).await;
 
-        let mut client = Client::connect(juggler.addr).await;
-        let mut seen = Vec::new();
-        for _ in 0..6 {
-            seen.push(client.get("/test.txt").await.unwrap().text());
-        }
-        println!("one connection: {seen:?}");
-        assert_eq!(
-            seen,
-            ["server 1", "server 2", "server 3", "server 1", "server 2", "server 3"]
-        );
+    let mut client = Client::connect(juggler.addr).await;
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(client.get("/test.txt").await.unwrap().text());
+    }
+    println!("one connection: {seen:?}");
+    assert_eq!(
+        seen,
+        ["server 1", "server 2", "server 3", "server 1", "server 2", "server 3"]
+    );
 
-        let mut seen = Vec::new();
-        for _ in 0..6 {
-            seen.push(get(juggler.addr, "/test.txt").await.unwrap().text());
-        }
-        println!("fresh connections: {seen:?}");
-        assert_eq!(
-            seen,
-            ["server 1", "server 2", "server 3", "server 1", "server 2", "server 3"]
-        );
-        juggler.shutdown().await.unwrap();
-    })
-    .await;
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(get(juggler.addr, "/test.txt").await.unwrap().text());
+    }
+    println!("fresh connections: {seen:?}");
+    assert_eq!(
+        seen,
+        ["server 1", "server 2", "server 3", "server 1", "server 2", "server 3"]
+    );
+    juggler.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn each_backend_sees_exactly_n_connections_under_500_clients() {
-    bounded(async {
-        const POOL: usize = 4;
-        const CLIENTS: usize = 500;
-        const REQUESTS_PER_CLIENT: usize = 4;
-        let backends = three_backends().await;
-        let juggler =
-            TestJuggler::start(table(&addrs_of(&backends), POOL, Settings::DEFAULT)).await;
+    const POOL: usize = 4;
+    const CLIENTS: usize = 500;
+    const REQUESTS_PER_CLIENT: usize = 4;
+    let backends = three_backends().await;
+    let juggler = TestJuggler::start(table(&addrs_of(&backends), POOL, Settings::DEFAULT)).await;
 
-        let mut clients = tokio::task::JoinSet::new();
-        for _ in 0..CLIENTS {
-            let addr = juggler.addr;
-            clients.spawn(async move {
-                let mut client = Client::connect(addr).await;
-                let mut ok = 0;
-                for _ in 0..REQUESTS_PER_CLIENT {
-                    if client.get("/test.txt").await.unwrap().status == 200 {
-                        ok += 1;
-                    }
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let addr = juggler.addr;
+        clients.spawn(async move {
+            let mut client = Client::connect(addr).await;
+            let mut ok = 0;
+            for _ in 0..REQUESTS_PER_CLIENT {
+                if client.get("/test.txt").await.unwrap().status == 200 {
+                    ok += 1;
                 }
-                ok
-            });
-        }
-        let mut succeeded = 0;
-        while let Some(ok) = clients.join_next().await {
-            succeeded += ok.unwrap();
-        }
-        let accepted: Vec<usize> = backends.iter().map(|b| b.accepted()).collect();
-        let requests: Vec<usize> = backends.iter().map(|b| b.stats.requests.get()).collect();
-        println!(
-            "{succeeded} of {} requests succeeded; backend connections accepted {accepted:?}; \
-             requests per backend {requests:?}",
-            CLIENTS * REQUESTS_PER_CLIENT
-        );
-        assert_eq!(succeeded, CLIENTS * REQUESTS_PER_CLIENT);
-        assert_eq!(accepted, [POOL; 3]);
-        assert_eq!(
-            requests.iter().sum::<usize>(),
-            CLIENTS * REQUESTS_PER_CLIENT
-        );
-        juggler.shutdown().await.unwrap();
-    })
-    .await;
+            }
+            ok
+        });
+    }
+    let mut succeeded = 0;
+    while let Some(ok) = clients.join_next().await {
+        succeeded += ok.unwrap();
+    }
+    let accepted: Vec<usize> = backends.iter().map(|b| b.accepted()).collect();
+    let requests: Vec<usize> = backends.iter().map(|b| b.stats.requests.get()).collect();
+    println!(
+        "{succeeded} of {} requests succeeded; backend connections accepted {accepted:?}; \
+         requests per backend {requests:?}",
+        CLIENTS * REQUESTS_PER_CLIENT
+    );
+    assert_eq!(succeeded, CLIENTS * REQUESTS_PER_CLIENT);
+    assert_eq!(accepted, [POOL; 3]);
+    assert_eq!(
+        requests.iter().sum::<usize>(),
+        CLIENTS * REQUESTS_PER_CLIENT
+    );
+    juggler.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn single_connection_pool_queues_without_overlap() {
-    bounded(async {
-        let backend = TestBackend::start_with(Behaviour {
-            name: "slow".into(),
-            delay: Duration::from_millis(10),
-        })
-        .await;
-        let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
-        let mut requests = tokio::task::JoinSet::new();
-        for _ in 0..50 {
-            let addr = juggler.addr;
-            requests.spawn(async move { get(addr, "/x").await.unwrap().status });
-        }
-        let mut ok = 0;
-        while let Some(status) = requests.join_next().await {
-            if status.unwrap() == 200 {
-                ok += 1;
-            }
-        }
-        println!(
-            "{ok}/50 ok; backend max in flight {}, connections accepted {}",
-            backend.stats.max_in_flight.get(),
-            backend.accepted()
-        );
-        assert_eq!(ok, 50);
-        assert_eq!(backend.stats.max_in_flight.get(), 1);
-        assert_eq!(backend.accepted(), 1);
-        juggler.shutdown().await.unwrap();
+    let backend = TestBackend::start_with(Behaviour {
+        name: "slow".into(),
+        delay: Duration::from_millis(10),
     })
     .await;
+    let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let addr = juggler.addr;
+        requests.spawn(async move { get(addr, "/x").await.unwrap().status });
+    }
+    let mut ok = 0;
+    while let Some(status) = requests.join_next().await {
+        if status.unwrap() == 200 {
+            ok += 1;
+        }
+    }
+    println!(
+        "{ok}/50 ok; backend max in flight {}, connections accepted {}",
+        backend.stats.max_in_flight.get(),
+        backend.accepted()
+    );
+    assert_eq!(ok, 50);
+    assert_eq!(backend.stats.max_in_flight.get(), 1);
+    assert_eq!(backend.accepted(), 1);
+    juggler.shutdown().await.unwrap();
 }

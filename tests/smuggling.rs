@@ -14,29 +14,26 @@ const ANSWER_WAIT: Duration = Duration::from_secs(3);
 /// Sends each case on its own connection to a fresh Juggler and checks: `400`, connection closed,
 /// nothing reached the backend, and a normal request from another client still gets `200`.
 async fn assert_all_refused(cases: &[(&str, &[u8])]) {
-    bounded(async {
-        for (name, bytes) in cases {
-            let (backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
-            let started = tokio::time::Instant::now();
-            let (answer, closed) = exchange(juggler.addr, bytes, ANSWER_WAIT).await;
-            let took = started.elapsed();
-            let status = status_of(&answer);
-            let leaked = backend.stats.requests.get();
-            let next = get(juggler.addr, "/after").await.unwrap();
-            println!(
-                "{name}: status {status:?}, closed {closed} after {took:?}, backend saw {leaked}, \
-                 next client {}",
-                next.status
-            );
-            assert_eq!(status, Some(400), "{name}: {answer:?}");
-            assert!(closed, "{name}: connection left open");
-            assert_eq!(leaked, 0, "{name}: reached the backend");
-            assert_eq!(next.status, 200, "{name}: next client");
-            assert_eq!(backend.stats.requests.get(), 1, "{name}");
-            juggler.shutdown().await.unwrap();
-        }
-    })
-    .await;
+    for (name, bytes) in cases {
+        let (backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
+        let started = tokio::time::Instant::now();
+        let (answer, closed) = exchange(juggler.addr, bytes, ANSWER_WAIT).await;
+        let took = started.elapsed();
+        let status = status_of(&answer);
+        let leaked = backend.stats.requests.get();
+        let next = get(juggler.addr, "/after").await.unwrap();
+        println!(
+            "{name}: status {status:?}, closed {closed} after {took:?}, backend saw {leaked}, \
+             next client {}",
+            next.status
+        );
+        assert_eq!(status, Some(400), "{name}: {answer:?}");
+        assert!(closed, "{name}: connection left open");
+        assert_eq!(leaked, 0, "{name}: reached the backend");
+        assert_eq!(next.status, 200, "{name}: next client");
+        assert_eq!(backend.stats.requests.get(), 1, "{name}");
+        juggler.shutdown().await.unwrap();
+    }
 }
 
 fn head(extra: &str) -> Vec<u8> {
@@ -51,7 +48,7 @@ fn chunked(body: &str) -> Vec<u8> {
 
 // --- Refused by hyper / httparse -------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn differing_content_lengths_are_refused_by_hyper() {
     assert_all_refused(&[
         (
@@ -66,7 +63,7 @@ async fn differing_content_lengths_are_refused_by_hyper() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn transfer_encoding_not_ending_in_chunked_is_refused_by_hyper() {
     assert_all_refused(&[
         (
@@ -87,7 +84,7 @@ async fn transfer_encoding_not_ending_in_chunked_is_refused_by_hyper() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn bad_chunk_sizes_and_extensions_are_refused() {
     // hyper fails the body stream; Juggler reads bodies whole before routing to a backend, so
     // the failure becomes `400` + close and nothing is sent on.
@@ -116,7 +113,7 @@ async fn bad_chunk_sizes_and_extensions_are_refused() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn bare_cr_whitespace_before_colon_and_obs_fold_are_refused_by_httparse() {
     assert_all_refused(&[
         (
@@ -151,7 +148,7 @@ async fn bare_cr_whitespace_before_colon_and_obs_fold_are_refused_by_httparse() 
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn invalid_characters_in_header_names_and_values_are_refused_by_httparse() {
     assert_all_refused(&[
         (
@@ -183,7 +180,7 @@ async fn invalid_characters_in_header_names_and_values_are_refused_by_httparse()
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn http_0_9_and_broken_request_lines_are_refused_by_httparse() {
     assert_all_refused(&[
         ("HTTP/0.9 request line", b"GET /\r\n"),
@@ -197,7 +194,7 @@ async fn http_0_9_and_broken_request_lines_are_refused_by_httparse() {
 
 // --- Let through by hyper, refused by Juggler's request_checks --------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn codings_hyper_would_half_decode_are_refused_by_juggler() {
     assert_all_refused(&[
         (
@@ -238,7 +235,7 @@ async fn codings_hyper_would_half_decode_are_refused_by_juggler() {
 /// connection close-after-response (RFC 9112 §6.3 item 3 allows this). The service never sees the
 /// `Content-Length`, so Juggler cannot answer `400`; see the test below for why this is still
 /// safe.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 #[ignore = "needs: hyper to expose Content-Length+Transfer-Encoding (it strips CL before the \
             service runs), or server.rs to inspect the raw request head"]
 async fn content_length_with_transfer_encoding_is_refused() {
@@ -266,51 +263,47 @@ async fn content_length_with_transfer_encoding_is_refused() {
 /// What happens today with CL + TE: the chunked framing wins, the backend gets one request with
 /// Juggler's own `Content-Length`, the bytes the CL view would have smuggled are never parsed as a
 /// request, and the client connection is closed after the response.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn content_length_with_transfer_encoding_cannot_smuggle() {
-    bounded(async {
-        let (backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
-        for (name, extra) in [
-            (
-                "CL.TE",
-                "Content-Length: 60\r\nTransfer-Encoding: chunked\r\n",
-            ),
-            (
-                "TE.CL",
-                "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
-            ),
-        ] {
-            let mut bytes = head(extra);
-            bytes.extend_from_slice(
-                b"5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
-            );
-            let before = backend.stats.requests.get();
-            let (answer, closed) = exchange(juggler.addr, &bytes, ANSWER_WAIT).await;
-            let paths = backend.stats.paths.lock().unwrap().clone();
-            println!(
-                "{name}: status {:?}, closed {closed}, backend paths {paths:?}, answer {answer:?}",
-                status_of(&answer)
-            );
-            assert!(closed, "{name}: connection left open");
-            assert_eq!(backend.stats.requests.get(), before + 1, "{name}");
-            assert!(!paths.iter().any(|p| p == "/smuggled"), "{name}: smuggled");
-            assert_eq!(
-                answer.matches("HTTP/1.1 ").count(),
-                1,
-                "{name}: one response"
-            );
-            let sent_headers = backend.stats.last_headers.lock().unwrap().clone().unwrap();
-            assert_eq!(sent_headers["content-length"], "5", "{name}: reframed body");
-            assert!(sent_headers.get("transfer-encoding").is_none(), "{name}");
-        }
-        juggler.shutdown().await.unwrap();
-    })
-    .await;
+    let (backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
+    for (name, extra) in [
+        (
+            "CL.TE",
+            "Content-Length: 60\r\nTransfer-Encoding: chunked\r\n",
+        ),
+        (
+            "TE.CL",
+            "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+        ),
+    ] {
+        let mut bytes = head(extra);
+        bytes
+            .extend_from_slice(b"5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n");
+        let before = backend.stats.requests.get();
+        let (answer, closed) = exchange(juggler.addr, &bytes, ANSWER_WAIT).await;
+        let paths = backend.stats.paths.lock().unwrap().clone();
+        println!(
+            "{name}: status {:?}, closed {closed}, backend paths {paths:?}, answer {answer:?}",
+            status_of(&answer)
+        );
+        assert!(closed, "{name}: connection left open");
+        assert_eq!(backend.stats.requests.get(), before + 1, "{name}");
+        assert!(!paths.iter().any(|p| p == "/smuggled"), "{name}: smuggled");
+        assert_eq!(
+            answer.matches("HTTP/1.1 ").count(),
+            1,
+            "{name}: one response"
+        );
+        let sent_headers = backend.stats.last_headers.lock().unwrap().clone().unwrap();
+        assert_eq!(sent_headers["content-length"], "5", "{name}: reframed body");
+        assert!(sent_headers.get("transfer-encoding").is_none(), "{name}");
+    }
+    juggler.shutdown().await.unwrap();
 }
 
 /// httparse accepts a bare LF as a line end (RFC 9112 §2.2 allows a recipient to), so hyper hands
 /// the service a normal request and no trace of the LF.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 #[ignore = "needs: httparse/hyper to reject bare-LF line endings (no option in hyper 1.12), or \
             server.rs to check the raw request head"]
 async fn bare_lf_line_endings_are_refused() {
@@ -330,49 +323,43 @@ async fn bare_lf_line_endings_are_refused() {
 
 /// What happens today with bare LF: one request, re-encoded with CRLF toward the backend, so the
 /// backend cannot read the head differently from Juggler.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn bare_lf_line_endings_are_reencoded_not_passed_on() {
-    bounded(async {
-        let (backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
-        let bytes = b"POST /echo HTTP/1.1\nHost: a\nContent-Length: 5\nX-A: b\n\nhello";
-        let (answer, _) = exchange(juggler.addr, bytes, Duration::from_millis(500)).await;
-        let headers = backend.stats.last_headers.lock().unwrap().clone();
-        println!(
-            "bare LF: status {:?}, backend saw {} request(s), headers {headers:?}",
-            status_of(&answer),
-            backend.stats.requests.get()
-        );
-        assert_eq!(status_of(&answer), Some(200));
-        assert_eq!(backend.stats.requests.get(), 1);
-        let headers = headers.unwrap();
-        assert_eq!(headers["x-a"], "b");
-        assert_eq!(headers["content-length"], "5");
-        juggler.shutdown().await.unwrap();
-    })
-    .await;
+    let (backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
+    let bytes = b"POST /echo HTTP/1.1\nHost: a\nContent-Length: 5\nX-A: b\n\nhello";
+    let (answer, _) = exchange(juggler.addr, bytes, Duration::from_millis(500)).await;
+    let headers = backend.stats.last_headers.lock().unwrap().clone();
+    println!(
+        "bare LF: status {:?}, backend saw {} request(s), headers {headers:?}",
+        status_of(&answer),
+        backend.stats.requests.get()
+    );
+    assert_eq!(status_of(&answer), Some(200));
+    assert_eq!(backend.stats.requests.get(), 1);
+    let headers = headers.unwrap();
+    assert_eq!(headers["x-a"], "b");
+    assert_eq!(headers["content-length"], "5");
+    juggler.shutdown().await.unwrap();
 }
 
 /// Chunk extensions without CR or LF are ignored by hyper (RFC 9112 §7.1.1 lets a recipient
 /// ignore unknown extensions); Juggler re-frames the body with a `Content-Length`, so they never
 /// reach the backend either. Proof that they are dropped, not forwarded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn odd_but_cr_lf_free_chunk_extensions_are_dropped_not_forwarded() {
-    bounded(async {
-        let (_backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
-        let bytes = chunked("5;a=\"unterminated;b\r\nhello\r\n0;c\r\n\r\n");
-        let (answer, _) = exchange(juggler.addr, &bytes, Duration::from_millis(500)).await;
-        println!("odd extension: {answer:?}");
-        assert_eq!(status_of(&answer), Some(200));
-        assert!(answer.ends_with("hello"), "{answer}");
-        assert!(answer.contains("x-body-len: 5"), "{answer}");
-        juggler.shutdown().await.unwrap();
-    })
-    .await;
+    let (_backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
+    let bytes = chunked("5;a=\"unterminated;b\r\nhello\r\n0;c\r\n\r\n");
+    let (answer, _) = exchange(juggler.addr, &bytes, Duration::from_millis(500)).await;
+    println!("odd extension: {answer:?}");
+    assert_eq!(status_of(&answer), Some(200));
+    assert!(answer.ends_with("hello"), "{answer}");
+    assert!(answer.contains("x-body-len: 5"), "{answer}");
+    juggler.shutdown().await.unwrap();
 }
 
 // --- RFC-strict requests (issue 12) --------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn http11_without_host_is_refused_before_any_body() {
     assert_all_refused(&[
         ("HTTP/1.1 GET without Host", b"GET / HTTP/1.1\r\n\r\n"),
@@ -389,25 +376,22 @@ async fn http11_without_host_is_refused_before_any_body() {
 /// frames the body by chunked alone and closes the connection after the response. What matters
 /// holds: the backend gets exactly the chunked body, re-framed with Juggler's own length, and no
 /// bytes are left on the connection to be read as a smuggled request.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[juggler_testkit::test]
 async fn length_with_chunked_is_framed_by_chunked_and_the_connection_closed() {
-    bounded(async {
-        let (backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
-        for request in [
-            &b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"[..],
-            b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
-        ] {
-            let (answer, closed) = exchange(juggler.addr, request, ANSWER_WAIT).await;
-            println!("{answer:?}");
-            assert_eq!(status_of(&answer), Some(200), "{answer:?}");
-            assert!(answer.ends_with("hello"), "{answer:?}");
-            assert!(answer.contains("x-body-len: 5"), "{answer:?}");
-            assert!(closed, "connection left open");
-            assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer:?}");
-        }
-        let paths = backend.stats.paths.lock().unwrap().clone();
-        assert_eq!(paths, ["/echo", "/echo"], "nothing smuggled through");
-        juggler.shutdown().await.unwrap();
-    })
-    .await;
+    let (backend, juggler) = start_one_backend("server 1", 1, Settings::DEFAULT).await;
+    for request in [
+        &b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        let (answer, closed) = exchange(juggler.addr, request, ANSWER_WAIT).await;
+        println!("{answer:?}");
+        assert_eq!(status_of(&answer), Some(200), "{answer:?}");
+        assert!(answer.ends_with("hello"), "{answer:?}");
+        assert!(answer.contains("x-body-len: 5"), "{answer:?}");
+        assert!(closed, "connection left open");
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer:?}");
+    }
+    let paths = backend.stats.paths.lock().unwrap().clone();
+    assert_eq!(paths, ["/echo", "/echo"], "nothing smuggled through");
+    juggler.shutdown().await.unwrap();
 }

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use juggler_testkit::tls::{client_config, tls_connect};
-use juggler_testkit::{bind_local, bounded, TempDir};
+use juggler_testkit::{bind_local, TempDir};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -127,60 +127,56 @@ fn refuses_to_overwrite_without_force_and_replaces_with_it() {
     assert_eq!(key_mode, 0o600);
 }
 
-#[tokio::test]
+#[juggler_testkit::test(current_thread)]
 async fn generated_files_complete_a_real_tls_handshake() {
-    bounded(async {
-        let dir = TempDir::new("ssl-cert");
-        assert!(run_ssl_cert(dir.path(), &[]).status.success());
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(dir.file("server.crt"))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-        let key = PrivateKeyDer::from_pem_file(dir.file("server.key")).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let dir = TempDir::new("ssl-cert");
+    assert!(run_ssl_cert(dir.path(), &[]).status.success());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.file("server.crt"))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.file("server.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
 
-        let server_config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs.clone(), key)
-            .unwrap();
-        let acceptor = TlsAcceptor::from(Arc::new(server_config));
+    let server_config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs.clone(), key)
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(server_config));
 
-        // The client trusts exactly the generated certificate and nothing else.
-        let client_config = client_config(&[&certs[0]], &[]);
+    // The client trusts exactly the generated certificate and nothing else.
+    let client_config = client_config(&[&certs[0]], &[]);
 
-        let listener = bind_local().await;
-        let addr = listener.local_addr().unwrap();
-        let names = ["localhost", "127.0.0.1"];
-        let server = tokio::spawn(async move {
-            for _ in names {
-                let (stream, _) = listener.accept().await.unwrap();
-                let mut tls = acceptor.accept(stream).await.unwrap();
-                let mut ping = [0u8; 4];
-                tls.read_exact(&mut ping).await.unwrap();
-                assert_eq!(&ping, b"ping");
-                tls.write_all(b"pong").await.unwrap();
-                tls.shutdown().await.unwrap();
-            }
-        });
-
-        for name in names {
-            let config = Arc::clone(&client_config);
-            let mut tls = tls_connect(addr, config, name).await.unwrap();
-            let (_, session) = tls.get_ref();
-            println!(
-                "handshake as {name}: {:?} {:?}",
-                session.protocol_version(),
-                session.negotiated_cipher_suite().map(|suite| suite.suite())
-            );
-            tls.write_all(b"ping").await.unwrap();
-            let mut pong = Vec::new();
-            tls.read_to_end(&mut pong).await.unwrap();
-            assert_eq!(pong, b"pong");
+    let listener = bind_local().await;
+    let addr = listener.local_addr().unwrap();
+    let names = ["localhost", "127.0.0.1"];
+    let server = tokio::spawn(async move {
+        for _ in names {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(stream).await.unwrap();
+            let mut ping = [0u8; 4];
+            tls.read_exact(&mut ping).await.unwrap();
+            assert_eq!(&ping, b"ping");
+            tls.write_all(b"pong").await.unwrap();
+            tls.shutdown().await.unwrap();
         }
-        server.await.unwrap();
-    })
-    .await;
+    });
+
+    for name in names {
+        let config = Arc::clone(&client_config);
+        let mut tls = tls_connect(addr, config, name).await.unwrap();
+        let (_, session) = tls.get_ref();
+        println!(
+            "handshake as {name}: {:?} {:?}",
+            session.protocol_version(),
+            session.negotiated_cipher_suite().map(|suite| suite.suite())
+        );
+        tls.write_all(b"ping").await.unwrap();
+        let mut pong = Vec::new();
+        tls.read_to_end(&mut pong).await.unwrap();
+        assert_eq!(pong, b"pong");
+    }
+    server.await.unwrap();
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use juggler_testkit::wire::{RawResponse, Wire};
-use juggler_testkit::{bounded, Answer, Client, TempDir};
+use juggler_testkit::{Answer, Client, TempDir};
 
 /// How long the binary may take to print its listening line.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -167,188 +167,167 @@ async fn raw_get(connection: &mut Wire, request_target: &str) -> RawResponse {
     response
 }
 
-#[tokio::test]
+#[juggler_testkit::test(current_thread)]
 async fn shipped_roots_serve_their_test_file() {
-    bounded(async {
-        let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for n in 1..=3 {
-            let server = RunningServer::start(&manifest_dir.join(format!("test_server_root_{n}")));
-            let response = fetch(server.addr, Method::GET, "/test.txt").await;
-            println!("root {n}: {} body {:?}", response.status, response.body);
-            assert_eq!(response.status, StatusCode::OK);
-            assert_eq!(response.body, format!("server {n}\n"));
-        }
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn get_and_head_report_length_and_content_type() {
-    bounded(async {
-        let (server, _tree) = serve_test_root();
-
-        let get = fetch(server.addr, Method::GET, "/test.txt").await;
-        println!(
-            "GET /test.txt: {} {:?} {:?}",
-            get.status, get.headers, get.body
-        );
-        assert_eq!(get.status, StatusCode::OK);
-        assert_eq!(get.body, "server 1\n");
-        assert_eq!(header(&get, "content-length"), "9");
-        assert!(header(&get, "content-type").starts_with("text/plain"));
-
-        let head = fetch(server.addr, Method::HEAD, "/test.txt").await;
-        println!(
-            "HEAD /test.txt: {} {:?} body {} bytes",
-            head.status,
-            head.headers,
-            head.body.len()
-        );
-        assert_eq!(head.status, StatusCode::OK);
-        assert_eq!(header(&head, "content-length"), "9");
-        assert!(header(&head, "content-type").starts_with("text/plain"));
-        assert!(head.body.is_empty());
-
-        for (path, content_type, body) in [
-            ("/page.html", "text/html", &b"<p>hi</p>\n"[..]),
-            ("/data.json", "application/json", b"{}\n"),
-            ("/blob.bin", "application/octet-stream", &[0, 1, 2]),
-            ("/hello%20world.txt", "text/plain", b"spaced\n"),
-            ("/test.txt?query=ignored", "text/plain", b"server 1\n"),
-        ] {
-            let response = fetch(server.addr, Method::GET, path).await;
-            println!(
-                "GET {path}: {} {}",
-                response.status,
-                header(&response, "content-type")
-            );
-            assert_eq!(response.status, StatusCode::OK, "{path}");
-            assert!(
-                header(&response, "content-type").starts_with(content_type),
-                "{path}"
-            );
-            assert_eq!(response.body, body, "{path}");
-        }
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn keep_alive_serves_two_requests_on_one_connection() {
-    bounded(async {
-        let (server, _tree) = serve_test_root();
-        let mut connection = Wire::connect(server.addr).await;
-        let local = connection.stream.local_addr().unwrap();
-        for round in 1..=2 {
-            let response = raw_get(&mut connection, "/test.txt").await;
-            println!(
-                "request {round} on connection {local}: {} length {} body {:?}",
-                response.status,
-                response.header("content-length").unwrap(),
-                String::from_utf8_lossy(&response.body)
-            );
-            assert_eq!(response.status, 200);
-            assert_eq!(response.body, b"server 1\n");
-        }
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn missing_files_and_directories_are_404() {
-    bounded(async {
-        let (server, _tree) = serve_test_root();
-        for path in [
-            "/missing.txt",
-            "/sub",
-            "/sub/",
-            "/",
-            "/test.txt/inner",
-            "/nope/test.txt",
-        ] {
-            let response = fetch(server.addr, Method::GET, path).await;
-            println!("GET {path}: {}", response.status);
-            assert_eq!(response.status, StatusCode::NOT_FOUND, "{path}");
-        }
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn path_traversal_never_reads_outside_the_root() {
-    bounded(async {
-        let (server, _tree) = serve_test_root();
-        // Each of these, resolved naively, names `base/Cargo.toml` (the secret) or a symlink to it.
-        for target in [
-            "/../Cargo.toml",
-            "/%2e%2e/Cargo.toml",
-            "/%2E%2E/Cargo.toml",
-            "/a/../../Cargo.toml",
-            "/..%2fCargo.toml",
-            "/a/..%2f..%2fCargo.toml",
-            "/a%2f..%2f..%2fCargo.toml",
-            "/..%5cCargo.toml",
-            "/escape.txt",
-        ] {
-            // A fresh connection each time: a rejected request must not depend on earlier ones.
-            let mut connection = Wire::connect(server.addr).await;
-            let response = raw_get(&mut connection, target).await;
-            let body = String::from_utf8_lossy(&response.body);
-            println!("GET {target}: {} {:?}", response.status, body.trim_end());
-            assert!(
-                response.status == 400 || response.status == 404,
-                "{target} answered {}",
-                response.status
-            );
-            assert!(
-                !body.contains(SECRET),
-                "{target} leaked the file outside the root"
-            );
-        }
-        // The server is still healthy after the attempts.
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for n in 1..=3 {
+        let server = RunningServer::start(&manifest_dir.join(format!("test_server_root_{n}")));
         let response = fetch(server.addr, Method::GET, "/test.txt").await;
+        println!("root {n}: {} body {:?}", response.status, response.body);
         assert_eq!(response.status, StatusCode::OK);
-    })
-    .await;
+        assert_eq!(response.body, format!("server {n}\n"));
+    }
 }
 
-#[tokio::test]
-async fn other_methods_get_405_with_allow() {
-    bounded(async {
-        let (server, _tree) = serve_test_root();
-        for method in [Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS] {
-            let response = fetch(server.addr, method.clone(), "/test.txt").await;
-            println!(
-                "{method} /test.txt: {} allow {:?}",
-                response.status,
-                response.headers.get("allow")
-            );
-            assert_eq!(response.status, StatusCode::METHOD_NOT_ALLOWED);
-            assert_eq!(header(&response, "allow"), "GET, HEAD");
-        }
-    })
-    .await;
-}
+#[juggler_testkit::test(current_thread)]
+async fn get_and_head_report_length_and_content_type() {
+    let (server, _tree) = serve_test_root();
 
-#[tokio::test]
-async fn sigterm_exits_cleanly_with_an_idle_connection_open() {
-    bounded(async {
-        let (mut server, _tree) = serve_test_root();
-        // An idle keep-alive connection must not hold the shutdown up.
-        let mut connection = Wire::connect(server.addr).await;
-        assert_eq!(raw_get(&mut connection, "/test.txt").await.status, 200);
+    let get = fetch(server.addr, Method::GET, "/test.txt").await;
+    println!(
+        "GET /test.txt: {} {:?} {:?}",
+        get.status, get.headers, get.body
+    );
+    assert_eq!(get.status, StatusCode::OK);
+    assert_eq!(get.body, "server 1\n");
+    assert_eq!(header(&get, "content-length"), "9");
+    assert!(header(&get, "content-type").starts_with("text/plain"));
 
-        let (status, took) = server.terminate();
-        println!("exit after SIGTERM: {status} in {took:?}");
-        assert!(status.success(), "exit status {status}");
-        assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    let head = fetch(server.addr, Method::HEAD, "/test.txt").await;
+    println!(
+        "HEAD /test.txt: {} {:?} body {} bytes",
+        head.status,
+        head.headers,
+        head.body.len()
+    );
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(header(&head, "content-length"), "9");
+    assert!(header(&head, "content-type").starts_with("text/plain"));
+    assert!(head.body.is_empty());
 
-        let (rest, closed) = connection.rest(Duration::from_secs(5)).await;
-        assert!(
-            rest.is_empty(),
-            "idle connection got bytes after shutdown: {rest:?}"
+    for (path, content_type, body) in [
+        ("/page.html", "text/html", &b"<p>hi</p>\n"[..]),
+        ("/data.json", "application/json", b"{}\n"),
+        ("/blob.bin", "application/octet-stream", &[0, 1, 2]),
+        ("/hello%20world.txt", "text/plain", b"spaced\n"),
+        ("/test.txt?query=ignored", "text/plain", b"server 1\n"),
+    ] {
+        let response = fetch(server.addr, Method::GET, path).await;
+        println!(
+            "GET {path}: {} {}",
+            response.status,
+            header(&response, "content-type")
         );
-        assert!(closed, "idle connection left open after shutdown");
-    })
-    .await;
+        assert_eq!(response.status, StatusCode::OK, "{path}");
+        assert!(
+            header(&response, "content-type").starts_with(content_type),
+            "{path}"
+        );
+        assert_eq!(response.body, body, "{path}");
+    }
+}
+
+#[juggler_testkit::test(current_thread)]
+async fn keep_alive_serves_two_requests_on_one_connection() {
+    let (server, _tree) = serve_test_root();
+    let mut connection = Wire::connect(server.addr).await;
+    let local = connection.stream.local_addr().unwrap();
+    for round in 1..=2 {
+        let response = raw_get(&mut connection, "/test.txt").await;
+        println!(
+            "request {round} on connection {local}: {} length {} body {:?}",
+            response.status,
+            response.header("content-length").unwrap(),
+            String::from_utf8_lossy(&response.body)
+        );
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"server 1\n");
+    }
+}
+
+#[juggler_testkit::test(current_thread)]
+async fn missing_files_and_directories_are_404() {
+    let (server, _tree) = serve_test_root();
+    for path in [
+        "/missing.txt",
+        "/sub",
+        "/sub/",
+        "/",
+        "/test.txt/inner",
+        "/nope/test.txt",
+    ] {
+        let response = fetch(server.addr, Method::GET, path).await;
+        println!("GET {path}: {}", response.status);
+        assert_eq!(response.status, StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+#[juggler_testkit::test(current_thread)]
+async fn path_traversal_never_reads_outside_the_root() {
+    let (server, _tree) = serve_test_root();
+    // Each of these, resolved naively, names `base/Cargo.toml` (the secret) or a symlink to it.
+    for target in [
+        "/../Cargo.toml",
+        "/%2e%2e/Cargo.toml",
+        "/%2E%2E/Cargo.toml",
+        "/a/../../Cargo.toml",
+        "/..%2fCargo.toml",
+        "/a/..%2f..%2fCargo.toml",
+        "/a%2f..%2f..%2fCargo.toml",
+        "/..%5cCargo.toml",
+        "/escape.txt",
+    ] {
+        // A fresh connection each time: a rejected request must not depend on earlier ones.
+        let mut connection = Wire::connect(server.addr).await;
+        let response = raw_get(&mut connection, target).await;
+        let body = String::from_utf8_lossy(&response.body);
+        println!("GET {target}: {} {:?}", response.status, body.trim_end());
+        assert!(
+            response.status == 400 || response.status == 404,
+            "{target} answered {}",
+            response.status
+        );
+        assert!(
+            !body.contains(SECRET),
+            "{target} leaked the file outside the root"
+        );
+    }
+    // The server is still healthy after the attempts.
+    let response = fetch(server.addr, Method::GET, "/test.txt").await;
+    assert_eq!(response.status, StatusCode::OK);
+}
+
+#[juggler_testkit::test(current_thread)]
+async fn other_methods_get_405_with_allow() {
+    let (server, _tree) = serve_test_root();
+    for method in [Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS] {
+        let response = fetch(server.addr, method.clone(), "/test.txt").await;
+        println!(
+            "{method} /test.txt: {} allow {:?}",
+            response.status,
+            response.headers.get("allow")
+        );
+        assert_eq!(response.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(header(&response, "allow"), "GET, HEAD");
+    }
+}
+
+#[juggler_testkit::test(current_thread)]
+async fn sigterm_exits_cleanly_with_an_idle_connection_open() {
+    let (mut server, _tree) = serve_test_root();
+    // An idle keep-alive connection must not hold the shutdown up.
+    let mut connection = Wire::connect(server.addr).await;
+    assert_eq!(raw_get(&mut connection, "/test.txt").await.status, 200);
+
+    let (status, took) = server.terminate();
+    println!("exit after SIGTERM: {status} in {took:?}");
+    assert!(status.success(), "exit status {status}");
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+
+    let (rest, closed) = connection.rest(Duration::from_secs(5)).await;
+    assert!(
+        rest.is_empty(),
+        "idle connection got bytes after shutdown: {rest:?}"
+    );
+    assert!(closed, "idle connection left open after shutdown");
 }
