@@ -138,10 +138,23 @@ async fn raw_chunked_body_with_extensions_and_trailers_is_reframed() {
     juggler.shutdown().await.unwrap();
 }
 
-#[juggler_testkit::test]
-async fn chunked_and_close_delimited_responses_arrive_byte_for_byte() {
+/// Juggler with one connection to a [`RawBackend`] (which answers from the request's path).
+async fn behind_raw_backend() -> (RawBackend, TestJuggler) {
     let backend = RawBackend::start().await;
     let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+    (backend, juggler)
+}
+
+/// [`behind_raw_backend`] and a raw client connected to Juggler.
+async fn raw_backend_and_wire() -> (RawBackend, TestJuggler, Wire) {
+    let (backend, juggler) = behind_raw_backend().await;
+    let wire = Wire::connect(juggler.addr).await;
+    (backend, juggler, wire)
+}
+
+#[juggler_testkit::test]
+async fn chunked_and_close_delimited_responses_arrive_byte_for_byte() {
+    let (backend, juggler) = behind_raw_backend().await;
     let mut client = Client::connect(juggler.addr).await;
     for (path, sizes) in [
         ("/chunked-echo", &[0, 1000, MIB + 1, 4 * MIB][..]),
@@ -252,9 +265,7 @@ async fn request_headers_cross_unchanged_except_hop_by_hop() {
 
 #[juggler_testkit::test]
 async fn request_line_and_header_values_arrive_byte_for_byte() {
-    let backend = RawBackend::start().await;
-    let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
-    let mut wire = Wire::connect(juggler.addr).await;
+    let (backend, juggler, mut wire) = raw_backend_and_wire().await;
     wire.send(HEADER_TEST_REQUEST).await;
     let response = wire.read_response(false).await;
     assert_eq!(response.status, 200);
@@ -291,9 +302,7 @@ async fn request_line_and_header_values_arrive_byte_for_byte() {
 
 #[juggler_testkit::test]
 async fn response_hop_by_hop_headers_do_not_reach_the_client() {
-    let backend = RawBackend::start().await;
-    let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
-    let mut wire = Wire::connect(juggler.addr).await;
+    let (_backend, juggler, mut wire) = raw_backend_and_wire().await;
     wire.send(b"GET /hop-by-hop HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
         .await;
     let response = wire.read_response(false).await;
@@ -793,8 +802,7 @@ async fn pipelined_requests_are_answered_in_order() {
 
 #[juggler_testkit::test]
 async fn http_1_0_clients_get_whole_bodies_and_a_close() {
-    let backend = RawBackend::start().await;
-    let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+    let (backend, juggler) = behind_raw_backend().await;
     for size in [1000, MIB + 1] {
         let body = random_body(size, 300 + size as u64);
         let mut wire = Wire::connect(juggler.addr).await;
@@ -836,9 +844,7 @@ async fn http_1_0_clients_get_whole_bodies_and_a_close() {
 
 #[juggler_testkit::test]
 async fn absolute_form_target_goes_out_in_origin_form() {
-    let backend = RawBackend::start().await;
-    let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
-    let mut wire = Wire::connect(juggler.addr).await;
+    let (_backend, juggler, mut wire) = raw_backend_and_wire().await;
     wire.send(b"GET http://juggler.test/abs/path?x=1 HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
         .await;
     let response = wire.read_response(false).await;
@@ -852,8 +858,7 @@ async fn absolute_form_target_goes_out_in_origin_form() {
 
 #[juggler_testkit::test]
 async fn interim_responses_from_the_backend_are_skipped() {
-    let backend = RawBackend::start().await;
-    let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+    let (backend, juggler) = behind_raw_backend().await;
     let mut client = Client::connect(juggler.addr).await;
     let first = client.get("/early-hints").await.unwrap();
     let second = client.get("/early-hints").await.unwrap();
@@ -879,8 +884,7 @@ async fn interim_responses_from_the_backend_are_skipped() {
 
 #[juggler_testkit::test]
 async fn client_connection_close_ends_only_the_client_connection() {
-    let backend = RawBackend::start().await;
-    let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+    let (backend, juggler) = behind_raw_backend().await;
     for round in 0..3 {
         let mut wire = Wire::connect(juggler.addr).await;
         wire.send(b"GET /a HTTP/1.1\r\nHost: juggler.test\r\nConnection: close\r\n\r\n")
@@ -904,9 +908,7 @@ async fn client_connection_close_ends_only_the_client_connection() {
 
 #[juggler_testkit::test]
 async fn head_of_a_large_response_carries_its_length_and_keeps_the_connection() {
-    let backend = RawBackend::start().await;
-    let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
-    let mut wire = Wire::connect(juggler.addr).await;
+    let (backend, juggler, mut wire) = raw_backend_and_wire().await;
     wire.send(b"HEAD /big-length HTTP/1.1\r\nHost: juggler.test\r\n\r\n")
         .await;
     let head = wire.read_response(true).await;
@@ -1097,9 +1099,7 @@ fn name_order<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
 
 #[juggler_testkit::test]
 async fn end_to_end_headers_keep_their_order_on_both_legs() {
-    let backend = RawBackend::start().await;
-    let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
-    let mut wire = Wire::connect(juggler.addr).await;
+    let (_backend, juggler, mut wire) = raw_backend_and_wire().await;
     wire.send(HEADER_TEST_REQUEST).await;
     let response = wire.read_response(false).await;
     let head = String::from_utf8(response.body).unwrap();
@@ -1127,8 +1127,7 @@ async fn end_to_end_headers_keep_their_order_on_both_legs() {
 #[juggler_testkit::test]
 async fn a_hundred_header_fields_all_arrive() {
     const FIELDS: usize = 100;
-    let backend = RawBackend::start().await;
-    let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+    let (_backend, juggler) = behind_raw_backend().await;
     let mut request = String::from("GET /x HTTP/1.1\r\nHost: juggler.test\r\n");
     for i in 1..FIELDS {
         request.push_str(&format!("X-Field-{i}: value {i}\r\n"));
@@ -1154,8 +1153,7 @@ async fn a_hundred_header_fields_all_arrive() {
 
 #[juggler_testkit::test]
 async fn non_ascii_header_values_and_long_targets_pass_byte_for_byte() {
-    let backend = RawBackend::start().await;
-    let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+    let (_backend, juggler) = behind_raw_backend().await;
     let long_path = format!("/long/{}?q={}", "p".repeat(4000), "v".repeat(2000));
     let request = format!(
         "GET {long_path} HTTP/1.1\r\nHost: juggler.test\r\nX-Utf8: café ✓\r\n\

@@ -87,6 +87,21 @@ async fn read_greeting(stream: &mut TlsClientStream) -> Vec<u8> {
     received
 }
 
+/// Connects to `addr` trusting only `root` and expecting `name`: the client must refuse the
+/// server's certificate.
+async fn assert_certificate_refused(addr: SocketAddr, root: &CertificateDer<'static>, name: &str) {
+    let config = client_config_for(&[root], &[b"h2"], &[&TLS13, &TLS12]);
+    let error = tls_connect(addr, config, name).await.err().unwrap();
+    println!("client error: {error}");
+    assert!(
+        matches!(
+            rustls_error(&error),
+            Some(rustls::Error::InvalidCertificate(_))
+        ),
+        "{error:?}"
+    );
+}
+
 /// An acceptor for `cert`, loaded from files of its own (which a test may rewrite to reload).
 fn acceptor_for(test_name: &str, cert: &TestCert) -> (TlsAcceptor, Arc<ReloadableCert>, CertFiles) {
     let files = CertFiles::new(test_name, cert);
@@ -242,19 +257,7 @@ async fn client_that_does_not_trust_the_certificate_fails() {
     let (acceptor, _certs, _files) = acceptor_for("tls", &pair);
     let mut server = TestServer::start(acceptor, GENEROUS_HANDSHAKE_TIMEOUT).await;
 
-    let config = client_config_for(&[&stranger.der], &[b"h2"], &[&TLS13, &TLS12]);
-    let error = tls_connect(server.addr, config, "localhost")
-        .await
-        .err()
-        .unwrap();
-    println!("client error: {error}");
-    assert!(
-        matches!(
-            rustls_error(&error),
-            Some(rustls::Error::InvalidCertificate(_))
-        ),
-        "{error:?}"
-    );
+    assert_certificate_refused(server.addr, &stranger.der, "localhost").await;
     let outcome = server.next_outcome().await;
     println!(
         "server: {:?} after {:?}",
@@ -270,19 +273,7 @@ async fn client_expecting_another_name_fails() {
     let (acceptor, _certs, _files) = acceptor_for("tls", &pair);
     let mut server = TestServer::start(acceptor, GENEROUS_HANDSHAKE_TIMEOUT).await;
 
-    let config = client_config_for(&[&pair.der], &[b"h2"], &[&TLS13, &TLS12]);
-    let error = tls_connect(server.addr, config, "example.com")
-        .await
-        .err()
-        .unwrap();
-    println!("client error: {error}");
-    assert!(
-        matches!(
-            rustls_error(&error),
-            Some(rustls::Error::InvalidCertificate(_))
-        ),
-        "{error:?}"
-    );
+    assert_certificate_refused(server.addr, &pair.der, "example.com").await;
     assert!(server.next_outcome().await.result.is_err());
 
     // The same server and certificate are fine for the name they were made for.
