@@ -6,6 +6,7 @@ Run through bench/run.sh (which installs the tools). Settings come from the envi
   BENCH_SCENARIOS comma-separated scenario keys to run (default: all; see SCENARIOS)
   BENCH_TARGETS   comma-separated target names to run (default: all; see targets.all_targets)
   BENCH_IDLE_CONNS idle keep-alive connections in the idle scenario (default 8000)
+  BENCH_UPGRADE_DURATION seconds per run of the upgrade scenario (default 20; it ignores BENCH_DURATION)
   BENCH_SKIP_BUILD=1 reuse bench/out/juggler instead of building it
 Output: one table per scenario on stdout, the same tables in bench/out/results.md, and every
 tool's raw output under bench/out/logs/.
@@ -28,6 +29,7 @@ import idle
 import load
 import report
 import targets as sides
+import upgrade
 from procs import Processes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +40,7 @@ BENCH = REPO / "bench"
 class Scenario:
     key: str
     title: str
-    tool: str  # "wrk", "h2load" or "idle"
+    tool: str  # "wrk", "h2load", "idle" or "upgrade"
     path: str = "/small.txt"
     conns: int = 64
     streams: int = 1  # h2load: concurrent streams per connection
@@ -56,6 +58,7 @@ SCENARIOS = [
     Scenario("https-h2", "HTTPS, HTTP/2, 12 B GET, 10 connections × 10 streams (h2load)", "h2load",
              conns=10, streams=10, https=True),
     Scenario("idle", "8,000 idle keep-alive client connections (each after one request)", "idle"),
+    Scenario("upgrade", "Upgrade under load: five swaps during a 12 B GET run with 64 connections (wrk)", "upgrade"),
 ]
 
 
@@ -110,7 +113,7 @@ def check_serves(port: int) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def machine_header(duration: int, rounds: int) -> str:
+def machine_header(duration: int, rounds: int, out: Path) -> str:
     def version(argv, pattern):
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -124,7 +127,12 @@ def machine_header(duration: int, rounds: int) -> str:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    commit = version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], r"(\w+)")
+    # What bench/out/juggler was built from (written by targets.build_juggler), else HEAD.
+    built_from = out / "juggler.commit"
+    if built_from.exists():
+        commit = built_from.read_text().strip()
+    else:
+        commit = version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], r"(\w+)") + " (HEAD)"
     nginx = version(["nginx", "-v"], r"nginx/(\S+)")
     haproxy = version(["haproxy", "-v"], r"version (\S+)")
     wrk = version(["wrk", "-v"], r"wrk (\S+)")
@@ -200,6 +208,15 @@ def main() -> int:
         tables = []
         for scenario in scenarios:
             print(f"\n== {scenario.title}", flush=True)
+            if scenario.tool == "upgrade":
+                # Each target alone, started and stopped per run: the connection sampler counts
+                # every connection to the backends, and a swap must not inherit another run's state.
+                measured = upgrade.run_scenario(procs, out, targets, certs, rounds, logs, check_serves)
+                table = report.upgrade_table(scenario.title, targets, measured, upgrade.HOW_RELOADED,
+                                             upgrade.duration_s(), upgrade.SWAPS)
+                print("\n" + table, flush=True)
+                tables.append(table)
+                continue
             # Fresh balancers for every scenario: connections one scenario left cached (nginx keeps
             # whatever it opened) must not count in the next, and idle memory starts from a clean heap.
             live = start_balancers(procs, out, targets, certs)
@@ -216,7 +233,7 @@ def main() -> int:
             print("\n" + table, flush=True)
             tables.append(table)
 
-        header = machine_header(duration, rounds)
+        header = machine_header(duration, rounds, out)
         (out / "results.md").write_text(header + "\n\n" + "\n".join(tables))
         print(f"\n{header}\nTables written to {out / 'results.md'}", flush=True)
         return 0

@@ -36,6 +36,18 @@ class Processes:
         self._write_pid_file()
         return proc
 
+    def reap(self, names: list[str]) -> dict[str, int]:
+        """Forget those of these servers that have exited by themselves (a Juggler that handed
+        everything to its successor; it forks nothing, so its group is empty); return their exit
+        codes by name."""
+        gone = {name: proc.returncode for name, proc in self.running.items()
+                if name in names and proc.poll() is not None}
+        for name in gone:
+            del self.running[name]
+        if gone:
+            self._write_pid_file()
+        return gone
+
     def stop_all(self) -> None:
         self.stop(list(self.running))
 

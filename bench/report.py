@@ -77,3 +77,54 @@ def idle_table(title: str, targets, results: dict) -> str:
         if result.problem:
             notes.append(f"{target.name}: {result.problem}")
     return "\n".join(lines + [""] + [f"- {n}" for n in notes] + ([""] if notes else []))
+
+
+def upgrade_table(title: str, targets, runs: dict, how: dict[str, str], duration: int, swaps: int) -> str:
+    """runs: target name → its UpgradeRuns (with and without swaps, every round)."""
+    every = [r for rs in runs.values() for r in rs]
+    samples = round(sum(r.samples for r in every) / len(every)) if every else 0
+    lines = [
+        f"### {title}",
+        "",
+        f"wrk -t2 -c64, {duration} s per run; {swaps} swaps per run at "
+        f"{', '.join(f'{duration * 0.15 * i:g}' for i in range(1, swaps + 1))} s, and a run without swaps "
+        "as the baseline. *Failed* = socket errors (connect/read/write/timeout) + non-2xx; "
+        "*max backend conns* = most established connections to one backend port in any sample "
+        f"(sock_diag every 10 ms; {samples} samples per run on average), per port 19001/19002/19003.",
+        "",
+        "| target | swapped by | swaps done | requests | failed (errors + non-2xx) | p99 ms | max ms "
+        "| max backend conns | baseline: failed, p99 ms, max ms, max backend conns |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    notes = []
+
+    def conns(rs) -> str:
+        ports = sorted({p for r in rs for p in r.max_by_port})
+        return "/".join(str(max(r.max_by_port.get(p, 0) for r in rs)) for p in ports) or "–"
+
+    for target in targets:
+        results = runs.get(target.name)
+        label = f"{target.letter} {target.name}"
+        swapped = [r for r in results or [] if r.swapped]
+        steady = [r for r in results or [] if not r.swapped]
+        if target.name not in how:
+            continue  # direct: nothing to swap
+        if not swapped:
+            lines.append(f"| {label} | skipped | | | | | | | |")
+            notes.append(f"{target.name}: {target.skipped or 'no result'}")
+            continue
+        failed = sum(r.failed for r in swapped)
+        errors = sum(r.errors for r in swapped)
+        non_2xx = sum(r.non_2xx for r in swapped)
+        baseline = "–"
+        if steady:
+            baseline = (f"{sum(r.failed for r in steady)}, {statistics.median(r.p99_ms for r in steady):.2f}, "
+                        f"{max(r.max_ms for r in steady):.1f}, {conns(steady)}")
+        lines.append(
+            f"| {label} | {how[target.name]} | {sum(r.swaps_done for r in swapped)} of {swaps * len(swapped)} | "
+            f"{sum(r.requests for r in swapped):,} | {failed} ({errors} + {non_2xx}) | "
+            f"{statistics.median(r.p99_ms for r in swapped):.2f} | {max(r.max_ms for r in swapped):.1f} | "
+            f"{conns(swapped)} | {baseline} |"
+        )
+        notes += sorted({f"{target.name}: {n}" for r in results for n in ([r.problem] if r.problem else []) + r.notes})
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes] + ([""] if notes else []))

@@ -168,7 +168,13 @@ def nginx_balancer_conf(workdir: Path, target: Target, certs: "Certs | None", ma
 # HAProxy
 
 
-def haproxy_conf(target: Target, certs: "Certs | None") -> str:
+def haproxy_conf(target: Target, certs: "Certs | None", workdir: Path, reloadable: bool = False) -> str:
+    """reloadable: master-worker mode (`-W` on the command line) with the listeners exposed on the
+    stats socket, so a SIGUSR2 to the master re-executes it and the new worker takes the old one's
+    listening sockets (`-x`) instead of binding new ones: HAProxy's seamless reload."""
+    stats = ""
+    if reloadable:
+        stats = f"    stats socket {workdir}/haproxy.sock mode 600 level admin expose-fd listeners\n"
     tls = ""
     if certs:
         tls = f"    bind {HOST}:{target.https_port} ssl crt {certs.combined} alpn h2,http/1.1\n"
@@ -179,7 +185,7 @@ def haproxy_conf(target: Target, certs: "Certs | None") -> str:
     nbthread {WORKERS}
     maxconn {MAX_CLIENT_CONNS}
     tune.ssl.default-dh-param 2048
-
+{stats}
 defaults
     mode http
     option http-keep-alive
@@ -268,6 +274,11 @@ def build_juggler(repo: Path, out: Path, certs: "Certs | None", target: Target) 
         return f"cargo build failed (exit {built.returncode}):\n{tail}"
     target_dir = Path(os.environ.get("CARGO_TARGET_DIR", repo / "target"))
     shutil.copy2(target_dir / "release" / "juggler", binary)
+    # What the binary was built from, for the tables' header (HEAD may move before a later
+    # BENCH_SKIP_BUILD=1 run; `-dirty`: with uncommitted changes in the tree).
+    described = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--abbrev=7"],
+                               capture_output=True, text=True)
+    (out / "juggler.commit").write_text(described.stdout.strip() or "?")
     return check_compiled_config(binary)
 
 
@@ -350,8 +361,19 @@ def start_backends(procs: Processes, out: Path, certs: "Certs | None") -> int:
     return pids[0]
 
 
-def start_target(procs: Processes, out: Path, target: Target, certs: "Certs | None") -> None:
-    """Write the target's config, start it, and wait until its HTTP listener accepts."""
+def control_socket(out: Path, target: Target) -> Path:
+    """Juggler's control socket, in its own run directory (the default, ./juggler.sock, would be
+    the repository's, where `make run` puts its own)."""
+    return out / "run" / target.name / "juggler.sock"
+
+
+def start_target(procs: Processes, out: Path, target: Target, certs: "Certs | None",
+                 reloadable: bool = False, env: dict | None = None) -> None:
+    """Write the target's config, start it, and wait until its HTTP listener accepts.
+
+    reloadable: HAProxy in master-worker mode with `expose-fd listeners` (see haproxy_conf); the
+    others can be reloaded as they are (nginx -s reload, juggler --upgrade on its control socket).
+    env: extra environment for Juggler (e.g. RUST_LOG)."""
     workdir = out / "run" / target.name
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "stderr.log"
@@ -364,11 +386,14 @@ def start_target(procs: Processes, out: Path, target: Target, certs: "Certs | No
         proc = procs.start(target.name, argv, log)
     elif target.name == "haproxy":
         conf = workdir / "haproxy.cfg"
-        conf.write_text(haproxy_conf(target, certs))
-        proc = procs.start(target.name, ["haproxy", "-db", "-f", str(conf)], log)
+        conf.write_text(haproxy_conf(target, certs, workdir, reloadable))
+        argv = ["haproxy", "-W", "-db", "-f", str(conf)] if reloadable else ["haproxy", "-db", "-f", str(conf)]
+        proc = procs.start(target.name, argv, log)
     elif target.name == "juggler":
-        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
-        proc = procs.start(target.name, [str(out / "juggler")], log, env=env)
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn"), **(env or {})}
+        socket = control_socket(out, target)
+        socket.unlink(missing_ok=True)
+        proc = procs.start(target.name, [str(out / "juggler"), "--control-socket", str(socket)], log, env=env)
     else:
         raise ValueError(target.name)
     wait_listening(target.http_port, proc, log)
