@@ -17,6 +17,7 @@ pub mod launcher;
 pub mod raw;
 pub mod raw_backend;
 pub mod tls;
+pub mod upgrade;
 pub mod wire;
 
 use std::future::Future;

@@ -37,6 +37,9 @@ pub enum CheckoutError {
 pub(crate) struct HandoverSink {
     pub(crate) successor: mpsc::UnboundedSender<(&'static str, BackendConn)>,
     pub(crate) requests_in_progress: Arc<AtomicUsize>,
+    /// The successor's plain HTTP listener: a request that arrives here after the connections
+    /// are gone is sent there, as to a backend.
+    pub(crate) detour: Option<std::net::SocketAddr>,
 }
 
 /// One backend's connections, queue and health.
@@ -89,6 +92,9 @@ pub struct PooledConn {
     pool: Arc<BackendPool>,
     conn: Option<Member>,
     reusable: bool,
+    /// The connection goes to the successor process rather than the backend (see
+    /// [`HandoverSink::detour`]): closed after this request, never pooled.
+    detour: bool,
     /// Whether the connection came from the idle list (it may have been closed by the backend
     /// while it sat there) rather than being opened for this request.
     pub from_idle: bool,
@@ -147,6 +153,7 @@ impl BackendPool {
             pool: Arc::clone(self),
             conn: None,
             reusable: false,
+            detour: false,
             from_idle: true,
             queued_for: started.elapsed(),
         };
@@ -162,17 +169,7 @@ impl BackendPool {
                 return self.open_within(slot, reserved).await;
             }
             if self.is_handing_over() && !self.inheriting.load(Ordering::Acquire) {
-                // A request that reached this process after it handed its connections to a
-                // successor (a TLS keep-alive client still here): served on a connection of its
-                // own rather than failed, the one case where the backend briefly sees more than
-                // `n` from both processes together.
-                if let Some(reserved) = self.count_connection() {
-                    tracing::warn!(
-                        backend = self.spec.address,
-                        "upgrade: a late request opened a connection beyond the pool's bound"
-                    );
-                    return self.open_within(slot, reserved).await;
-                }
+                return self.late_request(slot).await;
             }
             if !self.inheriting.load(Ordering::Acquire) {
                 debug_assert!(false, "slot held, nothing idle, yet n connections counted");
@@ -199,6 +196,43 @@ impl BackendPool {
                 return Err(CheckoutError::QueueTimeout);
             }
         }
+    }
+
+    /// A request that reached this process after it handed its connections to a successor (a
+    /// TLS keep-alive client still here). It goes to the successor, which serves it from its
+    /// own pools, so the backend still sees no more than `n`; only without a plain listener to
+    /// reach the successor on does it open a connection of its own beyond the bound.
+    async fn late_request(&self, mut slot: PooledConn) -> Result<PooledConn, CheckoutError> {
+        let detour = self
+            .handover
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|sink| sink.detour);
+        let Some(detour) = detour else {
+            let Some(reserved) = self.count_connection() else {
+                return Err(CheckoutError::QueueFull);
+            };
+            tracing::warn!(
+                backend = self.spec.address,
+                "upgrade: a late request opened a connection beyond the pool's bound"
+            );
+            return self.open_within(slot, reserved).await;
+        };
+        let conn = BackendConn::connect(&detour.to_string(), self.connect_timeout)
+            .await
+            .map_err(CheckoutError::Connect)?;
+        tracing::info!(
+            backend = self.spec.address,
+            "upgrade: a late request goes to the new process"
+        );
+        slot.detour = true;
+        slot.from_idle = false;
+        slot.conn = Some(Member {
+            conn,
+            _counted: Counted(Arc::new(AtomicUsize::new(1))),
+        });
+        Ok(slot)
     }
 
     /// Opens a connection for `slot`, counted by `reserved`.
@@ -497,7 +531,8 @@ impl PooledConn {
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        self.pool.give_back(self.conn.take(), self.reusable);
+        self.pool
+            .give_back(self.conn.take(), self.reusable && !self.detour);
     }
 }
 

@@ -210,8 +210,9 @@ impl<S> WatchedIo<S> {
 /// tests) fail loudly on it; a release build closes that one connection and logs the bug.
 #[derive(Debug)]
 pub(crate) struct StallGuard {
-    /// The activity's socket counter when it last moved.
-    last_seen: u64,
+    /// The activity's socket counter when it last moved; `None` before the first turn, which
+    /// always passes (a connection may park before its client has sent anything).
+    last_seen: Option<u64>,
     /// Turns since then.
     idle_turns: u32,
     /// Turns in a row without progress that are still plausible.
@@ -219,9 +220,9 @@ pub(crate) struct StallGuard {
 }
 
 impl StallGuard {
-    pub(crate) fn new(activity: &ConnActivity, max_idle_turns: u32) -> StallGuard {
+    pub(crate) fn new(max_idle_turns: u32) -> StallGuard {
         StallGuard {
-            last_seen: activity.socket_io.load(Ordering::Relaxed),
+            last_seen: None,
             idle_turns: 0,
             max_idle_turns,
         }
@@ -234,8 +235,8 @@ impl StallGuard {
         what: &'static str,
     ) -> Result<(), Stalled> {
         let seen = activity.socket_io.load(Ordering::Relaxed);
-        if seen != self.last_seen {
-            self.last_seen = seen;
+        if self.last_seen != Some(seen) {
+            self.last_seen = Some(seen);
             self.idle_turns = 0;
             return Ok(());
         }
@@ -336,12 +337,10 @@ mod tests {
     #[test]
     fn stall_guard_trips_only_after_turns_without_progress() {
         let activity = ConnActivity::new();
-        let mut guard = StallGuard {
-            last_seen: 0,
-            idle_turns: 0,
-            max_idle_turns: 2,
-        };
-        // Two turns without progress are allowed; progress resets the count.
+        let mut guard = StallGuard::new(2);
+        // The first turn only takes note; two more without progress are allowed; progress resets
+        // the count.
+        assert_eq!(guard.turn(&activity, "test"), Ok(()));
         assert_eq!(guard.turn(&activity, "test"), Ok(()));
         assert_eq!(guard.turn(&activity, "test"), Ok(()));
         for _ in 0..3 {

@@ -10,6 +10,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::HeaderValue;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -129,10 +130,11 @@ async fn serve_http1<S: ClientStream>(
 ) {
     let limits = &shared.proxy.table.settings.limits;
     let activity = ConnActivity::new();
-    let service = request_service(shared, client, &activity, redirect_port);
+    let closes_on_handover = (!S::MOVABLE).then(|| phase.clone());
+    let service = request_service(shared, client, &activity, redirect_port, closes_on_handover);
     // Every park must follow bytes moving on the socket: parking again over the same bytes is
     // a loop that never waits.
-    let mut parks = StallGuard::new(&activity, 0);
+    let mut parks = StallGuard::new(0);
     let mut stream = stream;
     let mut unread = Bytes::new();
     loop {
@@ -241,7 +243,7 @@ where
     // idle timeout is closed too (with GOAWAY). Request heads arrive in frames hyper has already
     // bounded, so no byte-level watch is needed here.
     let activity = ConnActivity::new();
-    let service = request_service(shared, client, &activity, None);
+    let service = request_service(shared, client, &activity, None, None);
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -270,11 +272,16 @@ where
 
 /// The per-request service of a connection: proxy the request (or redirect it to HTTPS), and
 /// tie the request's end to the response body so the connection's timers know when it is idle.
+/// `closes_on_handover`: the connection's phase, for an HTTP/1.1 connection that cannot move to a
+/// successor (TLS): while handing over, each of its responses says `Connection: close`, so the
+/// client learns it at the end of a response rather than finding an idle connection closed under
+/// a request it is sending.
 fn request_service(
     shared: &Shared,
     client: ClientInfo,
     activity: &Arc<ConnActivity>,
     redirect_port: Option<u16>,
+    closes_on_handover: Option<PhaseSignal>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = http::Response<TrackedBody>,
@@ -286,11 +293,17 @@ fn request_service(
     service_fn(move |request: Request<Incoming>| {
         let proxy = Arc::clone(&proxy);
         let in_flight = activity.request_started();
+        let phase = closes_on_handover.clone();
         async move {
-            let response = match redirect_port {
+            let mut response = match redirect_port {
                 Some(port) => super::redirect::https_redirect(&request, port),
                 None => proxy.handle(request, client).await,
             };
+            if phase.is_some_and(|phase| *phase.borrow() != Phase::Serving) {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok(response.map(|body| TrackedBody::new(body, in_flight)))
         }
     })
@@ -330,7 +343,7 @@ where
     let limits = &shared.proxy.table.settings.limits;
     let mut closing = false;
     // Far more polls than any real exchange needs between two socket reads or writes.
-    let mut polls = StallGuard::new(activity, 10_000);
+    let mut polls = StallGuard::new(10_000);
     loop {
         let park_after = match (parking, *phase.borrow_and_update()) {
             (Parking::Never, _) => None,
@@ -338,14 +351,15 @@ where
             (Parking::Park { movable: true, .. }, Phase::HandingOver) => Some(Duration::ZERO),
             (Parking::Park { after, .. }, _) => Some(after),
         };
+        // Handing over: HTTP/2 sends GOAWAY and finishes its streams. HTTP/1.1 stays open: a
+        // plain connection moves to the successor when idle, a TLS one closes with its next
+        // response (see `request_service`), never while a request may be on its way.
         let must_close = match *phase.borrow() {
             Phase::Serving => false,
             Phase::Draining => true,
-            Phase::HandingOver => !matches!(parking, Parking::Park { movable: true, .. }),
+            Phase::HandingOver => matches!(parking, Parking::Never),
         };
         if must_close && !closing {
-            // HTTP/1.1 answers its current request with `Connection: close`; HTTP/2 sends GOAWAY
-            // and finishes its streams.
             closing = true;
             conn.as_mut().graceful_shutdown();
         }

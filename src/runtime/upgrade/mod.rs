@@ -189,11 +189,21 @@ pub async fn serve(
         }
     }
     let server = Server::start(listeners, proxy, clients_tx);
-    let (mut predecessor, control) = match predecessor {
+    let (mut predecessor, mut control) = match predecessor {
         Some(predecessor) => {
-            let link = start_successor(predecessor).await?;
+            let link = match start_successor(predecessor).await {
+                Ok(link) => Some(link),
+                Err(error) => {
+                    // Gone before it heard from us: serve alone, opening our own connections.
+                    tracing::warn!(%error, "upgrade: the previous process went away; serving alone");
+                    for pool in &server.proxy().pools {
+                        pool.end_inheritance();
+                    }
+                    None
+                }
+            };
             let _ = std::fs::remove_file(control_path);
-            (Some(link), bind_control(control_path).await?)
+            (link, bind_control(control_path).await?)
         }
         None => (
             None,
@@ -220,6 +230,11 @@ pub async fn serve(
                     tracing::info!("upgrade: everything handed over; exiting");
                     handed_over = true;
                     break;
+                }
+                // A successor that died after binding the control path left it dead: take it
+                // back (a live listener there, ours included, is left alone).
+                if let Ok(rebound) = bind_control(control_path).await {
+                    control = rebound;
                 }
             }
         }
@@ -343,7 +358,11 @@ async fn hand_over(
             return false;
         }
     }
-    let handed = transfer(&mut link, server, clients).await;
+    let detour = listener_fds
+        .iter()
+        .find(|(scheme, _, _)| *scheme == "http")
+        .map(|(_, address, _)| *address);
+    let handed = transfer(&mut link, server, clients, detour).await;
     if let Err(error) = &handed {
         tracing::warn!(%error, "upgrade: the new process went away; serving on");
         server.set_phase(Phase::Serving);
@@ -391,6 +410,7 @@ async fn transfer(
     link: &mut UnixStream,
     server: &Server,
     clients: &mut mpsc::UnboundedReceiver<OwnedFd>,
+    detour: Option<SocketAddr>,
 ) -> io::Result<()> {
     let proxy = server.proxy();
     let (backends_tx, mut backends_rx) = mpsc::unbounded_channel();
@@ -398,6 +418,7 @@ async fn transfer(
     let sink = HandoverSink {
         successor: backends_tx,
         requests_in_progress: Arc::clone(&proxy.requests_in_progress),
+        detour,
     };
     for pool in &proxy.pools {
         pool.hand_over_to(sink.clone());

@@ -1,0 +1,178 @@
+//! Upgrade edge cases (issue 11): pool sizes that change across a takeover, TLS and HTTP/2
+//! clients that cannot move, and the old side going away mid-takeover.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use juggler::table::{RouteMatch, Settings};
+use juggler_testkit::tls::{https_client, H2Client};
+use juggler_testkit::upgrade::{posts_received, variant, Instance, Load, MostOpen};
+use juggler_testkit::*;
+
+/// Waits until every backend has exactly `n` connections open, or fails after three seconds.
+async fn settle_at(backends: &[Backend<BackendStats>], n: usize) {
+    for _ in 0..300 {
+        if backends.iter().all(|backend| backend.open() == n) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let open: Vec<usize> = backends.iter().map(|backend| backend.open()).collect();
+    panic!("backends never settled at {n} connections each: {open:?}");
+}
+
+#[juggler_testkit::test]
+async fn pool_sizes_grow_and_shrink_across_takeovers_within_the_larger_bound() {
+    let backends = Arc::new(three_backends().await);
+    let addrs = addrs_of(&backends[..]);
+    let five = table(&addrs, 5, Settings::DEFAULT);
+    let eight = table(&addrs, 8, Settings::DEFAULT);
+    let three = table(&addrs, 3, Settings::DEFAULT);
+    let dir = TempDir::new("upgrade-pool-sizes");
+    let first = Instance::start(five, &dir.file("juggler.sock"), None).await;
+    settle_at(&backends[..], 5).await;
+    let load = Load::start(first.http, 16);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let most = MostOpen::sample(Arc::clone(&backends));
+    let second = first.take_over(eight, None).await;
+    first.exited(Duration::from_secs(10)).await;
+    settle_at(&backends[..], 8).await;
+    let grow_most = most.most();
+    drop(most);
+
+    let most = MostOpen::sample(Arc::clone(&backends));
+    let third = second.take_over(three, None).await;
+    second.exited(Duration::from_secs(10)).await;
+    settle_at(&backends[..], 3).await;
+    let shrink_most = most.most();
+    drop(most);
+
+    let result = load.finish().await;
+    let (posts, distinct) = posts_received(&backends[..]);
+    println!(
+        "5 → 8: most open per backend {grow_most}; 8 → 3: {shrink_most}; {result:?}, \
+         {posts} POSTs ({distinct} distinct); pools now {:?}",
+        third.open_connections()
+    );
+    assert!(grow_most <= 8, "5 → 8 saw {grow_most}");
+    assert!(shrink_most <= 8, "8 → 3 saw {shrink_most}");
+    assert_eq!(result.failures, 0);
+    assert_eq!((posts, distinct), (result.posts_sent, result.posts_sent));
+    assert_eq!(third.open_connections(), [3, 3, 3]);
+    // Growing opened exactly the three extra per backend; shrinking opened none.
+    for backend in backends.iter() {
+        assert_eq!(backend.accepted(), 8);
+    }
+    third.stop().await;
+}
+
+fn routes_b(_: &http::Method, _: &str) -> RouteMatch {
+    RouteMatch::Found(juggler::table::RouteId(0))
+}
+
+#[juggler_testkit::test]
+async fn tls_clients_finish_in_flight_work_then_move_to_the_successor() {
+    let backend = TestBackend::start("server").await;
+    let base = table(&[backend.addr], 4, Settings::DEFAULT);
+    let next = variant(base, routes_b, "tablebbb");
+    let (cert, files) = CertFiles::generate("upgrade-tls");
+    let dir = TempDir::new("upgrade-tls");
+    let first = Instance::start(base, &dir.file("juggler.sock"), Some(&files)).await;
+    let https = first.https.unwrap();
+
+    // HTTP/2: ten streams in flight on one connection while the takeover happens.
+    let h2 = H2Client::connect(https, &cert).await;
+    let streams: Vec<_> = (0..10)
+        .map(|_| {
+            let h2 = h2.clone();
+            tokio::spawn(async move { h2.get("/sleep/300").await })
+        })
+        .collect();
+    // HTTP/1.1 over TLS: one request now, one after the takeover began.
+    let mut h1 = https_client(https, &cert).await;
+    assert_eq!(h1.get("/").await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let second = first.take_over(next, Some(&files)).await;
+    for stream in streams {
+        assert_eq!(
+            stream.await.unwrap().unwrap().status,
+            200,
+            "stream in flight"
+        );
+    }
+    // The old connection got GOAWAY: new streams need a new connection, to the new table.
+    assert!(
+        h2.get("/only-b").await.is_err(),
+        "old HTTP/2 connection still open"
+    );
+    let fresh = H2Client::connect(https, &cert).await;
+    assert_eq!(fresh.get("/only-b").await.unwrap().status, 200);
+    // The TLS HTTP/1.1 client's next response closes its connection; it then reconnects.
+    let last = h1.get("/").await.unwrap();
+    assert_eq!(last.status, 200);
+    assert_eq!(
+        last.headers.get("connection").map(|v| v.to_str().unwrap()),
+        Some("close")
+    );
+    let mut again = https_client(https, &cert).await;
+    assert_eq!(again.get("/only-b").await.unwrap().status, 200);
+    first.exited(Duration::from_secs(10)).await;
+    println!(
+        "backend accepted {} connections for a pool of 4",
+        backend.accepted()
+    );
+    assert!(
+        backend.accepted() <= 5,
+        "at most one late TLS request opens beyond the pool"
+    );
+    second.stop().await;
+}
+
+/// The new side dies right after it started accepting: the old one accepts again and serves on
+/// with the connections it still holds.
+#[juggler_testkit::test]
+async fn the_old_side_serves_on_when_the_new_one_dies_mid_takeover() {
+    let backend = TestBackend::start("server").await;
+    let base = table(&[backend.addr], 3, Settings::DEFAULT);
+    let dir = TempDir::new("upgrade-new-dies");
+    let first = Instance::start(base, &dir.file("juggler.sock"), None).await;
+    let mut client = Client::connect(first.http).await;
+    assert_eq!(client.get("/").await.unwrap().status, 200);
+
+    let second = first.take_over(base, None).await;
+    second.kill().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..20 {
+        assert_eq!(get(first.http, "/").await.unwrap().status, 200);
+    }
+    assert_eq!(first.open_connections(), [3]);
+    // And it can still be taken over by a successor that lives.
+    let third = first.take_over(base, None).await;
+    first.exited(Duration::from_secs(10)).await;
+    assert_eq!(get(third.http, "/").await.unwrap().status, 200);
+    third.stop().await;
+}
+
+/// The old side dies mid-takeover: the new one stops waiting for its connections and opens its
+/// own.
+#[juggler_testkit::test]
+async fn the_new_side_serves_alone_when_the_old_one_dies_mid_takeover() {
+    let backend = TestBackend::start("server").await;
+    let base = table(&[backend.addr], 3, Settings::DEFAULT);
+    let dir = TempDir::new("upgrade-old-dies");
+    let first = Instance::start(base, &dir.file("juggler.sock"), None).await;
+    let http = first.http;
+    let predecessor = juggler::upgrade::connect(&first.control, "next")
+        .await
+        .unwrap();
+    let second = first.successor(predecessor, base, None);
+    first.kill().await;
+    for _ in 0..20 {
+        assert_eq!(get(http, "/").await.unwrap().status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(second.open_connections(), [3]);
+    second.stop().await;
+}
