@@ -3,6 +3,7 @@
 //! connections of the running instance, which then exits. Under load nothing fails, no POST is
 //! sent twice, and no backend ever sees more than `n` connections from both together.
 
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +97,11 @@ async fn a_successor_that_never_accepts_leaves_the_running_instance_untouched() 
     let base = table(&[backend.addr], 2, Settings::DEFAULT);
     let dir = TempDir::new("upgrade-abandoned");
     let running = Instance::start(base, &dir.file("juggler.sock"), None).await;
+    let mode = std::fs::metadata(&running.control)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "control socket mode {mode:o}");
     let mut client = Client::connect(running.http).await;
     assert_eq!(client.get("/").await.unwrap().status, 200);
 

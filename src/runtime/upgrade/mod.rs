@@ -25,6 +25,7 @@ mod wire;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,10 @@ use wire::Frame;
 
 /// Bumped whenever a message changes meaning; both sides must speak the same one.
 pub const PROTOCOL: u32 = 1;
+
+/// How long a successor may take from connecting to saying it accepts (it loads its certificate
+/// and starts its listeners in between).
+const GREETING_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often the predecessor looks whether a backend or the whole process is done.
 const POLL_EVERY: Duration = Duration::from_millis(10);
@@ -159,11 +164,11 @@ pub async fn bind_control(path: &Path) -> io::Result<UnixListener> {
         ));
     }
     let _ = std::fs::remove_file(path);
-    // Created 0600 from the start: the umask applies to the socket file bind creates.
-    let old_mask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-    let bound = UnixListener::bind(path);
-    rustix::process::umask(old_mask);
-    bound
+    let bound = UnixListener::bind(path)?;
+    // Only the owner may connect; every peer is also checked to be the same user (`same_user`),
+    // which covers the instant before this.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(bound)
 }
 
 /// Serves `listeners` until `shutdown` completes or a successor has taken everything over; takes
@@ -350,11 +355,17 @@ async fn hand_over(
     listener_fds: &[(&'static str, SocketAddr, OwnedFd)],
     clients: &mut mpsc::UnboundedReceiver<OwnedFd>,
 ) -> bool {
-    match greet(&mut link, server, listener_fds).await {
-        Ok(true) => {}
-        Ok(false) => return false,
-        Err(error) => {
+    // Bounded: a peer that connects and goes quiet must not keep this process from its signals
+    // or from the next successor.
+    match tokio::time::timeout(GREETING_TIMEOUT, greet(&mut link, server, listener_fds)).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => return false,
+        Ok(Err(error)) => {
             tracing::warn!(%error, "upgrade: takeover abandoned before it started");
+            return false;
+        }
+        Err(_) => {
+            tracing::warn!("upgrade: the new process did not start accepting in time; serving on");
             return false;
         }
     }
