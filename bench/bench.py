@@ -113,7 +113,7 @@ def check_serves(port: int) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def machine_header(duration: int, rounds: int, out: Path) -> str:
+def machine_header(duration: int, rounds: int, out: Path, keys: list[str]) -> str:
     def version(argv, pattern):
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -142,7 +142,9 @@ def machine_header(duration: int, rounds: int, out: Path) -> str:
         f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores ({cpu}), "
         f"{mem_gib:.0f} GiB, Linux {platform.release()}; everything on 127.0.0.1.",
         f"Juggler {commit}, nginx {nginx}, HAProxy {haproxy}, wrk {wrk}, h2load {h2load}.",
-        f"{rounds} rounds × {duration} s per target and scenario, targets loaded in turn (A B C D E A B …); "
+        f"{rounds} rounds × {duration} s per target and scenario"
+        + (f" (upgrade: {upgrade.duration_s()} s per run, with and without swaps)" if "upgrade" in keys else "")
+        + ", targets loaded in turn (A B C D E A B …); "
         f"backends: 3 × nginx (1 worker each); balancers: {sides.WORKERS} workers/threads each, "
         f"pool {sides.POOL_PER_BACKEND} per backend where bounded; "
         "the load generator (wrk/h2load, 2 threads) shares the same cores.",
@@ -233,7 +235,7 @@ def main() -> int:
             print("\n" + table, flush=True)
             tables.append(table)
 
-        header = machine_header(duration, rounds, out)
+        header = machine_header(duration, rounds, out, [s.key for s in scenarios])
         (out / "results.md").write_text(header + "\n\n" + "\n".join(tables))
         print(f"\n{header}\nTables written to {out / 'results.md'}", flush=True)
         return 0

@@ -92,6 +92,9 @@ def upgrade_table(title: str, targets, runs: dict, how: dict[str, str], duration
         "*max backend conns* = most established connections to one backend port in any sample "
         f"(sock_diag every 10 ms; {samples} samples per run on average), per port 19001/19002/19003.",
         "",
+        "With several rounds: requests and failed are summed, p99 is the median of the runs' p99, max ms "
+        "and max backend conns the highest of any run.",
+        "",
         "| target | swapped by | swaps done | requests | failed (errors + non-2xx) | p99 ms | max ms "
         "| max backend conns | baseline: failed, p99 ms, max ms, max backend conns |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
@@ -126,5 +129,10 @@ def upgrade_table(title: str, targets, runs: dict, how: dict[str, str], duration
             f"{statistics.median(r.p99_ms for r in swapped):.2f} | {max(r.max_ms for r in swapped):.1f} | "
             f"{conns(swapped)} | {baseline} |"
         )
+        if len(swapped) > 1:
+            notes.append(f"{target.name}, round by round with swaps: failed "
+                         + " / ".join(str(r.failed) for r in swapped) + ", p99 ms "
+                         + " / ".join(f"{r.p99_ms:.2f}" for r in swapped) + "; baseline p99 ms "
+                         + " / ".join(f"{r.p99_ms:.2f}" for r in steady))
         notes += sorted({f"{target.name}: {n}" for r in results for n in ([r.problem] if r.problem else []) + r.notes})
     return "\n".join(lines + [""] + [f"- {n}" for n in notes] + ([""] if notes else []))
