@@ -18,10 +18,13 @@ BINS    := juggler test_server ssl_cert
 all:
 	RUSTFLAGS="$(STATIC)" $(CARGO) build --release --target $(TARGET) $(addprefix --bin ,$(BINS))
 	@mkdir -p bin
-	@cp $(addprefix $(RELEASE)/,$(BINS)) bin/
+	@# Each binary is written beside its old self and renamed over it: a running bin/juggler (the one
+	@# `make upgrade` takes over from) cannot be written to, but it can be replaced.
 	@# Debug info goes beside the binary (gdb and perf find it through the debuglink); symbols stay.
-	@objcopy --only-keep-debug bin/juggler bin/juggler.debug
-	@objcopy --strip-debug --add-gnu-debuglink=bin/juggler.debug bin/juggler
+	@for bin in $(BINS); do cp $(RELEASE)/$$bin bin/$$bin.new || exit 1; done
+	@objcopy --only-keep-debug bin/juggler.new bin/juggler.debug
+	@objcopy --strip-debug --add-gnu-debuglink=bin/juggler.debug bin/juggler.new
+	@for bin in $(BINS); do mv -f bin/$$bin.new bin/$$bin; done
 	@echo "built: $(addprefix bin/,$(BINS)) (debug info: bin/juggler.debug)"
 
 ## routes: validate the config, regenerate distributer.rs and print a summary of it
