@@ -173,6 +173,7 @@ fn main() {
         address,
         pool_size: pool_size as usize,
         upstream: UpstreamId(0),
+        weight: 1,
     }));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

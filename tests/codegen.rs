@@ -4,7 +4,9 @@
 
 use juggler::http::{Method, Uri};
 use juggler::router::MethodSet;
-use juggler::table::{BackendId, RouteId, RouteMatch, RouteTable, Settings, TlsMode};
+use juggler::table::{
+    BackendId, BalancePolicy, RouteId, RouteMatch, RouteTable, Settings, TlsMode,
+};
 
 mod default_config {
     include!("fixtures/codegen/default/expected.rs");
@@ -20,6 +22,10 @@ mod minimal {
 
 mod exact_only {
     include!("fixtures/codegen/exact_only/expected.rs");
+}
+
+mod weighted {
+    include!("fixtures/codegen/weighted/expected.rs");
 }
 
 fn route(table: &RouteTable, method: &str, path: &str) -> RouteMatch {
@@ -259,4 +265,48 @@ fn a_single_exact_path_compiles_to_an_if() {
         not_allowed(&["GET", "HEAD"])
     );
     assert_eq!(route(table, "GET", "/health/"), RouteMatch::NotFound);
+}
+
+#[test]
+fn weights_and_policies_are_compiled_in() {
+    let table = &weighted::TABLE;
+    let servers: Vec<(&str, usize, u32)> = table
+        .backends
+        .iter()
+        .map(|b| (b.address, b.pool_size, b.weight))
+        .collect();
+    println!("{servers:?}");
+    assert_eq!(
+        servers,
+        [
+            ("api1:8080", 4, 3),
+            ("api2:8080", 2, 1),
+            ("api3:8080", 4, 1),
+            ("static1:80", 5, 5),
+            ("static2:80", 5, 1),
+            ("static3:80", 5, 1),
+        ]
+    );
+    let policies: Vec<(&str, BalancePolicy)> = table
+        .upstreams
+        .iter()
+        .map(|u| (u.name, u.balance))
+        .collect();
+    assert_eq!(
+        policies,
+        [
+            ("api", BalancePolicy::LeastQueued),
+            ("static", BalancePolicy::RoundRobin)
+        ]
+    );
+    // Every shipped and fixture table without `balance` or `weight` keeps today's behaviour.
+    for table in [&default_config::TABLE, &minimal::TABLE, &priority::TABLE] {
+        assert!(table
+            .upstreams
+            .iter()
+            .all(|u| u.balance == BalancePolicy::RoundRobin));
+        assert!(table.backends.iter().all(|b| b.weight == 1));
+    }
+    assert_eq!(route(table, "POST", "/api/users"), found(0));
+    assert_eq!(route(table, "GET", "/index.html"), found(1));
 }

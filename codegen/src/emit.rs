@@ -12,7 +12,7 @@ use juggler_config::table::SCALAR_SECTIONS;
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 
-use crate::model::{Config, MethodSet, Route, Setting};
+use crate::model::{BalancePolicy, Config, MethodSet, Route, Setting};
 use crate::pattern::{PathKind, Pattern, Segment};
 
 /// The formatted source of `distributer.rs` for `config`. Pure: same config, same bytes.
@@ -126,6 +126,7 @@ fn file(config: &Config) -> TokenStream {
     let mut table_types = vec![
         "BackendId",
         "BackendSpec",
+        "BalancePolicy",
         "ListenSettings",
         "Route",
         "RouteId",
@@ -176,9 +177,15 @@ fn backends(config: &Config) -> TokenStream {
         let address = &backend.address;
         let pool = format_ident!("BACKEND_{}_POOL_SIZE", index);
         let upstream = int(backend.upstream);
+        let weight = Literal::u32_unsuffixed(backend.weight);
         quote! {
             #marker
-            BackendSpec { address: #address, pool_size: #pool, upstream: UpstreamId(#upstream) }
+            BackendSpec {
+                address: #address,
+                pool_size: #pool,
+                upstream: UpstreamId(#upstream),
+                weight: #weight,
+            }
         }
     });
     quote! {
@@ -197,9 +204,13 @@ fn upstreams(config: &Config) -> TokenStream {
             let id = int(*backend);
             quote! { BackendId(#id) }
         });
+        let balance = match upstream.balance {
+            BalancePolicy::RoundRobin => quote! { BalancePolicy::RoundRobin },
+            BalancePolicy::LeastQueued => quote! { BalancePolicy::LeastQueued },
+        };
         quote! {
             #marker
-            Upstream { name: #name, backends: &[#(#members),*] }
+            Upstream { name: #name, backends: &[#(#members),*], balance: #balance }
         }
     });
     quote! {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 pub use juggler_config::router::{MethodSet, METHOD_NAMES};
 use juggler_config::schema::{Kind, SectionSpec, SettingSpec};
-pub use juggler_config::table::TlsMode;
+pub use juggler_config::table::{BalancePolicy, TlsMode};
 use juggler_config::table::{Settings as RuntimeSettings, SCALAR_SECTIONS};
 
 use crate::pattern::PathKind;
@@ -35,6 +35,8 @@ pub struct Backend {
     pub pool_source: Option<String>,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
+    /// Share of the upstream's requests relative to its other servers (1-1000).
+    pub weight: u32,
     /// `file:line` of the server entry.
     pub source: String,
 }
@@ -44,6 +46,9 @@ pub struct Upstream {
     pub name: String,
     /// Indices into [`Config::backends`], in round-robin order.
     pub backends: Vec<usize>,
+    pub balance: BalancePolicy,
+    /// `file:line` of the `balance` key; `None`: the default.
+    pub balance_source: Option<String>,
     /// `file:line` of the `[upstreams.<name>]` header.
     pub source: String,
 }

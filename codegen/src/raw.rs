@@ -95,20 +95,24 @@ impl<T> Section<T> {
 #[serde(deny_unknown_fields, default)]
 pub struct RawUpstreamBody {
     pub connections_per_server: Option<Spanned<i64>>,
+    /// The policy's name: `"round_robin"` or `"least_queued"`.
+    pub balance: Option<Spanned<String>>,
     pub servers: Option<Spanned<Vec<Spanned<RawServer>>>>,
 }
 
-/// One entry of `servers`: `"host:port"` or `{ address = "host:port", connections = 8 }`.
+/// One entry of `servers`: `"host:port"` or
+/// `{ address = "host:port", connections = 8, weight = 3 }`.
 #[derive(Debug)]
 pub enum RawServer {
     Address(String),
     Table {
         address: Option<Spanned<String>>,
         connections: Option<Spanned<i64>>,
+        weight: Option<Spanned<i64>>,
     },
 }
 
-const SERVER_KEYS: [&str; 2] = ["address", "connections"];
+const SERVER_KEYS: [&str; 3] = ["address", "connections", "weight"];
 
 /// `16384` or `"16KiB"`.
 #[derive(Debug)]
@@ -392,17 +396,20 @@ impl<'de> Deserialize<'de> for RawServer {
         impl<'de> Visitor<'de> for ServerVisitor {
             type Value = RawServer;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("\"host:port\" or { address = \"host:port\", connections = n }")
+                f.write_str(
+                    "\"host:port\" or { address = \"host:port\", connections = n, weight = w }",
+                )
             }
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawServer, E> {
                 Ok(RawServer::Address(text.to_string()))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawServer, A::Error> {
-                let (mut address, mut connections) = (None, None);
+                let (mut address, mut connections, mut weight) = (None, None, None);
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "address" => address = Some(map.next_value()?),
                         "connections" => connections = Some(map.next_value()?),
+                        "weight" => weight = Some(map.next_value()?),
                         other => {
                             return Err(serde::de::Error::custom(format!(
                                 "unknown key `{other}` in a server{HELP_SEPARATOR}{}",
@@ -414,6 +421,7 @@ impl<'de> Deserialize<'de> for RawServer {
                 Ok(RawServer::Table {
                     address,
                     connections,
+                    weight,
                 })
             }
         }

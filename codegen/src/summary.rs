@@ -23,9 +23,13 @@ pub fn summary(config: &Config) -> String {
             .iter()
             .map(|id| config.backends[*id].pool_size)
             .sum();
+        let balance = match &upstream.balance_source {
+            Some(source) => format!("{} at {source}", upstream.balance.name()),
+            None => format!("{} (default)", upstream.balance.name()),
+        };
         let _ = writeln!(
             out,
-            "  {}  ({}, {connections} connections; {})",
+            "  {}  ({}, {connections} connections, balance {balance}; {})",
             upstream.name,
             count(upstream.backends.len(), "server"),
             upstream.source
@@ -34,8 +38,8 @@ pub fn summary(config: &Config) -> String {
             let backend = &config.backends[*id];
             let _ = writeln!(
                 out,
-                "    {:<28} pool {:>4}  ({})",
-                backend.address, backend.pool_size, backend.source
+                "    {:<28} pool {:>4}  weight {:>4}  ({})",
+                backend.address, backend.pool_size, backend.weight, backend.source
             );
         }
     }

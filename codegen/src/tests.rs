@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::model::BalancePolicy;
 
 const LB: &str = "[upstreams.default]\nservers = [\"localhost:6901\", \"localhost:6902\"]\n";
 const ROUTES: &str = "[[route]]\nmethods = \"*\"\npaths = [\"/*\"]\nupstream = \"default\"\n";
@@ -182,6 +183,65 @@ fn pool_sizes_must_be_between_one_and_the_bound() {
         .map(|backend| backend.pool_size)
         .collect();
     assert_eq!(sizes, [2, 1024]);
+}
+
+#[test]
+fn weights_must_be_between_one_and_the_bound() {
+    let (error, help) = only_error(
+        ROUTES,
+        "[upstreams.default]\nservers = [{ address = \"a:1\", weight = 0 }]\n",
+    );
+    assert_eq!(error, "lb.toml:2:40: `weight = 0` is not a usable weight");
+    assert!(help.starts_with("write 1 to 1000"), "{help}");
+    let (error, _) = only_error(
+        ROUTES,
+        "[upstreams.default]\nservers = [{ address = \"a:1\", weight = 1001 }]\n",
+    );
+    assert_eq!(
+        error,
+        "lb.toml:2:40: `weight = 1001` is not a usable weight"
+    );
+    let config = check(
+        ROUTES,
+        "[upstreams.default]\nservers = [\"a:1\", { address = \"b:1\", weight = 1000, connections = 3 }]\n",
+    )
+    .unwrap();
+    let servers: Vec<(u32, usize)> = config
+        .backends
+        .iter()
+        .map(|backend| (backend.weight, backend.pool_size))
+        .collect();
+    assert_eq!(servers, [(1, 5), (1000, 3)]);
+}
+
+#[test]
+fn balance_names_a_known_policy() {
+    let (error, help) = only_error(
+        ROUTES,
+        "[upstreams.default]\nbalance = \"least_queue\"\nservers = [\"a:1\"]\n",
+    );
+    assert_eq!(
+        error,
+        "lb.toml:2:11: `balance = \"least_queue\"` is not a balancing policy"
+    );
+    assert!(help.starts_with("did you mean `least_queued`?"), "{help}");
+    let (error, _) = only_error(
+        ROUTES,
+        "[upstreams.default]\nbalance = 3\nservers = [\"a:1\"]\n",
+    );
+    assert!(error.starts_with("lb.toml:2:11: invalid type"), "{error}");
+    let config = check(
+        ROUTES,
+        "[upstreams.default]\nbalance = \"least_queued\"\nservers = [\"a:1\"]\n",
+    )
+    .unwrap();
+    assert_eq!(config.upstreams[0].balance, BalancePolicy::LeastQueued);
+    assert_eq!(
+        config.upstreams[0].balance_source.as_deref(),
+        Some("lb.toml:2")
+    );
+    let config = check(ROUTES, LB).unwrap();
+    assert_eq!(config.upstreams[0].balance, BalancePolicy::RoundRobin);
 }
 
 #[test]

@@ -37,14 +37,19 @@ pub fn describe(table: &RouteTable) -> String {
             .sum();
         let _ = writeln!(
             out,
-            "upstream {}: {} servers, {} backend connections in all",
+            "upstream {}: {} servers, {} backend connections in all, balance {}",
             upstream.name,
             upstream.backends.len(),
-            total
+            total,
+            upstream.balance.name()
         );
         for &id in upstream.backends {
             let backend = table.backend(id);
-            let _ = writeln!(out, "  {:<24} pool {}", backend.address, backend.pool_size);
+            let _ = writeln!(
+                out,
+                "  {:<24} pool {}  weight {}",
+                backend.address, backend.pool_size, backend.weight
+            );
         }
     }
     let _ = writeln!(

@@ -19,6 +19,11 @@ impl BackendSpec {
     /// Pool sizes above this are refused: a backend rarely serves more keep-alive connections
     /// from one client well, and a typo such as `50000` would exhaust file descriptors at start-up.
     pub const MAX_POOL_SIZE: usize = 1024;
+    /// Weight of every server that does not set `weight`: all servers share alike.
+    pub const DEFAULT_WEIGHT: u32 = 1;
+    /// Weights above this are refused: a ratio of 1000:1 already sends the light server one
+    /// request in a thousand, and a small bound keeps the weighted arithmetic far from overflow.
+    pub const MAX_WEIGHT: u32 = 1000;
 }
 
 /// Index of an upstream in [`RouteTable::upstreams`].
@@ -38,14 +43,56 @@ pub struct BackendSpec {
     pub pool_size: usize,
     /// The upstream this server belongs to (a server belongs to exactly one).
     pub upstream: UpstreamId,
+    /// Its share of the upstream's requests relative to the other servers (1-1000): with weights
+    /// 3 and 1, three of every four requests go to the first.
+    pub weight: u32,
 }
 
-/// A named group of backends that requests are spread over by per-request round robin.
+/// A named group of backends that requests are spread over, request by request, by its policy.
 #[derive(Debug)]
 pub struct Upstream {
     pub name: &'static str,
     /// Round-robin order: request 1 goes to `backends[0]`, request 2 to `backends[1]`, ...
     pub backends: &'static [BackendId],
+    /// How each request picks one of `backends`.
+    pub balance: BalancePolicy,
+}
+
+/// How an upstream picks the backend for a request (`balance = "..."`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalancePolicy {
+    /// `"round_robin"`: smooth weighted round robin, request by request; with equal weights
+    /// request k goes to backend k mod m. Blind to load: fair when backends are equally fast.
+    RoundRobin,
+    /// `"least_queued"`: a backend with a free pooled connection if there is one (in turn), else
+    /// the one whose queue frees up first (fewest waiting per connection, weight-adjusted).
+    LeastQueued,
+}
+
+impl BalancePolicy {
+    /// The policies by the name the config gives them, the default first.
+    pub const NAMES: [(&'static str, BalancePolicy); 2] = [
+        ("round_robin", BalancePolicy::RoundRobin),
+        ("least_queued", BalancePolicy::LeastQueued),
+    ];
+
+    /// The policy of an upstream that does not set `balance`: today's behaviour.
+    pub const DEFAULT: BalancePolicy = BalancePolicy::RoundRobin;
+
+    pub fn from_name(name: &str) -> Option<BalancePolicy> {
+        Self::NAMES
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|(_, policy)| *policy)
+    }
+
+    /// The name the config uses for this policy.
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, policy)| *policy == self)
+            .map_or("round_robin", |(name, _)| name)
+    }
 }
 
 /// One `[[route]]` of `routes.toml`, kept for `--print-routes` and per-route policy.

@@ -9,7 +9,8 @@ use http::Method;
 use juggler::proxy::Proxy;
 use juggler::router::MethodSet;
 use juggler::table::{
-    BackendId, BackendSpec, Route, RouteId, RouteMatch, RouteTable, Settings, Upstream, UpstreamId,
+    BackendId, BackendSpec, BalancePolicy, Route, RouteId, RouteMatch, RouteTable, Settings,
+    Upstream, UpstreamId,
 };
 use juggler::tls::{self, ReloadableCert};
 use juggler::Listeners;
@@ -173,18 +174,31 @@ pub fn table(
     pool_size: usize,
     settings: Settings,
 ) -> &'static RouteTable {
-    let backends: Vec<BackendSpec> = addresses
+    let servers: Vec<(SocketAddr, u32)> = addresses.iter().map(|addr| (*addr, 1)).collect();
+    balanced_table(&servers, pool_size, BalancePolicy::RoundRobin, settings)
+}
+
+/// Like [`table`], with a weight for each server and the upstream's balancing policy.
+pub fn balanced_table(
+    servers: &[(SocketAddr, u32)],
+    pool_size: usize,
+    balance: BalancePolicy,
+    settings: Settings,
+) -> &'static RouteTable {
+    let backends: Vec<BackendSpec> = servers
         .iter()
-        .map(|addr| BackendSpec {
+        .map(|(addr, weight)| BackendSpec {
             address: Box::leak(addr.to_string().into_boxed_str()),
             pool_size,
             upstream: UpstreamId(0),
+            weight: *weight,
         })
         .collect();
-    let ids: Vec<BackendId> = (0..addresses.len()).map(|i| BackendId(i as u16)).collect();
+    let ids: Vec<BackendId> = (0..servers.len()).map(|i| BackendId(i as u16)).collect();
     let upstreams = vec![Upstream {
         name: "test",
         backends: Box::leak(ids.into_boxed_slice()),
+        balance,
     }];
     let routes = vec![
         Route {

@@ -27,7 +27,9 @@ pub use backend::{bind_local, Backend, Count};
 pub use certs::{CertFiles, TempDir, TestCert};
 pub use client::{get, post, tally, Answer, Client};
 pub use hyper_backend::{addrs_of, three_backends, BackendStats, Behaviour, TestBackend};
-pub use launcher::{settings_with, start_one_backend, table, test_routes, TestJuggler};
+pub use launcher::{
+    balanced_table, settings_with, start_one_backend, table, test_routes, TestJuggler,
+};
 
 /// Every test gives up after this long rather than hang.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,4 +1,5 @@
-//! `[upstreams.<name>]`: servers, their addresses and pool sizes; a server belongs to one upstream.
+//! `[upstreams.<name>]`: servers, their addresses, pool sizes and weights, and the balancing
+//! policy; a server belongs to one upstream.
 
 use std::collections::HashMap;
 
@@ -6,7 +7,8 @@ use toml::Spanned;
 
 use super::{Checker, MAX_IDS};
 use crate::address::{check_address, PortZero};
-use juggler_config::table::BackendSpec;
+use crate::diagnostics::did_you_mean;
+use juggler_config::table::{BackendSpec, BalancePolicy};
 
 use crate::model::{Backend, Upstream};
 use crate::raw::{RawServer, RawUpstream};
@@ -32,6 +34,13 @@ impl Checker<'_> {
                     .unwrap_or(Pool::DEFAULT),
                 None => Pool::DEFAULT,
             };
+            let (balance, balance_source) = match &body.balance {
+                Some(raw) => match self.balance(raw) {
+                    Some(policy) => (policy, Some(self.location(&raw.span()))),
+                    None => (BalancePolicy::DEFAULT, None),
+                },
+                None => (BalancePolicy::DEFAULT, None),
+            };
             let servers = body.servers.as_ref();
             let missing = servers.is_none() && !upstream.section.reported("servers");
             if missing || servers.is_some_and(|servers| servers.get_ref().is_empty()) {
@@ -47,7 +56,7 @@ impl Checker<'_> {
                 .map(|servers| servers.get_ref().as_slice())
                 .unwrap_or_default()
             {
-                let Some((address, pool)) = self.server(server, &pool) else {
+                let Some((address, pool, weight)) = self.server(server, &pool) else {
                     continue;
                 };
                 let location = self.location(&server.span());
@@ -72,12 +81,15 @@ impl Checker<'_> {
                     pool_size: pool.size,
                     pool_source: pool.source,
                     upstream: index,
+                    weight,
                     source: location,
                 });
             }
             upstreams.push(Upstream {
                 name: name.clone(),
                 backends: members,
+                balance,
+                balance_source,
                 source: self.location(&upstream.name.span()),
             });
         }
@@ -94,14 +106,19 @@ impl Checker<'_> {
         (upstreams, backends)
     }
 
-    /// Address and pool of one `servers` entry; `None` if it is unusable.
+    /// Address, pool and weight of one `servers` entry; `None` if it is unusable.
     fn server(
         &mut self,
         server: &Spanned<RawServer>,
         upstream_pool: &Pool,
-    ) -> Option<(String, Pool)> {
-        let (address, span, pool) = match server.get_ref() {
-            RawServer::Address(address) => (address.clone(), server.span(), upstream_pool.clone()),
+    ) -> Option<(String, Pool, u32)> {
+        let (address, span, pool, weight) = match server.get_ref() {
+            RawServer::Address(address) => (
+                address.clone(),
+                server.span(),
+                upstream_pool.clone(),
+                BackendSpec::DEFAULT_WEIGHT,
+            ),
             RawServer::Table { address: None, .. } => {
                 self.error(
                     server.span(),
@@ -113,12 +130,18 @@ impl Checker<'_> {
             RawServer::Table {
                 address: Some(address),
                 connections,
+                weight,
             } => {
+                // Both checked before giving up, so one build reports both mistakes.
                 let pool = match connections {
-                    Some(raw) => self.pool(raw, "connections")?,
-                    None => upstream_pool.clone(),
+                    Some(raw) => self.pool(raw, "connections"),
+                    None => Some(upstream_pool.clone()),
                 };
-                (address.get_ref().clone(), address.span(), pool)
+                let weight = match weight {
+                    Some(raw) => self.weight(raw),
+                    None => Some(BackendSpec::DEFAULT_WEIGHT),
+                };
+                (address.get_ref().clone(), address.span(), pool?, weight?)
             }
         };
         if let Err(error) = check_address(&address, PortZero::Refused) {
@@ -129,7 +152,42 @@ impl Checker<'_> {
             );
             return None;
         }
-        Some((address, pool))
+        Some((address, pool, weight))
+    }
+
+    fn weight(&mut self, raw: &Spanned<i64>) -> Option<u32> {
+        let weight = *raw.get_ref();
+        if let Some(weight) = u32::try_from(weight)
+            .ok()
+            .filter(|weight| (1..=BackendSpec::MAX_WEIGHT).contains(weight))
+        {
+            return Some(weight);
+        }
+        let why = if weight < 1 {
+            "to take a server out of rotation, remove it from `servers`"
+        } else {
+            "weights are relative: 3 and 1 send three of every four requests to the first"
+        };
+        self.error(
+            raw.span(),
+            format!("`weight = {weight}` is not a usable weight"),
+            format!("write 1 to {} ({why})", BackendSpec::MAX_WEIGHT),
+        );
+        None
+    }
+
+    fn balance(&mut self, raw: &Spanned<String>) -> Option<BalancePolicy> {
+        let name = raw.get_ref();
+        if let Some(policy) = BalancePolicy::from_name(name) {
+            return Some(policy);
+        }
+        let known: Vec<&str> = BalancePolicy::NAMES.iter().map(|(name, _)| *name).collect();
+        self.error(
+            raw.span(),
+            format!("`balance = \"{name}\"` is not a balancing policy"),
+            did_you_mean(name, &known),
+        );
+        None
     }
 
     fn pool(&mut self, raw: &Spanned<i64>, key: &str) -> Option<Pool> {

@@ -141,6 +141,17 @@ impl BackendPool {
         self.open.load(Ordering::Relaxed)
     }
 
+    /// Slots no request holds: a request arriving now would not wait. The semaphore hands a
+    /// freed permit to a waiter first, so this is 0 whenever anyone is queued.
+    pub fn free_slots(&self) -> usize {
+        self.slots.available_permits()
+    }
+
+    /// Requests waiting for a slot right now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// Takes a slot (waiting in the queue if all are busy) and returns it with an open connection.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, CheckoutError> {
         let started = Instant::now();

@@ -1,8 +1,9 @@
 //! What happens to one client request: refuse what Juggler does not proxy, route it, read its body
-//! whole, hand it to the next backend in round robin (waiting in that backend's queue for one of its
-//! pooled connections), and turn the backend's answer, or the failure, into the client's response.
+//! whole, hand it to the backend its upstream's policy picks (waiting in that backend's queue for one
+//! of its pooled connections), and turn the backend's answer, or the failure, into the client's
+//! response.
 //!
-//! - `balance`: the round-robin order over an upstream's backends.
+//! - `balance`: the order a request tries an upstream's backends in (round robin, least queued).
 //! - [`headers`]: the request head sent to backends (hop-by-hop fields dropped, `X-Forwarded-*`).
 //! - `request_checks`: requests hyper lets through that a proxy must refuse (smuggling).
 
@@ -22,7 +23,7 @@ use crate::backend::pool::{BackendPool, CheckoutError};
 use crate::backend::{self, OutgoingRequest, ResponseBody};
 use crate::error::ProxyError;
 use crate::table::{Route, RouteMatch, RouteTable, Settings};
-use balance::RoundRobin;
+use balance::Balancer;
 use contain::CatchPanic;
 use headers::ClientInfo;
 
@@ -37,12 +38,12 @@ pub const ACCESS_LOG: &str = "juggler::access";
 /// Bodies up to this size are sent in the same write as the request head.
 const COALESCE_BODY_LIMIT: usize = 16 * 1024;
 
-/// Everything requests share: the table, the pools and the round-robin cursors.
+/// Everything requests share: the table, the pools and the balancing policies' state.
 #[derive(Debug)]
 pub struct Proxy {
     pub table: &'static RouteTable,
     pub pools: Vec<Arc<BackendPool>>,
-    round_robin: RoundRobin,
+    balancer: Balancer,
     /// Requests between arriving and being answered; during an upgrade, pooled connections are
     /// handed to the successor only while this is zero.
     pub(crate) requests_in_progress: Arc<AtomicUsize>,
@@ -82,7 +83,7 @@ impl Proxy {
         Proxy {
             table,
             pools,
-            round_robin: RoundRobin::new(table),
+            balancer: Balancer::new(table),
             requests_in_progress: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -252,8 +253,9 @@ impl Proxy {
         }
     }
 
-    /// Sends the request to the next backend in turn, falling back to the others when a backend is
-    /// down, full or unreachable, and re-sending once (by default) after a keep-alive race.
+    /// Sends the request to the backend the upstream's policy picks, falling back down its order
+    /// when a backend is down, full or unreachable, and re-sending once (by default) after a
+    /// keep-alive race.
     async fn forward(
         &self,
         route: &'static Route,
@@ -264,15 +266,49 @@ impl Proxy {
         let upstream = self.table.upstream(route.upstream);
         let mut resends_left = self.settings().proxy.max_retries;
         let mut last_error = None;
-        // The backends in round-robin order, once more for every re-send allowed: a re-send goes
-        // to the next backend in turn, not back to the one that just failed.
+        // The backends in the policy's order, once more for every re-send allowed: a re-send goes
+        // to the next backend in that order, not back to the one that just failed.
         let passes = 1 + resends_left as usize;
-        for backend in self.round_robin.order(self.table, route.upstream, passes) {
-            let pool = &self.pools[usize::from(backend.0)];
+        let mut order = self
+            .balancer
+            .order(self.table, &self.pools, route.upstream, passes);
+        let race = self.balancer.waits_in_two_queues(route.upstream);
+        let mut next = 0;
+        while next < order.len() {
+            let mut backend = order[next];
+            next += 1;
+            let mut pool = &self.pools[usize::from(backend.0)];
             if pool.is_down() || pool.is_full() {
                 continue;
             }
-            let slot = match pool.checkout().await {
+            // A request that would queue may wait in the next backend's queue too and take
+            // whichever slot frees first (least_queued), so a burst that arrives before anything
+            // is known of the backends' speed does not stay piled up behind a slow one. The
+            // backend not taken moves up to be next in order, where a re-send goes.
+            let rival = order.get(next).copied().filter(|&rival| {
+                let rival_pool = &self.pools[usize::from(rival.0)];
+                race && rival != backend
+                    && pool.free_slots() == 0
+                    && !rival_pool.is_down()
+                    && !rival_pool.is_full()
+            });
+            let checked = match rival {
+                None => pool.checkout().await,
+                Some(rival) => {
+                    let rival_pool = &self.pools[usize::from(rival.0)];
+                    // Losing checkouts are dropped, which takes them out of their queue.
+                    let (checked, rival_won) = tokio::select! {
+                        checked = pool.checkout() => (checked, false),
+                        checked = rival_pool.checkout() => (checked, true),
+                    };
+                    if rival_won {
+                        order[next] = backend;
+                        (backend, pool) = (rival, rival_pool);
+                    }
+                    checked
+                }
+            };
+            let slot = match checked {
                 Ok(slot) => slot,
                 Err(CheckoutError::QueueFull) => continue,
                 Err(CheckoutError::QueueTimeout) => {
@@ -291,7 +327,11 @@ impl Proxy {
             outcome.backend = pool.spec.address;
             outcome.queued += slot.queued_for;
             let limits = &self.settings().limits;
-            match backend::exchange(slot, request, limits).await {
+            let held_since = Instant::now();
+            let exchanged = backend::exchange(slot, request, limits).await;
+            // How long this backend took to answer, for policies that weigh backends by speed.
+            self.balancer.observe(backend, held_since.elapsed());
+            match exchanged {
                 Ok((head, body)) => return Ok(into_response(head, body)),
                 Err(error)
                     if resends_left > 0

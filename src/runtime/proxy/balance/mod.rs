@@ -1,0 +1,218 @@
+//! Which backend of an upstream a request tries first, and in what order it falls back to the
+//! others.
+//!
+//! The policy is kept apart from the backend set and the pools: at the moment of choice the
+//! [`Balancer`] takes a read-only [`BackendState`] snapshot of each backend of the upstream (its
+//! weight, pool size, free slots, queue, how long it holds a connection per request, and whether
+//! it can take a request at all) and hands it to the upstream's [`Policy`], which returns an
+//! order. The policy never touches a pool, so a new one
+//! is one small file here that implements [`Policy`], plus its name in `BalancePolicy`.
+//!
+//! - [`round_robin`]: smooth weighted round robin (nginx's), blind to load; the default.
+//! - [`least_queued`]: a free pooled connection if there is one, else the queue that frees first.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::pool::BackendPool;
+use crate::table::{BackendId, BalancePolicy, RouteTable, UpstreamId};
+
+mod least_queued;
+mod round_robin;
+
+use least_queued::LeastQueued;
+use round_robin::SmoothWeighted;
+
+/// One backend as a policy sees it at the moment of choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BackendState {
+    pub(crate) id: BackendId,
+    /// Configured share relative to the upstream's other backends (1-1000).
+    pub(crate) weight: u32,
+    /// Pool size `n`: how many requests it serves at once.
+    pub(crate) connections: usize,
+    /// Slots no request holds: a request sent there now does not wait.
+    pub(crate) free: usize,
+    /// Requests waiting for one of its slots.
+    pub(crate) queued: usize,
+    /// How long a request is expected to hold one of its connections: the moving average of the
+    /// recent ones, or, while every connection is busy and none has come back for longer than
+    /// that, the time since one last did (a backend that stalls looks slow at once, before any of
+    /// its slow answers arrive). Zero while nothing is known.
+    pub(crate) hold: Duration,
+    /// Neither down (connects keep failing) nor with a full queue: a request may be sent there.
+    pub(crate) available: bool,
+}
+
+impl BackendState {
+    fn of(id: BackendId, pool: &BackendPool, observed: &Observed, now: u64) -> BackendState {
+        let free = pool.free_slots();
+        let average = observed.average_micros.load(Ordering::Relaxed);
+        let stalled = if free == 0 {
+            now.saturating_sub(observed.last_back_micros.load(Ordering::Relaxed))
+        } else {
+            0
+        };
+        BackendState {
+            id,
+            weight: pool.spec.weight.max(1),
+            connections: pool.spec.pool_size.max(1),
+            free,
+            queued: pool.queued(),
+            hold: Duration::from_micros(average.max(stalled)),
+            available: !pool.is_down() && !pool.is_full(),
+        }
+    }
+}
+
+/// What the balancer has seen of one backend's answers (microseconds since [`Balancer::epoch`]).
+#[derive(Debug, Default)]
+struct Observed {
+    /// Moving average (1/8 new) of how long a request held a connection; 0 until the first.
+    average_micros: AtomicU64,
+    /// When a request last gave a connection back.
+    last_back_micros: AtomicU64,
+}
+
+/// A way of choosing among an upstream's backends, one request at a time.
+pub(crate) trait Policy: fmt::Debug + Send + Sync {
+    /// Appends to `order` the backends this request should try, best first: only available ones,
+    /// each at most once. `backends` is the upstream's backends in config order, always the same
+    /// length for one policy instance.
+    fn order(&self, backends: &[BackendState], order: &mut Vec<BackendId>);
+
+    /// Whether a request that finds no free connection at its first choice should wait in the
+    /// second one's queue as well and take whichever slot frees first.
+    fn waits_in_two_queues(&self) -> bool {
+        false
+    }
+}
+
+/// Each upstream's policy, with its state (cursors, current weights), shared by every client.
+#[derive(Debug)]
+pub(crate) struct Balancer {
+    /// Indexed by `UpstreamId`.
+    policies: Vec<Box<dyn Policy>>,
+    /// Indexed by `BackendId`.
+    observed: Vec<Observed>,
+    epoch: Instant,
+}
+
+impl Balancer {
+    pub(crate) fn new(table: &RouteTable) -> Balancer {
+        let policies = table
+            .upstreams
+            .iter()
+            .map(|upstream| -> Box<dyn Policy> {
+                match upstream.balance {
+                    BalancePolicy::RoundRobin => {
+                        Box::new(SmoothWeighted::new(upstream.backends.len()))
+                    }
+                    BalancePolicy::LeastQueued => Box::new(LeastQueued::default()),
+                }
+            })
+            .collect();
+        Balancer {
+            policies,
+            observed: table.backends.iter().map(|_| Observed::default()).collect(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// See [`Policy::waits_in_two_queues`].
+    pub(crate) fn waits_in_two_queues(&self, upstream: UpstreamId) -> bool {
+        self.policies[usize::from(upstream.0)].waits_in_two_queues()
+    }
+
+    /// Records that a request held a connection of `backend` for `held` and gave it back now.
+    pub(crate) fn observe(&self, backend: BackendId, held: Duration) {
+        let observed = &self.observed[usize::from(backend.0)];
+        let sample = u64::try_from(held.as_micros()).unwrap_or(u64::MAX).max(1);
+        let average = observed.average_micros.load(Ordering::Relaxed);
+        // Two requests finishing at once may each update from the same old value; one sample
+        // lost from an average is of no consequence, a lock per answer would be.
+        let next = if average == 0 {
+            sample
+        } else {
+            average - average / 8 + sample / 8
+        };
+        observed.average_micros.store(next, Ordering::Relaxed);
+        observed
+            .last_back_micros
+            .store(self.now_micros(), Ordering::Relaxed);
+    }
+
+    fn now_micros(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// The backends this request should try, in order, once over for each of `passes` (a re-send
+    /// goes on down the order rather than back to the backend that just failed). Backends that are
+    /// down or full at this moment are left out; an empty order means none can take the request.
+    pub(crate) fn order(
+        &self,
+        table: &RouteTable,
+        pools: &[Arc<BackendPool>],
+        upstream: UpstreamId,
+        passes: usize,
+    ) -> Vec<BackendId> {
+        let now = self.now_micros();
+        let snapshot: Vec<BackendState> = table
+            .upstream(upstream)
+            .backends
+            .iter()
+            .map(|&id| {
+                let index = usize::from(id.0);
+                BackendState::of(id, &pools[index], &self.observed[index], now)
+            })
+            .collect();
+        let mut order = Vec::with_capacity(snapshot.len() * passes.max(1));
+        self.policies[usize::from(upstream.0)].order(&snapshot, &mut order);
+        let once = order.len();
+        for _ in 1..passes {
+            order.extend_from_within(..once);
+        }
+        order
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Backends with these weights, one connection each, idle and available.
+    pub(crate) fn idle(weights: &[u32]) -> Vec<BackendState> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(index, &weight)| BackendState {
+                id: BackendId(index as u16),
+                weight,
+                connections: 1,
+                free: 1,
+                queued: 0,
+                hold: Duration::ZERO,
+                available: true,
+            })
+            .collect()
+    }
+
+    /// The first choice of `requests` requests in a row, as letters (`a` is backend 0).
+    pub(crate) fn firsts(
+        policy: &dyn Policy,
+        backends: &[BackendState],
+        requests: usize,
+    ) -> String {
+        (0..requests)
+            .map(|_| {
+                let mut order = Vec::new();
+                policy.order(backends, &mut order);
+                order
+                    .first()
+                    .map_or('-', |id| char::from(b'a' + id.0 as u8))
+            })
+            .collect()
+    }
+}
