@@ -59,9 +59,15 @@ struct RunningServer {
 
 impl RunningServer {
     fn start(root: &Path) -> RunningServer {
+        Self::start_with(root, &[])
+    }
+
+    /// With extra flags (`--delay`, `--fail-rate`).
+    fn start_with(root: &Path, flags: &[&str]) -> RunningServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_test_server"))
             .args(["--port", "0", "--root"])
             .arg(root)
+            .args(flags)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -330,4 +336,42 @@ async fn sigterm_exits_cleanly_with_an_idle_connection_open() {
         "idle connection got bytes after shutdown: {rest:?}"
     );
     assert!(closed, "idle connection left open after shutdown");
+}
+
+#[juggler_testkit::test(current_thread)]
+async fn delay_and_fail_rate_make_an_uneven_backend() {
+    let tree = TestRoot::create();
+    let slow = RunningServer::start_with(&tree.root, &["--delay", "150ms"]);
+    let started = Instant::now();
+    let answer = fetch(slow.addr, Method::GET, "/test.txt").await;
+    let took = started.elapsed();
+    println!("--delay 150ms: {} in {took:?}", answer.status);
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(took >= Duration::from_millis(150), "{took:?}");
+
+    let ranged = RunningServer::start_with(&tree.root, &["--delay", "1ms..40ms"]);
+    let started = Instant::now();
+    for _ in 0..10 {
+        let answer = fetch(ranged.addr, Method::GET, "/test.txt").await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    let took = started.elapsed();
+    println!("--delay 1ms..40ms: 10 requests in {took:?}");
+    assert!(took >= Duration::from_millis(10), "{took:?}");
+
+    let failing = RunningServer::start_with(&tree.root, &["--fail-rate", "1"]);
+    let answer = fetch(failing.addr, Method::GET, "/test.txt").await;
+    println!("--fail-rate 1: {}", answer.status);
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_test_server"))
+        .args(["--port", "0", "--root"])
+        .arg(&tree.root)
+        .args(["--fail-rate", "2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    println!("--fail-rate 2: {stderr}");
+    assert!(!refused.status.success());
+    assert!(stderr.contains("not a fraction"), "{stderr}");
 }

@@ -12,6 +12,10 @@
 //! - a path that resolves (through symlinks) outside the root is answered `404 Not Found`, the
 //!   same as a missing file, so the answer reveals nothing about the rest of the disk.
 //!
+//! For uneven backend sets without extra tools: `--delay 50ms` answers every request after 50 ms,
+//! `--delay 1ms..200ms` after a time drawn uniformly from that range, and `--fail-rate 0.01`
+//! answers about one request in a hundred `500 Internal Server Error` instead.
+//!
 //! Once bound it prints `test_server listening on <addr> root <dir>` on stdout: scripts and tests
 //! wait for that line, and with `--port 0` read the real port from it. One line per request is
 //! logged to stderr when `RUST_LOG` asks for it (e.g. `RUST_LOG=info`). SIGINT or SIGTERM stops
@@ -23,8 +27,9 @@ use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -64,6 +69,14 @@ struct Args {
     /// Address to bind. Loopback by default so a test backend is never exposed by accident.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     bind: IpAddr,
+
+    /// Wait before each answer: a fixed time ("50ms", "1s") or a uniform range ("1ms..200ms").
+    #[arg(long, value_parser = parse_delay)]
+    delay: Option<Delay>,
+
+    /// Fraction of requests (0 to 1) answered `500 Internal Server Error`, at random.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fail_rate)]
+    fail_rate: f64,
 }
 
 #[tokio::main]
@@ -108,6 +121,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let site = Arc::new(Site {
         root: Arc::from(root),
+        delay: args.delay,
+        fail_rate: args.fail_rate,
+        dice: Dice::seeded(),
     });
     serve(listener, site, signals.wait()).await;
     Ok(())
@@ -208,13 +224,25 @@ struct Site {
     /// Canonical (absolute, symlink-free) root, so a resolved file can be checked to lie under it.
     /// Shared with the blocking tasks that read files.
     root: Arc<Path>,
+    /// `--delay`: how long each answer waits (a slow backend, or an uneven one).
+    delay: Option<Delay>,
+    /// `--fail-rate`: the fraction of requests answered `500`.
+    fail_rate: f64,
+    dice: Dice,
 }
 
 impl Site {
     async fn respond(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let method = request.method();
         let path = request.uri().path();
-        let response = self.respond_to(method, path).await;
+        if let Some(delay) = self.delay {
+            tokio::time::sleep(delay.sample(&self.dice)).await;
+        }
+        let response = if self.fail_rate > 0.0 && self.dice.unit() < self.fail_rate {
+            error_response(StatusCode::INTERNAL_SERVER_ERROR)
+        } else {
+            self.respond_to(method, path).await
+        };
         info!(
             %peer,
             %method,
@@ -254,6 +282,90 @@ impl Site {
                 error_response(StatusCode::INTERNAL_SERVER_ERROR)
             }
         }
+    }
+}
+
+/// `--delay`: every answer waits between `min` and `max` (equal for a fixed delay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Delay {
+    min: Duration,
+    max: Duration,
+}
+
+impl Delay {
+    fn sample(&self, dice: &Dice) -> Duration {
+        self.min + (self.max - self.min).mul_f64(dice.unit())
+    }
+}
+
+/// `"50ms"` or `"1ms..200ms"`.
+fn parse_delay(text: &str) -> Result<Delay, String> {
+    let (min, max) = match text.split_once("..") {
+        Some((min, max)) => (parse_duration(min)?, parse_duration(max)?),
+        None => {
+            let fixed = parse_duration(text)?;
+            (fixed, fixed)
+        }
+    };
+    if min > max {
+        return Err(format!("`{text}`: the range runs backwards"));
+    }
+    Ok(Delay { min, max })
+}
+
+/// A whole number with a unit: `"250us"`, `"50ms"`, `"2s"`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit: write e.g. \"50ms\" or \"1ms..200ms\""))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
+    match unit {
+        "us" => Ok(Duration::from_micros(number)),
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        _ => Err(format!(
+            "`{unit}` in `{text}` is not a unit: use us, ms or s"
+        )),
+    }
+}
+
+fn parse_fail_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!(
+            "`{text}` is not a fraction from 0 to 1 (e.g. 0.01)"
+        )),
+    }
+}
+
+/// A small shared random source (splitmix64): delays and failures need no cryptographic quality,
+/// and a lock-free counter keeps the server free of extra dependencies and contention.
+struct Dice(AtomicU64);
+
+impl Dice {
+    fn seeded() -> Dice {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64);
+        Dice(AtomicU64::new(
+            nanos ^ (u64::from(std::process::id()) << 32),
+        ))
+    }
+
+    /// A number in [0, 1).
+    fn unit(&self) -> f64 {
+        let mut z = self
+            .0
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -433,6 +545,50 @@ mod tests {
         ] {
             assert_eq!(relative_file_path(path), Err(PathRejected), "{path}");
         }
+    }
+
+    #[test]
+    fn delays_are_fixed_or_a_range() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            parse_delay("50ms"),
+            Ok(Delay {
+                min: ms(50),
+                max: ms(50)
+            })
+        );
+        assert_eq!(
+            parse_delay("1ms..200ms"),
+            Ok(Delay {
+                min: ms(1),
+                max: ms(200)
+            })
+        );
+        assert_eq!(
+            parse_delay("500us..2s").map(|d| d.max),
+            Ok(Duration::from_secs(2))
+        );
+        for bad in ["50", "ms", "5m", "200ms..1ms", "-1ms", "1.5ms"] {
+            assert!(parse_delay(bad).is_err(), "{bad}");
+        }
+        let dice = Dice::seeded();
+        let range = parse_delay("1ms..200ms").unwrap();
+        for _ in 0..1000 {
+            let delay = range.sample(&dice);
+            assert!(delay >= ms(1) && delay <= ms(200), "{delay:?}");
+        }
+    }
+
+    #[test]
+    fn fail_rate_is_a_fraction_and_holds_on_average() {
+        assert_eq!(parse_fail_rate("0.01"), Ok(0.01));
+        for bad in ["1.5", "-0.1", "a", "NaN"] {
+            assert!(parse_fail_rate(bad).is_err(), "{bad}");
+        }
+        let dice = Dice::seeded();
+        let failed = (0..100_000).filter(|_| dice.unit() < 0.01).count();
+        println!("fail rate 0.01: {failed} of 100000");
+        assert!((700..1300).contains(&failed), "{failed}");
     }
 
     #[test]
