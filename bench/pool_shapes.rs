@@ -62,7 +62,8 @@ fn start_backend() -> std::net::SocketAddr {
 
 /// One exchange on a connection: write, read the head, read the body.
 async fn exchange(conn: &mut BackendConn) -> Option<(bool, Bytes)> {
-    conn.write_request(REQUEST, &[]).await.ok()?;
+    let no_body = juggler::backend::spool::RequestBody::default();
+    conn.write_request(REQUEST, &no_body).await.ok()?;
     let head = conn.read_head(false).await.ok()?;
     let length = match head.framing {
         juggler::backend::conn::Framing::Length(length) => length as usize,

@@ -171,6 +171,14 @@ settings_section! {
         connect_timeout: Duration = timeout(Duration::from_secs(3)),
         /// Responses up to this size are read whole so the pooled connection is freed at once.
         response_buffer_bytes: usize = size(MIB, 1, GIB),
+        /// Bytes of each request body kept in memory; the rest spills to an unlinked temporary file.
+        body_memory_bytes: usize = size(64 * KIB, KIB, GIB),
+        /// In-memory request body bytes of all requests together; past it, uploads wait (TCP backpressure).
+        body_memory_budget: usize = size(128 * MIB, MIB, TIB),
+        /// Spilled request bodies and spooled responses on disk, all together; past it, uploads wait and responses stream.
+        spool_budget: usize = size(4 * GIB, 0, TIB),
+        /// Largest response spooled to disk (freeing the pooled connection); larger ones stream.
+        response_spool_max_bytes: usize = size(256 * MIB, 0, TIB),
         /// Concurrent client connections; beyond it new connections wait in the accept backlog.
         max_client_connections: usize = count(10_000, 1, 1_000_000),
         /// Time a TLS client has to finish its handshake.

@@ -1,5 +1,6 @@
-//! The one body type of every response Juggler sends: a buffered backend response, a body streamed
-//! from a pooled connection, or a short text of Juggler's own.
+//! The one body type of every response Juggler sends: a buffered backend response, a body spooled
+//! to a file (see `spool`), a body streamed from a pooled connection, or a short text of Juggler's
+//! own.
 //!
 //! hyper polls it on the client side; when the body is streamed, that poll reads from the pooled
 //! connection directly (no task or channel in between), so the client's pace is the backend's.
@@ -7,7 +8,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use tokio::time::Sleep;
 
 use super::conn::{BodyError, BodyState};
 use super::pool::PooledConn;
+use super::spool::{SpoolRead, SpooledBody};
 
 /// A response body.
 #[derive(Debug)]
@@ -26,6 +28,7 @@ pub struct ResponseBody {
 #[derive(Debug)]
 enum Kind {
     Full(Option<Bytes>),
+    Spooled(Box<SpooledBody>),
     Streaming(Box<StreamingBody>),
 }
 
@@ -59,6 +62,12 @@ impl ResponseBody {
             kind: Kind::Streaming(Box::new(body)),
         }
     }
+
+    pub(super) fn spooled(body: SpooledBody) -> ResponseBody {
+        ResponseBody {
+            kind: Kind::Spooled(Box::new(body)),
+        }
+    }
 }
 
 impl StreamingBody {
@@ -83,6 +92,19 @@ impl StreamingBody {
             keep_alive,
             stall_timeout,
             stall: Box::pin(tokio::time::sleep(stall_timeout)),
+        }
+    }
+
+    /// The last bytes of a body whose connection is already back in its pool.
+    pub(super) fn finished(rest: Bytes) -> StreamingBody {
+        StreamingBody {
+            slot: None,
+            state: BodyState::Done,
+            remaining: Some(rest.len() as u64),
+            prefix: (!rest.is_empty()).then_some(rest),
+            keep_alive: false,
+            stall_timeout: Duration::ZERO,
+            stall: Box::pin(tokio::time::sleep(Duration::ZERO)),
         }
     }
 
@@ -156,6 +178,15 @@ impl Body for ResponseBody {
                     .filter(|b| !b.is_empty())
                     .map(|b| Ok(Frame::data(b))),
             ),
+            Kind::Spooled(body) => match ready!(body.poll_read(cx)) {
+                SpoolRead::Data(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                SpoolRead::End => Poll::Ready(None),
+                SpoolRead::Failed(error) => Poll::Ready(Some(Err(error))),
+                SpoolRead::Stream(rest) => {
+                    this.kind = Kind::Streaming(rest);
+                    Pin::new(this).poll_frame(cx)
+                }
+            },
             Kind::Streaming(body) => body
                 .poll_chunk(cx)
                 .map(|chunk| chunk.map(|result| result.map(Frame::data))),
@@ -165,6 +196,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
+            Kind::Spooled(body) => body.is_end(),
             Kind::Streaming(body) => body.slot.is_none() && body.prefix.is_none(),
         }
     }
@@ -172,6 +204,10 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Spooled(body) => match body.remaining {
+                Some(remaining) => SizeHint::with_exact(remaining),
+                None => SizeHint::default(),
+            },
             Kind::Streaming(body) => match body.remaining {
                 Some(remaining) => SizeHint::with_exact(remaining),
                 None => SizeHint::default(),

@@ -13,11 +13,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
-use tokio::io::AsyncWriteExt;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::chunked::{ChunkedDecoder, Decoded};
+use super::spool::RequestBody;
 use crate::hop_by_hop::ConnectionNamed;
 
 /// The largest response head accepted from a backend.
@@ -26,6 +27,24 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const MAX_RESPONSE_HEADERS: usize = 128;
 /// How much the read buffer grows by per read.
 const READ_CHUNK: usize = 8 * 1024;
+/// The most one `sendfile` call is asked to send, so one large body does not monopolise a worker.
+const SENDFILE_MAX: usize = 1024 * 1024;
+
+/// How a request write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Complete,
+    /// The backend answered (or closed) before the whole request was written.
+    AnsweredEarly,
+}
+
+/// How much of a request has been written.
+#[derive(Debug, Default)]
+struct WriteProgress {
+    head: usize,
+    memory: usize,
+    file: u64,
+}
 
 /// An open keep-alive connection to one backend.
 #[derive(Debug)]
@@ -128,13 +147,121 @@ impl BackendConn {
         matches!(self.stream.try_read(&mut probe), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// Writes one complete request (head, with the body appended when small, then any body).
-    pub async fn write_request(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
-        self.stream.write_all(head).await?;
-        if !body.is_empty() {
-            self.stream.write_all(body).await?;
+    /// Writes one request: the head (with the body appended when small), then the body's
+    /// in-memory part, then its spilled part straight from the file (`sendfile`: the kernel copies
+    /// page cache to socket, no buffer here).
+    ///
+    /// While writing it watches for the backend answering early (a `413` or `405` before it read
+    /// the body, often followed by a close): once a final response head is in, writing stops and
+    /// [`Sent::AnsweredEarly`] says the connection cannot carry another request, since the backend
+    /// still expects the rest of a body it will not get.
+    pub async fn write_request(&mut self, head: &[u8], body: &RequestBody) -> io::Result<Sent> {
+        let mut progress = WriteProgress::default();
+        poll_fn(|cx| loop {
+            match self.poll_write_progress(cx, &mut progress, head, body) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(Sent::Complete)),
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => {}
+            }
+            match self.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                // The backend closed or reset: the head read that follows tells which.
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Ok(Sent::AnsweredEarly)),
+                Poll::Ready(Ok(_)) => {
+                    if self.final_head_buffered() {
+                        return Poll::Ready(Ok(Sent::AnsweredEarly));
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Writes as much of the request as the socket takes; `Ready(Ok)` once all of it is out.
+    fn poll_write_progress(
+        &mut self,
+        cx: &mut Context<'_>,
+        progress: &mut WriteProgress,
+        head: &[u8],
+        body: &RequestBody,
+    ) -> Poll<io::Result<()>> {
+        let memory = body.in_memory();
+        let (file, file_len) = match body.spilled() {
+            Some((file, len)) => (Some(file), len),
+            None => (None, 0),
+        };
+        loop {
+            let result = if progress.head < head.len() {
+                self.try_write_ready(cx, &head[progress.head..])
+                    .map_ok(|n| progress.head += n)
+            } else if progress.memory < memory.len() {
+                self.try_write_ready(cx, &memory[progress.memory..])
+                    .map_ok(|n| progress.memory += n)
+            } else if let (Some(file), true) = (file, progress.file < file_len) {
+                let count = usize::try_from(file_len - progress.file)
+                    .unwrap_or(usize::MAX)
+                    .min(SENDFILE_MAX);
+                ready!(self.stream.poll_write_ready(cx))?;
+                let stream = &self.stream;
+                let mut offset = progress.file;
+                match stream.try_io(Interest::WRITABLE, || {
+                    rustix::fs::sendfile(stream, file, Some(&mut offset), count).map_err(Into::into)
+                }) {
+                    Ok(0) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "spill file shorter than the body",
+                        )))
+                    }
+                    Ok(_) => {
+                        progress.file = offset;
+                        Poll::Ready(Ok(()))
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(error) => Poll::Ready(Err(error)),
+                }
+            } else {
+                return Poll::Ready(Ok(()));
+            };
+            match result {
+                Poll::Ready(Ok(())) => continue,
+                other => return other,
+            }
         }
-        Ok(())
+    }
+
+    /// One non-blocking write of `bytes` once the socket is writable.
+    fn try_write_ready(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.stream.poll_write_ready(cx))?;
+            match self.stream.try_write(bytes) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    /// Whether the read buffer holds a complete final response head (interim `1xx` responses in
+    /// front of it are dropped), or something that will never become one (then the head read
+    /// reports it).
+    fn final_head_buffered(&mut self) -> bool {
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+            let mut response = httparse::Response::new(&mut fields);
+            match response.parse(&self.read_buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let code = response.code.unwrap_or(0);
+                    if (100..200).contains(&code) && code != 101 {
+                        let _ = self.read_buf.split_to(len);
+                        continue;
+                    }
+                    return true;
+                }
+                Ok(httparse::Status::Partial) => return self.read_buf.len() >= MAX_RESPONSE_HEAD,
+                Err(_) => return true,
+            }
+        }
     }
 
     /// Reads the final response head, skipping `1xx` interim responses.

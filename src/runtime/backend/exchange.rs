@@ -1,14 +1,18 @@
 //! One request and its response on a checked-out pooled connection: write the request, read the
 //! response head within the backend timeout, then read the body whole (small responses: the
-//! connection goes back to the pool at once) or hand the connection to a body that streams the
-//! rest to the client. Every failure comes back as a [`ProxyError`] naming the backend.
+//! connection goes back to the pool at once), spool it to a file at the backend's pace (large
+//! ones, see `spool`), or, when the spool budget is full, hand the connection to a body that
+//! streams the rest to the client. Every failure comes back as a [`ProxyError`] naming the backend.
+
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use juggler_config::table::Limits;
 
 use super::body::{ResponseBody, StreamingBody};
-use super::conn::{BodyError, BodyState, Framing, HeadError, ResponseHead};
+use super::conn::{BodyError, BodyState, Framing, HeadError, ResponseHead, Sent};
 use super::pool::PooledConn;
+use super::spool::{spool_response, Budget, RequestBody, SpoolJob};
 use crate::error::ProxyError;
 
 /// The request as it goes to a backend, encoded once and re-sent as is.
@@ -16,34 +20,52 @@ use crate::error::ProxyError;
 pub struct OutgoingRequest<'a> {
     /// Request line and headers, with the body appended when it is small.
     pub head: &'a [u8],
-    /// The body when it is sent in a write of its own.
-    pub body: &'a Bytes,
+    /// The body when it is sent in a write of its own (in memory, or partly in a spill file).
+    pub body: &'a RequestBody,
     /// A `HEAD` request: the response has no body whatever its headers say.
     pub is_head: bool,
 }
 
 /// Sends `request` on `slot` and reads the answer. The slot goes back to its pool when the body
-/// has been read: here for a buffered body, at the end of the stream for a streamed one.
+/// has been read: here for a buffered body, when the spooling task has read it for a spooled one,
+/// at the end of the stream for a streamed one.
 pub async fn exchange(
     mut slot: PooledConn,
     request: &OutgoingRequest<'_>,
     limits: &Limits,
+    budget: &Arc<Budget>,
 ) -> Result<(ResponseHead, ResponseBody), ProxyError> {
     let backend = slot.backend().address;
     let reused = slot.from_idle;
     let timed_out = || ProxyError::BackendTimeout { backend };
     let conn = slot.conn();
-    conn.write_request(request.head, request.body)
-        .await
-        .map_err(|source| ProxyError::BackendGone {
+    // A failed write is not the end: a backend that refuses a body (413, 405) often answers and
+    // closes before reading it, and that answer is what the client should see.
+    let (sent, write_error) = match conn.write_request(request.head, request.body).await {
+        Ok(sent) => (sent, None),
+        Err(error) => (Sent::AnsweredEarly, Some(error)),
+    };
+    let read_head = conn.read_head(request.is_head);
+    let mut head = match tokio::time::timeout(limits.backend_timeout, read_head).await {
+        Err(_) => return Err(timed_out()),
+        Ok(Ok(head)) => head,
+        Ok(Err(HeadError::NothingReceived(source))) => {
+            return Err(ProxyError::BackendGone {
+                backend,
+                reused,
+                source: write_error.unwrap_or(source),
+            })
+        }
+        Ok(Err(error)) => return Err(head_failure(backend, reused, error)),
+    };
+    if sent == Sent::AnsweredEarly {
+        tracing::info!(
             backend,
-            reused,
-            source,
-        })?;
-    let head = tokio::time::timeout(limits.backend_timeout, conn.read_head(request.is_head))
-        .await
-        .map_err(|_| timed_out())?
-        .map_err(|error| head_failure(backend, reused, error))?;
+            status = head.status.as_u16(),
+            "backend answered before reading the whole request body; relayed, connection closed"
+        );
+        head.keep_alive = false;
+    }
 
     let buffer_limit = limits.response_buffer_bytes as u64;
     let read = read_or_start_streaming(&mut slot, head.framing, buffer_limit);
@@ -55,15 +77,27 @@ pub async fn exchange(
             ResponseBody::full(bytes)
         }
         Ok(Ok(Buffered::TooLarge { prefix, state })) => {
-            let keep_alive = head.framing != Framing::UntilClose;
-            let stall_timeout = limits.backend_timeout;
-            ResponseBody::streaming(StreamingBody::new(
+            let job = SpoolJob {
                 slot,
                 state,
                 prefix,
-                keep_alive,
-                stall_timeout,
-            ))
+                keep_alive: head.framing != Framing::UntilClose && head.keep_alive,
+                len: match head.framing {
+                    Framing::Length(len) => Some(len),
+                    _ => None,
+                },
+                stall_timeout: limits.backend_timeout,
+            };
+            match spool_response(budget, job).await {
+                Ok(spooled) => ResponseBody::spooled(spooled),
+                Err(job) => ResponseBody::streaming(StreamingBody::new(
+                    job.slot,
+                    job.state,
+                    job.prefix,
+                    job.keep_alive,
+                    job.stall_timeout,
+                )),
+            }
         }
     };
     Ok((head, body))

@@ -5,13 +5,17 @@
 //! - `exchange`: one request and response on a pooled connection.
 //! - [`conn`]: the connection itself: write a request, parse a response head, read body chunks.
 //! - `chunked`: the chunked transfer-coding decoder `conn` reads bodies with.
-//! - [`body`]: a response body: bytes in memory, or streamed from a pooled connection.
+//! - [`body`]: a response body: bytes in memory, spooled to a file, or streamed from a pooled
+//!   connection.
+//! - [`spool`]: the memory and disk budgets for bodies; request bodies that spill to a file and
+//!   responses spooled to one.
 
 pub mod body;
 pub(crate) mod chunked;
 pub mod conn;
 mod exchange;
 pub mod pool;
+pub mod spool;
 
 pub use body::ResponseBody;
 pub(crate) use exchange::{exchange, OutgoingRequest};

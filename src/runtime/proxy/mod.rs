@@ -14,12 +14,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body::Body;
-use http_body_util::{BodyExt, Limited};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::backend::conn::ResponseHead;
 use crate::backend::pool::{BackendPool, CheckoutError};
+use crate::backend::spool::{BodyIntake, Budget, RequestBody};
 use crate::backend::{self, OutgoingRequest, ResponseBody};
 use crate::error::ProxyError;
 use crate::table::{Route, RouteMatch, RouteTable, Settings};
@@ -47,6 +48,8 @@ pub struct Proxy {
     /// Requests between arriving and being answered; during an upgrade, pooled connections are
     /// handed to the successor only while this is zero.
     pub(crate) requests_in_progress: Arc<AtomicUsize>,
+    /// The memory and disk budgets request bodies and spooled responses share.
+    pub budget: Arc<Budget>,
 }
 
 /// One request counted in `requests_in_progress` until dropped, however handling ends (a client
@@ -85,6 +88,7 @@ impl Proxy {
             pools,
             balancer: Balancer::new(table),
             requests_in_progress: Arc::new(AtomicUsize::new(0)),
+            budget: Arc::new(Budget::new(&table.settings.limits)),
         }
     }
 
@@ -186,17 +190,20 @@ impl Proxy {
             Err(response) => return response,
         };
         let forwarded = self.settings().proxy.forwarded_headers.then_some(client);
-        let mut head = Vec::with_capacity(512 + body.len().min(COALESCE_BODY_LIMIT));
-        headers::encode_request_head(&parts, body.len(), forwarded, &mut head);
-        let separate_body = if body.len() <= COALESCE_BODY_LIMIT {
-            head.extend_from_slice(&body);
-            Bytes::new()
+        let body_len = usize::try_from(body.len()).unwrap_or(usize::MAX);
+        let coalesce = !body.is_spilled() && body_len <= COALESCE_BODY_LIMIT;
+        let mut head = Vec::with_capacity(512 + if coalesce { body_len } else { 0 });
+        headers::encode_request_head(&parts, body_len, forwarded, &mut head);
+        let empty = RequestBody::default();
+        let separate_body = if coalesce {
+            head.extend_from_slice(body.in_memory());
+            &empty
         } else {
-            body
+            &body
         };
         let request = OutgoingRequest {
             head: &head,
-            body: &separate_body,
+            body: separate_body,
             is_head: parts.method == Method::HEAD,
         };
         let idempotent = is_idempotent(&parts.method);
@@ -209,48 +216,70 @@ impl Proxy {
         }
     }
 
-    /// Reads the whole request body within the size limit and the body timeout.
+    /// Reads the whole request body within the size limit and the body timeout: its first
+    /// `body_memory_bytes` into memory, the rest into a spill file, each as the budgets allow.
     async fn read_body<B>(
         &self,
         headers: &http::HeaderMap,
         body: B,
-    ) -> Result<Bytes, Response<ResponseBody>>
+    ) -> Result<RequestBody, Response<ResponseBody>>
     where
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let limits = &self.settings().limits;
         if body.is_end_stream() {
-            return Ok(Bytes::new());
+            return Ok(RequestBody::default());
         }
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limits.max_body_bytes as u64) {
-            return Err(closing(text_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large\n",
-            )));
+            return Err(too_large());
         }
-        let collect = Limited::new(body, limits.max_body_bytes).collect();
-        match tokio::time::timeout(limits.body_read_timeout, collect).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(closing(
-                text_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
-            )),
-            Ok(Err(error)) => {
+        let mut intake = BodyIntake::new(&self.budget);
+        let read = read_into(&mut intake, body, limits.max_body_bytes);
+        let read = tokio::time::timeout(limits.body_read_timeout, read).await;
+        match read {
+            Ok(Ok(())) => {}
+            Ok(Err(IntakeError::TooLarge)) => return Err(too_large()),
+            Ok(Err(IntakeError::Client(error))) => {
                 tracing::debug!(%error, "client sent a bad body");
-                Err(closing(text_response(
+                return Err(closing(text_response(
                     StatusCode::BAD_REQUEST,
                     "malformed request body\n",
+                )));
+            }
+            Ok(Err(IntakeError::Spill(error))) => {
+                tracing::error!(%error, "cannot spill a request body to a temporary file");
+                return Err(closing(unavailable(
+                    "request body could not be stored, retry later\n",
+                )));
+            }
+            Err(_) if intake.waiting_for_budget => {
+                tracing::warn!(
+                    memory_available = self.budget.memory_available(),
+                    disk_available = self.budget.disk_available(),
+                    "request body budget full until the body timeout; answered 503"
+                );
+                return Err(closing(unavailable(
+                    "too many uploads in progress, retry later\n",
+                )));
+            }
+            Err(_) => {
+                return Err(closing(text_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body not received in time\n",
                 )))
             }
-            Err(_) => Err(closing(text_response(
-                StatusCode::REQUEST_TIMEOUT,
-                "request body not received in time\n",
-            ))),
         }
+        intake.finish().await.map_err(|error| {
+            tracing::error!(%error, "cannot spill a request body to a temporary file");
+            closing(unavailable(
+                "request body could not be stored, retry later\n",
+            ))
+        })
     }
 
     /// Sends the request to the backend the upstream's policy picks, falling back down its order
@@ -328,7 +357,7 @@ impl Proxy {
             outcome.queued += slot.queued_for;
             let limits = &self.settings().limits;
             let held_since = Instant::now();
-            let exchanged = backend::exchange(slot, request, limits).await;
+            let exchanged = backend::exchange(slot, request, limits, &self.budget).await;
             // How long this backend took to answer, for policies that weigh backends by speed.
             self.balancer.observe(backend, held_since.elapsed());
             match exchanged {
@@ -348,6 +377,85 @@ impl Proxy {
             upstream: upstream.name,
         }))
     }
+}
+
+/// Why a request body could not be taken in.
+enum IntakeError {
+    TooLarge,
+    Client(Box<dyn std::error::Error + Send + Sync>),
+    Spill(std::io::Error),
+}
+
+impl IntakeError {
+    fn client(error: impl std::error::Error + Send + Sync + 'static) -> IntakeError {
+        IntakeError::Client(Box::new(error))
+    }
+}
+
+/// Feeds the client's body to `intake` frame by frame. A frame is polled only after the previous
+/// one is stored, so while a budget is full hyper reads nothing more from the client, with one
+/// exception: while a frame waits for the budget, the next one is polled (and kept) so that a
+/// client that goes away is noticed and its budget given back at once, not at its body timeout.
+async fn read_into<B>(intake: &mut BodyIntake<'_>, body: B, max: usize) -> Result<(), IntakeError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let mut body = std::pin::pin!(body);
+    let mut total = 0usize;
+    // The frame polled while the previous one waited; `Some(None)`: the body ended meanwhile.
+    let mut ahead: Option<Option<Frame<Bytes>>> = None;
+    loop {
+        let frame = match ahead.take() {
+            Some(frame) => frame,
+            None => match body.frame().await {
+                Some(frame) => Some(frame.map_err(IntakeError::client)?),
+                None => None,
+            },
+        };
+        let Some(frame) = frame else {
+            return Ok(());
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > max {
+            return Err(IntakeError::TooLarge);
+        }
+        let push = intake.push(data);
+        tokio::pin!(push);
+        loop {
+            tokio::select! {
+                pushed = &mut push => {
+                    pushed.map_err(IntakeError::Spill)?;
+                    break;
+                }
+                next = body.frame(), if ahead.is_none() => {
+                    ahead = Some(match next {
+                        Some(frame) => Some(frame.map_err(IntakeError::client)?),
+                        None => None,
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn too_large() -> Response<ResponseBody> {
+    closing(text_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request body too large\n",
+    ))
+}
+
+/// `503` with `Retry-After`.
+fn unavailable(text: &'static str) -> Response<ResponseBody> {
+    let mut response = text_response(StatusCode::SERVICE_UNAVAILABLE, text);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, headers::RETRY_AFTER_SECONDS);
+    response
 }
 
 /// RFC 9110 §9.2.2: methods a client may repeat without changing the outcome.
