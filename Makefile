@@ -12,7 +12,7 @@ RELEASE := target/$(TARGET)/release
 STATIC  := -C target-feature=+crt-static -C relocation-model=static
 BINS    := juggler test_server ssl_cert
 
-.PHONY: all routes clean ssl_cert test run test_servers bench fuzz upgrade
+.PHONY: all routes clean ssl_cert test run test_servers bench fuzz upgrade soak
 
 ## all: build bin/juggler (static), bin/test_server and bin/ssl_cert in release mode
 all:
@@ -88,3 +88,14 @@ fuzz:
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O --fuzz-dir . $$target -- \
 			-max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 || exit 1; \
 	done
+
+## soak: chaos soak for SOAK_SECONDS (600): mixed load against a Juggler built from tests/soak/
+## while backends are killed, hung and slowed; checks every answer, POSTs sent once, pools at n,
+## RSS and fds (tests/soak.rs; runs in a private network namespace, so it needs root). Same target
+## and RUSTFLAGS as `make all`: its release dependencies are reused and the Juggler under test is
+## built like the shipped one (the next `make all` relinks bin/juggler with the shipped config).
+SOAK_SECONDS ?= 600
+soak:
+	JUGGLER_CONFIG=tests/soak JUGGLER_ROUTES=tests/soak/routes.toml RUSTFLAGS="$(STATIC)" \
+		SOAK_SECONDS=$(SOAK_SECONDS) \
+		$(CARGO) test --release --target $(TARGET) --test soak -- --ignored --nocapture
