@@ -29,6 +29,7 @@ import idle
 import load
 import report
 import targets as sides
+import uneven
 import upgrade
 from procs import Processes
 
@@ -59,6 +60,8 @@ SCENARIOS = [
              conns=10, streams=10, https=True),
     Scenario("idle", "8,000 idle keep-alive client connections (each after one request)", "idle"),
     Scenario("upgrade", "Upgrade under load: five swaps during a 12 B GET run with 64 connections (wrk)", "upgrade"),
+    Scenario("uneven", "Uneven backends: one of three 20x slower, round robin vs least_queued vs least_conn",
+             "uneven"),
 ]
 
 
@@ -210,6 +213,12 @@ def main() -> int:
         tables = []
         for scenario in scenarios:
             print(f"\n== {scenario.title}", flush=True)
+            if scenario.tool == "uneven":
+                # Backends, targets and ports of its own (bench/uneven.py).
+                table = uneven.run(out, duration, rounds)
+                print("\n" + table, flush=True)
+                tables.append(table)
+                continue
             if scenario.tool == "upgrade":
                 # Each target alone, started and stopped per run: the connection sampler counts
                 # every connection to the backends, and a swap must not inherit another run's state.
