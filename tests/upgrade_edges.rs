@@ -4,10 +4,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use juggler::table::{RouteMatch, Settings};
+use juggler::table::{RouteMatch, RouteTable, Settings};
 use juggler_testkit::tls::{https_client, H2Client};
 use juggler_testkit::upgrade::{posts_received, variant, Instance, Load, MostOpen};
 use juggler_testkit::*;
+
+/// One backend with a pool of 3, and a running instance for it with its control socket in a
+/// directory of its own (kept alive by the caller).
+async fn one_backend_instance(
+    label: &str,
+) -> (TestBackend, &'static RouteTable, TempDir, Instance) {
+    let backend = TestBackend::start("server").await;
+    let base = table(&[backend.addr], 3, Settings::DEFAULT);
+    let dir = TempDir::new(label);
+    let instance = Instance::start(base, &dir.file("juggler.sock"), None).await;
+    (backend, base, dir, instance)
+}
 
 /// Waits until every backend has exactly `n` connections open, or fails after three seconds.
 async fn settle_at(backends: &[Backend<BackendStats>], n: usize) {
@@ -123,10 +135,8 @@ async fn tls_clients_finish_in_flight_work_then_move_to_the_successor() {
         "backend accepted {} connections for a pool of 4",
         backend.accepted()
     );
-    assert!(
-        backend.accepted() <= 5,
-        "at most one late TLS request opens beyond the pool"
-    );
+    // The late TLS request went to the successor, whose pool served it: no extra connection.
+    assert_eq!(backend.accepted(), 4);
     second.stop().await;
 }
 
@@ -134,10 +144,7 @@ async fn tls_clients_finish_in_flight_work_then_move_to_the_successor() {
 /// with the connections it still holds.
 #[juggler_testkit::test]
 async fn the_old_side_serves_on_when_the_new_one_dies_mid_takeover() {
-    let backend = TestBackend::start("server").await;
-    let base = table(&[backend.addr], 3, Settings::DEFAULT);
-    let dir = TempDir::new("upgrade-new-dies");
-    let first = Instance::start(base, &dir.file("juggler.sock"), None).await;
+    let (_backend, base, _dir, first) = one_backend_instance("upgrade-new-dies").await;
     let mut client = Client::connect(first.http).await;
     assert_eq!(client.get("/").await.unwrap().status, 200);
 
@@ -159,10 +166,7 @@ async fn the_old_side_serves_on_when_the_new_one_dies_mid_takeover() {
 /// own.
 #[juggler_testkit::test]
 async fn the_new_side_serves_alone_when_the_old_one_dies_mid_takeover() {
-    let backend = TestBackend::start("server").await;
-    let base = table(&[backend.addr], 3, Settings::DEFAULT);
-    let dir = TempDir::new("upgrade-old-dies");
-    let first = Instance::start(base, &dir.file("juggler.sock"), None).await;
+    let (_backend, base, _dir, first) = one_backend_instance("upgrade-old-dies").await;
     let http = first.http;
     let predecessor = juggler::upgrade::connect(&first.control, "next")
         .await

@@ -105,11 +105,7 @@ impl TestJuggler {
 
     /// Open pooled connections per backend, as Juggler counts them.
     pub fn open_connections(&self) -> Vec<usize> {
-        self.proxy
-            .pools
-            .iter()
-            .map(|pool| pool.open_connections())
-            .collect()
+        open_connections(&self.proxy)
     }
 
     /// Starts a graceful shutdown and waits for `run` to return.
@@ -225,4 +221,13 @@ pub fn balanced_table(
         config_hash: "test",
         sources: &[],
     })
+}
+
+/// Open pooled connections per backend, as `proxy` counts them.
+pub fn open_connections(proxy: &Proxy) -> Vec<usize> {
+    proxy
+        .pools
+        .iter()
+        .map(|pool| pool.open_connections())
+        .collect()
 }

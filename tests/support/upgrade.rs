@@ -23,6 +23,7 @@ use crate::backend::{bind_local, Backend};
 use crate::certs::CertFiles;
 use crate::client::{post, Client};
 use crate::hyper_backend::BackendStats;
+use crate::launcher::open_connections;
 
 /// A table like `base` with another route matcher and config hash (two "builds" of one config).
 pub fn variant(
@@ -81,14 +82,18 @@ impl Instance {
             control.to_owned(),
             None,
         );
-        // Serving (and its control socket bound) before anyone connects.
-        for _ in 0..100 {
-            if control.exists() {
-                break;
+        // Serving (its control socket bound) before anyone connects; a loaded machine may take a
+        // while to run the task.
+        for _ in 0..2000 {
+            if tokio::net::UnixStream::connect(control).await.is_ok() {
+                return instance;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        instance
+        panic!(
+            "the instance never bound its control socket {}",
+            control.display()
+        );
     }
 
     /// A successor with `table` taking over from the instance on `self`'s control socket.
@@ -174,11 +179,7 @@ impl Instance {
 
     /// Open pooled connections per backend, as this instance counts them.
     pub fn open_connections(&self) -> Vec<usize> {
-        self.proxy
-            .pools
-            .iter()
-            .map(|pool| pool.open_connections())
-            .collect()
+        open_connections(&self.proxy)
     }
 
     /// Ends the instance at once, as `kill -9` would end a process: its control connection,

@@ -31,8 +31,9 @@ pub enum CheckoutError {
 }
 
 /// Where a pool sends the connections it hands to a successor process (with the backend's
-/// address), and the count of this process's requests in progress: a connection is handed over
-/// only while none is, since a request still on its way to a pool might need it.
+/// address), and the count of this process's requests in progress: without a detour a
+/// connection is handed over only while none is, since a request still on its way to a pool
+/// might need it.
 #[derive(Debug, Clone)]
 pub(crate) struct HandoverSink {
     pub(crate) successor: mpsc::UnboundedSender<(&'static str, BackendConn)>,
@@ -405,8 +406,12 @@ impl BackendPool {
         let Some(sink) = handover.as_ref() else {
             return Some(member);
         };
+        // A request still on its way to this pool needs a connection: with a detour it will take
+        // the successor's (see `late_request`), without one it must find one of ours. (Waiting
+        // for it with a detour would deadlock: the successor waits for our connections while our
+        // detoured request waits for the successor's.)
         let busy = self.queued.load(Ordering::Relaxed) > 0
-            || sink.requests_in_progress.load(Ordering::Acquire) > 0;
+            || (sink.detour.is_none() && sink.requests_in_progress.load(Ordering::Acquire) > 0);
         if busy || sink.successor.is_closed() {
             return Some(member);
         }
