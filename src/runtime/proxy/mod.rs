@@ -316,8 +316,10 @@ impl Proxy {
             // backend not taken moves up to be next in order, where a re-send goes.
             let rival = order.get(next).copied().filter(|&rival| {
                 let rival_pool = &self.pools[usize::from(rival.0)];
+                // Both busy: a rival with a free connection would simply win at once.
                 race && rival != backend
                     && pool.free_slots() == 0
+                    && rival_pool.free_slots() == 0
                     && !rival_pool.is_down()
                     && !rival_pool.is_full()
             });

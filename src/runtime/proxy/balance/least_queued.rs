@@ -3,7 +3,10 @@
 //! many requests wait for them.
 //!
 //! 1. A backend with a free pooled connection serves the request at once; if several have one,
-//!    they take turns.
+//!    they take turns. Except a free backend so slow that a busy one would have *finished* the
+//!    request sooner, queue included (its `hold` above the busy one's `hold × (1 + (queued + 1) /
+//!    (n × weight))`): it comes after the busy ones. Otherwise a backend 20× slower would get a
+//!    request every time one of its slots frees, and each of those waits 20× longer.
 //! 2. Otherwise the backend whose queue frees up first: fewest waiting per connection,
 //!    weight-adjusted and scaled by how long the backend holds a connection per request, i.e. the
 //!    least `(queued + 1) × hold / (n × weight)` (a weight-3 backend is taken to drain its queue
@@ -48,7 +51,20 @@ impl Policy for LeastQueued {
             // Stable: equally good backends stay in turn order.
             busy.sort_by(|a, b| drains_sooner(a, b));
         }
-        order.extend(free.into_iter().chain(busy).map(|backend| backend.id));
+        // busy[0] is the busy backend that serves a request soonest (hold times known: sorted by
+        // them). A free backend slower than that goes after the busy ones.
+        let (free, slow): (Vec<&BackendState>, Vec<&BackendState>) = match busy.first() {
+            Some(soonest) if !soonest.hold.is_zero() => free
+                .into_iter()
+                .partition(|free| free.hold.is_zero() || !finishes_sooner(soonest, free)),
+            _ => (free, Vec::new()),
+        };
+        order.extend(
+            free.into_iter()
+                .chain(busy)
+                .chain(slow)
+                .map(|backend| backend.id),
+        );
     }
 
     /// The two best queues, raced: the request is served by whichever frees a slot first.
@@ -67,6 +83,14 @@ fn drains_sooner(a: &BackendState, b: &BackendState) -> Order {
         (x.queued as u128 + 1) * hold(x) * y.connections as u128 * u128::from(y.weight)
     };
     wait(a, b).cmp(&wait(b, a))
+}
+
+/// Whether a request queued at `busy` is expected to be answered before one sent to the free
+/// connection of `free`: `busy.hold × (n × w + queued + 1) / (n × w) < free.hold`.
+fn finishes_sooner(busy: &BackendState, free: &BackendState) -> bool {
+    let capacity = busy.connections as u128 * u128::from(busy.weight);
+    let queued = busy.queued as u128 + 1;
+    busy.hold.as_micros() * (capacity + queued) < free.hold.as_micros() * capacity
 }
 
 #[cfg(test)]
@@ -125,6 +149,28 @@ mod tests {
         assert_eq!(firsts(&policy, &backends, 2), "aa");
         // Nothing known about one of them: queue length alone.
         backends[0].hold = Duration::ZERO;
+        assert_eq!(firsts(&policy, &backends, 2), "aa");
+    }
+
+    #[test]
+    fn a_free_backend_waits_behind_a_queue_that_finishes_sooner() {
+        let policy = LeastQueued::default();
+        let mut backends = idle(&[1, 1, 1]);
+        backends[0].hold = Duration::from_millis(20); // free, but 20 ms per request
+        busy(&mut backends[1], 8, 16); // 1 ms × (8 + 17) / 8 ≈ 3.1 ms
+        busy(&mut backends[2], 8, 40); // 1 ms × (8 + 41) / 8 ≈ 6.1 ms
+        backends[1].hold = Duration::from_millis(1);
+        backends[2].hold = Duration::from_millis(1);
+        let mut order = Vec::new();
+        policy.order(&backends, &mut order);
+        assert_eq!(order, [BackendId(1), BackendId(2), BackendId(0)]);
+        // Once the queues are long enough, the free slow one is the sooner again.
+        backends[1].queued = 200; // 1 ms × 209 / 8 ≈ 26 ms
+        backends[2].queued = 200;
+        assert_eq!(firsts(&policy, &backends, 2), "aa");
+        // Nothing known of its speed: a free connection comes first, as the rule says.
+        backends[0].hold = Duration::ZERO;
+        backends[1].queued = 0;
         assert_eq!(firsts(&policy, &backends, 2), "aa");
     }
 
