@@ -67,9 +67,11 @@ const TOLERANCE: f64 = 0.05;
 /// Juggler otherwise keeps whatever its last seconds freed, and a reading at rest swung by ±25 %
 /// from run to run; with these, RSS at rest is what Juggler holds (live memory and fragmentation).
 const MALLOC_CONF: &str = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000";
-/// Longest Juggler rests before RSS and descriptors are read; the reading is taken as soon as RSS
-/// stays within 1 % for three seconds.
-const REST: Duration = Duration::from_secs(20);
+/// Longest Juggler rests before RSS and descriptors are read; the reading is taken once RSS has
+/// stayed within 1 % for three seconds, and not before `REST_AT_LEAST`: tokio's blocking threads
+/// (spill-file I/O) exit after 10 s idle, taking their stacks and allocator caches with them.
+const REST: Duration = Duration::from_secs(25);
+const REST_AT_LEAST: Duration = Duration::from_secs(12);
 /// Largest POST body; larger than `body_memory_bytes`, so it spills to disk inside Juggler.
 const MAX_BODY: usize = 8 << 20;
 /// Largest GET response: under `response_buffer_bytes` (1 MiB), so a response is read whole and a
@@ -281,9 +283,23 @@ async fn soak(duration: Duration) {
     }
 
     // ---- checks ----
+    // Known to fail now and then (outside the soak's lane, see the README's Hardening section):
+    // Juggler's stall guard closes an HTTP/2 connection with streams in flight ("bug: a client
+    // connection keeps running without socket progress"), and those streams get no answer.
+    let stall_guard = errors
+        .iter()
+        .any(|line| line.contains("without socket progress"));
     checks.expect(
         no_answer == 0,
-        format!("{no_answer} requests got no answer"),
+        format!(
+            "{no_answer} requests got no answer{}",
+            if stall_guard {
+                " (KNOWN JUGGLER BUG, not the soak's: its stall guard closed client connections \
+                 with requests in flight; see the README's Hardening section)"
+            } else {
+                ""
+            }
+        ),
     );
     checks.expect(
         wrong == 0,
@@ -318,7 +334,10 @@ async fn soak(duration: Duration) {
     );
     checks.expect(
         most.juggler_held.iter().all(|&held| held <= POOL),
-        format!("Juggler held more than n = {POOL} sockets to a backend"),
+        format!(
+            "Juggler held more than n = {POOL} sockets to a backend (KNOWN JUGGLER BUG, not the \
+             soak's: a transient excess, see the README's Hardening section)"
+        ),
     );
     checks.expect(
         pools_end == [POOL; 3] && pools_warm == [POOL; 3],
@@ -408,6 +427,8 @@ async fn run_phase(
         let (tally, cert, seed) = (Arc::clone(tally), Arc::clone(cert), rng.next());
         clients.spawn(vanishing_worker(until, cert, tally, Rng(seed)));
     }
+    let backend_states: Vec<_> = backends.iter().map(|b| Arc::clone(&b.state)).collect();
+    let started = Instant::now();
     let mut drivers = JoinSet::new();
     for backend in backends {
         let (chaos, seed) = (Arc::clone(chaos), rng.next());
@@ -435,11 +456,16 @@ async fn run_phase(
                         counted.push(format!("{n} {state}"));
                     }
                 }
+                let state = &backend_states[index];
                 most.excess.push(format!(
-                    "port {}: {} ({})",
+                    "port {}: {} ({}) at {:.1} s of a phase; backend {} in mode {}, {} open by its count",
                     BACKEND_PORTS[index],
                     held.len(),
-                    counted.join(", ")
+                    counted.join(", "),
+                    started.elapsed().as_secs_f64(),
+                    if state.up.load(Ordering::SeqCst) { "up" } else { "down" },
+                    ["normal", "slow", "hang"][state.mode.load(Ordering::SeqCst) as usize],
+                    state.open.load(Ordering::SeqCst),
                 ));
             }
         }
@@ -485,12 +511,16 @@ async fn wait_for_full_pools(backends: &[ChaosBackend], juggler: &JugglerProcess
         sleep(Duration::from_secs(1)).await;
         readings.push(juggler.rss_kib());
         if let [.., a, b, c] = readings[..] {
-            if a.abs_diff(c) * 100 <= a && b.abs_diff(c) * 100 <= b {
+            let steady = a.abs_diff(c) * 100 <= a && b.abs_diff(c) * 100 <= b;
+            if steady && rest_started.elapsed() >= REST_AT_LEAST {
                 break;
             }
         }
     }
-    println!("at rest, RSS each second (KiB): {readings:?}");
+    println!(
+        "at rest, RSS each second (KiB): {readings:?}; {} threads",
+        juggler.threads()
+    );
     open()
 }
 
@@ -559,6 +589,16 @@ impl JugglerProcess {
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// `Threads` of `/proc/<pid>/status`.
+    fn threads(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("Threads:"))
+            .and_then(|value| value.trim().parse().ok())
             .unwrap_or(0)
     }
 
@@ -707,6 +747,8 @@ const HANG: u8 = 2;
 struct BackendState {
     /// NORMAL, SLOW (answers after 100-1500 ms) or HANG (answers only once back to NORMAL).
     mode: AtomicU8,
+    /// Listening (false between a kill and its restart).
+    up: std::sync::atomic::AtomicBool,
     /// Connections open now (from accept until the handler sees EOF or is killed).
     open: AtomicUsize,
     /// Most open right after an accept, and most still open 100 ms after such a peak: Juggler
@@ -736,6 +778,7 @@ impl ChaosBackend {
     async fn start(port: u16, ledger: Arc<Ledger>) -> ChaosBackend {
         let state = Arc::new(BackendState {
             mode: AtomicU8::new(NORMAL),
+            up: std::sync::atomic::AtomicBool::new(false),
             open: AtomicUsize::new(0),
             most_at_accept: AtomicUsize::new(0),
             most_settled: AtomicUsize::new(0),
@@ -766,11 +809,13 @@ impl ChaosBackend {
         };
         let (state, ledger) = (Arc::clone(&self.state), Arc::clone(&self.ledger));
         self.task = Some(tokio::spawn(accept_loop(listener, state, ledger)));
+        self.state.up.store(true, Ordering::SeqCst);
     }
 
     /// Closes the listener and every connection at once, as a crashed backend would, and waits
     /// until every connection's guard has dropped.
     async fn kill(&mut self) {
+        self.state.up.store(false, Ordering::SeqCst);
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
