@@ -519,3 +519,32 @@ async fn idle_http2_connections_are_closed_and_busy_ones_are_not() {
     assert!(idle_for >= Duration::from_millis(250));
     juggler.shutdown().await.unwrap();
 }
+
+/// A busy HTTP/2 connection lives as long as its client wants: thousands of streams one after
+/// another, far more connection polls than the HTTP/1.1 stall guard's budget (the soak once saw
+/// that guard close healthy HTTP/2 connections, whose socket IO it could not see).
+#[juggler_testkit::test]
+async fn a_long_busy_http2_connection_is_never_cut() {
+    let backend = TestBackend::start("server").await;
+    let (cert, files) = CertFiles::generate("h2-long");
+    let juggler =
+        TestJuggler::start_https(table(&[backend.addr], 4, Settings::DEFAULT), &files).await;
+    let h2 = H2Client::connect(juggler.https_addr(), &cert).await;
+    for round in 0..1500 {
+        let streams: Vec<_> = (0..20)
+            .map(|_| {
+                let h2 = h2.clone();
+                tokio::spawn(async move { h2.get("/").await })
+            })
+            .collect();
+        for stream in streams {
+            let answer = stream.await.unwrap();
+            assert!(
+                matches!(answer, Ok(ref answer) if answer.status == 200),
+                "round {round}: {answer:?}"
+            );
+        }
+    }
+    assert_eq!(backend.stats.requests.get(), 30_000);
+    juggler.shutdown().await.unwrap();
+}

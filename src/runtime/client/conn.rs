@@ -342,8 +342,11 @@ where
 {
     let limits = &shared.proxy.table.settings.limits;
     let mut closing = false;
-    // Far more polls than any real exchange needs between two socket reads or writes.
-    let mut polls = StallGuard::new(10_000);
+    // Far more polls than any real HTTP/1.1 exchange needs between two socket reads or writes.
+    // Not for HTTP/2: its socket is not watched byte by byte (hyper bounds its frames), and its
+    // stream tasks wake the connection for flow control and stream data without any socket IO
+    // of its own, so a busy connection legitimately goes far past any such budget.
+    let mut polls = matches!(parking, Parking::Park { .. }).then(|| StallGuard::new(10_000));
     loop {
         let park_after = match (parking, *phase.borrow_and_update()) {
             (Parking::Never, _) => None,
@@ -381,9 +384,12 @@ where
         };
         tokio::select! {
             // `None`: the stall guard tripped.
-            result = std::future::poll_fn(|cx| match polls.turn(activity, "poll") {
-                Ok(()) => conn.as_mut().poll(cx).map(Some),
-                Err(_) => Poll::Ready(None),
+            result = std::future::poll_fn(|cx| {
+                let turn = polls.as_mut().map_or(Ok(()), |polls| polls.turn(activity, "poll"));
+                match turn {
+                    Ok(()) => conn.as_mut().poll(cx).map(Some),
+                    Err(_) => Poll::Ready(None),
+                }
             }) => {
                 if let Some(Err(error)) = result {
                     tracing::debug!(client = %client.ip, %error, "client connection ended with an error");
