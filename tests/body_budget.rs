@@ -22,22 +22,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use juggler::table::Settings;
 use juggler_testkit::bodies::{fingerprint, random_body};
-use juggler_testkit::{bind_local, bounded, get, post, settings_with, table};
-use juggler_testkit::{Backend, Client, TestBackend, TestJuggler};
+use juggler_testkit::{
+    bind_local, bounded, get, post, rss_kib, send, settings_with, table, wait_for,
+};
+use juggler_testkit::{Backend, TestBackend, TestJuggler};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 const MIB: usize = 1024 * 1024;
-
-/// This process's resident set, in KiB (nextest runs each test in a process of its own).
-fn rss_kib() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
 
 /// Open descriptors of this process that point at deleted files: spill files (they are unlinked
 /// from the start, so an open descriptor is the only way one can still take space).
@@ -49,16 +41,24 @@ fn open_spill_files() -> usize {
         .count()
 }
 
-/// Waits (bounded) until `done()` holds; how long it took, `None` if it never did.
-async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if done() {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    None
+/// An 8 MiB upload to `/echo` of which only the first 2 MiB (of `byte`) are sent, and how long
+/// until it spilled to a file beyond the `spill_files_before` already open.
+async fn spilling_upload(
+    addr: SocketAddr,
+    byte: u8,
+    spill_files_before: usize,
+) -> (TcpStream, Option<Duration>) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: j\r\ncontent-length: 8388608\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&vec![byte; 2 * MIB]).await.unwrap();
+    let spilled = wait_for(Duration::from_secs(5), || {
+        open_spill_files() > spill_files_before
+    })
+    .await;
+    (stream, spilled)
 }
 
 /// A GET from a fresh client: its status and how long the answer took.
@@ -214,14 +214,8 @@ async fn an_upload_that_cannot_be_buffered_in_time_gets_503_with_retry_after() {
     // A complete upload that needs more disk than is free (more than the whole budget, even):
     // it waits for the budget until its body timeout, then gets 503.
     let upload = post("/upload", random_body(2 * MIB, 7));
-    let answer = Client::connect(juggler.addr)
-        .await
-        .send(upload)
-        .await
-        .unwrap();
-    let small = Client::connect(juggler.addr)
-        .await
-        .send(post("/echo", Bytes::from_static(b"small")))
+    let answer = send(juggler.addr, upload).await.unwrap();
+    let small = send(juggler.addr, post("/echo", Bytes::from_static(b"small")))
         .await
         .unwrap();
     println!(
@@ -252,11 +246,7 @@ async fn spilled_bodies_and_spooled_responses_arrive_byte_for_byte_and_leave_no_
             let body = random_body(len, seed);
             // `/echo` answers with the body it received: the echo is the backend's checksum,
             // and at 3 and 16 MiB it is also spooled on the way back.
-            let answer = Client::connect(addr)
-                .await
-                .send(post("/echo", body.clone()))
-                .await
-                .unwrap();
+            let answer = send(addr, post("/echo", body.clone())).await.unwrap();
             (len, fingerprint(&body), answer)
         }));
     }
@@ -280,16 +270,7 @@ async fn spilled_bodies_and_spooled_responses_arrive_byte_for_byte_and_leave_no_
     assert!(left.is_some(), "a spill file outlived its request");
 
     // A client that goes away part-way through an upload that already spilled.
-    let mut quitter = TcpStream::connect(juggler.addr).await.unwrap();
-    quitter
-        .write_all(b"POST /echo HTTP/1.1\r\nhost: j\r\ncontent-length: 8388608\r\n\r\n")
-        .await
-        .unwrap();
-    quitter.write_all(&vec![b'q'; 2 * MIB]).await.unwrap();
-    let spilled = wait_for(Duration::from_secs(5), || {
-        open_spill_files() > spill_files_before
-    })
-    .await;
+    let (quitter, spilled) = spilling_upload(juggler.addr, b'q', spill_files_before).await;
     drop(quitter);
     let cleaned = wait_for(Duration::from_secs(5), || {
         open_spill_files() == spill_files_before
@@ -299,16 +280,7 @@ async fn spilled_bodies_and_spooled_responses_arrive_byte_for_byte_and_leave_no_
     assert!(spilled.is_some() && cleaned.is_some());
 
     // Shutdown with an upload in progress.
-    let mut pending = TcpStream::connect(juggler.addr).await.unwrap();
-    pending
-        .write_all(b"POST /echo HTTP/1.1\r\nhost: j\r\ncontent-length: 8388608\r\n\r\n")
-        .await
-        .unwrap();
-    pending.write_all(&vec![b'p'; 2 * MIB]).await.unwrap();
-    let spilled = wait_for(Duration::from_secs(5), || {
-        open_spill_files() > spill_files_before
-    })
-    .await;
+    let (pending, spilled) = spilling_upload(juggler.addr, b'p', spill_files_before).await;
     assert!(spilled.is_some());
     let shutdown = tokio::spawn(juggler.shutdown());
     drop(pending);
@@ -473,14 +445,8 @@ async fn an_early_413_from_the_backend_reaches_the_client() {
     );
     let juggler = TestJuggler::start(table(&[backend.addr], 2, Settings::DEFAULT)).await;
     let body = random_body(16 * MIB, 9);
-    let answer = Client::connect(juggler.addr)
-        .await
-        .send(post("/upload", body))
-        .await
-        .unwrap();
-    let next = Client::connect(juggler.addr)
-        .await
-        .send(post("/upload", Bytes::from_static(b"tiny")))
+    let answer = send(juggler.addr, post("/upload", body)).await.unwrap();
+    let next = send(juggler.addr, post("/upload", Bytes::from_static(b"tiny")))
         .await
         .unwrap();
     println!(

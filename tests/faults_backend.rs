@@ -14,18 +14,6 @@ use juggler_testkit::faulty::{FaultyBackend, IdlePolicy, Reply};
 use juggler_testkit::*;
 use tokio::time::Instant;
 
-/// Polls `condition` every 20 ms until it holds or `limit` passes; returns how long it took.
-async fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if condition() {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    condition().then(|| started.elapsed())
-}
-
 /// Requests on the killed backend's pooled connections when it dies. Their re-send may land on the
 /// same backend (not yet marked down) and fail for good; see the strict test below.
 const POOL_PER_BACKEND: usize = 4;

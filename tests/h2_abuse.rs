@@ -60,6 +60,13 @@ fn get_block(path: &str) -> Vec<u8> {
     block
 }
 
+/// Stream `id` opened (`GET /rapid`, HEADERS with END_STREAM) and cancelled at once.
+fn reset_pair(id: u32) -> Vec<u8> {
+    let mut bytes = frame(HEADERS, END_STREAM | END_HEADERS, id, &get_block("/rapid"));
+    bytes.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+    bytes
+}
+
 /// What a raw client read back from Juggler until the connection closed or the deadline passed.
 #[derive(Debug, Default)]
 struct Seen {
@@ -76,6 +83,16 @@ struct Seen {
     settings_acks: usize,
     ping_acks: usize,
     bytes: usize,
+}
+
+impl Seen {
+    /// How the connection ended, for the test's report.
+    fn ending(&self) -> String {
+        format!(
+            "ended after {:?} with GOAWAY {:?} (code, last stream), closed {}, read error {:?}",
+            self.ended_after, self.goaway, self.closed, self.read_error
+        )
+    }
 }
 
 /// What the reader tells the flood. The reader never waits on the writer: a writer blocked by a
@@ -159,13 +176,7 @@ async fn raw_h2(
     juggler: &TestJuggler,
     cert: &TestCert,
 ) -> (ReadHalf<TlsClientStream>, WriteHalf<TlsClientStream>) {
-    let stream = tls_connect(
-        juggler.https_addr(),
-        client_config(&[&cert.der], ALPN_H2),
-        "localhost",
-    )
-    .await
-    .unwrap();
+    let stream = tls_connect_trusting(juggler.https_addr(), cert, ALPN_H2).await;
     assert_eq!(alpn_of(&stream).as_deref(), Some(&b"h2"[..]));
     let (read, mut write) = tokio::io::split(stream);
     write.write_all(PREFACE).await.unwrap();
@@ -206,6 +217,78 @@ fn flood(
     })
 }
 
+/// What one attack came to: what was read back, and what the bystanders saw meanwhile.
+struct Attack {
+    seen: Seen,
+    /// Batches the flood wrote.
+    batches: usize,
+    /// The other client's slowest answer.
+    slowest: Duration,
+    rss_before: usize,
+    rss_after: usize,
+}
+
+impl Attack {
+    /// What the other client and this process's memory saw, for the test's report.
+    fn bystanders(&self) -> String {
+        format!(
+            "other client's slowest answer {:?}; RSS {} -> {} KiB",
+            self.slowest, self.rss_before, self.rss_after
+        )
+    }
+
+    fn assert_rss_grew_less_than_64_mib(&self) {
+        assert!(
+            self.rss_after < self.rss_before + 64 * 1024,
+            "RSS grew by over 64 MiB"
+        );
+    }
+}
+
+/// [`attack_for`] 10 s, with the other client asking for the first 2 s.
+async fn attack(
+    s: &Setup,
+    count: usize,
+    batch: impl FnMut(usize) -> Vec<u8> + Send + 'static,
+) -> Attack {
+    attack_for(
+        s,
+        Duration::from_secs(2),
+        count,
+        Duration::from_secs(10),
+        batch,
+    )
+    .await
+}
+
+/// A raw h2 connection ([`raw_h2`]) flooded by `batch` ([`flood`]) while what comes back is read
+/// ([`read_frames`]), both for `run`, with another client ([`other_client`]) asking on a
+/// connection of its own for `other_for`.
+async fn attack_for(
+    s: &Setup,
+    other_for: Duration,
+    count: usize,
+    run: Duration,
+    batch: impl FnMut(usize) -> Vec<u8> + Send + 'static,
+) -> Attack {
+    let other = other_client(&s.juggler, &s.cert, other_for);
+    let rss_before = rss_kib();
+    let (read, write) = raw_h2(&s.juggler, &s.cert).await;
+    let acks = Acks::default();
+    let started = Instant::now();
+    let writer = flood(write, Arc::clone(&acks), count, run, batch);
+    let seen = read_frames(read, acks, started, run).await;
+    let batches = writer.await.unwrap();
+    let slowest = other.await.unwrap();
+    Attack {
+        seen,
+        batches,
+        slowest,
+        rss_before,
+        rss_after: rss_kib(),
+    }
+}
+
 /// A well-behaved HTTP/2 client on a connection of its own: GETs one after another for `run`,
 /// each answered `200` within 2 s; returns the slowest.
 fn other_client(
@@ -230,13 +313,6 @@ fn other_client(
         }
         slowest
     })
-}
-
-/// Resident set size of this process (Juggler runs inside it), in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// Requests the backend received whose path starts with `prefix` (the other client's `/other`
@@ -272,43 +348,21 @@ async fn setup(name: &str, settings: Settings) -> Setup {
 async fn rapid_reset_flood_ends_the_connection_and_reaches_no_backend() {
     const PAIRS: usize = 100_000;
     let s = setup("rapid-reset", Settings::DEFAULT).await;
-    let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
-    let rss_before = rss_kib();
-    let (read, write) = raw_h2(&s.juggler, &s.cert).await;
-    let acks = Acks::default();
-    let started = Instant::now();
     // Each batch: 10 streams opened (HEADERS with END_STREAM) and cancelled at once.
-    let writer = flood(
-        write,
-        Arc::clone(&acks),
-        PAIRS / 10,
-        Duration::from_secs(10),
-        |batch| {
-            let mut bytes = Vec::new();
-            for i in 0..10 {
-                let id = ((batch * 10 + i) * 2 + 1) as u32;
-                let block = get_block("/rapid");
-                bytes.extend(frame(HEADERS, END_STREAM | END_HEADERS, id, &block));
-                bytes.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
-            }
-            bytes
-        },
-    );
-    let seen = read_frames(read, acks, started, Duration::from_secs(10)).await;
-    let sent = writer.await.unwrap() * 10;
-    let slowest = other.await.unwrap();
-    let rss_after = rss_kib();
+    let attack = attack(&s, PAIRS / 10, |batch| {
+        (0..10)
+            .flat_map(|i| reset_pair(((batch * 10 + i) * 2 + 1) as u32))
+            .collect()
+    })
+    .await;
+    let (seen, sent) = (&attack.seen, attack.batches * 10);
     println!(
         "rapid reset: {sent} of {PAIRS} HEADERS+RST_STREAM pairs written before the \
-         connection refused more; ended after {:?} with GOAWAY {:?} (code, last stream), \
-         closed {}, read error {:?}; {} HEADERS back; backend saw {} requests; other \
-         client's slowest answer {slowest:?}; RSS {rss_before} -> {rss_after} KiB",
-        seen.ended_after,
-        seen.goaway,
-        seen.closed,
-        seen.read_error,
+         connection refused more; {}; {} HEADERS back; backend saw {} requests; {}",
+        seen.ending(),
         seen.headers,
         reached_backend(&s, "/rapid"),
+        attack.bystanders(),
     );
     assert!(sent < PAIRS, "the flood was never stopped");
     assert!(seen.closed, "the connection was left open");
@@ -317,51 +371,31 @@ async fn rapid_reset_flood_ends_the_connection_and_reaches_no_backend() {
     // Streams the server accepted before their reset arrived may be forwarded; the flood
     // as a whole must not be.
     assert!(reached_backend(&s, "/rapid") <= 300);
-    assert!(
-        rss_after < rss_before + 64 * 1024,
-        "RSS grew by over 64 MiB"
-    );
+    attack.assert_rss_grew_less_than_64_mib();
 }
 
 #[juggler_testkit::test]
 async fn continuation_flood_gets_goaway_enhance_your_calm() {
     const FRAMES: usize = 1_000_000;
     let s = setup("continuation", Settings::DEFAULT).await;
-    let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
-    let (read, write) = raw_h2(&s.juggler, &s.cert).await;
-    let acks = Acks::default();
-    let started = Instant::now();
     // A header block that never ends: HEADERS without END_HEADERS, then CONTINUATIONs of
     // one small literal header each (small, so the count limit acts before the size limit).
-    let writer = flood(
-        write,
-        Arc::clone(&acks),
-        FRAMES / 100,
-        Duration::from_secs(10),
-        |batch| {
-            let mut bytes = Vec::new();
-            if batch == 0 {
-                bytes.extend(frame(HEADERS, END_STREAM, 1, &get_block("/continued")));
-            }
-            let field = [0x00, 1, b'x', 1, b'y']; // literal "x: y", not indexed
-            for _ in 0..100 {
-                bytes.extend(frame(CONTINUATION, 0, 1, &field));
-            }
-            bytes
-        },
-    );
-    let seen = read_frames(read, acks, started, Duration::from_secs(10)).await;
-    let sent = writer.await.unwrap() * 100;
-    let slowest = other.await.unwrap();
+    let attack = attack(&s, FRAMES / 100, |batch| {
+        let mut bytes = Vec::new();
+        if batch == 0 {
+            bytes.extend(frame(HEADERS, END_STREAM, 1, &get_block("/continued")));
+        }
+        let field = [0x00, 1, b'x', 1, b'y']; // literal "x: y", not indexed
+        bytes.extend((0..100).flat_map(|_| frame(CONTINUATION, 0, 1, &field)));
+        bytes
+    })
+    .await;
+    let (seen, sent) = (&attack.seen, attack.batches * 100);
     println!(
-        "CONTINUATION flood: {sent} of {FRAMES} frames written; ended after {:?} with \
-         GOAWAY {:?}, closed {}, read error {:?}; backend saw {} requests; other client's \
-         slowest answer {slowest:?}",
-        seen.ended_after,
-        seen.goaway,
-        seen.closed,
-        seen.read_error,
+        "CONTINUATION flood: {sent} of {FRAMES} frames written; {}; backend saw {} requests; {}",
+        seen.ending(),
         reached_backend(&s, "/continued"),
+        attack.bystanders(),
     );
     assert!(sent < FRAMES, "the flood was never stopped");
     let (code, _) = seen.goaway.expect("no GOAWAY");
@@ -379,42 +413,33 @@ async fn control_frame_flood(kind: u8, name: &str) {
     let mut settings = Settings::DEFAULT;
     settings.limits.client_idle_timeout = IDLE;
     let s = setup(name, settings).await;
-    let other = other_client(&s.juggler, &s.cert, Duration::from_secs(3));
-    let rss_before = rss_kib();
-    let (read, write) = raw_h2(&s.juggler, &s.cert).await;
-    let acks = Acks::default();
-    let started = Instant::now();
-    let writer = flood(
-        write,
-        Arc::clone(&acks),
+    let attack = attack_for(
+        &s,
+        Duration::from_secs(3),
         FRAMES / 1000,
         Duration::from_secs(8),
         move |batch| {
-            let mut bytes = Vec::new();
-            for i in 0..1000u64 {
-                let payload = match kind {
-                    PING => ((batch as u64) << 10 | i).to_be_bytes().to_vec(),
-                    _ => [0x0, 0x3, 0, 0, 0, 100].to_vec(), // SETTINGS_MAX_CONCURRENT_STREAMS = 100
-                };
-                bytes.extend(frame(kind, 0, 0, &payload));
-            }
-            bytes
+            (0..1000u64)
+                .flat_map(|i| {
+                    let payload = match kind {
+                        PING => ((batch as u64) << 10 | i).to_be_bytes().to_vec(),
+                        _ => [0x0, 0x3, 0, 0, 0, 100].to_vec(), // SETTINGS_MAX_CONCURRENT_STREAMS = 100
+                    };
+                    frame(kind, 0, 0, &payload)
+                })
+                .collect()
         },
-    );
-    let seen = read_frames(read, acks, started, Duration::from_secs(8)).await;
-    let sent = writer.await.unwrap() * 1000;
-    let slowest = other.await.unwrap();
-    let rss_after = rss_kib();
+    )
+    .await;
+    let (seen, sent) = (&attack.seen, attack.batches * 1000);
     println!(
         "{name} flood: {sent} frames written in {:?}; {} SETTINGS ACKs and {} PING ACKs read; \
-         ended after {:?} with GOAWAY {:?}, closed {}; other client's slowest answer \
-         {slowest:?}; RSS {rss_before} -> {rss_after} KiB",
+         {}; {}",
         seen.ended_after.unwrap_or_default(),
         seen.settings_acks,
         seen.ping_acks,
-        seen.ended_after,
-        seen.goaway,
-        seen.closed,
+        seen.ending(),
+        attack.bystanders(),
     );
     let (code, _) = seen.goaway.expect("no GOAWAY");
     assert_eq!(code, 0, "idle close is a NO_ERROR GOAWAY");
@@ -422,10 +447,7 @@ async fn control_frame_flood(kind: u8, name: &str) {
     assert!(ended >= IDLE && ended < IDLE * 3, "ended after {ended:?}");
     assert!(seen.closed);
     assert_eq!(reached_backend(&s, "/"), reached_backend(&s, "/other"));
-    assert!(
-        rss_after < rss_before + 64 * 1024,
-        "RSS grew by over 64 MiB"
-    );
+    attack.assert_rss_grew_less_than_64_mib();
 }
 
 #[juggler_testkit::test]
@@ -461,13 +483,7 @@ async fn stream_that_never_sends_its_body_gets_408_and_a_reset() {
     let mut settings = Settings::DEFAULT;
     settings.limits.body_read_timeout = BODY_TIMEOUT;
     let s = setup("stalled-body", settings).await;
-    let stream = tls_connect(
-        s.juggler.https_addr(),
-        client_config(&[&s.cert.der], ALPN_H2),
-        "localhost",
-    )
-    .await
-    .unwrap();
+    let stream = tls_connect_trusting(s.juggler.https_addr(), &s.cert, ALPN_H2).await;
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
@@ -515,13 +531,7 @@ async fn starved_streams(
     streams: usize,
     body_len: usize,
 ) -> (Vec<hyper::Response<hyper::body::Incoming>>, JoinHandle<()>) {
-    let stream = tls_connect(
-        s.juggler.https_addr(),
-        client_config(&[&s.cert.der], ALPN_H2),
-        "localhost",
-    )
-    .await
-    .unwrap();
+    let stream = tls_connect_trusting(s.juggler.https_addr(), &s.cert, ALPN_H2).await;
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(0)
         .handshake(TokioIo::new(stream))
@@ -593,37 +603,17 @@ async fn window_starved_streamed_response_does_not_hold_the_pool_forever() {
 async fn rapid_reset_one_pair_per_write_is_bounded_too() {
     const PAIRS: usize = 5_000;
     let s = setup("rapid-reset-slow", Settings::DEFAULT).await;
-    let other = other_client(&s.juggler, &s.cert, Duration::from_secs(2));
-    let (read, write) = raw_h2(&s.juggler, &s.cert).await;
-    let acks = Acks::default();
-    let started = Instant::now();
     // One pair per TLS record and write: the server may accept each stream before its reset.
-    let writer = flood(
-        write,
-        Arc::clone(&acks),
-        PAIRS,
-        Duration::from_secs(10),
-        |n| {
-            let id = (n * 2 + 1) as u32;
-            let mut bytes = frame(HEADERS, END_STREAM | END_HEADERS, id, &get_block("/rapid"));
-            bytes.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
-            bytes
-        },
-    );
-    let seen = read_frames(read, acks, started, Duration::from_secs(10)).await;
-    let sent = writer.await.unwrap();
-    let slowest = other.await.unwrap();
+    let attack = attack(&s, PAIRS, |n| reset_pair((n * 2 + 1) as u32)).await;
+    let (seen, sent) = (&attack.seen, attack.batches);
     println!(
-        "rapid reset, one pair per write: {sent} of {PAIRS} pairs written; ended after {:?} \
-         with GOAWAY {:?}, closed {}, read error {:?}; {} HEADERS and {} RST_STREAM back; \
-         backend saw {} of them; other client's slowest answer {slowest:?}",
-        seen.ended_after,
-        seen.goaway,
-        seen.closed,
-        seen.read_error,
+        "rapid reset, one pair per write: {sent} of {PAIRS} pairs written; {}; {} HEADERS and \
+         {} RST_STREAM back; backend saw {} of them; {}",
+        seen.ending(),
         seen.headers,
         seen.resets,
         reached_backend(&s, "/rapid"),
+        attack.bystanders(),
     );
     assert!(sent < PAIRS, "the flood was never stopped");
     assert!(seen.closed, "the connection was left open");

@@ -473,13 +473,7 @@ async fn idle_http2_connections_are_closed_and_busy_ones_are_not() {
     let juggler = TestJuggler::start_https(table(&[backend.addr], 1, settings), &files).await;
 
     let connect = || async {
-        let stream = tls_connect(
-            juggler.https_addr(),
-            client_config(&[&cert.der], ALPN_H2),
-            "localhost",
-        )
-        .await
-        .unwrap();
+        let stream = tls_connect_trusting(juggler.https_addr(), &cert, ALPN_H2).await;
         let (sender, conn) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),
             hyper_util::rt::TokioIo::new(stream),

@@ -83,17 +83,7 @@ async fn single_connection_pool_queues_without_overlap() {
     })
     .await;
     let juggler = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
-    let mut requests = tokio::task::JoinSet::new();
-    for _ in 0..50 {
-        let addr = juggler.addr;
-        requests.spawn(async move { get(addr, "/x").await.unwrap().status });
-    }
-    let mut ok = 0;
-    while let Some(status) = requests.join_next().await {
-        if status.unwrap() == 200 {
-            ok += 1;
-        }
-    }
+    let ok = gets_at_once(juggler.addr, "/x", 50).await;
     println!(
         "{ok}/50 ok; backend max in flight {}, connections accepted {}",
         backend.stats.max_in_flight.get(),

@@ -49,9 +49,7 @@ async fn five_takeovers_under_load_fail_nothing_and_keep_the_backend_bound() {
     for round in 0..5 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let next = if round % 2 == 0 { table_b } else { table_a };
-        let successor = current.take_over(next, None).await;
-        current.exited(Duration::from_secs(10)).await;
-        current = successor;
+        current = current.replaced_by(next).await;
         let probe = get(addr, "/only-b").await.unwrap().status;
         let expected = if next.config_hash == "tablebbb" {
             200
@@ -114,8 +112,7 @@ async fn a_successor_that_never_accepts_leaves_the_running_instance_untouched() 
         assert_eq!(get(running.http, "/").await.unwrap().status, 200);
     }
     // And the running instance can still be taken over afterwards.
-    let successor = running.take_over(base, None).await;
-    running.exited(Duration::from_secs(10)).await;
+    let successor = running.replaced_by(base).await;
     assert_eq!(client.get("/").await.unwrap().status, 200);
     assert_eq!(backend.accepted(), 2);
     successor.stop().await;

@@ -33,6 +33,20 @@ async fn settle_at(backends: &[Backend<BackendStats>], n: usize) {
     panic!("backends never settled at {n} connections each: {open:?}");
 }
 
+/// `from` replaced by an instance for `table`, whose pools settle at `pool`; returns it and the
+/// most connections any backend had open from the start of the takeover until then.
+async fn replaced_watching(
+    backends: &Arc<[Backend<BackendStats>; 3]>,
+    from: Instance,
+    table: &'static RouteTable,
+    pool: usize,
+) -> (Instance, usize) {
+    let most = MostOpen::sample(Arc::clone(backends));
+    let successor = from.replaced_by(table).await;
+    settle_at(&backends[..], pool).await;
+    (successor, most.most())
+}
+
 #[juggler_testkit::test]
 async fn pool_sizes_grow_and_shrink_across_takeovers_within_the_larger_bound() {
     let backends = Arc::new(three_backends().await);
@@ -46,19 +60,8 @@ async fn pool_sizes_grow_and_shrink_across_takeovers_within_the_larger_bound() {
     let load = Load::start(first.http, 16);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let most = MostOpen::sample(Arc::clone(&backends));
-    let second = first.take_over(eight, None).await;
-    first.exited(Duration::from_secs(10)).await;
-    settle_at(&backends[..], 8).await;
-    let grow_most = most.most();
-    drop(most);
-
-    let most = MostOpen::sample(Arc::clone(&backends));
-    let third = second.take_over(three, None).await;
-    second.exited(Duration::from_secs(10)).await;
-    settle_at(&backends[..], 3).await;
-    let shrink_most = most.most();
-    drop(most);
+    let (second, grow_most) = replaced_watching(&backends, first, eight, 8).await;
+    let (third, shrink_most) = replaced_watching(&backends, second, three, 3).await;
 
     let result = load.finish().await;
     let (posts, distinct) = posts_received(&backends[..]);
@@ -156,8 +159,7 @@ async fn the_old_side_serves_on_when_the_new_one_dies_mid_takeover() {
     }
     assert_eq!(first.open_connections(), [3]);
     // And it can still be taken over by a successor that lives.
-    let third = first.take_over(base, None).await;
-    first.exited(Duration::from_secs(10)).await;
+    let third = first.replaced_by(base).await;
     assert_eq!(get(third.http, "/").await.unwrap().status, 200);
     third.stop().await;
 }

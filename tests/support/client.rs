@@ -82,6 +82,26 @@ pub async fn get(addr: SocketAddr, path: &str) -> hyper::Result<Answer> {
     Client::connect(addr).await.get(path).await
 }
 
+/// `request` on a fresh connection.
+pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> hyper::Result<Answer> {
+    Client::connect(addr).await.send(request).await
+}
+
+/// `count` GETs of `path` at once, each on a fresh connection; how many were answered `200`.
+pub async fn gets_at_once(addr: SocketAddr, path: &'static str, count: usize) -> usize {
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        requests.spawn(async move { get(addr, path).await.unwrap().status });
+    }
+    let mut ok = 0;
+    while let Some(status) = requests.join_next().await {
+        if status.unwrap() == 200 {
+            ok += 1;
+        }
+    }
+    ok
+}
+
 /// `POST path` with `body` and `Host: juggler.test`.
 pub fn post(path: &str, body: Bytes) -> Request<Full<Bytes>> {
     Request::post(path)

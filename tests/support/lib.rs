@@ -25,7 +25,7 @@ use std::time::Duration;
 
 pub use backend::{bind_local, Backend, Count};
 pub use certs::{CertFiles, TempDir, TestCert};
-pub use client::{get, post, tally, Answer, Client};
+pub use client::{get, gets_at_once, post, send, tally, Answer, Client};
 pub use hyper_backend::{addrs_of, three_backends, BackendStats, Behaviour, TestBackend};
 pub use launcher::{
     balanced_table, settings_with, start_one_backend, table, test_routes, TestJuggler,
@@ -74,6 +74,29 @@ pub fn run_test<F: Future>(runtime: Runtime, name: &str, test: F) -> F::Output {
             }
         }
     })
+}
+
+/// Polls `condition` every 10 ms until it holds or `limit` passes; how long it took to hold,
+/// `None` if it never did.
+pub async fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < limit {
+        if condition() {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition().then(|| started.elapsed())
+}
+
+/// Resident set size of this process (a test's Juggler runs inside it), in KiB.
+pub fn rss_kib() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 /// Runs `future` with the suite-wide time bound.

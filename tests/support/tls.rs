@@ -70,12 +70,20 @@ pub async fn tls_connect(
     .expect("client TLS handshake hung")
 }
 
-/// A TLS connection to `localhost` at `addr` trusting only `cert`, after checking that ALPN
-/// settled on the one protocol in `alpn`.
-async fn connect_trusting(addr: SocketAddr, cert: &TestCert, alpn: &[&[u8]]) -> TlsClientStream {
-    let stream = tls_connect(addr, client_config(&[&cert.der], alpn), "localhost")
+/// A TLS connection to `localhost` at `addr` trusting only `cert` and offering `alpn`.
+pub async fn tls_connect_trusting(
+    addr: SocketAddr,
+    cert: &TestCert,
+    alpn: &[&[u8]],
+) -> TlsClientStream {
+    tls_connect(addr, client_config(&[&cert.der], alpn), "localhost")
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// [`tls_connect_trusting`], after checking that ALPN settled on the one protocol in `alpn`.
+async fn connect_trusting(addr: SocketAddr, cert: &TestCert, alpn: &[&[u8]]) -> TlsClientStream {
+    let stream = tls_connect_trusting(addr, cert, alpn).await;
     assert_eq!(alpn_of(&stream).as_deref(), Some(alpn[0]));
     stream
 }

@@ -168,6 +168,14 @@ impl Instance {
         }
     }
 
+    /// A successor with `table` (and no certificates) taking over from `self`, once `self` has
+    /// exited (within 10 s).
+    pub async fn replaced_by(self, table: &'static RouteTable) -> Instance {
+        let successor = self.take_over(table, None).await;
+        self.exited(Duration::from_secs(10)).await;
+        successor
+    }
+
     /// Waits for the instance to exit by itself (after handing everything over).
     pub async fn exited(mut self, within: Duration) {
         tokio::time::timeout(within, &mut self.task)
