@@ -300,24 +300,24 @@ async fn next_frame(predecessor: &mut Option<UnixStream>) -> io::Result<Option<F
 /// Adopts what the predecessor sends; `false` when it has nothing more to send.
 fn take_from_predecessor(frame: io::Result<Option<Frame>>, server: &Server) -> bool {
     let pools = &server.proxy().pools;
-    let mut frame = match frame {
-        Ok(Some(frame)) => frame,
-        Ok(None) | Err(_) => {
-            // The predecessor is gone (or said DONE): nothing of it is left to wait for.
-            for pool in pools {
-                pool.end_inheritance();
-            }
-            return false;
+    // The predecessor gone (or having said DONE): nothing of it is left to wait for.
+    let predecessor_done = || {
+        for pool in pools {
+            pool.end_inheritance();
         }
+        false
     };
-    let kind = frame.words.first().map(String::as_str).unwrap_or("");
-    match (kind, frame.fds.pop()) {
+    let Ok(Some(mut frame)) = frame else {
+        return predecessor_done();
+    };
+    let fd = frame.fds.pop();
+    let address = frame.word(1).unwrap_or_default();
+    match (frame.word(0).unwrap_or_default(), fd) {
         ("CLIENT", Some(fd)) => server.adopt_client(fd),
         ("BACKEND", Some(fd)) => {
-            let address = frame.words.get(1).map(String::as_str).unwrap_or("");
             let retire_in = frame
-                .words
-                .get(2)
+                .word(2)
+                .ok()
                 .and_then(|ms| ms.parse().ok())
                 .map(Duration::from_millis);
             if let Some(pool) = pools.iter().find(|pool| pool.spec.address == address) {
@@ -330,17 +330,13 @@ fn take_from_predecessor(frame: io::Result<Option<Frame>>, server: &Server) -> b
             }
         }
         ("RELEASED", None) => {
-            let address = frame.words.get(1).map(String::as_str).unwrap_or("");
             for pool in pools.iter().filter(|pool| pool.spec.address == address) {
                 pool.end_inheritance();
             }
         }
         ("DONE", None) => {
             tracing::info!("upgrade: the previous process has handed everything over");
-            for pool in pools {
-                pool.end_inheritance();
-            }
-            return false;
+            return predecessor_done();
         }
         _ => tracing::warn!(words = ?frame.words, "upgrade: unexpected message ignored"),
     }
