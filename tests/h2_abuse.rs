@@ -460,6 +460,26 @@ async fn ping_flood_is_acknowledged_in_step_and_closed_when_idle() {
     control_frame_flood(PING, "PING").await;
 }
 
+/// A client that never writes after its preface, so never acknowledges the PING of Juggler's
+/// graceful close: the close must not wait for it, and the connection ends shortly after the idle
+/// timeout's GOAWAY rather than at the next keep-alive timeout.
+#[juggler_testkit::test]
+async fn client_that_never_acknowledges_is_closed_soon_after_its_idle_goaway() {
+    const IDLE: Duration = Duration::from_secs(1);
+    let mut settings = Settings::DEFAULT;
+    settings.limits.client_idle_timeout = IDLE;
+    let s = setup("silent", settings).await;
+    let (read, _write) = raw_h2(&s.juggler, &s.cert).await;
+    let started = Instant::now();
+    let seen = read_frames(read, Acks::default(), started, Duration::from_secs(10)).await;
+    let closed_after = started.elapsed();
+    println!("silent client: {}; closed after {closed_after:?}", seen.ending());
+    let (code, _) = seen.goaway.expect("no GOAWAY");
+    assert_eq!(code, 0, "idle close is a NO_ERROR GOAWAY");
+    assert!(seen.closed, "the connection was left open");
+    assert!(closed_after < IDLE * 6, "closed after {closed_after:?}");
+}
+
 /// A request body that announces 10 bytes and never sends one.
 struct NeverEnds;
 

@@ -143,6 +143,13 @@ impl ConnActivity {
         Verdict::CheckAt(check_at)
     }
 
+    /// No request in flight and no request head arriving: closing the connection now loses
+    /// nothing.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started_ms.load(Ordering::Relaxed) == 0
+    }
+
     /// When an idle connection is closed if nothing arrives.
     pub(crate) fn idle_deadline(&self, idle_timeout: Duration) -> Instant {
         self.instant_at(self.idle_since_ms.load(Ordering::Relaxed)) + idle_timeout

@@ -326,6 +326,11 @@ enum Parking {
     Park { after: Duration, movable: bool },
 }
 
+/// How long a connection that is closing with nothing in flight may take over the close
+/// handshake (HTTP/2: GOAWAY, a PING round trip, the final GOAWAY) before it is dropped, so a
+/// client that never acknowledges cannot keep it open.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// Polls a connection to its end while enforcing the client timeouts and the phase (draining,
 /// handing over), and hands it back when it should be parked.
 async fn drive<C>(
@@ -342,6 +347,8 @@ where
 {
     let limits = &shared.proxy.table.settings.limits;
     let mut closing = false;
+    // While closing with nothing in flight: when the connection is dropped if still open.
+    let mut quiet_close_deadline = None;
     // Far more polls than any real HTTP/1.1 exchange needs between two socket reads or writes.
     // Not for HTTP/2: its socket is not watched byte by byte (hyper bounds its frames), and its
     // stream tasks wake the connection for flow control and stream data without any socket IO
@@ -371,7 +378,7 @@ where
             limits.client_idle_timeout,
             park_after,
         );
-        let wake_at = match verdict {
+        let mut wake_at = match verdict {
             Verdict::CheckAt(at) => Some(at),
             Verdict::HeadTooSlow => return Ended::HeadTooSlow(conn),
             Verdict::Park if !closing => return Ended::Park(conn),
@@ -382,6 +389,17 @@ where
             }
             Verdict::IdleTooLong | Verdict::Park => None,
         };
+        if closing && activity.is_quiet() {
+            let deadline = *quiet_close_deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + CLOSE_GRACE);
+            if tokio::time::Instant::now() >= deadline {
+                tracing::debug!(client = %client.ip, "closing connection did not finish its close in time");
+                return Ended::Finished;
+            }
+            wake_at = Some(wake_at.map_or(deadline, |at| at.min(deadline)));
+        } else {
+            quiet_close_deadline = None;
+        }
         tokio::select! {
             // `None`: the stall guard tripped.
             result = std::future::poll_fn(|cx| {
