@@ -1,7 +1,10 @@
 """Driving one target for one round with wrk or h2load, and reading what they report.
 
 While the load runs, a sampler thread counts the target's established connections to the backends
-(by the pids holding the sockets, since idle balancers keep their own connections open meanwhile).
+(by the pids holding the sockets, since idle balancers keep their own connections open meanwhile)
+and reads the target's resident memory just before the load ends. The CPU time the target's
+processes used (user + system, every process and thread) is read right before the load generator
+starts and right after it exits, so requests per CPU-second covers the measured window.
 """
 
 import re
@@ -10,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import count_owned_by_port, established_by_pid
+from procs import count_owned_by_port, cpu_seconds, established_by_pid, rss_kib
 from targets import BACKEND_PORTS, DIRECT_TLS_PORT, HOST
 
 
@@ -27,6 +30,17 @@ class RoundResult:
     backend_conns_by_port: dict[int, int] = field(default_factory=dict)
     # Set when the tool failed or printed nothing we could read.
     problem: str | None = None
+    # Requests the tool completed (wrk: every answer, error statuses included; h2load: done).
+    requests: int = 0
+    # CPU seconds (user + system) the target's processes used while the tool ran.
+    cpu_s: float = 0.0
+    # Resident memory of the target's processes just before the load ended, KiB (0: not read).
+    rss_kib: int = 0
+
+    @property
+    def per_cpu_s(self) -> float | None:
+        """Requests per CPU-second of the target; None when no CPU time was measured."""
+        return self.requests / self.cpu_s if self.cpu_s > 0 else None
 
 
 def url(target, scheme: str, path: str) -> str:
@@ -48,10 +62,14 @@ def run_round(tool: str, target, scenario, duration: int, log: Path) -> RoundRes
         latency_log = log.with_suffix(".latency")
         argv = ["h2load", f"-c{scenario.conns}", f"-m{scenario.streams}", "-t2", f"-D{duration}",
                 f"--log-file={latency_log}", target_url]
+    # Whose CPU and memory count: the balancer's processes; for `direct`, backend 1's nginx.
+    measured = target.pids() or target.server_pids()
+    cpu_before = cpu_seconds(measured)
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     owners = target.pids() or {proc.pid}
     samples: list[dict[int, int]] = []
-    sampler = threading.Thread(target=_sample_backend_conns, args=(owners, duration, samples, proc))
+    rss: list[int] = []
+    sampler = threading.Thread(target=_sample, args=(owners, measured, duration, samples, rss, proc))
     sampler.start()
     try:
         output, _ = proc.communicate(timeout=duration + 60)
@@ -64,29 +82,37 @@ def run_round(tool: str, target, scenario, duration: int, log: Path) -> RoundRes
         proc.wait()
         raise
     finally:
+        cpu_after = cpu_seconds(measured)
         sampler.join()
     log.write_text(" ".join(argv) + "\n" + output)
     result = parse_wrk(output) if tool == "wrk" else parse_h2load(output, log.with_suffix(".latency"))
     result.backend_conns = [sum(sample.values()) for sample in samples]
     result.backend_conns_by_port = samples[-1] if samples else {}
+    result.cpu_s = cpu_after - cpu_before
+    result.rss_kib = rss[0] if rss else 0
     if proc.returncode != 0 and not result.problem:
         result.problem = f"{tool} exited {proc.returncode}"
     return result
 
 
-def _sample_backend_conns(owners: set[int], duration: int, samples: list[dict[int, int]], proc) -> None:
-    # A quarter, half and three quarters into the run: after ramp-up, before wind-down.
+def _sample(owners: set[int], measured: set[int], duration: int, samples: list[dict[int, int]],
+            rss: list[int], proc) -> None:
+    # Backend connections a quarter, half and three quarters into the run (after ramp-up, before
+    # wind-down); resident memory a moment before the end, with every connection still busy.
     ports = BACKEND_PORTS + [DIRECT_TLS_PORT]
     waited = 0.0
-    for fraction in (0.25, 0.5, 0.75):
-        pause = duration * fraction - waited
+    for at in (0.25 * duration, 0.5 * duration, 0.75 * duration, max(0.75 * duration, duration - 0.3)):
+        pause = at - waited
         waited += pause
         try:
             proc.wait(timeout=pause)
             return  # the load already ended; a sample now would not be mid-run
         except subprocess.TimeoutExpired:
             pass
-        samples.append(count_owned_by_port(established_by_pid(ports), owners))
+        if len(samples) < 3:
+            samples.append(count_owned_by_port(established_by_pid(ports), owners))
+        else:
+            rss.append(rss_kib(measured))
 
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -105,7 +131,9 @@ def parse_wrk(output: str) -> RoundResult:
         return RoundResult(0, 0, 0, 0, 0, [], problem="wrk printed no result: " + output.strip()[-300:])
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    requests = re.search(r"(\d+) requests in ", output)
     return RoundResult(
+        requests=int(requests.group(1)) if requests else 0,
         rps=float(rps.group(1)),
         p50_ms=_duration_ms(p50.group(1)),
         p99_ms=_duration_ms(p99.group(1)),
@@ -137,6 +165,7 @@ def parse_h2load(output: str, latency_log: Path) -> RoundResult:
     if "No protocol negotiated" in output:
         problem = "server did not negotiate h2"
     return RoundResult(
+        requests=_done,
         rps=float(rps.group(1)),
         p50_ms=percentile(micros, 50) / 1000,
         p99_ms=percentile(micros, 99) / 1000,

@@ -20,31 +20,51 @@ def _conns(samples: list[int]) -> str:
     return str(low) if low == high else f"{low}–{high}"
 
 
+def per_cpu_s(results: list[RoundResult]) -> float | None:
+    """Median over the rounds of requests per CPU-second of the target."""
+    values = [r.per_cpu_s for r in results if r.per_cpu_s]
+    return statistics.median(values) if values else None
+
+
+def rss_mib(results: list[RoundResult]) -> float | None:
+    values = [r.rss_kib for r in results if r.rss_kib]
+    return statistics.median(values) / 1024 if values else None
+
+
+def _number(value: float | None, fmt: str = ",.0f") -> str:
+    return "–" if value is None else format(value, fmt)
+
+
 def load_table(title: str, targets, rounds: dict[str, list[RoundResult]]) -> str:
     """rounds: target name → its results, one per round."""
     medians = {name: statistics.median(r.rps for r in results) for name, results in rounds.items() if results}
+    cpu = {name: per_cpu_s(results) for name, results in rounds.items() if results}
     ours = medians.get(JUGGLER)
     lines = [
         f"### {title}",
         "",
-        "| target | req/s (median) | p50 ms | p99 ms | errors | non-2xx | backend conns | Juggler ÷ target |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| target | req/s (median) | p50 ms | p99 ms | req per CPU-s | RSS MiB | errors | non-2xx | backend conns "
+        "| Juggler ÷ target (req/s) | Juggler ÷ target (req per CPU-s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []
     for target in targets:
         results = rounds.get(target.name)
         label = f"{target.letter} {target.name}"
         if target.skipped or not results:
-            lines.append(f"| {label} | skipped | | | | | | |")
+            lines.append(f"| {label} | skipped | | | | | | | | | |")
             notes.append(f"{target.name}: {target.skipped or 'no result'}")
             continue
         p50 = statistics.median(r.p50_ms for r in results)
         p99 = statistics.median(r.p99_ms for r in results)
         samples = [s for r in results for s in r.backend_conns]
         ratio = "—" if target.name == JUGGLER else _ratio(ours, medians[target.name])
+        cpu_ratio = "—" if target.name == JUGGLER else _ratio(cpu.get(JUGGLER), cpu[target.name])
         lines.append(
-            f"| {label} | {medians[target.name]:,.0f} | {p50:.2f} | {p99:.2f} | "
-            f"{sum(r.errors for r in results)} | {sum(r.non_2xx for r in results)} | {_conns(samples)} | {ratio} |"
+            f"| {label} | {medians[target.name]:,.0f} | {p50:.2f} | {p99:.2f} | {_number(cpu[target.name])} | "
+            f"{_number(rss_mib(results), '.1f')} | "
+            f"{sum(r.errors for r in results)} | {sum(r.non_2xx for r in results)} | {_conns(samples)} | {ratio} | "
+            f"{cpu_ratio} |"
         )
         notes += sorted({f"{target.name}: {r.problem}" for r in results if r.problem})
     return "\n".join(lines + [""] + [f"- {n}" for n in notes] + ([""] if notes else []))
@@ -56,8 +76,8 @@ def idle_table(title: str, targets, results: dict) -> str:
     lines = [
         f"### {title}",
         "",
-        "| target | idle conns held | RSS before MiB | RSS after MiB | KiB per idle conn | backend conns "
-        "| Juggler ÷ target (KiB/conn) |",
+        "| target | idle conns held | RSS before MiB | RSS after MiB | B per idle conn | backend conns "
+        "| Juggler ÷ target (B/conn) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []
@@ -68,11 +88,11 @@ def idle_table(title: str, targets, results: dict) -> str:
             lines.append(f"| {label} | skipped | | | | | |")
             notes.append(f"{target.name}: {target.skipped or 'no result'}")
             continue
-        ratio = "—" if target.name == JUGGLER or ours is None else _ratio(ours.kib_per_conn, result.kib_per_conn)
+        ratio = "—" if target.name == JUGGLER or ours is None else _ratio(ours.bytes_per_conn, result.bytes_per_conn)
         backend = "–" if result.backend_conns is None else str(result.backend_conns)
         lines.append(
-            f"| {label} | {result.held} of {result.opened} | {result.rss_before_kib / 1024:.1f} | "
-            f"{result.rss_after_kib / 1024:.1f} | {result.kib_per_conn:.2f} | {backend} | {ratio} |"
+            f"| {label} | {result.held:,} of {result.opened:,} | {result.rss_before_kib / 1024:.1f} | "
+            f"{result.rss_after_kib / 1024:.1f} | {result.bytes_per_conn:,.0f} | {backend} | {ratio} |"
         )
         if result.problem:
             notes.append(f"{target.name}: {result.problem}")
@@ -136,3 +156,50 @@ def upgrade_table(title: str, targets, runs: dict, how: dict[str, str], duration
                          + " / ".join(f"{r.p99_ms:.2f}" for r in steady))
         notes += sorted({f"{target.name}: {n}" for r in results for n in ([r.problem] if r.problem else []) + r.notes})
     return "\n".join(lines + [""] + [f"- {n}" for n in notes] + ([""] if notes else []))
+
+
+REFERENCE = "nginx"
+
+
+def summary_table(targets, measured: list[tuple[str, str, dict]]) -> str:
+    """Every scenario in one table, for the README. measured: (short label, "load" or "idle",
+    target name → rounds or IdleResult), in scenario order.
+
+    Load rows: medians over the rounds; RSS read just before each round ended. Idle rows: RSS with
+    every idle connection open, and in parentheses its growth per connection; the ÷ nginx column
+    compares bytes per idle connection there (lower is better), req/s elsewhere (higher is better)."""
+    lines = [
+        "| scenario | target | req/s | p50 ms | p99 ms | req per CPU-s | RSS MiB | backend conns "
+        f"| ÷ {REFERENCE} (req/s; idle: B/conn) | ÷ {REFERENCE} (req per CPU-s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, kind, results in measured:
+        if kind == "load":
+            rps = {n: statistics.median(r.rps for r in rs) for n, rs in results.items() if rs}
+            cpu = {n: per_cpu_s(rs) for n, rs in results.items() if rs}
+        for target in targets:
+            result = results.get(target.name)
+            if target.skipped or not result:
+                lines.append(f"| {label} | {target.name} | skipped | | | | | | | |")
+                continue
+            if kind == "load":
+                samples = [s for r in result for s in r.backend_conns]
+                conns = "–" if target.name == "direct" else _conns(samples)
+                lines.append(
+                    f"| {label} | {target.name} | {rps[target.name]:,.0f} | "
+                    f"{statistics.median(r.p50_ms for r in result):.2f} | "
+                    f"{statistics.median(r.p99_ms for r in result):.2f} | {_number(cpu[target.name])} | "
+                    f"{_number(rss_mib(result), '.1f')} | {conns} | "
+                    f"{_ratio(rps[target.name], rps.get(REFERENCE))} | "
+                    f"{_ratio(cpu[target.name], cpu.get(REFERENCE))} |"
+                )
+            else:
+                reference = results.get(REFERENCE)
+                backend = "–" if result.backend_conns is None else str(result.backend_conns)
+                held = f"{result.held:,} held" + (f", {result.failed:,} failed" if result.failed else "")
+                lines.append(
+                    f"| {label} | {target.name} | {held} | | | | "
+                    f"{result.rss_after_kib / 1024:.1f} ({result.bytes_per_conn:,.0f} B/conn) | {backend} | "
+                    f"{_ratio(result.bytes_per_conn, reference.bytes_per_conn if reference else None)} | |"
+                )
+    return "\n".join(lines) + "\n"

