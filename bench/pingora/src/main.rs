@@ -31,13 +31,21 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { threads: 2, http: String::new(), https: None, pid_file: String::new(), backends: vec![] };
+    let mut args = Args {
+        threads: 2,
+        http: String::new(),
+        https: None,
+        pid_file: String::new(),
+        backends: vec![],
+    };
     let (mut https, mut cert, mut key) = (None, None, None);
     let mut argv = std::env::args().skip(1);
     while let Some(flag) = argv.next() {
         let mut value = || argv.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--threads" => args.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--threads" => {
+                args.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?
+            }
             "--http" => args.http = value()?,
             "--https" => https = Some(value()?),
             "--cert" => cert = Some(value()?),
@@ -67,7 +75,11 @@ impl ProxyHttp for RoundRobinProxy {
 
     fn new_ctx(&self) -> Self::CTX {}
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<HttpPeer>> {
         // No health checks are configured, so every backend is always a candidate.
         let backend = self
             .0
@@ -105,7 +117,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, RoundRobinProxy(Arc::new(upstreams)));
+    let mut proxy = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        RoundRobinProxy(Arc::new(upstreams)),
+    );
     proxy.add_tcp(&args.http);
     if let Some((addr, cert, key)) = &args.https {
         let mut tls = match TlsSettings::intermediate(cert, key) {
