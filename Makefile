@@ -73,7 +73,8 @@ test_servers: all
 	for i in 1 2 3; do ./bin/test_server --port 690$$i --root ./test_server_root_$$i & done; \
 	wait
 
-## bench: Juggler against nginx and HAProxy in one run (installs them if missing); see bench/README.md
+## bench: Juggler against nginx, HAProxy, Pingora and Caddy in one run (installs or builds them if
+## missing; BENCH_QUICK=1 for a short smoke run); see bench/README.md
 bench:
 	bash bench/run.sh
 
