@@ -74,9 +74,11 @@ test_servers: all
 	wait
 
 ## bench: Juggler against nginx, HAProxy, Pingora and Caddy in one run (installs or builds them if
-## missing; BENCH_QUICK=1 for a short smoke run); see bench/README.md
+## missing; BENCH_QUICK=1 for a short smoke run); see bench/README.md; then a screenshot of the
+## status page under load (bench/out/status.png, bench/status_screenshot.py)
 bench:
 	bash bench/run.sh
+	python3 bench/status_screenshot.py
 
 ## fuzz: each fuzz target of tests/fuzz for FUZZ_SECONDS (60) under libFuzzer + ASan; a crash fails
 ## it and lands in tests/fuzz/artifacts/<target>/ (installs cargo-fuzz if missing)
