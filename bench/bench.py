@@ -12,6 +12,8 @@ Run through bench/run.sh (which installs the tools). Settings come from the envi
   BENCH_METRICS_ROUNDS rounds of the metrics on/off scenario, each loading both builds (default 2)
   BENCH_UPGRADE_DURATION seconds per run of the upgrade scenario (default 20; it ignores BENCH_DURATION)
   BENCH_SKIP_BUILD=1 reuse bench/out/juggler (and bench/out/juggler-metrics-off) instead of building
+  BENCH_JUGGLER_REF=<commit> build Juggler from that commit alone (exported to bench/out/juggler-src)
+                  instead of the working tree with whatever is uncommitted in it
 Output: one table per scenario as it runs, then every scenario in one table; all of them in
 bench/out/results.md, and every tool's raw output under bench/out/logs/.
 """

@@ -33,7 +33,11 @@ def admin_port_file(out: Path) -> Path:
 def build_main_juggler(repo: Path, out: Path, certs, target) -> str | None:
     """Build the main Juggler: with the admin listener on a free port when this tree has one."""
     admin = None
-    if sides.supports_admin(repo):
+    try:
+        source = sides.juggler_source(repo, out)[0]
+    except RuntimeError as error:
+        return str(error)
+    if sides.supports_admin(source):
         kept = admin_port_file(out)
         if kept.exists() and os.environ.get("BENCH_SKIP_BUILD") == "1":
             admin = kept.read_text().strip()
@@ -49,7 +53,8 @@ def run_scenario(procs: Processes, out: Path, certs, title: str, duration: int, 
                  start_balancers) -> str:
     """Build the metrics-off Juggler, load both builds in turn; return the table."""
     lines = [f"### {title}", ""]
-    if not sides.supports_admin(sides_repo()):
+    repo = Path(sides.__file__).resolve().parent.parent
+    if not sides.supports_admin(sides.juggler_source(repo, out)[0]):
         return "\n".join(lines + ["skipped: this tree's Juggler has no `[admin]` section yet", ""])
     kept = admin_port_file(out)
     if not (out / "juggler").exists() or not kept.exists():
@@ -57,7 +62,7 @@ def run_scenario(procs: Processes, out: Path, certs, title: str, duration: int, 
     admin = kept.read_text().strip()
     on = sides.Target("juggler", "B", 18080, 18443)
     off = sides.Target(OFF, "B'", *OFF_PORTS)
-    why_not = sides.build_juggler(sides_repo(), out, certs, off, variant=OFF, admin_listen="off")
+    why_not = sides.build_juggler(repo, out, certs, off, variant=OFF, admin_listen="off")
     if why_not:
         return "\n".join(lines + [f"skipped: the metrics-off build failed: {why_not}", ""])
     scenario = _Scenario()
@@ -80,10 +85,6 @@ def run_scenario(procs: Processes, out: Path, certs, title: str, duration: int, 
     finally:
         procs.stop([t.name for t in live])
     return table(lines, admin, results[on.name], results[off.name], counted)
-
-
-def sides_repo() -> Path:
-    return Path(sides.__file__).resolve().parent.parent
 
 
 class _Scenario:

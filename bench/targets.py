@@ -237,9 +237,40 @@ backend bench
 # Juggler
 
 
-def supports_admin(repo: Path) -> bool:
+def juggler_source(repo: Path, out: Path) -> tuple[Path, Path, str]:
+    """(source tree, cargo target directory, what it is) of the Juggler the bench builds.
+
+    The working tree, with whatever is uncommitted in it (described as `git describe --dirty`);
+    or with BENCH_JUGGLER_REF=<commit-ish> that commit alone, exported to out/juggler-src with its
+    own target directory out/juggler-target (kept between runs, so a later build is incremental):
+    figures that name a commit then come from exactly that commit."""
+    ref = os.environ.get("BENCH_JUGGLER_REF", "").strip()
+    if not ref:
+        described = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--abbrev=7"],
+                                   capture_output=True, text=True)
+        return repo, Path(os.environ.get("CARGO_TARGET_DIR", repo / "target")), described.stdout.strip() or "?"
+    resolved = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=7", "--verify", f"{ref}^{{commit}}"],
+                              capture_output=True, text=True)
+    commit = resolved.stdout.strip()
+    if resolved.returncode != 0 or not commit:
+        raise RuntimeError(f"BENCH_JUGGLER_REF={ref} names no commit: {resolved.stderr.strip()}")
+    source = out / "juggler-src"
+    marker = source / ".bench-commit"
+    if not (marker.exists() and marker.read_text() == commit):
+        shutil.rmtree(source, ignore_errors=True)
+        source.mkdir(parents=True)
+        archive = subprocess.Popen(["git", "-C", str(repo), "archive", commit], stdout=subprocess.PIPE)
+        extracted = subprocess.run(["tar", "-x", "-C", str(source)], stdin=archive.stdout)
+        archive.stdout.close()
+        if archive.wait() != 0 or extracted.returncode != 0:
+            raise RuntimeError(f"could not export {commit} to {source} (git archive | tar -x)")
+        marker.write_text(commit)
+    return source, out / "juggler-target", commit
+
+
+def supports_admin(source: Path) -> bool:
     """Whether this tree's Juggler has the `[admin]` section (metrics and the operators' listener)."""
-    shipped = repo / "juggler_config" / "load_balancer.toml"
+    shipped = source / "juggler_config" / "load_balancer.toml"
     return shipped.exists() and "\n[admin]" in shipped.read_text()
 
 
@@ -307,23 +338,26 @@ def build_juggler(repo: Path, out: Path, certs: "Certs | None", target: Target,
         return check_compiled_config(binary) if binary.exists() else f"BENCH_SKIP_BUILD=1 but {binary} does not exist"
     if not shutil.which("cargo"):
         return "cargo is not installed"
-    env = dict(os.environ, JUGGLER_CONFIG=str(config_dir), JUGGLER_ROUTES=str(routes_file))
+    try:
+        source, target_dir, described = juggler_source(repo, out)
+    except RuntimeError as error:
+        return str(error)
+    env = dict(os.environ, JUGGLER_CONFIG=str(config_dir), JUGGLER_ROUTES=str(routes_file),
+               CARGO_TARGET_DIR=str(target_dir))
     log = out / f"{variant}-build.log"
-    print(f"building {variant} (cargo build --release --bin juggler; log: {log}) ...", flush=True)
+    print(f"building {variant} from {described} (cargo build --release --bin juggler in {source}; "
+          f"log: {log}) ...", flush=True)
     with open(log, "wb") as sink:
         built = subprocess.run(
-            ["cargo", "build", "--release", "--bin", "juggler"], cwd=repo, env=env, stdout=sink, stderr=sink
+            ["cargo", "build", "--release", "--bin", "juggler"], cwd=source, env=env, stdout=sink, stderr=sink
         )
     if built.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         return f"cargo build failed (exit {built.returncode}):\n{tail}"
-    target_dir = Path(os.environ.get("CARGO_TARGET_DIR", repo / "target"))
     shutil.copy2(target_dir / "release" / "juggler", binary)
     # What the binary was built from, for the tables' header (HEAD may move before a later
     # BENCH_SKIP_BUILD=1 run; `-dirty`: with uncommitted changes in the tree).
-    described = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--abbrev=7"],
-                               capture_output=True, text=True)
-    (out / f"{variant}.commit").write_text(described.stdout.strip() or "?")
+    (out / f"{variant}.commit").write_text(described)
     return check_compiled_config(binary)
 
 
