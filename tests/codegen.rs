@@ -5,7 +5,7 @@
 use juggler::http::{Method, Uri};
 use juggler::router::MethodSet;
 use juggler::table::{
-    BackendId, BalancePolicy, RouteId, RouteMatch, RouteTable, Settings, TlsMode,
+    BackendId, BalancePolicy, LogFormat, RouteId, RouteMatch, RouteTable, Settings, TlsMode,
 };
 
 mod default_config {
@@ -139,6 +139,13 @@ fn omitted_settings_take_the_documented_defaults() {
         settings.listen.tls_cert,
         "tests/fixtures/codegen/minimal/server.crt"
     );
+    assert_eq!(settings.admin.listen, defaults.admin.listen);
+    assert_eq!(settings.admin.listen, Some("127.0.0.1:9901"));
+    assert_eq!(
+        settings.admin.token_file,
+        "tests/fixtures/codegen/minimal/admin.token"
+    );
+    assert_eq!(settings.log.format, LogFormat::Text);
     assert_eq!(minimal::BACKEND_0_POOL_SIZE, 5);
 }
 
@@ -254,6 +261,9 @@ fn upstreams_pools_and_settings_come_from_the_config() {
     assert!(settings.proxy.forwarded_headers);
     assert_eq!(settings.proxy.max_retries, 0);
     assert_eq!(settings.proxy.worker_threads, 2);
+    assert_eq!(settings.admin.listen, None);
+    assert_eq!(settings.admin.token_file, "/run/juggler/admin.token");
+    assert_eq!(settings.log.format, LogFormat::Json);
 }
 
 #[test]

@@ -124,10 +124,13 @@ fn file(config: &Config) -> TokenStream {
         (true, true) => quote! { MethodSet, PathPattern, Segment },
     };
     let mut table_types = vec![
+        "AdminSettings",
         "BackendId",
         "BackendSpec",
         "BalancePolicy",
         "ListenSettings",
+        "LogFormat",
+        "LogSettings",
         "Route",
         "RouteId",
         "RouteMatch",
@@ -361,6 +364,13 @@ fn table(config: &Config) -> TokenStream {
         listen.redirect_http_to_https,
     );
     let scalars = scalar_sections(config);
+    let admin = &config.settings.admin;
+    let admin_listen = optional_str(&admin.listen);
+    let token_file = &admin.token_file;
+    let log_format = Ident::new(
+        &format!("{:?}", config.settings.log.format),
+        Span::call_site(),
+    );
     let hash = &config.config_hash;
     let sources = &config.sources;
     quote! {
@@ -380,6 +390,13 @@ fn table(config: &Config) -> TokenStream {
                     redirect_http_to_https: #redirect,
                 },
                 #scalars,
+                admin: AdminSettings {
+                    listen: #admin_listen,
+                    token_file: #token_file,
+                },
+                log: LogSettings {
+                    format: LogFormat::#log_format,
+                },
             },
             config_hash: #hash,
             sources: &[#(#sources),*],

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 pub use juggler_config::router::{MethodSet, METHOD_NAMES};
 use juggler_config::schema::{Kind, SectionSpec, SettingSpec};
-pub use juggler_config::table::{BalancePolicy, TlsMode};
+pub use juggler_config::table::{BalancePolicy, LogFormat, TlsMode};
 use juggler_config::table::{Settings as RuntimeSettings, SCALAR_SECTIONS};
 
 use crate::pattern::PathKind;
@@ -113,12 +113,15 @@ impl Setting {
     }
 }
 
-/// Mirror of `juggler::table::Settings`: `[listen]` by hand, the scalar sections from the schema.
+/// Mirror of `juggler::table::Settings`: `[listen]`, `[admin]` and `[log]` by hand, the scalar
+/// sections from the schema.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: Listen,
     /// Every scalar setting, in [`SCALAR_SECTIONS`] order.
     pub scalars: Vec<Setting>,
+    pub admin: Admin,
+    pub log: Log,
 }
 
 #[derive(Debug, Clone)]
@@ -131,29 +134,60 @@ pub struct Listen {
     pub redirect_http_to_https: bool,
 }
 
+/// `[admin]`: the operators' listener.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// `None`: `"off"`.
+    pub listen: Option<String>,
+    pub token_file: String,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub format: LogFormat,
+    /// `file:line` of the `format` key; `None`: the default.
+    pub format_source: Option<String>,
+}
+
+/// A default file of the runtime's `Settings::DEFAULT` (which names the shipped
+/// `juggler_config/`), moved into `config_dir`.
+fn in_config_dir(config_dir: &str, path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    format!("{config_dir}/{file}")
+}
+
 impl Listen {
     /// `juggler_config::table::Settings::DEFAULT.listen`, with the certificate and key moved into
-    /// `config_dir` (the runtime's defaults name the shipped `juggler_config/`).
+    /// `config_dir`.
     fn defaults(config_dir: &str) -> Listen {
         let listen = &RuntimeSettings::DEFAULT.listen;
-        let in_config_dir = |path: &str| {
-            let file = path.rsplit('/').next().unwrap_or(path);
-            format!("{config_dir}/{file}")
-        };
         Listen {
             http: listen.http.map(str::to_string),
             https: listen.https.map(str::to_string),
             tls: listen.tls,
-            tls_cert: in_config_dir(listen.tls_cert),
-            tls_key: in_config_dir(listen.tls_key),
+            tls_cert: in_config_dir(config_dir, listen.tls_cert),
+            tls_key: in_config_dir(config_dir, listen.tls_key),
             redirect_http_to_https: listen.redirect_http_to_https,
+        }
+    }
+}
+
+impl Admin {
+    /// `juggler_config::table::Settings::DEFAULT.admin`, with the token file moved into `config_dir`.
+    fn defaults(config_dir: &str) -> Admin {
+        let admin = &RuntimeSettings::DEFAULT.admin;
+        Admin {
+            listen: admin.listen.map(str::to_string),
+            token_file: in_config_dir(config_dir, admin.token_file),
         }
     }
 }
 
 impl Settings {
     /// The documented defaults; they equal `juggler::table::Settings::DEFAULT` when the config
-    /// directory is `juggler_config` (the certificate and key default to files inside it).
+    /// directory is `juggler_config` (the certificate, key and admin token default to files
+    /// inside it).
     pub fn defaults(config_dir: &str) -> Settings {
         let scalars = SCALAR_SECTIONS
             .iter()
@@ -170,6 +204,11 @@ impl Settings {
         Settings {
             listen: Listen::defaults(config_dir),
             scalars,
+            admin: Admin::defaults(config_dir),
+            log: Log {
+                format: RuntimeSettings::DEFAULT.log.format,
+                format_source: None,
+            },
         }
     }
 

@@ -24,6 +24,8 @@ pub struct RawLoadBalancer {
     pub listen: RawListen,
     /// The keys of the scalar sections, in file order.
     pub settings: Vec<RawSetting>,
+    pub admin: RawAdmin,
+    pub log: RawLog,
     /// In file order (toml's `preserve_order`), which becomes backend id order.
     pub upstreams: Vec<RawUpstream>,
 }
@@ -33,7 +35,7 @@ fn load_balancer_sections() -> Vec<&'static str> {
     let scalars = SCALAR_SECTIONS.iter().map(|section| section.name);
     std::iter::once("listen")
         .chain(scalars)
-        .chain(std::iter::once("upstreams"))
+        .chain(["admin", "log", "upstreams"])
         .collect()
 }
 /// The top-level keys of `routes.toml`.
@@ -48,6 +50,23 @@ pub struct RawListen {
     pub tls_cert: Option<Spanned<String>>,
     pub tls_key: Option<Spanned<String>>,
     pub redirect_http_to_https: Option<Spanned<bool>>,
+}
+
+/// `[admin]`: the operators' listener and the file holding its bearer token.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// `"host:port"` or `"off"`.
+    pub listen: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+}
+
+/// `[log]`: how the log is written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// The format's name: `"text"` or `"json"`.
+    pub format: Option<Spanned<String>>,
 }
 
 /// One key of a scalar section (`[queue]`, `[limits]`, `[proxy]`) as written, already of the
@@ -173,6 +192,8 @@ impl Reader<'_> {
         for (key, value) in entries {
             match key.get_ref().as_str() {
                 "listen" => raw.listen = self.section("[listen]", &value).value,
+                "admin" => raw.admin = self.section("[admin]", &value).value,
+                "log" => raw.log = self.section("[log]", &value).value,
                 "upstreams" => raw.upstreams = self.upstreams(&value),
                 name => match scalar_section(name) {
                     Some(section) => self.settings(section, &value, &mut raw.settings),

@@ -6,7 +6,7 @@ use crate::model::{Config, TlsMode};
 use crate::pattern::PathKind;
 
 /// Upstreams with their servers and pool sizes, total backend connections, routes in priority
-/// order, listeners and the config hash.
+/// order, listeners (the admin one too), the log format and the config hash.
 pub fn summary(config: &Config) -> String {
     let mut out = String::new();
     // `write!` to a `String` cannot fail.
@@ -95,6 +95,25 @@ pub fn summary(config: &Config) -> String {
         "\nListen: http {}; https {https}",
         listen.http.as_deref().unwrap_or("off")
     );
+    let admin = &config.settings.admin;
+    match &admin.listen {
+        Some(address) => {
+            let _ = writeln!(
+                out,
+                "Admin: {address} (metrics, status, drain; token in {})",
+                admin.token_file
+            );
+        }
+        None => {
+            let _ = writeln!(out, "Admin: off (no metrics, status page or drain API)");
+        }
+    }
+    let log = &config.settings.log;
+    let origin = match &log.format_source {
+        Some(source) => format!("at {source}"),
+        None => "(default)".to_string(),
+    };
+    let _ = writeln!(out, "Log: {} {origin}", log.format.name());
     out
 }
 

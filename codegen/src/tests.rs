@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::model::BalancePolicy;
+use crate::model::{BalancePolicy, LogFormat};
 
 const LB: &str = "[upstreams.default]\nservers = [\"localhost:6901\", \"localhost:6902\"]\n";
 const ROUTES: &str = "[[route]]\nmethods = \"*\"\npaths = [\"/*\"]\nupstream = \"default\"\n";
@@ -50,6 +50,10 @@ fn shipped_shape_is_accepted_with_defaults() {
     assert_eq!(config.backends[1].pool_size, 5);
     assert_eq!(config.routes[0].source, "routes.toml:1");
     assert_eq!(config.settings.listen.tls_cert, "juggler_config/server.crt");
+    assert_eq!(
+        config.settings.admin.token_file,
+        "juggler_config/admin.token"
+    );
     assert_eq!(config.config_hash.len(), 8);
 }
 
@@ -467,6 +471,145 @@ fn listen_addresses_and_tls_settings_are_checked() {
 }
 
 #[test]
+fn admin_and_log_take_their_defaults_when_left_out() {
+    let config = check(ROUTES, LB).unwrap();
+    let (admin, log) = (&config.settings.admin, &config.settings.log);
+    assert_eq!(admin.listen.as_deref(), Some("127.0.0.1:9901"));
+    assert_eq!(admin.token_file, "juggler_config/admin.token");
+    assert_eq!(log.format, LogFormat::Text);
+    assert_eq!(log.format_source, None);
+    // The same defaults as the runtime's hand-written tables use.
+    let runtime = &juggler_config::table::Settings::DEFAULT;
+    assert_eq!(admin.listen.as_deref(), runtime.admin.listen);
+    assert_eq!(admin.token_file, runtime.admin.token_file);
+    assert_eq!(log.format, runtime.log.format);
+    // Like the certificate, the token file defaults to a file of the config directory in use.
+    let elsewhere = from_sources(
+        SourceFile {
+            name: "routes.toml".into(),
+            text: ROUTES.into(),
+        },
+        SourceFile {
+            name: "lb.toml".into(),
+            text: LB.into(),
+        },
+        "/etc/juggler",
+    )
+    .unwrap();
+    assert_eq!(
+        elsewhere.settings.admin.token_file,
+        "/etc/juggler/admin.token"
+    );
+}
+
+#[test]
+fn admin_listener_can_be_off_and_the_log_json() {
+    let config = check(
+        ROUTES,
+        &format!("{LB}[admin]\nlisten = \"off\"\ntoken_file = \"/run/juggler/token\"\n[log]\nformat = \"json\"\n"),
+    )
+    .unwrap();
+    assert_eq!(config.settings.admin.listen, None);
+    assert_eq!(config.settings.admin.token_file, "/run/juggler/token");
+    assert_eq!(config.settings.log.format, LogFormat::Json);
+    assert_eq!(
+        config.settings.log.format_source.as_deref(),
+        Some("lb.toml:7")
+    );
+    // Any host:port is the operator's call: every interface, IPv6, a name, a port picked at bind.
+    for address in [
+        "0.0.0.0:9901",
+        "[::1]:9901",
+        "admin.internal:80",
+        "127.0.0.1:0",
+    ] {
+        let config = check(ROUTES, &format!("{LB}[admin]\nlisten = \"{address}\"\n")).unwrap();
+        assert_eq!(config.settings.admin.listen.as_deref(), Some(address));
+    }
+    // Two listeners on port 0 each get their own free port.
+    check(
+        ROUTES,
+        &format!("{LB}[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_bad_admin_address_names_the_key() {
+    let (error, help) = only_error(ROUTES, &format!("{LB}[admin]\nlisten = \"9901\"\n"));
+    assert_eq!(
+        error,
+        "lb.toml:4:10: bad `admin.listen` address: `9901` has no port"
+    );
+    assert!(
+        help.ends_with("or \"off\" to disable the admin listener"),
+        "{help}"
+    );
+    let (error, _) = only_error(
+        ROUTES,
+        &format!("{LB}[admin]\nlisten = \"http://127.0.0.1:9901\"\n"),
+    );
+    assert_eq!(
+        error,
+        "lb.toml:4:10: bad `admin.listen` address: `http://127.0.0.1:9901` has a scheme (`http://`)"
+    );
+    let (error, help) = only_error(ROUTES, &format!("{LB}[admin]\nlisten = \"0.0.0.0:8080\"\n"));
+    assert_eq!(
+        error,
+        "lb.toml:4:10: `admin.listen` uses the same address as `listen.http` (0.0.0.0:8080)"
+    );
+    assert!(help.contains("its own port"), "{help}");
+    let (error, _) = only_error(ROUTES, &format!("{LB}[admin]\nlisten = 9901\n"));
+    assert!(error.starts_with("lb.toml:4:10: invalid type"), "{error}");
+    let (error, _) = only_error(ROUTES, &format!("{LB}[admin]\ntoken_file = \" \"\n"));
+    assert_eq!(error, "lb.toml:4:14: `token_file` in [admin] is empty");
+}
+
+#[test]
+fn an_unknown_log_format_lists_the_known_ones() {
+    let (error, help) = only_error(ROUTES, &format!("{LB}[log]\nformat = \"JSON\"\n"));
+    assert_eq!(
+        error,
+        "lb.toml:4:10: `format = \"JSON\"` is not a log format"
+    );
+    assert!(help.starts_with("did you mean \"json\"?"), "{help}");
+    let (error, help) = only_error(ROUTES, &format!("{LB}[log]\nformat = \"logfmt\"\n"));
+    assert_eq!(
+        error,
+        "lb.toml:4:10: `format = \"logfmt\"` is not a log format"
+    );
+    assert!(
+        help.contains("\"text\"") && help.contains("\"json\""),
+        "{help}"
+    );
+}
+
+#[test]
+fn unknown_keys_in_admin_and_log_are_refused() {
+    let all = errors(
+        ROUTES,
+        &format!(
+            "{LB}[admin]\nlisten = \"off\"\ntoken_fle = \"t\"\n[log]\nlevel = \"info\"\n[admn]\n"
+        ),
+    );
+    assert_eq!(all.len(), 3, "{all:#?}");
+    assert_eq!(all[0].0, "lb.toml:5:1: unknown key `token_fle` in [admin]");
+    assert!(
+        all[0].1.starts_with("did you mean `token_file`?"),
+        "{}",
+        all[0].1
+    );
+    assert_eq!(all[1].0, "lb.toml:7:1: unknown key `level` in [log]");
+    assert!(all[1].1.contains("`format`"), "{}", all[1].1);
+    assert_eq!(all[2].0, "lb.toml:8:2: unknown key `admn` at the top level");
+    assert!(
+        all[2].1.starts_with("did you mean `admin`?"),
+        "{}",
+        all[2].1
+    );
+}
+
+#[test]
 fn counts_are_range_checked() {
     let all = errors(
         ROUTES,
@@ -590,6 +733,39 @@ fn write_if_changed_leaves_identical_files_alone() {
     assert!(write_if_changed(&path, "b").unwrap());
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "b");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `[admin]` and `[log]` are not scalar sections, so the check below does not see them: the shipped
+/// file sets each key to its default and the README's reference table has a row for it.
+#[test]
+fn admin_and_log_are_shipped_at_their_defaults_and_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let shipped = SourceFile {
+        name: "juggler_config/load_balancer.toml".into(),
+        text: std::fs::read_to_string(root.join("juggler_config").join(LOAD_BALANCER_FILE))
+            .unwrap(),
+    };
+    let shipped = from_sources(
+        SourceFile {
+            name: "routes.toml".into(),
+            text: ROUTES.into(),
+        },
+        shipped,
+        "juggler_config",
+    )
+    .unwrap();
+    let defaults = crate::model::Settings::defaults("juggler_config");
+    assert_eq!(shipped.settings.admin.listen, defaults.admin.listen);
+    assert_eq!(shipped.settings.admin.token_file, defaults.admin.token_file);
+    assert_eq!(shipped.settings.log.format, defaults.log.format);
+    for key in ["admin.listen", "admin.token_file", "log.format"] {
+        let row = format!("| `{key}` |");
+        assert!(
+            readme.lines().any(|line| line.starts_with(&row)),
+            "README.md has no row {row}"
+        );
+    }
 }
 
 /// Whether `written` (a TOML value or a README cell, quotes and all) means the spec's default.

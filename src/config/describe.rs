@@ -4,7 +4,8 @@ use std::fmt::Write;
 
 use crate::table::{RouteTable, TlsMode};
 
-/// Describes listeners, upstreams with their servers and pool sizes, and routes in priority order.
+/// Describes listeners (the admin one too), upstreams with their servers and pool sizes, routes in
+/// priority order, the queue and the log format.
 pub fn describe(table: &RouteTable) -> String {
     let mut out = String::new();
     let settings = &table.settings;
@@ -29,6 +30,15 @@ pub fn describe(table: &RouteTable) -> String {
         listen.tls_cert,
         listen.tls_key
     );
+    let admin = &settings.admin;
+    match admin.listen {
+        Some(address) => {
+            let _ = writeln!(out, "  admin  {address} (token file {})", admin.token_file);
+        }
+        None => {
+            let _ = writeln!(out, "  admin  off");
+        }
+    }
     for upstream in table.upstreams {
         let total: usize = upstream
             .backends
@@ -78,5 +88,6 @@ pub fn describe(table: &RouteTable) -> String {
         "queue: {} per server, timeout {:?}",
         queue.max_queued_per_server, queue.timeout
     );
+    let _ = writeln!(out, "log: {}", settings.log.format.name());
     out
 }

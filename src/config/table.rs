@@ -142,6 +142,54 @@ pub struct ListenSettings {
     pub redirect_http_to_https: bool,
 }
 
+/// `[admin]`: the operators' listener (metrics, status page, drain API).
+#[derive(Debug)]
+pub struct AdminSettings {
+    /// Listen address; `None` ("off") disables the admin listener and with it metric counting.
+    pub listen: Option<&'static str>,
+    /// File holding the bearer token the mutating admin endpoints require (relative to the working directory).
+    pub token_file: &'static str,
+}
+
+/// How log events are written to stderr (`[log] format = "..."`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `"text"`: one human-readable line per event, coloured on a terminal.
+    Text,
+    /// `"json"`: one JSON object per line with the event's fields at the top level, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    /// The formats by the name the config gives them, the default first.
+    pub const NAMES: [(&'static str, LogFormat); 2] =
+        [("text", LogFormat::Text), ("json", LogFormat::Json)];
+
+    /// The format when `[log]` does not set one: what Juggler has always written.
+    pub const DEFAULT: LogFormat = LogFormat::Text;
+
+    pub fn from_name(name: &str) -> Option<LogFormat> {
+        Self::NAMES
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|(_, format)| *format)
+    }
+
+    /// The name the config uses for this format.
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, format)| *format == self)
+            .map_or("text", |(name, _)| name)
+    }
+}
+
+/// `[log]`: how Juggler writes its log, the access log included.
+#[derive(Debug)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
 settings_section! {
     /// `[queue]`: waiting for a pooled connection.
     pub struct QueueSettings in "queue" {
@@ -203,7 +251,8 @@ settings_section! {
 }
 
 /// The scalar sections of [`Settings`], in field order: what the codegen crate parses, checks and
-/// emits generically (`[listen]` has keys that depend on each other and is handled by hand).
+/// emits generically (`[listen]`, `[admin]` and `[log]` hold addresses, paths and names, and are
+/// handled by hand).
 pub static SCALAR_SECTIONS: [&SectionSpec; 3] =
     [&QueueSettings::SPEC, &Limits::SPEC, &ProxySettings::SPEC];
 
@@ -221,6 +270,8 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub limits: Limits,
     pub proxy: ProxySettings,
+    pub admin: AdminSettings,
+    pub log: LogSettings,
 }
 
 /// Everything Juggler needs to run: backends, upstreams, routes, the matcher and settings.
@@ -266,5 +317,12 @@ impl Settings {
         queue: QueueSettings::DEFAULT,
         limits: Limits::DEFAULT,
         proxy: ProxySettings::DEFAULT,
+        admin: AdminSettings {
+            listen: Some("127.0.0.1:9901"),
+            token_file: "juggler_config/admin.token",
+        },
+        log: LogSettings {
+            format: LogFormat::DEFAULT,
+        },
     };
 }

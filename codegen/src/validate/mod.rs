@@ -1,7 +1,8 @@
 //! Turns the raw files into a [`Config`], reporting every mistake with what to do about it.
 //!
 //! One file per config section: [`listen`], [`settings`] (the scalar sections `[queue]`,
-//! `[limits]`, `[proxy]`, driven by [`crate::schema`]), [`upstreams`] and [`routes`].
+//! `[limits]`, `[proxy]`, driven by [`crate::schema`]), [`admin`], [`log`], [`upstreams`] and
+//! [`routes`].
 
 use std::ops::Range;
 
@@ -11,7 +12,9 @@ use crate::diagnostics::{Diagnostic, Diagnostics, SourceFile};
 use crate::model::{Config, Settings};
 use crate::raw::{RawLoadBalancer, RawRoute, Section};
 
+mod admin;
 mod listen;
+mod log;
 mod routes;
 mod settings;
 mod upstreams;
@@ -24,7 +27,8 @@ pub struct Inputs<'a> {
     pub load_balancer_file: &'a SourceFile,
     /// `None` when the file is not valid TOML (already reported).
     pub load_balancer: Option<RawLoadBalancer>,
-    /// Display name of the config directory: the certificate and key default to files in it.
+    /// Display name of the config directory: the certificate, key and admin token default to
+    /// files in it.
     pub config_dir: &'a str,
 }
 
@@ -40,6 +44,8 @@ pub fn validate(inputs: Inputs<'_>, diagnostics: &mut Diagnostics) -> Config {
     if let Some(raw) = &inputs.load_balancer {
         checker.listen(&raw.listen, &mut settings.listen);
         checker.settings(&raw.settings, &mut settings);
+        checker.admin(&raw.admin, &mut settings.admin, &settings.listen);
+        checker.log(&raw.log, &mut settings.log);
         (upstreams, backends) = checker.upstreams(&raw.upstreams);
     }
 
