@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         print!("{}", juggler::describe::describe(&TABLE));
         return ExitCode::SUCCESS;
     }
-    init_logging();
+    init_logging(TABLE.settings.log.format);
     match serve(&TABLE, &cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -83,14 +83,21 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr; `RUST_LOG` picks the level (`info` shows the access log, `warn` hides it).
-fn init_logging() {
+/// `[log] format = "json"` writes each event, access log included, as one JSON object per line
+/// with its fields at the top level, so a log shipper reads `status` rather than `fields.status`.
+fn init_logging(format: juggler::table::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        juggler::table::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // No colour codes inside JSON strings, even on a terminal.
+        juggler::table::LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
+    }
 }
 
 fn serve(table: &'static RouteTable, cli: &Cli) -> Result<()> {
