@@ -124,12 +124,21 @@ fn serve(table: &'static RouteTable, cli: &Cli) -> Result<()> {
             predecessor = Some(found);
         }
         let (listeners, certs) = listeners(table, predecessor.as_mut()).await?;
+        let admin = admin_listener(table, predecessor.as_mut()).await?;
         if let Some(certs) = certs {
             tokio::spawn(tls::reload_on_sighup(certs));
         }
         let proxy = Arc::new(Proxy::new(table));
         let shutdown = shutdown_signal()?;
-        upgrade::serve(listeners, proxy, shutdown, &cli.control_socket, predecessor).await?;
+        upgrade::serve(
+            listeners,
+            admin,
+            proxy,
+            shutdown,
+            &cli.control_socket,
+            predecessor,
+        )
+        .await?;
         tracing::info!("stopped");
         Ok(())
     })
@@ -164,6 +173,27 @@ async fn listeners(
         }
     }
     Ok((listeners, certs))
+}
+
+/// The admin listener and the bearer token its drain API requires, unless `[admin] listen` is
+/// off; a token file that cannot be read or created, or is readable by others, is an error naming
+/// it.
+async fn admin_listener(
+    table: &RouteTable,
+    predecessor: Option<&mut Predecessor>,
+) -> Result<Option<(TcpListener, String)>> {
+    let admin = &table.settings.admin;
+    let Some(address) = admin.listen else {
+        return Ok(None);
+    };
+    let token = juggler::admin::token::load_or_create(admin.token_file)?;
+    let listener = listener("admin", address, predecessor).await?;
+    tracing::info!(
+        address,
+        token_file = admin.token_file,
+        "admin listener: /metrics, /status, drain API"
+    );
+    Ok(Some((listener, token)))
 }
 
 async fn listener(

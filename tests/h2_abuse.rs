@@ -473,7 +473,10 @@ async fn client_that_never_acknowledges_is_closed_soon_after_its_idle_goaway() {
     let started = Instant::now();
     let seen = read_frames(read, Acks::default(), started, Duration::from_secs(10)).await;
     let closed_after = started.elapsed();
-    println!("silent client: {}; closed after {closed_after:?}", seen.ending());
+    println!(
+        "silent client: {}; closed after {closed_after:?}",
+        seen.ending()
+    );
     let (code, _) = seen.goaway.expect("no GOAWAY");
     assert_eq!(code, 0, "idle close is a NO_ERROR GOAWAY");
     assert!(seen.closed, "the connection was left open");

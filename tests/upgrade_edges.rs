@@ -182,3 +182,47 @@ async fn the_new_side_serves_alone_when_the_old_one_dies_mid_takeover() {
     assert_eq!(second.open_connections(), [3]);
     second.stop().await;
 }
+
+/// The config hash the admin listener on `addr` reports.
+async fn admin_config_hash(addr: std::net::SocketAddr) -> Option<String> {
+    let answer = tokio::time::timeout(Duration::from_secs(2), get(addr, "/status.json"))
+        .await
+        .ok()?
+        .ok()?;
+    let report: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+    Some(report["config_hash"].as_str()?.to_owned())
+}
+
+#[juggler_testkit::test]
+async fn the_admin_listener_moves_to_the_successor_and_answers_throughout() {
+    let backend = TestBackend::start("server").await;
+    let base = variant(
+        table(&[backend.addr], 2, Settings::DEFAULT),
+        test_routes,
+        "old",
+    );
+    let dir = TempDir::new("upgrade-admin");
+    let instance = Instance::start_with_admin(base, &dir.file("juggler.sock")).await;
+    let admin = instance.admin.unwrap();
+    assert_eq!(admin_config_hash(admin).await.as_deref(), Some("old"));
+    // An operator's dashboard polling all the way through the takeover.
+    let polling = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            seen.push(admin_config_hash(admin).await);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        seen
+    });
+    let successor = instance
+        .replaced_by(variant(base, test_routes, "new"))
+        .await;
+    assert_eq!(successor.admin, Some(admin), "same address");
+    assert_eq!(admin_config_hash(admin).await.as_deref(), Some("new"));
+    let seen = polling.await.unwrap();
+    assert!(
+        seen.iter().all(Option::is_some),
+        "every poll was answered: {seen:?}"
+    );
+    successor.stop().await;
+}

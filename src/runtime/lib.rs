@@ -11,12 +11,14 @@
 //! # Layout
 //! Data flows down this list; no module imports from one above it.
 //! - [`upgrade`]: a new process takes over listeners, idle clients and pooled connections.
+//! - [`admin`]: the operators' listener: `/metrics`, the status page, draining a backend.
 //! - [`client`]: listeners and client connections: accept, HTTP/1.1 and HTTP/2, timeouts,
 //!   parking idle connections, TLS, the optional redirect to HTTPS, draining.
 //! - [`proxy`]: one request: refuse, route, read the body, pick backends in round robin
 //!   (`balance`), forward with re-sends, answer; header rules (`headers`, `request_checks`).
 //! - [`backend`]: each backend's fixed pool of `n` connections and its FIFO queue (`pool`), and
 //!   one HTTP/1.1 exchange on a pooled connection (`exchange`, `conn`, `chunked`, `body`).
+//! - [`metrics`]: the request path's sharded counters and latency histograms (read by `admin`).
 //! - `error`: `ProxyError`, which knows who failed and what status the client sees.
 //! - `hop_by_hop`: the header rule both sides share: which fields belong to one connection.
 //! - [`table`], [`router`], [`describe`]: the config schema (crate `juggler-config`).
@@ -26,10 +28,12 @@
 pub use http;
 pub use juggler_config::{describe, router, table};
 
+pub mod admin;
 pub mod backend;
 pub mod client;
 mod error;
 mod hop_by_hop;
+pub mod metrics;
 pub mod proxy;
 pub mod upgrade;
 

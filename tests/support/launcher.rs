@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::Method;
+use juggler::admin::AdminServer;
+use juggler::metrics::ListenerKind;
 use juggler::proxy::Proxy;
 use juggler::router::MethodSet;
 use juggler::table::{
@@ -35,6 +37,8 @@ pub struct TestJuggler {
     pub proxy: Arc<Proxy>,
     /// The HTTPS listener, if started with one.
     pub https: Option<HttpsListener>,
+    /// The admin listener's address and server, if started with one.
+    admin: Option<(SocketAddr, AdminServer)>,
     /// Starts the graceful shutdown `run_with` waits for.
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<io::Result<()>>,
@@ -44,6 +48,32 @@ impl TestJuggler {
     /// Plain HTTP only.
     pub async fn start(table: &'static RouteTable) -> TestJuggler {
         Self::launch(table, None).await
+    }
+
+    /// Plain HTTP with the admin listener (`/metrics`, `/status`, the drain API requiring
+    /// `token`) on a port of its own.
+    pub async fn start_with_admin(table: &'static RouteTable, token: &str) -> TestJuggler {
+        let mut juggler = Self::launch(table, None).await;
+        let listener = bind_local().await;
+        let addr = listener.local_addr().unwrap();
+        let clients = vec![(ListenerKind::Http, juggler.addr.to_string())];
+        let server = AdminServer::start(
+            listener,
+            Arc::clone(&juggler.proxy),
+            token.to_owned(),
+            clients,
+        )
+        .unwrap();
+        juggler.admin = Some((addr, server));
+        juggler
+    }
+
+    /// The admin listener's address; panics if Juggler was started without one.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .as_ref()
+            .expect("Juggler was started without the admin listener (use start_with_admin)")
+            .0
     }
 
     /// Plain HTTP and HTTPS at once, the certificate read from `files` (and reloaded from them).
@@ -82,6 +112,7 @@ impl TestJuggler {
             addr,
             proxy,
             https,
+            admin: None,
             shutdown: Some(shutdown),
             task,
         }

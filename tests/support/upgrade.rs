@@ -49,10 +49,15 @@ pub struct Instance {
     pub http: SocketAddr,
     /// The HTTPS listener's address, if it has one.
     pub https: Option<SocketAddr>,
+    /// The admin listener's address, if it has one (its drain token is [`ADMIN_TOKEN`]).
+    pub admin: Option<SocketAddr>,
     pub control: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
+
+/// The bearer token of every instance's admin listener.
+pub const ADMIN_TOKEN: &str = "upgrade-test-token";
 
 impl Instance {
     /// A fresh instance on new listeners (HTTPS too when `certs` is given), its control socket
@@ -62,6 +67,24 @@ impl Instance {
         control: &Path,
         certs: Option<&CertFiles>,
     ) -> Instance {
+        Self::start_on(table, control, certs, false).await
+    }
+
+    /// Like [`Instance::start`] without HTTPS, with an admin listener.
+    pub async fn start_with_admin(table: &'static RouteTable, control: &Path) -> Instance {
+        Self::start_on(table, control, None, true).await
+    }
+
+    async fn start_on(
+        table: &'static RouteTable,
+        control: &Path,
+        certs: Option<&CertFiles>,
+        with_admin: bool,
+    ) -> Instance {
+        let admin = match with_admin {
+            true => Some(bind_local().await),
+            false => None,
+        };
         let http = bind_local().await;
         let https = match certs {
             Some(files) => Some((bind_local().await, acceptor(files))),
@@ -77,6 +100,7 @@ impl Instance {
         };
         let instance = Instance::spawn(
             listeners,
+            admin,
             table,
             (http_addr, https_addr),
             control.to_owned(),
@@ -131,9 +155,15 @@ impl Instance {
             http: Some(http),
             https,
         };
+        let admin = self.admin.map(|addr| {
+            predecessor
+                .take_listener("admin", &addr.to_string())
+                .unwrap()
+        });
         let addrs = (self.http, self.https);
         Instance::spawn(
             listeners,
+            admin,
             table,
             addrs,
             self.control.clone(),
@@ -143,12 +173,17 @@ impl Instance {
 
     fn spawn(
         listeners: Listeners,
+        admin: Option<tokio::net::TcpListener>,
         table: &'static RouteTable,
         (http, https): (SocketAddr, Option<SocketAddr>),
         control: PathBuf,
         predecessor: Option<Predecessor>,
     ) -> Instance {
         let proxy = Arc::new(Proxy::new(table));
+        let admin_addr = admin
+            .as_ref()
+            .map(|listener| listener.local_addr().unwrap());
+        let admin = admin.map(|listener| (listener, ADMIN_TOKEN.to_owned()));
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = Arc::clone(&proxy);
         let socket = control.clone();
@@ -156,12 +191,13 @@ impl Instance {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            upgrade::serve(listeners, serving, shutdown, &socket, predecessor).await
+            upgrade::serve(listeners, admin, serving, shutdown, &socket, predecessor).await
         });
         Instance {
             proxy,
             http,
             https,
+            admin: admin_addr,
             control,
             stop: Some(stop),
             task,

@@ -8,7 +8,7 @@
 //! first served: that wait list *is* the bounded FIFO queue of the original design.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::conn::BackendConn;
 
+use crate::metrics::BackendCounters;
 use crate::table::{BackendSpec, Settings};
 
 /// Why a request could not get a pooled connection.
@@ -72,9 +73,26 @@ pub struct BackendPool {
     inheriting: AtomicBool,
     /// Wakes checkouts waiting, while inheriting, for a connection to be handed over.
     adopted: Notify,
+    /// Taken out of rotation by an operator: no new request is sent here (see [`Drain`]).
+    drain: AtomicU8,
+    /// What happened to the requests it took, for operators.
+    pub counters: BackendCounters,
     max_queued: usize,
     queue_timeout: Duration,
     connect_timeout: Duration,
+}
+
+/// Whether an operator took the backend out of rotation (the admin API's drain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// In rotation.
+    Off = 0,
+    /// No new requests; requests already queued are served and the pool stays open, ready for
+    /// the undrain.
+    KeepConnections = 1,
+    /// No new requests; each pooled connection is closed once no queued request needs it, and
+    /// none is reopened until the undrain.
+    CloseConnections = 2,
 }
 
 /// Passive health: consecutive connect failures mark a backend down; one success marks it up.
@@ -121,6 +139,8 @@ impl BackendPool {
             handing_over: AtomicBool::new(false),
             inheriting: AtomicBool::new(false),
             adopted: Notify::new(),
+            drain: AtomicU8::new(Drain::Off as u8),
+            counters: BackendCounters::new(crate::metrics::counting_enabled(settings)),
             max_queued: settings.queue.max_queued_per_server,
             queue_timeout: settings.queue.timeout,
             connect_timeout: settings.limits.connect_timeout,
@@ -129,6 +149,48 @@ impl BackendPool {
 
     pub fn is_down(&self) -> bool {
         self.health.down.load(Ordering::Relaxed)
+    }
+
+    /// The operator's drain state.
+    pub fn drain_state(&self) -> Drain {
+        match self.drain.load(Ordering::Acquire) {
+            0 => Drain::Off,
+            1 => Drain::KeepConnections,
+            _ => Drain::CloseConnections,
+        }
+    }
+
+    /// Takes the backend out of rotation (or, with [`Drain::Off`], back in). Requests already
+    /// waiting for it are still served; closing connections spares the ones they need.
+    pub fn set_drain(&self, drain: Drain) {
+        self.drain.store(drain as u8, Ordering::Release);
+        match drain {
+            Drain::CloseConnections => self.close_idle_unless_needed(),
+            Drain::Off | Drain::KeepConnections => self.refill.notify_one(),
+        }
+    }
+
+    /// Whether new requests may be sent here: up, not drained, queue not full.
+    pub fn takes_requests(&self) -> bool {
+        !self.is_down() && !self.is_full() && self.drain_state() == Drain::Off
+    }
+
+    /// Idle connections open right now.
+    pub fn idle_connections(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Draining with its connections closed: the idle ones go unless a queued request needs one.
+    /// They are closed (and uncounted) under the idle list's lock: a checkout that finds the
+    /// list empty must also find them uncounted, or it would see `n` connections and none to take.
+    fn close_idle_unless_needed(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.queued.load(Ordering::Relaxed) == 0 {
+            idle.clear();
+        }
     }
 
     /// Whether a new request would be refused by this backend's queue.
@@ -146,6 +208,11 @@ impl BackendPool {
     /// freed permit to a waiter first, so this is 0 whenever anyone is queued.
     pub fn free_slots(&self) -> usize {
         self.slots.available_permits()
+    }
+
+    /// Requests that may wait for a slot before the backend counts as full.
+    pub fn max_queued(&self) -> usize {
+        self.max_queued
     }
 
     /// Requests waiting for a slot right now.
@@ -335,6 +402,7 @@ impl BackendPool {
             }
             Err(error) => {
                 self.health.record_failure(self.spec.address, &error);
+                self.counters.connect_failure();
                 Err(error)
             }
         }
@@ -346,7 +414,7 @@ impl BackendPool {
     /// slot is released, so whoever takes the slot next finds it idle or may open a new one.
     fn give_back(&self, conn: Option<Member>, reusable: bool) {
         match conn {
-            Some(member) if reusable => {
+            Some(member) if reusable && !self.closes_when_free() => {
                 if let Some(member) = self.try_hand_over(member) {
                     self.idle
                         .lock()
@@ -360,6 +428,11 @@ impl BackendPool {
             }
         }
         self.slots.add_permits(1);
+    }
+
+    /// Drained with its connections closed, and no queued request left to need this one.
+    fn closes_when_free(&self) -> bool {
+        self.drain_state() == Drain::CloseConnections && self.queued.load(Ordering::Relaxed) == 0
     }
 
     /// Starts handing this backend's connections to another process: the idle ones now, the
@@ -464,6 +537,9 @@ impl BackendPool {
             self.drop_unusable_idle();
             let mut wait = CHECK_EVERY;
             loop {
+                if self.drain_state() == Drain::CloseConnections {
+                    break;
+                }
                 // Only a free slot may be filled; busy slots reconnect on demand when used.
                 let Ok(permit) = self.slots.try_acquire() else {
                     break;

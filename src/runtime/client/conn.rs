@@ -26,6 +26,7 @@ use super::listener::Phase;
 use super::park::{carry_over, PARK_AFTER};
 use super::response::TrackedBody;
 use super::tls::TlsAcceptor;
+use crate::metrics::ListenerKind;
 use crate::proxy::headers::ClientInfo;
 use crate::proxy::Proxy;
 use crate::table::Limits;
@@ -80,7 +81,9 @@ pub(super) async fn serve_stream(
 ) {
     // Responses are complete writes; Nagle would only hold back their last segment.
     let _ = stream.set_nodelay(true);
+    let metrics = &shared.proxy.metrics;
     let Some(tls) = tls else {
+        metrics.listener(ListenerKind::Http).connection_accepted();
         let client = ClientInfo {
             ip: peer.ip(),
             https: false,
@@ -90,6 +93,7 @@ pub(super) async fn serve_stream(
     };
     // A TLS connection's state (rustls buffers, HTTP/2) is large; boxing that path keeps the task
     // of every plain connection small, which is most of an idle connection's cost.
+    let _open = metrics.listener(ListenerKind::Https).connection_opened();
     Box::pin(serve_tls(stream, peer, &tls, shared, drain)).await;
 }
 
@@ -105,7 +109,10 @@ async fn serve_tls(
         ip: peer.ip(),
         https: true,
     };
-    let stream = match tls.accept(stream, limits.tls_handshake_timeout).await {
+    let accepted = tls.accept(stream, limits.tls_handshake_timeout).await;
+    let counters = shared.proxy.metrics.listener(ListenerKind::Https);
+    counters.handshake(accepted.is_ok());
+    let stream = match accepted {
         Ok(stream) => stream,
         Err(error) => {
             tracing::debug!(%peer, %error, "TLS handshake failed");

@@ -62,9 +62,13 @@ impl Server {
             .filter(|_| table.settings.listen.redirect_http_to_https)
             .and_then(|(listener, _)| listener.local_addr().ok())
             .map(|address| address.port());
+        let connection_slots = Arc::new(Semaphore::new(limits.max_client_connections));
+        proxy
+            .metrics
+            .count_connections_by(Arc::clone(&connection_slots), limits.max_client_connections);
         let shared = Arc::new(Shared {
             proxy,
-            connection_slots: Arc::new(Semaphore::new(limits.max_client_connections)),
+            connection_slots: Arc::clone(&connection_slots),
             redirect_to_https_port,
             handed_over,
         });

@@ -7,7 +7,7 @@
 //! - [`headers`]: the request head sent to backends (hop-by-hop fields dropped, `X-Forwarded-*`).
 //! - `request_checks`: requests hyper lets through that a proxy must refuse (smuggling).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,11 +19,12 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::backend::conn::ResponseHead;
-use crate::backend::pool::{BackendPool, CheckoutError};
+use crate::backend::pool::{BackendPool, CheckoutError, Drain};
 use crate::backend::spool::{BodyIntake, Budget, RequestBody};
 use crate::backend::{self, OutgoingRequest, ResponseBody};
 use crate::error::ProxyError;
-use crate::table::{Route, RouteMatch, RouteTable, Settings};
+use crate::metrics::{ListenerKind, Metrics};
+use crate::table::{BackendId, Route, RouteMatch, RouteTable, Settings};
 use balance::Balancer;
 use contain::CatchPanic;
 use headers::ClientInfo;
@@ -50,6 +51,43 @@ pub struct Proxy {
     pub(crate) requests_in_progress: Arc<AtomicUsize>,
     /// The memory and disk budgets request bodies and spooled responses share.
     pub budget: Arc<Budget>,
+    /// The client side's counters (each pool keeps its backend's).
+    pub metrics: Metrics,
+    request_ids: RequestIds,
+}
+
+/// Names each request in the access log, so one request can be followed through logs.
+#[derive(Debug)]
+struct RequestIds {
+    /// Random per process: ids stay unique across restarts and upgrades.
+    process: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        RequestIds {
+            process: fastrand::u32(..),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// The client's (or a proxy in front's) `X-Request-Id` if it is short printable ASCII,
+    /// otherwise this process's next id.
+    fn name(&self, headers: &http::HeaderMap) -> String {
+        let given = headers
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| !id.is_empty() && id.len() <= 64);
+        match given {
+            Some(id) => id.to_owned(),
+            None => format!(
+                "{:08x}{:012x}",
+                self.process,
+                self.next.fetch_add(1, Ordering::Relaxed)
+            ),
+        }
+    }
 }
 
 /// One request counted in `requests_in_progress` until dropped, however handling ends (a client
@@ -69,10 +107,11 @@ impl Drop for InProgress<'_> {
     }
 }
 
-/// What the access log records about a forwarded request.
+/// What the access log and the counters record about a forwarded request.
 #[derive(Debug, Default)]
 struct Outcome {
-    backend: &'static str,
+    /// The backend that answered (or whose failure the client sees).
+    backend: Option<BackendId>,
     queued: Duration,
 }
 
@@ -89,6 +128,8 @@ impl Proxy {
             balancer: Balancer::new(table),
             requests_in_progress: Arc::new(AtomicUsize::new(0)),
             budget: Arc::new(Budget::new(&table.settings.limits)),
+            metrics: Metrics::new(crate::metrics::counting_enabled(&table.settings)),
+            request_ids: RequestIds::new(),
         }
     }
 
@@ -115,8 +156,9 @@ impl Proxy {
         // The access log and a panic report need the request line after the request is consumed
         // (reference-counted copies, not new strings).
         let (method, uri) = (request.method().clone(), request.uri().clone());
-        let log_started =
-            tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO).then(Instant::now);
+        let version = request.version();
+        let log_started = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO)
+            .then(|| (Instant::now(), self.request_ids.name(request.headers())));
         let mut outcome = Outcome::default();
         let in_progress = InProgress::count(&self.requests_in_progress);
         let handled = CatchPanic::new(self.route_and_forward(request, client, &mut outcome));
@@ -132,17 +174,29 @@ impl Proxy {
             );
             text_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
         });
-        if let Some(started) = log_started {
+        let status = response.status();
+        let body_bytes = response.body().size_hint().exact().unwrap_or(0);
+        let listener = match client.https {
+            true => ListenerKind::Https,
+            false => ListenerKind::Http,
+        };
+        self.metrics.listener(listener).answered(version, status);
+        let backend = outcome.backend.map(|id| &self.pools[usize::from(id.0)]);
+        if let Some(pool) = backend {
+            pool.counters.answered(status, body_bytes);
+        }
+        if let Some((started, request_id)) = log_started {
             tracing::info!(
                 target: ACCESS_LOG,
+                request_id,
                 client = %client.ip,
                 %method,
                 path = uri.path(),
-                status = response.status().as_u16(),
-                backend = outcome.backend,
+                status = status.as_u16(),
+                backend = backend.map_or("", |pool| pool.spec.address),
                 queued_us = outcome.queued.as_micros() as u64,
                 total_us = started.elapsed().as_micros() as u64,
-                bytes = response.body().size_hint().exact().unwrap_or(0),
+                bytes = body_bytes,
             );
         }
         response
@@ -206,8 +260,12 @@ impl Proxy {
             body: separate_body,
             is_head: parts.method == Method::HEAD,
         };
+        let bytes_sent = head.len() as u64 + separate_body.len();
         let idempotent = is_idempotent(&parts.method);
-        match self.forward(route, &request, idempotent, outcome).await {
+        match self
+            .forward(route, &request, bytes_sent, idempotent, outcome)
+            .await
+        {
             Ok(response) => response,
             Err(error) => {
                 tracing::warn!(%error, "request failed");
@@ -289,6 +347,7 @@ impl Proxy {
         &self,
         route: &'static Route,
         request: &OutgoingRequest<'_>,
+        bytes_sent: u64,
         idempotent: bool,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -301,13 +360,16 @@ impl Proxy {
         let mut order = self
             .balancer
             .order(self.table, &self.pools, route.upstream, passes);
+        if order.len() < upstream.backends.len() * passes {
+            self.count_full_queues(upstream.backends);
+        }
         let race = self.balancer.waits_in_two_queues(route.upstream);
         let mut next = 0;
         while next < order.len() {
             let mut backend = order[next];
             next += 1;
             let mut pool = &self.pools[usize::from(backend.0)];
-            if pool.is_down() || pool.is_full() {
+            if !pool.takes_requests() {
                 continue;
             }
             // A request that would queue may wait in the next backend's queue too and take
@@ -320,8 +382,7 @@ impl Proxy {
                 race && rival != backend
                     && pool.free_slots() == 0
                     && rival_pool.free_slots() == 0
-                    && !rival_pool.is_down()
-                    && !rival_pool.is_full()
+                    && rival_pool.takes_requests()
             });
             let checked = match rival {
                 None => pool.checkout().await,
@@ -341,11 +402,16 @@ impl Proxy {
             };
             let slot = match checked {
                 Ok(slot) => slot,
-                Err(CheckoutError::QueueFull) => continue,
+                Err(CheckoutError::QueueFull) => {
+                    pool.counters.queue_full();
+                    continue;
+                }
                 Err(CheckoutError::QueueTimeout) => {
+                    pool.counters.queue_timeout();
+                    outcome.backend = Some(backend);
                     return Err(ProxyError::QueueTimeout {
                         backend: pool.spec.address,
-                    })
+                    });
                 }
                 Err(CheckoutError::Connect(source)) => {
                     last_error = Some(ProxyError::Connect {
@@ -355,13 +421,16 @@ impl Proxy {
                     continue;
                 }
             };
-            outcome.backend = pool.spec.address;
+            outcome.backend = Some(backend);
             outcome.queued += slot.queued_for;
+            let queued_for = slot.queued_for;
             let limits = &self.settings().limits;
             let held_since = Instant::now();
             let exchanged = backend::exchange(slot, request, limits, &self.budget).await;
+            let held = held_since.elapsed();
             // How long this backend took to answer, for policies that weigh backends by speed.
-            self.balancer.observe(backend, held_since.elapsed());
+            self.balancer.observe(backend, held);
+            pool.counters.exchanged(queued_for, held, bytes_sent);
             match exchanged {
                 Ok((head, body)) => return Ok(into_response(head, body)),
                 Err(error)
@@ -369,6 +438,7 @@ impl Proxy {
                         && error.may_resend(idempotent, route.retry_non_idempotent) =>
                 {
                     tracing::info!(%error, "re-sending the request to the next backend");
+                    pool.counters.resend();
                     resends_left -= 1;
                     last_error = Some(error);
                 }
@@ -378,6 +448,19 @@ impl Proxy {
         Err(last_error.unwrap_or(ProxyError::NoBackendAvailable {
             upstream: upstream.name,
         }))
+    }
+}
+
+impl Proxy {
+    /// Counts a refusal for each of `backends` whose queue is full: the policy left them out of
+    /// this request's order. A down or drained backend is left out for that reason instead.
+    fn count_full_queues(&self, backends: &[BackendId]) {
+        for &id in backends {
+            let pool = &self.pools[usize::from(id.0)];
+            if pool.is_full() && !pool.is_down() && pool.drain_state() == Drain::Off {
+                pool.counters.queue_full();
+            }
+        }
     }
 }
 

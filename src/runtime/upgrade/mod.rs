@@ -8,7 +8,7 @@
 //! ```text
 //! successor → HELLO <protocol> <config hash>
 //! predecessor → WELCOME <protocol> <config hash>            (or REFUSE <reason>)
-//! predecessor → LISTENER <http|https> <address>  + fd        one per listener
+//! predecessor → LISTENER <http|https|admin> <address> + fd  one per listener
 //! predecessor → LISTENERS
 //! successor → ACCEPTING                                      it accepts on them from now on
 //! predecessor → CLIENT + fd                                  an idle plain HTTP/1.1 connection
@@ -33,9 +33,11 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
+use crate::admin::AdminServer;
 use crate::backend::conn::BackendConn;
 use crate::backend::pool::HandoverSink;
 use crate::client::{Listeners, Phase, Server};
+use crate::metrics::ListenerKind;
 use crate::proxy::Proxy;
 use wire::Frame;
 
@@ -99,6 +101,7 @@ pub async fn connect(path: &Path, config_hash: &str) -> Result<Predecessor, Upgr
                 let scheme = match frame.word(1)? {
                     "http" => "http",
                     "https" => "https",
+                    "admin" => "admin",
                     _ => return Err(wire::malformed(&frame.words).into()),
                 };
                 let address = frame
@@ -171,18 +174,29 @@ pub async fn bind_control(path: &Path) -> io::Result<UnixListener> {
     Ok(bound)
 }
 
-/// Serves `listeners` until `shutdown` completes or a successor has taken everything over; takes
-/// over from `predecessor` first when there is one. Successors knock at the control socket
+/// Serves `listeners` (and the admin listener with its bearer token, if on) until `shutdown`
+/// completes or a successor has taken everything over; takes over from `predecessor` first when
+/// there is one. Successors knock at the control socket
 /// `control_path`, which a successor binds anew once it accepts (until then the predecessor's
 /// stays reachable, in case this one fails).
 pub async fn serve(
     listeners: Listeners,
+    admin: Option<(TcpListener, String)>,
     proxy: Arc<Proxy>,
     shutdown: impl std::future::Future<Output = ()>,
     control_path: &Path,
     predecessor: Option<Predecessor>,
 ) -> io::Result<()> {
-    let listener_fds = listener_fds(&listeners)?;
+    let listener_fds = listener_fds(&listeners, admin.as_ref().map(|(listener, _)| listener))?;
+    let admin = match admin {
+        Some((listener, token)) => Some(AdminServer::start(
+            listener,
+            Arc::clone(&proxy),
+            token,
+            client_addresses(&listeners),
+        )?),
+        None => None,
+    };
     let control = match &predecessor {
         None => Some(bind_control(control_path).await?),
         Some(_) => None,
@@ -231,10 +245,18 @@ pub async fn serve(
                     tracing::warn!("control socket: refused a peer of another user");
                     continue;
                 }
+                // The successor accepts on the admin socket too: two accepting processes would
+                // split operators' requests between two views.
+                if let Some(admin) = &admin {
+                    admin.pause(true);
+                }
                 if hand_over(link, &server, &listener_fds, &mut clients_rx).await {
                     tracing::info!("upgrade: everything handed over; exiting");
                     handed_over = true;
                     break;
+                }
+                if let Some(admin) = &admin {
+                    admin.pause(false);
                 }
                 // A successor that died after binding the control path left it dead: take it
                 // back (a live listener there, ours included, is left alone).
@@ -253,23 +275,38 @@ pub async fn serve(
 }
 
 /// Duplicates of the listening sockets, to hand to a successor.
-fn listener_fds(listeners: &Listeners) -> io::Result<Vec<(&'static str, SocketAddr, OwnedFd)>> {
-    let mut fds = Vec::new();
-    if let Some(listener) = &listeners.http {
-        fds.push((
-            "http",
+fn listener_fds(
+    listeners: &Listeners,
+    admin: Option<&TcpListener>,
+) -> io::Result<Vec<(&'static str, SocketAddr, OwnedFd)>> {
+    let https = listeners.https.as_ref().map(|(listener, _)| listener);
+    [
+        ("http", listeners.http.as_ref()),
+        ("https", https),
+        ("admin", admin),
+    ]
+    .into_iter()
+    .filter_map(|(scheme, listener)| Some((scheme, listener?)))
+    .map(|(scheme, listener)| {
+        Ok((
+            scheme,
             listener.local_addr()?,
             listener.as_fd().try_clone_to_owned()?,
-        ));
-    }
-    if let Some((listener, _)) = &listeners.https {
-        fds.push((
-            "https",
-            listener.local_addr()?,
-            listener.as_fd().try_clone_to_owned()?,
-        ));
-    }
-    Ok(fds)
+        ))
+    })
+    .collect()
+}
+
+/// The client listeners' addresses, for the admin report.
+fn client_addresses(listeners: &Listeners) -> Vec<(ListenerKind, String)> {
+    let https = listeners.https.as_ref().map(|(listener, _)| listener);
+    [
+        (ListenerKind::Http, listeners.http.as_ref()),
+        (ListenerKind::Https, https),
+    ]
+    .into_iter()
+    .filter_map(|(kind, listener)| Some((kind, listener?.local_addr().ok()?.to_string())))
+    .collect()
 }
 
 fn same_user(link: &UnixStream) -> bool {

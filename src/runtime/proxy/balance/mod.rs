@@ -42,7 +42,8 @@ pub(crate) struct BackendState {
     /// that, the time since one last did (a backend that stalls looks slow at once, before any of
     /// its slow answers arrive). Zero while nothing is known.
     pub(crate) hold: Duration,
-    /// Neither down (connects keep failing) nor with a full queue: a request may be sent there.
+    /// Not down (connects keep failing), not drained by an operator, queue not full: a request
+    /// may be sent there.
     pub(crate) available: bool,
 }
 
@@ -62,7 +63,7 @@ impl BackendState {
             free,
             queued: pool.queued(),
             hold: Duration::from_micros(average.max(stalled)),
-            available: !pool.is_down() && !pool.is_full(),
+            available: pool.takes_requests(),
         }
     }
 }
