@@ -396,3 +396,30 @@ async fn race_on_a_preopened_never_used_connection_costs_no_get() {
     assert_eq!(backend.stats.count("GET /first"), 1);
     juggler.shutdown().await.unwrap();
 }
+
+/// A backend that stops reading in the middle of a large request body: the write to it must
+/// give up within the backend timeout too (`504`), not hold the pooled connection forever.
+#[juggler_testkit::test]
+async fn backend_that_stops_reading_a_body_gets_504_in_time() {
+    let backend = FaultyBackend::start(
+        |_, path| match path {
+            "/stall" => Reply::Stall,
+            _ => Reply::Ok("ok"),
+        },
+        None,
+    )
+    .await;
+    let settings = settings_with(|s| s.limits.backend_timeout = Duration::from_secs(1));
+    let juggler = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+    let started = Instant::now();
+    // Far more than the socket buffers on both sides hold.
+    let body = Bytes::from(vec![b'x'; 12 * 1024 * 1024]);
+    let answer = send(juggler.addr, post("/stall", body)).await.unwrap();
+    let took = started.elapsed();
+    println!("stalled upload answered {} after {took:?}", answer.status);
+    assert_eq!(answer.status, 504);
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // The pool's one connection is free again: the next request is served.
+    let next = get(juggler.addr, "/ok").await.unwrap();
+    assert_eq!(next.status, 200);
+}

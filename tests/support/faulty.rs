@@ -23,6 +23,9 @@ pub enum Reply {
     Hang,
     /// Answers `200` as soon as the head is in, without reading the body, then closes.
     BeforeBody,
+    /// Reads nothing after the head, answers nothing, keeps the connection open: a large
+    /// request body fills the socket buffers and its writer stalls.
+    Stall,
 }
 
 /// How the backend treats a keep-alive connection between requests.
@@ -161,6 +164,9 @@ async fn serve(
             .lock()
             .unwrap()
             .push(format!("{} {}", head.method, head.path));
+        if let Reply::Stall = reply {
+            std::future::pending::<()>().await;
+        }
         if let Reply::BeforeBody = reply {
             let _ = stream
                 .write_all(
@@ -209,7 +215,7 @@ async fn serve(
                 }
                 return;
             }
-            Reply::BeforeBody => unreachable!("answered above"),
+            Reply::BeforeBody | Reply::Stall => unreachable!("answered above"),
         }
     }
 }

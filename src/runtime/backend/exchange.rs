@@ -1,10 +1,11 @@
-//! One request and its response on a checked-out pooled connection: write the request, read the
-//! response head within the backend timeout, then read the body whole (small responses: the
+//! One request and its response on a checked-out pooled connection: write the request and read
+//! the response head, each within the backend timeout, then read the body whole (small responses: the
 //! connection goes back to the pool at once), spool it to a file at the backend's pace (large
 //! ones, see `spool`), or, when the spool budget is full, hand the connection to a body that
 //! streams the rest to the client. Every failure comes back as a [`ProxyError`] naming the backend.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use juggler_config::table::Limits;
@@ -40,13 +41,22 @@ pub async fn exchange(
     let timed_out = || ProxyError::BackendTimeout { backend };
     let conn = slot.conn();
     // A failed write is not the end: a backend that refuses a body (413, 405) often answers and
-    // closes before reading it, and that answer is what the client should see.
-    let (sent, write_error) = match conn.write_request(request.head, request.body).await {
-        Ok(sent) => (sent, None),
-        Err(error) => (Sent::AnsweredEarly, Some(error)),
-    };
+    // closes before reading it, and that answer is what the client should see. A backend that
+    // stops reading without closing gets the backend timeout for the write too (or a slot would
+    // be held forever); an answer it already sent is still relayed.
+    let write = conn.write_request(request.head, request.body);
+    let (sent, write_error, head_timeout) =
+        match tokio::time::timeout(limits.backend_timeout, write).await {
+            Ok(Ok(sent)) => (sent, None, limits.backend_timeout),
+            Ok(Err(error)) => (Sent::AnsweredEarly, Some(error), limits.backend_timeout),
+            Err(_) => (
+                Sent::AnsweredEarly,
+                Some(std::io::ErrorKind::TimedOut.into()),
+                Duration::ZERO,
+            ),
+        };
     let read_head = conn.read_head(request.is_head);
-    let mut head = match tokio::time::timeout(limits.backend_timeout, read_head).await {
+    let mut head = match tokio::time::timeout(head_timeout, read_head).await {
         Err(_) => return Err(timed_out()),
         Ok(Ok(head)) => head,
         Ok(Err(HeadError::NothingReceived(source))) => {
