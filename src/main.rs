@@ -23,6 +23,8 @@ mod distributer {
 
 use distributer::TABLE;
 
+mod status_cli;
+
 /// jemalloc instead of glibc's malloc. Every parked connection frees hyper's 8 KiB buffers while
 /// its small long-lived objects stay; glibc carves those into the freed chunks and leaves holes
 /// too small for the next buffer, jemalloc keeps each size class in its own runs. Measured with
@@ -36,8 +38,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// Routes, upstreams and limits are compiled in from routes.toml and juggler_config/ (`make all`);
 /// the TLS certificate and key are read from disk at start-up and on SIGHUP.
 #[derive(Parser, Debug)]
-#[command(name = "juggler")]
+#[command(name = "juggler", args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Print the compiled route table (listeners, upstreams, servers, pool sizes, routes) and exit.
     #[arg(long)]
     print_routes: bool,
@@ -51,6 +56,13 @@ struct Cli {
     /// The control socket a running Juggler listens on for --upgrade (created mode 0600).
     #[arg(long, value_name = "PATH", default_value = "juggler.sock")]
     control_socket: std::path::PathBuf,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print the running Juggler's backends, pools and queues (the status page's table), read
+    /// from its admin listener.
+    Status(status_cli::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +80,19 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
+    if let Some(Command::Status(args)) = &cli.command {
+        return match status_cli::run(args, TABLE.settings.admin.listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(status_cli::Failure::NoAddress) => {
+                eprintln!("juggler status: this build's config turns the admin listener off ([admin] listen = \"off\"); name one with --admin ADDR");
+                ExitCode::from(2)
+            }
+            Err(status_cli::Failure::Fetch(error)) => {
+                eprintln!("juggler status: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if cli.print_routes {
         print!("{}", juggler::describe::describe(&TABLE));
         return ExitCode::SUCCESS;
