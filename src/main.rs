@@ -33,6 +33,17 @@ mod status_cli;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read before `main` (its `malloc_conf`, under the prefixed name the
+/// tikv-jemalloc build gives it). One background thread returns freed pages to the kernel on the
+/// decay schedule even while no thread allocates: without it purging happens only inside
+/// allocator calls, so a balancer gone quiet after a burst kept the burst's RSS (the soak had to
+/// set this through `_RJEM_MALLOC_CONF` to read a meaningful RSS at rest). Freed pages are returned with `MADV_DONTNEED` at once
+/// (`muzzy_decay_ms:0`) rather than `MADV_FREE`, whose pages still count as resident until the
+/// kernel runs short of memory.
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_OPTIONS: Option<&'static u8> =
+    Some(&b"background_thread:true,max_background_threads:1,muzzy_decay_ms:0\0"[0]);
+
 /// L7 HTTP load balancer: per-request round robin over fixed-size backend connection pools.
 ///
 /// Routes, upstreams and limits are compiled in from routes.toml and juggler_config/ (`make all`);

@@ -9,7 +9,7 @@
 //! - no POST reached a backend twice, and no request whose client vanished mid-body reached one;
 //! - no backend ever had more than `n` connections open, and Juggler never held more than `n`
 //!   sockets to one backend; afterwards every pool is back at `n`;
-//! - Juggler's RSS and open descriptors at the end are within 5 % of their value after warm-up
+//! - Juggler's RSS at the end is at most 5 % above its value after warm-up, open descriptors within 5 %
 //!   (both read at rest: no clients, chaos over, pools refilled).
 //!
 //! Everything runs inside a private network namespace this test creates (`unshare(CLONE_NEWNET)`,
@@ -60,7 +60,8 @@ const ALLOWED_ERRORS: [u16; 3] = [502, 503, 504];
 /// Longest a finished request may wait for its answer: queue timeout (4 s) + backend timeout (2 s)
 /// per attempt + a slow body, with room to spare.
 const ANSWER_BOUND: Duration = Duration::from_secs(25);
-/// RSS and descriptors at the end may differ from their warm-up value by this fraction.
+/// RSS at the end may exceed its warm-up value, and descriptors differ from theirs, by this
+/// fraction.
 const TOLERANCE: f64 = 0.05;
 /// jemalloc settings for the Juggler under test: freed pages go back to the kernel after 1 s
 /// instead of 10 s, by a background thread rather than only when Juggler next allocates. An idle
@@ -343,9 +344,11 @@ async fn soak(duration: Duration) {
         pools_end == [POOL; 3] && pools_warm == [POOL; 3],
         format!("pools not back at n = {POOL}: {pools_warm:?} / {pools_end:?}"),
     );
+    // Growth is what a leak looks like. Less memory at the end than after warm-up is not: the
+    // warm-up reading still holds allocator caches that the longer run gave back (seen: -14 %).
     checks.expect(
-        percent(rss_warm, rss_end).abs() <= TOLERANCE * 100.0,
-        format!("RSS moved from {rss_warm} KiB to {rss_end} KiB"),
+        percent(rss_warm, rss_end) <= TOLERANCE * 100.0,
+        format!("RSS grew from {rss_warm} KiB to {rss_end} KiB"),
     );
     checks.expect(
         percent(fds_warm as u64, fds_end as u64).abs() <= TOLERANCE * 100.0,
