@@ -10,6 +10,7 @@ starts and right after it exits, so requests per CPU-second covers the measured 
 import re
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,21 +99,20 @@ def run_round(tool: str, target, scenario, duration: int, log: Path) -> RoundRes
 def _sample(owners: set[int], measured: set[int], duration: int, samples: list[dict[int, int]],
             rss: list[int], proc) -> None:
     # Backend connections a quarter, half and three quarters into the run (after ramp-up, before
-    # wind-down); resident memory a moment before the end, with every connection still busy.
+    # wind-down); resident memory at each of those moments and once more 0.3 s before the end, the
+    # last reading taken while the load still ran being the one reported. Times are kept from the
+    # start: on a busy machine `ss` itself may take a second, and must not push a reading past the end.
     ports = BACKEND_PORTS + [DIRECT_TLS_PORT]
-    waited = 0.0
+    started = time.monotonic()
     for at in (0.25 * duration, 0.5 * duration, 0.75 * duration, max(0.75 * duration, duration - 0.3)):
-        pause = at - waited
-        waited += pause
         try:
-            proc.wait(timeout=pause)
+            proc.wait(timeout=max(0.0, at - (time.monotonic() - started)))
             return  # the load already ended; a sample now would not be mid-run
         except subprocess.TimeoutExpired:
             pass
+        rss[:] = [rss_kib(measured)]
         if len(samples) < 3:
             samples.append(count_owned_by_port(established_by_pid(ports), owners))
-        else:
-            rss.append(rss_kib(measured))
 
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}

@@ -4,6 +4,7 @@ Ports, pool sizes and thread counts live here once; every config file the bench 
 from these constants, so the balancers cannot drift apart in what they are asked to do.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -249,11 +250,7 @@ def juggler_source(repo: Path, out: Path) -> tuple[Path, Path, str]:
         described = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--abbrev=7"],
                                    capture_output=True, text=True)
         return repo, Path(os.environ.get("CARGO_TARGET_DIR", repo / "target")), described.stdout.strip() or "?"
-    resolved = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=7", "--verify", f"{ref}^{{commit}}"],
-                              capture_output=True, text=True)
-    commit = resolved.stdout.strip()
-    if resolved.returncode != 0 or not commit:
-        raise RuntimeError(f"BENCH_JUGGLER_REF={ref} names no commit: {resolved.stderr.strip()}")
+    commit = _resolve_once(repo, ref)
     source = out / "juggler-src"
     marker = source / ".bench-commit"
     if not (marker.exists() and marker.read_text() == commit):
@@ -266,6 +263,18 @@ def juggler_source(repo: Path, out: Path) -> tuple[Path, Path, str]:
             raise RuntimeError(f"could not export {commit} to {source} (git archive | tar -x)")
         marker.write_text(commit)
     return source, out / "juggler-target", commit
+
+
+@functools.cache
+def _resolve_once(repo: Path, ref: str) -> str:
+    """The commit `ref` names when the run first asks: a ref like HEAD may move while the bench
+    runs (others commit), and every build of one run must come from the same commit."""
+    resolved = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=7", "--verify", f"{ref}^{{commit}}"],
+                              capture_output=True, text=True)
+    commit = resolved.stdout.strip()
+    if resolved.returncode != 0 or not commit:
+        raise RuntimeError(f"BENCH_JUGGLER_REF={ref} names no commit: {resolved.stderr.strip()}")
+    return commit
 
 
 def supports_admin(source: Path) -> bool:
