@@ -364,6 +364,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn no_address_when_the_admin_listener_is_off_and_none_is_given() {
+        let args = StatusArgs {
+            admin: None,
+            json: false,
+        };
+        assert!(matches!(run(&args, None), Err(Failure::NoAddress)));
+    }
+
+    #[test]
     fn wildcard_listen_addresses_are_reached_over_loopback() {
         assert_eq!(local_address("0.0.0.0:9901"), "127.0.0.1:9901");
         assert_eq!(local_address("[::]:9901"), "[::1]:9901");
