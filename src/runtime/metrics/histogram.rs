@@ -4,11 +4,12 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Upper bounds of the buckets, in microseconds (100 µs to 10 s); one more bucket counts what
-/// is slower than the last.
-pub const BUCKET_BOUNDS_MICROS: [u64; 16] = [
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+/// Upper bounds of the buckets, in microseconds (10 µs to 10 s: a wait for a free connection
+/// takes microseconds, which a coarser first bucket would report as tens of them); one more
+/// bucket counts what is slower than the last.
+pub const BUCKET_BOUNDS_MICROS: [u64; 19] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
 
 const BUCKETS: usize = BUCKET_BOUNDS_MICROS.len() + 1;
@@ -116,18 +117,16 @@ mod tests {
     #[test]
     fn observations_land_in_the_first_bucket_at_or_above_them() {
         let histogram = observed(&[0, 100, 101, 10_000_000, 20_000_000]);
-        assert_eq!(
-            histogram.buckets[0], 2,
-            "0 and 100 µs are at or below 100 µs"
-        );
-        assert_eq!(histogram.buckets[1], 1);
-        assert_eq!(histogram.buckets[15], 1, "10 s is the last bound");
-        assert_eq!(histogram.buckets[16], 1, "beyond 10 s");
+        assert_eq!(histogram.buckets[0], 1, "0 µs is at or below 10 µs");
+        assert_eq!(histogram.buckets[3], 1, "100 µs is at or below 100 µs");
+        assert_eq!(histogram.buckets[4], 1);
+        assert_eq!(histogram.buckets[18], 1, "10 s is the last bound");
+        assert_eq!(histogram.buckets[19], 1, "beyond 10 s");
         assert_eq!(histogram.count(), 5);
         assert_eq!(histogram.sum_micros, 30_000_201);
         let cumulative: Vec<(u64, u64)> = histogram.cumulative().collect();
-        assert_eq!(cumulative[0], (100, 2));
-        assert_eq!(cumulative[15], (10_000_000, 4));
+        assert_eq!(cumulative[3], (100, 2));
+        assert_eq!(cumulative[18], (10_000_000, 4));
     }
 
     #[test]
