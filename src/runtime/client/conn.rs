@@ -18,12 +18,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
 use super::activity::{ConnActivity, StallGuard, Verdict, WatchedIo};
 use super::listener::Phase;
-use super::park::{carry_over, PARK_AFTER};
+use super::park::{carry_over, ParkingLot, PARK_AFTER};
 use super::response::TrackedBody;
 use super::tls::TlsAcceptor;
 use crate::metrics::ListenerKind;
@@ -45,15 +45,22 @@ pub(super) struct Shared {
     pub(super) redirect_to_https_port: Option<u16>,
     /// Where idle plain connections go while handing over to a successor process.
     pub(super) handed_over: mpsc::UnboundedSender<OwnedFd>,
+    /// Where idle plain connections wait, outside any task, for their client's next request.
+    pub(super) parking: ParkingLot,
 }
 
 /// A client stream as the connection code needs it; plain TCP can be handed to another process,
 /// TLS cannot (its session state lives in this one).
-pub(super) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+pub(super) trait ClientStream:
+    AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static
+{
     /// Whether [`ClientStream::into_socket`] can hand this kind of stream over.
     const MOVABLE: bool;
     /// The socket, to hand to another process.
     fn into_socket(self) -> Option<OwnedFd>;
+    /// The plain TCP stream, to park in the [`ParkingLot`]; `Err(self)` for a stream whose state
+    /// lives in its task (TLS).
+    fn into_tcp(self) -> Result<TcpStream, Self>;
 }
 
 impl ClientStream for TcpStream {
@@ -61,6 +68,10 @@ impl ClientStream for TcpStream {
 
     fn into_socket(self) -> Option<OwnedFd> {
         self.into_std().ok().map(OwnedFd::from)
+    }
+
+    fn into_tcp(self) -> Result<TcpStream, Self> {
+        Ok(self)
     }
 }
 
@@ -70,15 +81,23 @@ impl ClientStream for TlsStream<TcpStream> {
     fn into_socket(self) -> Option<OwnedFd> {
         None
     }
+
+    fn into_tcp(self) -> Result<TcpStream, Self> {
+        Err(self)
+    }
 }
 
+/// Serves a client connection from its first byte; `permit` is its place under the connection
+/// cap, given back when it closes.
 pub(super) async fn serve_stream(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<Arc<TlsAcceptor>>,
-    shared: &Shared,
+    shared: Arc<Shared>,
     drain: PhaseSignal,
+    permit: OwnedSemaphorePermit,
 ) {
+    let shared = &shared;
     // Responses are complete writes; Nagle would only hold back their last segment.
     let _ = stream.set_nodelay(true);
     let metrics = &shared.proxy.metrics;
@@ -89,20 +108,44 @@ pub(super) async fn serve_stream(
             https: false,
         };
         let redirect_port = shared.redirect_to_https_port;
-        return serve_http1(stream, client, shared, drain, redirect_port).await;
+        let unread = Bytes::new();
+        return serve_http1(stream, client, shared, drain, redirect_port, permit, unread).await;
     };
     // A TLS connection's state (rustls buffers, HTTP/2) is large; boxing that path keeps the task
-    // of every plain connection small, which is most of an idle connection's cost.
+    // of every plain connection small.
     let _open = metrics.listener(ListenerKind::Https).connection_opened();
-    Box::pin(serve_tls(stream, peer, &tls, shared, drain)).await;
+    Box::pin(serve_tls(stream, peer, &tls, shared, drain, permit)).await;
+}
+
+/// Serves a plain connection whose client sent `unread` while it was parked in the lot.
+pub(super) async fn serve_unparked(
+    stream: TcpStream,
+    client: ClientInfo,
+    shared: Arc<Shared>,
+    phase: PhaseSignal,
+    permit: OwnedSemaphorePermit,
+    unread: Bytes,
+) {
+    let redirect_port = shared.redirect_to_https_port;
+    serve_http1(
+        stream,
+        client,
+        &shared,
+        phase,
+        redirect_port,
+        permit,
+        unread,
+    )
+    .await;
 }
 
 async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
     tls: &TlsAcceptor,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     drain: PhaseSignal,
+    permit: OwnedSemaphorePermit,
 ) {
     let limits = &shared.proxy.table.settings.limits;
     let client = ClientInfo {
@@ -122,28 +165,34 @@ async fn serve_tls(
     if super::tls::is_h2(&stream) {
         serve_http2(stream, client, shared, drain).await;
     } else {
-        serve_http1(stream, client, shared, drain, None).await;
+        serve_http1(stream, client, shared, drain, None, permit, Bytes::new()).await;
     }
 }
 
 /// One HTTP/1.1 client connection, plain or over TLS: served by hyper while active, parked (only
 /// the stream kept, see `park`) while idle, served again when the client sends its next request.
+/// `unread`: bytes the client already sent, the start of its next request head.
 async fn serve_http1<S: ClientStream>(
     stream: S,
     client: ClientInfo,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     mut phase: PhaseSignal,
     redirect_port: Option<u16>,
+    permit: OwnedSemaphorePermit,
+    mut unread: Bytes,
 ) {
     let limits = &shared.proxy.table.settings.limits;
     let activity = ConnActivity::new();
+    if !unread.is_empty() {
+        // Its header timeout runs from now.
+        activity.bytes_arrived();
+    }
     let closes_on_handover = (!S::MOVABLE).then(|| phase.clone());
     let service = request_service(shared, client, &activity, redirect_port, closes_on_handover);
     // Every park must follow bytes moving on the socket: parking again over the same bytes is
     // a loop that never waits.
     let mut parks = StallGuard::new(0);
     let mut stream = stream;
-    let mut unread = Bytes::new();
     loop {
         let io = TokioIo::new(WatchedIo::replaying(unread, stream, Arc::clone(&activity)));
         let conn = Box::pin(http1_builder(limits).serve_connection(io, service.clone()));
@@ -186,6 +235,17 @@ async fn serve_http1<S: ClientStream>(
             continue;
         }
         let idle_deadline = activity.idle_deadline(limits.client_idle_timeout);
+        if S::MOVABLE {
+            if let Some(lot) = shared.parking.lot(shared, &phase) {
+                match stream.into_tcp() {
+                    Ok(tcp) => {
+                        lot.park(tcp, client, idle_deadline, permit, shared, &phase);
+                        return;
+                    }
+                    Err(same) => stream = same,
+                }
+            }
+        }
         let first = loop {
             if *phase.borrow_and_update() == Phase::HandingOver && S::MOVABLE {
                 // Idle, nothing buffered: the successor serves this client's next request.

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use super::conn::{serve_stream, PhaseSignal, Shared};
+use super::park::ParkingLot;
 use super::tls::TlsAcceptor;
 use crate::proxy::Proxy;
 use crate::table::RouteTable;
@@ -71,6 +72,7 @@ impl Server {
             connection_slots: Arc::clone(&connection_slots),
             redirect_to_https_port,
             handed_over,
+            parking: ParkingLot::new(),
         });
         let (phase, phase_rx) = watch::channel(Phase::Serving);
         let mut accept_loops = JoinSet::new();
@@ -117,10 +119,7 @@ impl Server {
         };
         let shared = Arc::clone(&self.shared);
         let phase = self.phase.subscribe();
-        tokio::spawn(async move {
-            serve_stream(stream, peer, None, &shared, phase).await;
-            drop(permit);
-        });
+        tokio::spawn(serve_stream(stream, peer, None, shared, phase, permit));
     }
 
     /// Client connections open now.
@@ -223,10 +222,7 @@ async fn accept_loop(
         let shared = Arc::clone(&shared);
         let phase = phase.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
-            serve_stream(stream, peer, tls, &shared, phase).await;
-            drop(permit);
-        });
+        tokio::spawn(serve_stream(stream, peer, tls, shared, phase, permit));
     }
 }
 
