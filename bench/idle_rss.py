@@ -265,6 +265,11 @@ def stop(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+    # nginx's workers outlive the master by a moment, still holding the listeners: wait for the
+    # whole group to be gone, or the next balancer cannot bind.
+    deadline = time.monotonic() + 10
+    while group_fds(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def measure(name: str, argv: list[str], count: int, use_tls: bool, settle: float, late: float) -> dict:
