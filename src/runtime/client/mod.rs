@@ -1,9 +1,10 @@
 //! The client side: everything between a client's socket and one proxied request.
 //!
-//! - [`listener`]: accept (connection cap, backoff), one task per connection, drain on shutdown.
+//! - [`listener`]: accept (connection cap, backoff), a task per active connection, drain on shutdown.
 //! - `conn`: one connection: HTTP/1.1 or HTTP/2, the client timeouts, parking.
-//! - `activity`, `park`: what a connection is doing as its timers see it; idle connections kept
-//!   as bare streams.
+//! - `activity`, `park`: what a connection is doing as its timers see it; idle plain connections
+//!   wait without a task in one shared epoll set (the parking lot), idle TLS ones as bare streams
+//!   in their task.
 //! - `response`: the response body with the request's in-flight guard attached.
 //! - [`tls`]: certificates, the TLS acceptor, reload on SIGHUP.
 //! - `redirect`: the optional `308` from the plain listener to HTTPS.
