@@ -59,7 +59,10 @@ def hold_idle_connections(target, count: int, tls: bool = False, settle: float =
     # `direct` has no balancer: its memory is backend 1's, and it holds no backend connections.
     pids = target.pids() or target.server_pids()
     _run_clients(port, WARM_UP_CONNS, tls, settle=0.2)
-    time.sleep(0.5)
+    # Read as long after the warm-up as `after` is after the opening: an allocator that returns
+    # freed pages within a second or two (Juggler's jemalloc does) would otherwise count the
+    # warm-up's garbage in `before` only, and a connection would seem to cost less than nothing.
+    time.sleep(settle)
     before = rss_kib(pids)
     started = time.monotonic()
     clients = [_start_client(port, share, tls) for share in _shares(count)]
