@@ -91,6 +91,12 @@ async fn queued_requests_complete_during_shutdown() {
     // A queue that holds exactly the waiting requests: "full" then means all of them wait.
     let settings = settings_with(|s| s.queue.max_queued_per_server = REQUESTS - 1);
     let (backend, juggler) = start_one_backend("server", 1, settings).await;
+    // The refill task holds the pool's one slot while it opens the connection: a request arriving
+    // then counts as one more waiting, and the last would find the queue full.
+    until("the pool's connection open", || {
+        juggler.open_connections() == [1]
+    })
+    .await;
     let requests = start_requests(juggler.addr, "/sleep/300", REQUESTS);
     let pool = std::sync::Arc::clone(&juggler.proxy.pools[0]);
     until("one request on the connection and the rest queued", || {
