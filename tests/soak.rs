@@ -19,7 +19,7 @@
 //! `JUGGLER_CONFIG=tests/soak`. A plain `#[test]`, not `#[juggler_testkit::test]`: that bounds a
 //! test to 60 s, this one bounds itself to `SOAK_SECONDS` plus four minutes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::fs;
 use std::future::Future;
@@ -454,14 +454,28 @@ async fn run_phase(
                     "FIN_WAIT1",
                     "other",
                 ] {
-                    let n = held.iter().filter(|&&s| s == state).count();
+                    let n = held.iter().filter(|socket| socket.state == state).count();
                     if n > 0 {
                         counted.push(format!("{n} {state}"));
                     }
                 }
                 let state = &backend_states[index];
+                // Juggler's sockets the backend does not hold open: in its accept backlog, or
+                // closed on its side without Juggler noticing yet.
+                let peers = state.peers.lock().unwrap().clone();
+                let unknown: Vec<String> = held
+                    .iter()
+                    .filter(|socket| !peers.contains(&socket.local_port))
+                    .map(|socket| {
+                        format!(
+                            "{} {} tx:rx {}",
+                            socket.local_port, socket.state, socket.queues
+                        )
+                    })
+                    .collect();
                 most.excess.push(format!(
-                    "port {}: {} ({}) at {:.1} s of a phase; backend {} in mode {}, {} open by its count",
+                    "port {}: {} ({}) at {:.1} s of a phase; backend {} in mode {}, {} open by its count; \
+                     not open at the backend: {unknown:?}",
                     BACKEND_PORTS[index],
                     held.len(),
                     counted.join(", "),
@@ -646,7 +660,7 @@ impl JugglerProcess {
 
     /// The TCP state of each of Juggler's own sockets whose peer is a backend port, per backend:
     /// the connections it holds in any state (one it has closed leaves its descriptor table).
-    fn backend_socket_states(&self) -> [Vec<&'static str>; 3] {
+    fn backend_socket_states(&self) -> [Vec<HeldSocket>; 3] {
         let mut inodes = std::collections::HashSet::new();
         if let Ok(entries) = fs::read_dir(format!("/proc/{}/fd", self.pid)) {
             for entry in entries.flatten() {
@@ -662,7 +676,7 @@ impl JugglerProcess {
             }
         }
         let table = fs::read_to_string(format!("/proc/{}/net/tcp", self.pid)).unwrap_or_default();
-        let mut held: [Vec<&'static str>; 3] = Default::default();
+        let mut held: [Vec<HeldSocket>; 3] = Default::default();
         for line in table.lines().skip(1) {
             let fields: Vec<_> = line.split_whitespace().collect();
             if fields.len() < 10 || !inodes.contains(fields[9]) {
@@ -676,7 +690,16 @@ impl JugglerProcess {
                 .iter()
                 .position(|&port| Some(port) == remote_port)
             {
-                held[index].push(tcp_state(fields[3]));
+                let local_port = fields[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|port| u16::from_str_radix(port, 16).ok())
+                    .unwrap_or(0);
+                held[index].push(HeldSocket {
+                    state: tcp_state(fields[3]),
+                    local_port,
+                    queues: fields[4].to_owned(),
+                });
             }
         }
         held
@@ -699,6 +722,14 @@ impl JugglerProcess {
     fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+}
+
+/// One of Juggler's sockets to a backend, as `/proc/net/tcp` shows it.
+struct HeldSocket {
+    state: &'static str,
+    local_port: u16,
+    /// `tx_queue:rx_queue` (hex bytes): unsent and unread data.
+    queues: String,
 }
 
 /// The name of a state in `/proc/net/tcp` (include/net/tcp_states.h).
@@ -785,14 +816,17 @@ struct BackendState {
     /// closing a connection and opening its replacement can cross the backend noticing the EOF.
     most_at_accept: AtomicUsize,
     most_settled: AtomicUsize,
+    /// The peer (Juggler's local) ports of the connections open now.
+    peers: Mutex<HashSet<u16>>,
 }
 
 /// Counts a connection open while its handler lives, also when the handler is aborted.
-struct OpenGuard(Arc<BackendState>);
+struct OpenGuard(Arc<BackendState>, u16);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.peers.lock().unwrap().remove(&self.1);
     }
 }
 
@@ -812,6 +846,7 @@ impl ChaosBackend {
             open: AtomicUsize::new(0),
             most_at_accept: AtomicUsize::new(0),
             most_settled: AtomicUsize::new(0),
+            peers: Mutex::new(HashSet::new()),
         });
         let mut backend = ChaosBackend {
             port,
@@ -866,15 +901,16 @@ impl ChaosBackend {
 async fn accept_loop(listener: TcpListener, state: Arc<BackendState>, ledger: Arc<Ledger>) {
     let mut connections = JoinSet::new();
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok((stream, peer)) => (stream, peer.port()),
             Err(_) => {
                 sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
         let open = state.open.fetch_add(1, Ordering::SeqCst) + 1;
-        let guard = OpenGuard(Arc::clone(&state));
+        state.peers.lock().unwrap().insert(peer);
+        let guard = OpenGuard(Arc::clone(&state), peer);
         state.most_at_accept.fetch_max(open, Ordering::SeqCst);
         if open > POOL {
             let state = Arc::clone(&state);
