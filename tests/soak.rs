@@ -253,6 +253,10 @@ async fn soak(duration: Duration) {
     for excess in &most.excess {
         println!("  Juggler held more than n: {excess}");
     }
+    println!(
+        "sockets /proc/<pid>/net/tcp listed twice in one reading (counted once): {}",
+        most.listed_twice
+    );
     println!("pools at rest: after warm-up {pools_warm:?}, at the end {pools_end:?}");
     println!(
         "Juggler RSS: {rss_warm} KiB after warm-up, {rss_end} KiB at the end ({:+.1} %), most {} KiB under load",
@@ -441,7 +445,8 @@ async fn run_phase(
     let mut tick = 0u64;
     while Instant::now() < until {
         sleep(Duration::from_millis(100)).await;
-        let states = juggler.backend_socket_states();
+        let (states, listed_twice) = juggler.backend_socket_states();
+        most.listed_twice += listed_twice;
         for (index, held) in states.iter().enumerate() {
             most.juggler_held[index] = most.juggler_held[index].max(held.len());
             if held.len() > POOL && most.excess.len() < 10 {
@@ -655,12 +660,15 @@ impl JugglerProcess {
 
     /// How many sockets Juggler holds to each backend.
     fn backend_sockets(&self) -> [usize; 3] {
-        self.backend_socket_states().map(|states| states.len())
+        self.backend_socket_states().0.map(|states| states.len())
     }
 
     /// The TCP state of each of Juggler's own sockets whose peer is a backend port, per backend:
     /// the connections it holds in any state (one it has closed leaves its descriptor table).
-    fn backend_socket_states(&self) -> [Vec<HeldSocket>; 3] {
+    /// Juggler's sockets to each backend, and how many `/proc/<pid>/net/tcp` listed twice. The
+    /// kernel writes that table a page per read as it walks its hash table, so it is no snapshot:
+    /// a socket closed between two reads shifts the walk, and entries already written come again.
+    fn backend_socket_states(&self) -> ([Vec<HeldSocket>; 3], usize) {
         let mut inodes = std::collections::HashSet::new();
         if let Ok(entries) = fs::read_dir(format!("/proc/{}/fd", self.pid)) {
             for entry in entries.flatten() {
@@ -677,9 +685,15 @@ impl JugglerProcess {
         }
         let table = fs::read_to_string(format!("/proc/{}/net/tcp", self.pid)).unwrap_or_default();
         let mut held: [Vec<HeldSocket>; 3] = Default::default();
+        let mut listed = std::collections::HashSet::new();
+        let mut listed_twice = 0;
         for line in table.lines().skip(1) {
             let fields: Vec<_> = line.split_whitespace().collect();
             if fields.len() < 10 || !inodes.contains(fields[9]) {
+                continue;
+            }
+            if !listed.insert(fields[9]) {
+                listed_twice += 1;
                 continue;
             }
             let remote_port = fields[2]
@@ -702,7 +716,7 @@ impl JugglerProcess {
                 });
             }
         }
-        held
+        (held, listed_twice)
     }
 
     /// SIGTERM, then the exit status (None if it did not exit within 15 s).
@@ -1607,6 +1621,8 @@ struct Most {
     juggler_held: [usize; 3],
     /// Samples where Juggler held more than `n` sockets to a backend, with their TCP states.
     excess: Vec<String>,
+    /// Juggler's sockets `/proc/<pid>/net/tcp` listed a second time in one reading (not counted).
+    listed_twice: usize,
     rss_kib: u64,
     fds: usize,
 }
