@@ -339,10 +339,7 @@ async fn soak(duration: Duration) {
     );
     checks.expect(
         most.juggler_held.iter().all(|&held| held <= POOL),
-        format!(
-            "Juggler held more than n = {POOL} sockets to a backend (KNOWN JUGGLER BUG, not the \
-             soak's: a transient excess, see the README's Hardening section)"
-        ),
+        format!("Juggler held more than n = {POOL} sockets to a backend"),
     );
     checks.expect(
         pools_end == [POOL; 3] && pools_warm == [POOL; 3],
