@@ -12,7 +12,7 @@ use juggler_config::table::SCALAR_SECTIONS;
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 
-use crate::model::{BalancePolicy, Config, MethodSet, Route, Setting};
+use crate::model::{Config, MethodSet, Route, Setting};
 use crate::pattern::{PathKind, Pattern, Segment};
 
 /// The formatted source of `distributer.rs` for `config`. Pure: same config, same bytes.
@@ -207,13 +207,10 @@ fn upstreams(config: &Config) -> TokenStream {
             let id = int(*backend);
             quote! { BackendId(#id) }
         });
-        let balance = match upstream.balance {
-            BalancePolicy::RoundRobin => quote! { BalancePolicy::RoundRobin },
-            BalancePolicy::LeastQueued => quote! { BalancePolicy::LeastQueued },
-        };
+        let balance = Ident::new(&format!("{:?}", upstream.balance), Span::call_site());
         quote! {
             #marker
-            Upstream { name: #name, backends: &[#(#members),*], balance: #balance }
+            Upstream { name: #name, backends: &[#(#members),*], balance: BalancePolicy::#balance }
         }
     });
     quote! {

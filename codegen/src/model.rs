@@ -5,7 +5,7 @@ use std::time::Duration;
 
 pub use juggler_config::router::{MethodSet, METHOD_NAMES};
 use juggler_config::schema::{Kind, SectionSpec, SettingSpec};
-pub use juggler_config::table::{BalancePolicy, LogFormat, TlsMode};
+pub use juggler_config::table::{BalancePolicy, LogFormat, Named, TlsMode};
 use juggler_config::table::{Settings as RuntimeSettings, SCALAR_SECTIONS};
 
 use crate::pattern::PathKind;

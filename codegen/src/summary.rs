@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::model::{Config, TlsMode};
+use crate::model::{Config, Named, TlsMode};
 use crate::pattern::PathKind;
 
 /// Upstreams with their servers and pool sizes, total backend connections, routes in priority

@@ -228,7 +228,7 @@ fn balance_names_a_known_policy() {
         error,
         "lb.toml:2:11: `balance = \"least_queue\"` is not a balancing policy"
     );
-    assert!(help.starts_with("did you mean `least_queued`?"), "{help}");
+    assert!(help.starts_with("did you mean \"least_queued\"?"), "{help}");
     let (error, _) = only_error(
         ROUTES,
         "[upstreams.default]\nbalance = 3\nservers = [\"a:1\"]\n",

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::table::{RouteTable, TlsMode};
+use crate::table::{Named, RouteTable, TlsMode};
 
 /// Describes listeners (the admin one too), upstreams with their servers and pool sizes, routes in
 /// priority order, the queue and the log format.

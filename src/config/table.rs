@@ -58,6 +58,31 @@ pub struct Upstream {
     pub balance: BalancePolicy,
 }
 
+/// A setting whose value is one of a few names (`balance = "least_queued"`, `tls = "auto"`): one
+/// table per setting serves the config check, the code generator and every place that prints it.
+pub trait Named: Copy + PartialEq + 'static {
+    /// Every value by the name the config gives it, the default first.
+    const NAMES: &'static [(&'static str, Self)];
+
+    /// The value when the config does not set one.
+    const DEFAULT: Self = Self::NAMES[0].1;
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|(_, value)| *value)
+    }
+
+    /// The name the config uses for this value.
+    fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, value)| *value == self)
+            .map_or("?", |(name, _)| name)
+    }
+}
+
 /// How an upstream picks the backend for a request (`balance = "..."`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BalancePolicy {
@@ -69,30 +94,11 @@ pub enum BalancePolicy {
     LeastQueued,
 }
 
-impl BalancePolicy {
-    /// The policies by the name the config gives them, the default first.
-    pub const NAMES: [(&'static str, BalancePolicy); 2] = [
+impl Named for BalancePolicy {
+    const NAMES: &'static [(&'static str, BalancePolicy)] = &[
         ("round_robin", BalancePolicy::RoundRobin),
         ("least_queued", BalancePolicy::LeastQueued),
     ];
-
-    /// The policy of an upstream that does not set `balance`: today's behaviour.
-    pub const DEFAULT: BalancePolicy = BalancePolicy::RoundRobin;
-
-    pub fn from_name(name: &str) -> Option<BalancePolicy> {
-        Self::NAMES
-            .iter()
-            .find(|(known, _)| *known == name)
-            .map(|(_, policy)| *policy)
-    }
-
-    /// The name the config uses for this policy.
-    pub fn name(self) -> &'static str {
-        Self::NAMES
-            .iter()
-            .find(|(_, policy)| *policy == self)
-            .map_or("round_robin", |(name, _)| name)
-    }
 }
 
 /// One `[[route]]` of `routes.toml`, kept for `--print-routes` and per-route policy.
@@ -125,6 +131,14 @@ pub enum TlsMode {
     Auto,
     /// Required: a missing or broken certificate is a start-up error.
     On,
+}
+
+impl Named for TlsMode {
+    const NAMES: &'static [(&'static str, TlsMode)] = &[
+        ("auto", TlsMode::Auto),
+        ("on", TlsMode::On),
+        ("off", TlsMode::Off),
+    ];
 }
 
 #[derive(Debug)]
@@ -160,28 +174,9 @@ pub enum LogFormat {
     Json,
 }
 
-impl LogFormat {
-    /// The formats by the name the config gives them, the default first.
-    pub const NAMES: [(&'static str, LogFormat); 2] =
-        [("text", LogFormat::Text), ("json", LogFormat::Json)];
-
-    /// The format when `[log]` does not set one: what Juggler has always written.
-    pub const DEFAULT: LogFormat = LogFormat::Text;
-
-    pub fn from_name(name: &str) -> Option<LogFormat> {
-        Self::NAMES
-            .iter()
-            .find(|(known, _)| *known == name)
-            .map(|(_, format)| *format)
-    }
-
-    /// The name the config uses for this format.
-    pub fn name(self) -> &'static str {
-        Self::NAMES
-            .iter()
-            .find(|(_, format)| *format == self)
-            .map_or("text", |(name, _)| name)
-    }
+impl Named for LogFormat {
+    const NAMES: &'static [(&'static str, LogFormat)] =
+        &[("text", LogFormat::Text), ("json", LogFormat::Json)];
 }
 
 /// `[log]`: how Juggler writes its log, the access log included.
@@ -309,7 +304,7 @@ impl Settings {
         listen: ListenSettings {
             http: Some("0.0.0.0:8080"),
             https: Some("0.0.0.0:8443"),
-            tls: TlsMode::Auto,
+            tls: TlsMode::DEFAULT,
             tls_cert: "juggler_config/server.crt",
             tls_key: "juggler_config/server.key",
             redirect_http_to_https: false,

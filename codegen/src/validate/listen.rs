@@ -5,7 +5,6 @@ use toml::Spanned;
 
 use super::Checker;
 use crate::address::{check_address, PortZero};
-use crate::diagnostics::closest;
 use crate::model::{Listen, TlsMode};
 use crate::raw::RawListen;
 
@@ -18,23 +17,14 @@ impl Checker<'_> {
             listen.https = self.listen_address("https", https);
         }
         if let Some(tls) = &raw.tls {
-            listen.tls = match tls.get_ref().as_str() {
-                "auto" => TlsMode::Auto,
-                "on" => TlsMode::On,
-                "off" => TlsMode::Off,
-                other => {
-                    let guess = closest(other, &["auto", "on", "off"])
-                        .map_or_else(String::new, |mode| format!("did you mean \"{mode}\"? "));
-                    self.error(
-                        tls.span(),
-                        format!("`tls = \"{other}\"` is not a TLS mode"),
-                        format!(
-                            "{guess}write \"auto\" (HTTPS when the cert and key exist at start-up), \"on\" or \"off\""
-                        ),
-                    );
-                    listen.tls
-                }
-            };
+            listen.tls = self
+                .named(
+                    tls,
+                    "tls",
+                    "a TLS mode",
+                    "\"auto\" (HTTPS when the cert and key exist at start-up), \"on\" or \"off\"",
+                )
+                .unwrap_or(listen.tls);
         }
         for (key, raw_path, path) in [
             ("tls_cert", &raw.tls_cert, &mut listen.tls_cert),

@@ -8,8 +8,8 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use crate::diagnostics::{Diagnostic, Diagnostics, SourceFile};
-use crate::model::{Config, Settings};
+use crate::diagnostics::{closest, Diagnostic, Diagnostics, SourceFile};
+use crate::model::{Config, Named, Settings};
 use crate::raw::{RawLoadBalancer, RawRoute, Section};
 
 mod admin;
@@ -91,5 +91,29 @@ impl Checker<'_> {
 
     fn location(&self, span: &Range<usize>) -> String {
         self.file.location(span.start)
+    }
+
+    /// `key = "name"` for a setting with a fixed set of names. An unknown name is an error that
+    /// guesses the closest known one, then lists the choices (`choices` describes them).
+    fn named<T: Named>(
+        &mut self,
+        raw: &Spanned<String>,
+        key: &str,
+        what: &str,
+        choices: &str,
+    ) -> Option<T> {
+        let name = raw.get_ref();
+        if let Some(value) = T::from_name(name) {
+            return Some(value);
+        }
+        let names: Vec<&str> = T::NAMES.iter().map(|(name, _)| *name).collect();
+        let guess = closest(name, &names)
+            .map_or_else(String::new, |known| format!("did you mean \"{known}\"? "));
+        self.error(
+            raw.span(),
+            format!("`{key} = \"{name}\"` is not {what}"),
+            format!("{guess}write {choices}"),
+        );
+        None
     }
 }

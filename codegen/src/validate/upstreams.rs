@@ -7,8 +7,7 @@ use toml::Spanned;
 
 use super::{Checker, MAX_IDS};
 use crate::address::{check_address, PortZero};
-use crate::diagnostics::did_you_mean;
-use juggler_config::table::{BackendSpec, BalancePolicy};
+use juggler_config::table::{BackendSpec, BalancePolicy, Named};
 
 use crate::model::{Backend, Upstream};
 use crate::raw::{RawServer, RawUpstream};
@@ -35,7 +34,13 @@ impl Checker<'_> {
                 None => Pool::DEFAULT,
             };
             let (balance, balance_source) = match &body.balance {
-                Some(raw) => match self.balance(raw) {
+                Some(raw) => match self.named(
+                    raw,
+                    "balance",
+                    "a balancing policy",
+                    "\"round_robin\" (in turn, the default) or \"least_queued\" (the backend \
+                     with a free connection or the shortest queue)",
+                ) {
                     Some(policy) => (policy, Some(self.location(&raw.span()))),
                     None => (BalancePolicy::DEFAULT, None),
                 },
@@ -172,20 +177,6 @@ impl Checker<'_> {
             raw.span(),
             format!("`weight = {weight}` is not a usable weight"),
             format!("write 1 to {} ({why})", BackendSpec::MAX_WEIGHT),
-        );
-        None
-    }
-
-    fn balance(&mut self, raw: &Spanned<String>) -> Option<BalancePolicy> {
-        let name = raw.get_ref();
-        if let Some(policy) = BalancePolicy::from_name(name) {
-            return Some(policy);
-        }
-        let known: Vec<&str> = BalancePolicy::NAMES.iter().map(|(name, _)| *name).collect();
-        self.error(
-            raw.span(),
-            format!("`balance = \"{name}\"` is not a balancing policy"),
-            did_you_mean(name, &known),
         );
         None
     }

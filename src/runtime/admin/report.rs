@@ -10,7 +10,7 @@ use super::process;
 use crate::backend::pool::{BackendPool, Drain};
 use crate::metrics::ListenerKind;
 use crate::proxy::Proxy;
-use crate::table::BalancePolicy;
+use crate::table::Named;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -133,7 +133,7 @@ pub(super) fn build(
         .iter()
         .map(|upstream| UpstreamReport {
             name: upstream.name.to_owned(),
-            balance: balance_name(upstream.balance).to_owned(),
+            balance: upstream.balance.name().to_owned(),
             backends: upstream
                 .backends
                 .iter()
@@ -196,11 +196,4 @@ pub(super) fn backend_report(pool: &BackendPool, history: &History, index: u16) 
         response_p99_ms: millis(window.response_time.quantile(0.99)),
         history: window.series,
     }
-}
-
-pub fn balance_name(policy: BalancePolicy) -> &'static str {
-    BalancePolicy::NAMES
-        .iter()
-        .find(|(_, named)| *named == policy)
-        .map_or("?", |(name, _)| name)
 }
