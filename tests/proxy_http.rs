@@ -394,6 +394,65 @@ async fn forwarded_headers_are_opt_in() {
     on.shutdown().await.unwrap();
 }
 
+/// Sends GET `/x` with these `X-Request-Id` values; returns the ones the backend saw.
+async fn request_ids_seen(
+    juggler: &TestJuggler,
+    backend: &TestBackend,
+    sent: &[&str],
+) -> Vec<String> {
+    let mut request = Request::get("/x").header("host", "juggler.test");
+    for id in sent {
+        request = request.header("x-request-id", *id);
+    }
+    let answer = get_with(juggler, request.body(Full::new(Bytes::new())).unwrap()).await;
+    assert_eq!(answer.status, 200);
+    let headers = backend.stats.last_headers.lock().unwrap().clone().unwrap();
+    headers
+        .get_all("x-request-id")
+        .iter()
+        .map(|value| value.to_str().unwrap().to_owned())
+        .collect()
+}
+
+#[juggler_testkit::test]
+async fn request_id_header_is_opt_in_and_one_per_request() {
+    let backend = TestBackend::start("server").await;
+    let off = TestJuggler::start(table(&[backend.addr], 1, Settings::DEFAULT)).await;
+    assert!(request_ids_seen(&off, &backend, &[]).await.is_empty());
+    assert_eq!(request_ids_seen(&off, &backend, &["abc"]).await, ["abc"]);
+    off.shutdown().await.unwrap();
+
+    let settings = settings_with(|s| s.proxy.request_id_header = true);
+    let on = TestJuggler::start(table(&[backend.addr], 1, settings)).await;
+    let first = request_ids_seen(&on, &backend, &[]).await;
+    let second = request_ids_seen(&on, &backend, &[]).await;
+    println!("generated: {first:?} then {second:?}");
+    for ids in [&first, &second] {
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        assert_eq!(ids[0].len(), 20, "{ids:?}");
+        assert!(ids[0].bytes().all(|b| b.is_ascii_hexdigit()), "{ids:?}");
+    }
+    assert_ne!(first, second, "two requests got one id");
+    let kept = request_ids_seen(&on, &backend, &["trace-7f3a"]).await;
+    assert_eq!(
+        kept,
+        ["trace-7f3a"],
+        "a usable client id is passed on as it is"
+    );
+    let too_long = "x".repeat(65);
+    let replaced = request_ids_seen(&on, &backend, &[&too_long]).await;
+    println!("65-byte client id replaced by {replaced:?}");
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+    assert_ne!(replaced[0], too_long);
+    let two = request_ids_seen(&on, &backend, &["a", "b"]).await;
+    assert_eq!(
+        two.len(),
+        1,
+        "two client ids reach the backend as one: {two:?}"
+    );
+    on.shutdown().await.unwrap();
+}
+
 #[juggler_testkit::test]
 async fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
     let (backend, juggler) = start_one_backend("server", 1, Settings::DEFAULT).await;

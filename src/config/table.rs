@@ -236,6 +236,8 @@ settings_section! {
     pub struct ProxySettings in "proxy" {
         /// Add `X-Forwarded-For` / `X-Forwarded-Proto` toward backends (off, as in the original).
         forwarded_headers: bool = flag(false),
+        /// Send each request's id (the access log's `request_id`) to its backend as `X-Request-Id`.
+        request_id_header: bool = flag(false),
         /// Re-sends of one request after a pooled connection failed before any response byte.
         max_retries: u32 = count(1, 0, 10),
         /// Consecutive failed connects after which a backend is marked down and skipped.

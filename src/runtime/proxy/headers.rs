@@ -18,6 +18,16 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
 }
 
+/// Headers Juggler adds toward the backend, each opt-in and each replacing what the client sent
+/// under that name.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Added<'a> {
+    /// `X-Forwarded-For` (appended to the client's chain) and `X-Forwarded-Proto` for this client.
+    pub forwarded: Option<ClientInfo>,
+    /// `X-Request-Id`: the id the access log names the request by.
+    pub request_id: Option<&'a str>,
+}
+
 /// Where the request came from, for the opt-in `X-Forwarded-*` headers.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
@@ -27,13 +37,9 @@ pub struct ClientInfo {
 
 /// Writes the HTTP/1.1 request head for a backend into `out`: the request line, every end-to-end
 /// header in the order hyper keeps them, `Host` (taken from the URI for HTTP/2 clients, which send
-/// `:authority` instead), `Content-Length` and `Connection: keep-alive`.
-pub fn encode_request_head(
-    parts: &Parts,
-    body_len: usize,
-    forwarded: Option<ClientInfo>,
-    out: &mut Vec<u8>,
-) {
+/// `:authority` instead), the `added` headers, `Content-Length` and `Connection: keep-alive`.
+pub fn encode_request_head(parts: &Parts, body_len: usize, added: Added<'_>, out: &mut Vec<u8>) {
+    let forwarded = added.forwarded;
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts
@@ -63,7 +69,9 @@ pub fn encode_request_head(
             }
             continue;
         }
-        if forwarded.is_some() && *name == X_FORWARDED_PROTO {
+        let replaced = (forwarded.is_some() && *name == X_FORWARDED_PROTO)
+            || (added.request_id.is_some() && *name == X_REQUEST_ID);
+        if replaced {
             continue;
         }
         write_header(out, name.as_str().as_bytes(), value.as_bytes());
@@ -75,6 +83,9 @@ pub fn encode_request_head(
         let proto: &[u8] = if client.https { b"https" } else { b"http" };
         write_header(out, b"x-forwarded-proto", proto);
     }
+    if let Some(id) = added.request_id {
+        write_header(out, b"x-request-id", id.as_bytes());
+    }
     if body_len > 0 || method_implies_body(&parts.method) {
         let mut digits = itoa::Buffer::new();
         write_header(out, b"content-length", digits.format(body_len).as_bytes());
@@ -84,6 +95,7 @@ pub fn encode_request_head(
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The client's existing `X-Forwarded-For` chain (all values, in order) with its address appended.
 fn join_forwarded_for(headers: &HeaderMap, client: IpAddr) -> String {
@@ -158,7 +170,7 @@ mod tests {
             .body(())
             .unwrap();
         let mut out = Vec::new();
-        encode_request_head(&parts(request), 0, None, &mut out);
+        encode_request_head(&parts(request), 0, Added::default(), &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET / HTTP/1.1\r\nhost: h\r\nx-b: 2\r\nx-a: 3\r\nconnection: keep-alive\r\n\r\n"
@@ -175,7 +187,7 @@ mod tests {
             .body(())
             .unwrap();
         let mut out = Vec::new();
-        encode_request_head(&parts(request), 12, None, &mut out);
+        encode_request_head(&parts(request), 12, Added::default(), &mut out);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
@@ -185,22 +197,39 @@ mod tests {
     }
 
     #[test]
-    fn http2_authority_becomes_host_and_forwarded_headers_are_opt_in() {
-        let request = Request::get("https://example.test/x")
-            .header("x-forwarded-for", "10.0.0.1")
-            .body(())
-            .unwrap();
+    fn http2_authority_becomes_host_and_added_headers_replace_the_clients() {
+        let request = || {
+            Request::get("https://example.test/x")
+                .header("x-forwarded-for", "10.0.0.1")
+                .header("x-forwarded-proto", "http")
+                .header("x-request-id", "client's")
+                .body(())
+                .unwrap()
+        };
         let client = ClientInfo {
             ip: "127.0.0.1".parse().unwrap(),
             https: true,
         };
+        let added = Added {
+            forwarded: Some(client),
+            request_id: Some("00c0ffee000000000001"),
+        };
         let mut out = Vec::new();
-        encode_request_head(&parts(request), 0, Some(client), &mut out);
-        let text = String::from_utf8(out).unwrap();
+        encode_request_head(&parts(request()), 0, added, &mut out);
         assert_eq!(
-            text,
+            String::from_utf8(out).unwrap(),
             "GET /x HTTP/1.1\r\nhost: example.test\r\nx-forwarded-for: 10.0.0.1, 127.0.0.1\r\n\
-             x-forwarded-proto: https\r\nconnection: keep-alive\r\n\r\n"
+             x-forwarded-proto: https\r\nx-request-id: 00c0ffee000000000001\r\n\
+             connection: keep-alive\r\n\r\n"
+        );
+
+        let mut out = Vec::new();
+        encode_request_head(&parts(request()), 0, Added::default(), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /x HTTP/1.1\r\nhost: example.test\r\nx-forwarded-for: 10.0.0.1\r\n\
+             x-forwarded-proto: http\r\nx-request-id: client's\r\nconnection: keep-alive\r\n\r\n",
+            "nothing added, the client's headers pass unchanged"
         );
     }
 }

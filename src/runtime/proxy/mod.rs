@@ -27,7 +27,7 @@ use crate::metrics::{ListenerKind, Metrics};
 use crate::table::{BackendId, Route, RouteMatch, RouteTable, Settings};
 use balance::Balancer;
 use contain::CatchPanic;
-use headers::ClientInfo;
+use headers::{Added, ClientInfo};
 
 mod balance;
 mod contain;
@@ -56,7 +56,8 @@ pub struct Proxy {
     request_ids: RequestIds,
 }
 
-/// Names each request in the access log, so one request can be followed through logs.
+/// Names each request in the access log (and, with `request_id_header`, toward its backend), so
+/// one request can be followed through the logs of every hop.
 #[derive(Debug)]
 struct RequestIds {
     /// Random per process: ids stay unique across restarts and upgrades.
@@ -76,7 +77,7 @@ impl RequestIds {
     /// otherwise this process's next id.
     fn name(&self, headers: &http::HeaderMap) -> String {
         let given = headers
-            .get("x-request-id")
+            .get(headers::X_REQUEST_ID)
             .and_then(|value| value.to_str().ok())
             .filter(|id| !id.is_empty() && id.len() <= 64);
         match given {
@@ -157,11 +158,17 @@ impl Proxy {
         // (reference-counted copies, not new strings).
         let (method, uri) = (request.method().clone(), request.uri().clone());
         let version = request.version();
-        let log_started = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO)
-            .then(|| (Instant::now(), self.request_ids.name(request.headers())));
+        let logged = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO);
+        let sent = self.settings().proxy.request_id_header;
+        let request_id = (logged || sent).then(|| self.request_ids.name(request.headers()));
+        let log_started = logged.then(Instant::now);
+        let added = Added {
+            forwarded: self.settings().proxy.forwarded_headers.then_some(client),
+            request_id: request_id.as_deref().filter(|_| sent),
+        };
         let mut outcome = Outcome::default();
         let in_progress = InProgress::count(&self.requests_in_progress);
-        let handled = CatchPanic::new(self.route_and_forward(request, client, &mut outcome));
+        let handled = CatchPanic::new(self.route_and_forward(request, added, &mut outcome));
         let handled = handled.await;
         drop(in_progress);
         let response = handled.unwrap_or_else(|panic| {
@@ -185,7 +192,7 @@ impl Proxy {
         if let Some(pool) = backend {
             pool.counters.answered(status, body_bytes);
         }
-        if let Some((started, request_id)) = log_started {
+        if let (Some(started), Some(request_id)) = (log_started, request_id) {
             tracing::info!(
                 target: ACCESS_LOG,
                 request_id,
@@ -205,7 +212,7 @@ impl Proxy {
     async fn route_and_forward<B>(
         &self,
         request: Request<B>,
-        client: ClientInfo,
+        added: Added<'_>,
         outcome: &mut Outcome,
     ) -> Response<ResponseBody>
     where
@@ -243,11 +250,10 @@ impl Proxy {
             Ok(body) => body,
             Err(response) => return response,
         };
-        let forwarded = self.settings().proxy.forwarded_headers.then_some(client);
         let body_len = usize::try_from(body.len()).unwrap_or(usize::MAX);
         let coalesce = !body.is_spilled() && body_len <= COALESCE_BODY_LIMIT;
         let mut head = Vec::with_capacity(512 + if coalesce { body_len } else { 0 });
-        headers::encode_request_head(&parts, body_len, forwarded, &mut head);
+        headers::encode_request_head(&parts, body_len, added, &mut head);
         let empty = RequestBody::default();
         let separate_body = if coalesce {
             head.extend_from_slice(body.in_memory());
