@@ -89,34 +89,35 @@ impl ClientStream for Box<TlsStream<TcpStream>> {
     }
 }
 
-/// Serves a client connection from its first byte; `permit` is its place under the connection
-/// cap, given back when it closes.
-pub(super) async fn serve_stream(
+/// Serves a plain client connection from its first byte; `permit` is its place under the
+/// connection cap, given back when it closes.
+pub(super) async fn serve_plain(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<Arc<TlsAcceptor>>,
     shared: Arc<Shared>,
-    drain: PhaseSignal,
+    phase: PhaseSignal,
     permit: OwnedSemaphorePermit,
 ) {
-    let shared = &shared;
     // Responses are complete writes; Nagle would only hold back their last segment.
     let _ = stream.set_nodelay(true);
     let metrics = &shared.proxy.metrics;
-    let Some(tls) = tls else {
-        metrics.listener(ListenerKind::Http).connection_accepted();
-        let client = ClientInfo {
-            ip: peer.ip(),
-            https: false,
-        };
-        let redirect_port = shared.redirect_to_https_port;
-        let unread = Bytes::new();
-        return serve_http1(stream, client, shared, drain, redirect_port, permit, unread).await;
+    metrics.listener(ListenerKind::Http).connection_accepted();
+    let client = ClientInfo {
+        ip: peer.ip(),
+        https: false,
     };
-    // A TLS connection's state (rustls buffers, HTTP/2) is large; boxing that path keeps the task
-    // of every plain connection small.
-    let _open = metrics.listener(ListenerKind::Https).connection_opened();
-    Box::pin(serve_tls(stream, peer, &tls, shared, drain, permit)).await;
+    let redirect_port = shared.redirect_to_https_port;
+    let unread = Bytes::new();
+    serve_http1(
+        stream,
+        client,
+        &shared,
+        phase,
+        redirect_port,
+        permit,
+        unread,
+    )
+    .await;
 }
 
 /// Serves a plain connection whose client sent `unread` while it was parked in the lot.
@@ -141,36 +142,56 @@ pub(super) async fn serve_unparked(
     .await;
 }
 
-async fn serve_tls(
+/// Serves a TLS client connection from its first byte, like [`serve_plain`]. An idle TLS
+/// connection stays in its task (its session state cannot leave it), so this future is what each
+/// one costs besides rustls: the handshake's large state lives in its own box, freed when it
+/// ends, and only the boxed stream and the HTTP/1.1 loop remain.
+pub(super) async fn serve_tls(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: &TlsAcceptor,
-    shared: &Arc<Shared>,
-    drain: PhaseSignal,
+    tls: Arc<TlsAcceptor>,
+    shared: Arc<Shared>,
+    phase: PhaseSignal,
     permit: OwnedSemaphorePermit,
 ) {
-    let limits = &shared.proxy.table.settings.limits;
+    let _ = stream.set_nodelay(true);
+    let _open = shared
+        .proxy
+        .metrics
+        .listener(ListenerKind::Https)
+        .connection_opened();
+    let Some(stream) = Box::pin(handshake(stream, peer, &tls, &shared)).await else {
+        return;
+    };
     let client = ClientInfo {
         ip: peer.ip(),
         https: true,
     };
-    // Boxed, like the HTTP/2 path below: the task's size is that of its largest state, and an
-    // idle HTTP/1.1 connection should hold only what it needs while parked.
-    let accepted = Box::pin(tls.accept(stream, limits.tls_handshake_timeout)).await;
+    if super::tls::is_h2(&stream) {
+        Box::pin(serve_http2(stream, client, &shared, phase)).await;
+    } else {
+        serve_http1(stream, client, &shared, phase, None, permit, Bytes::new()).await;
+    }
+}
+
+/// The server side of the TLS handshake under its deadline, counted; the stream comes back boxed
+/// (see [`ClientStream`]).
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: &TlsAcceptor,
+    shared: &Shared,
+) -> Option<Box<TlsStream<TcpStream>>> {
+    let limits = &shared.proxy.table.settings.limits;
+    let accepted = tls.accept(stream, limits.tls_handshake_timeout).await;
     let counters = shared.proxy.metrics.listener(ListenerKind::Https);
     counters.handshake(accepted.is_ok());
-    let stream = match accepted {
-        Ok(stream) => stream,
+    match accepted {
+        Ok(stream) => Some(Box::new(stream)),
         Err(error) => {
             tracing::debug!(%peer, %error, "TLS handshake failed");
-            return;
+            None
         }
-    };
-    if super::tls::is_h2(&stream) {
-        Box::pin(serve_http2(stream, client, shared, drain)).await;
-    } else {
-        let stream = Box::new(stream);
-        serve_http1(stream, client, shared, drain, None, permit, Bytes::new()).await;
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::conn::{serve_stream, PhaseSignal, Shared};
+use super::conn::{serve_plain, serve_tls, PhaseSignal, Shared};
 use super::park::ParkingLot;
 use super::tls::TlsAcceptor;
 use crate::proxy::Proxy;
@@ -119,7 +119,7 @@ impl Server {
         };
         let shared = Arc::clone(&self.shared);
         let phase = self.phase.subscribe();
-        tokio::spawn(serve_stream(stream, peer, None, shared, phase, permit));
+        tokio::spawn(serve_plain(stream, peer, shared, phase, permit));
     }
 
     /// Client connections open now.
@@ -221,8 +221,18 @@ async fn accept_loop(
         };
         let shared = Arc::clone(&shared);
         let phase = phase.clone();
-        let tls = tls.clone();
-        tokio::spawn(serve_stream(stream, peer, tls, shared, phase, permit));
+        // Each kind its own task: a task is as large as its future's largest state.
+        match &tls {
+            Some(tls) => tokio::spawn(serve_tls(
+                stream,
+                peer,
+                Arc::clone(tls),
+                shared,
+                phase,
+                permit,
+            )),
+            None => tokio::spawn(serve_plain(stream, peer, shared, phase, permit)),
+        };
     }
 }
 
