@@ -245,9 +245,10 @@ async fn admin_answers_within_50ms_while_every_pool_is_saturated() {
     let backend = TestBackend::start("slow").await;
     let settings = settings_with(|settings| settings.queue.max_queued_per_server = 500);
     let juggler = TestJuggler::start_with_admin(table(&[backend.addr], 2, settings), TOKEN).await;
-    // 1,000 clients against a backend that sleeps: 2 are served, 500 wait, the rest get 503.
+    // 1,000 clients against a backend that holds every request until the end: 2 are served,
+    // 500 wait, the rest get 503.
     let clients: Vec<_> = (0..1000)
-        .map(|_| tokio::spawn(get(juggler.addr, "/sleep/3000")))
+        .map(|_| tokio::spawn(get(juggler.addr, "/hold")))
         .collect();
     let saturated = until(&juggler, |report| {
         report.upstreams[0].backends[0].queued == 500
@@ -282,6 +283,7 @@ async fn admin_answers_within_50ms_while_every_pool_is_saturated() {
         took[10]
     );
     assert!(took[20] < Duration::from_secs(1), "slowest {:?}", took[20]);
+    backend.stats.released.send_replace(true);
     for client in clients {
         client.abort();
     }

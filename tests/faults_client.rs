@@ -180,8 +180,9 @@ async fn clients_that_disconnect_while_queued_never_reach_the_backend() {
     let settings = settings_with(|s| s.queue.max_queued_per_server = CLIENTS);
     let (backend, juggler) = start_one_backend("server 1", 1, settings).await;
     let addr = juggler.addr;
-    // Holds the only pooled connection while the crowd queues behind it.
-    let holder = tokio::spawn(async move { get(addr, "/sleep/6000").await.unwrap().status });
+    // Holds the only pooled connection while the crowd queues behind it, for as long as the
+    // crowd takes to queue and vanish however loaded the machine is.
+    let holder = tokio::spawn(async move { get(addr, "/hold").await.unwrap().status });
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let started = Instant::now();
@@ -219,6 +220,7 @@ async fn clients_that_disconnect_while_queued_never_reach_the_backend() {
     .await
     .is_ok();
     let drained_after = dropped_at.elapsed();
+    backend.stats.released.send_replace(true);
     let holder_status = holder.await.unwrap();
     // Anything still queued would be sent now that the connection is free.
     tokio::time::sleep(Duration::from_millis(500)).await;

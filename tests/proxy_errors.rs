@@ -39,9 +39,9 @@ async fn full_queue_answers_503_with_retry_after() {
 #[juggler_testkit::test]
 async fn queue_timeout_answers_503() {
     let settings = settings_with(|s| s.queue.timeout = Duration::from_millis(150));
-    let (_backend, juggler) = start_one_backend("slow", 1, settings).await;
+    let (backend, juggler) = start_one_backend("slow", 1, settings).await;
     let addr = juggler.addr;
-    let holder = tokio::spawn(async move { get(addr, "/sleep/1000").await.unwrap().status });
+    let holder = tokio::spawn(async move { get(addr, "/hold").await.unwrap().status });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = tokio::time::Instant::now();
     let waiting = get(juggler.addr, "/x").await.unwrap();
@@ -50,6 +50,7 @@ async fn queue_timeout_answers_503() {
     assert_eq!(waiting.status, 503);
     assert_eq!(waiting.headers["retry-after"], "1");
     assert!(waited >= Duration::from_millis(140) && waited < Duration::from_millis(900));
+    backend.stats.released.send_replace(true);
     assert_eq!(holder.await.unwrap(), 200);
     juggler.shutdown().await.unwrap();
 }

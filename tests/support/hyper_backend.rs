@@ -26,6 +26,8 @@ pub struct BackendStats {
     pub last_headers: Mutex<Option<HeaderMap>>,
     /// Request paths received, in order.
     pub paths: Mutex<Vec<String>>,
+    /// `/hold` requests are answered once this is `true` (the test decides when, not a clock).
+    pub released: tokio::sync::watch::Sender<bool>,
 }
 
 impl BackendStats {
@@ -63,6 +65,7 @@ impl Behaviour {
 /// - `/echo`: answers with the request body; `x-body-len` header with its length;
 /// - `/status/NNN`: answers with that status (and a body unless 204/304);
 /// - `/sleep/MS`: sleeps MS milliseconds, then answers with its name;
+/// - `/hold`: answers with its name once the test sets [`BackendStats::released`];
 /// - anything else: answers with its name.
 pub type TestBackend = Backend<BackendStats>;
 
@@ -137,6 +140,13 @@ async fn answer(
     } else {
         if let Some(ms) = path.strip_prefix("/sleep/") {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+        }
+        if path == "/hold" {
+            let _ = stats
+                .released
+                .subscribe()
+                .wait_for(|released| *released)
+                .await;
         }
         Response::builder()
             .header("content-type", "text/plain")
