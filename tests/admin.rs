@@ -13,6 +13,7 @@ use http::{Request, StatusCode};
 use http_body_util::Full;
 use juggler::admin::report::StatusReport;
 use juggler::table::Settings;
+use juggler_testkit::raw_backend::RawBackend;
 use juggler_testkit::*;
 use prometheus_parse::{Sample, Scrape, Value};
 
@@ -238,6 +239,38 @@ async fn metrics_count_exactly_what_happened() {
         .sum();
     assert_eq!(requests, 33);
     assert_eq!(report.listeners[0].requests, 35);
+}
+
+/// Response body bytes are counted for every kind of response: known length (buffered or too
+/// large to buffer) and chunked or close-delimited ones too large to buffer, streamed or spooled.
+#[juggler_testkit::test]
+async fn relayed_bytes_count_every_kind_of_response_body() {
+    let backend = RawBackend::start().await;
+    let settings = settings_with(|settings| settings.limits.response_buffer_bytes = 1024);
+    let juggler = TestJuggler::start_with_admin(table(&[backend.addr], 1, settings), TOKEN).await;
+    let upload = Bytes::from(vec![b'x'; 20_000]);
+    let mut relayed = Vec::new();
+    for path in ["/chunked-echo", "/until-close"] {
+        let request = Request::post(path)
+            .header("host", "juggler.test")
+            .body(Full::new(upload.clone()))
+            .unwrap();
+        let answer = send(juggler.addr, request).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "{path}");
+        assert_eq!(answer.body, upload, "{path}");
+        relayed.push((path, answer.body.len()));
+    }
+    for path in ["/big-length", "/short-head-echo"] {
+        let answer = get(juggler.addr, path).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "{path}");
+        relayed.push((path, answer.body.len()));
+    }
+    let expected: usize = relayed.iter().map(|(_, len)| len).sum();
+    let samples = scrape(&juggler).await;
+    let counted = total(&samples, "juggler_backend_received_bytes_total", &[]);
+    println!("bodies relayed {relayed:?}: {expected} B; counted {counted}");
+    assert_eq!(counted, expected as f64);
+    juggler.shutdown().await.unwrap();
 }
 
 #[juggler_testkit::test]

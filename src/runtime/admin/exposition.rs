@@ -272,7 +272,7 @@ impl ProxyCollector {
         counter(
             encoder,
             "juggler_backend_received_bytes",
-            "Response body bytes read from the backend (where the length was known)",
+            "Response body bytes relayed from the backend to clients",
             &counts(|counted| counted.bytes_received),
         )?;
         let histograms =

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -16,13 +17,16 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
 use super::conn::{BodyError, BodyState};
-use super::pool::PooledConn;
+use super::pool::{BackendPool, PooledConn};
 use super::spool::{SpoolRead, SpooledBody};
 
 /// A response body.
 #[derive(Debug)]
 pub struct ResponseBody {
     kind: Kind,
+    /// The backend whose relayed-bytes counter each data frame goes to as it passes: set for a
+    /// body whose length was not known when it was handed on (see [`ResponseBody::count_relayed`]).
+    relayed_from: Option<Arc<BackendPool>>,
 }
 
 #[derive(Debug)]
@@ -52,20 +56,55 @@ pub(super) struct StreamingBody {
 
 impl ResponseBody {
     pub fn full(bytes: Bytes) -> ResponseBody {
-        ResponseBody {
-            kind: Kind::Full(Some(bytes)),
-        }
+        ResponseBody::of(Kind::Full(Some(bytes)))
     }
 
     pub(super) fn streaming(body: StreamingBody) -> ResponseBody {
-        ResponseBody {
-            kind: Kind::Streaming(Box::new(body)),
-        }
+        ResponseBody::of(Kind::Streaming(Box::new(body)))
     }
 
     pub(super) fn spooled(body: SpooledBody) -> ResponseBody {
+        ResponseBody::of(Kind::Spooled(Box::new(body)))
+    }
+
+    fn of(kind: Kind) -> ResponseBody {
         ResponseBody {
-            kind: Kind::Spooled(Box::new(body)),
+            kind,
+            relayed_from: None,
+        }
+    }
+
+    /// Counts this body's bytes as relayed from `pool`'s backend: all at once when its length is
+    /// known now, otherwise frame by frame as the client takes them (a chunked or close-delimited
+    /// response too large to buffer), so streamed responses are counted too.
+    pub fn count_relayed(&mut self, pool: &Arc<BackendPool>) {
+        match self.size_hint().exact() {
+            Some(len) => pool.counters.relayed(len),
+            None => self.relayed_from = Some(Arc::clone(pool)),
+        }
+    }
+
+    /// The next frame of whichever kind of body this is.
+    fn poll_kind(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match &mut self.kind {
+            Kind::Full(bytes) => Poll::Ready(
+                bytes
+                    .take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+            Kind::Spooled(body) => match ready!(body.poll_read(cx)) {
+                SpoolRead::Data(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                SpoolRead::End => Poll::Ready(None),
+                SpoolRead::Failed(error) => Poll::Ready(Some(Err(error))),
+                SpoolRead::Stream(rest) => {
+                    self.kind = Kind::Streaming(rest);
+                    self.poll_kind(cx)
+                }
+            },
+            Kind::Streaming(body) => body
+                .poll_chunk(cx)
+                .map(|chunk| chunk.map(|result| result.map(Frame::data))),
         }
     }
 }
@@ -171,26 +210,13 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
-        match &mut this.kind {
-            Kind::Full(bytes) => Poll::Ready(
-                bytes
-                    .take()
-                    .filter(|b| !b.is_empty())
-                    .map(|b| Ok(Frame::data(b))),
-            ),
-            Kind::Spooled(body) => match ready!(body.poll_read(cx)) {
-                SpoolRead::Data(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                SpoolRead::End => Poll::Ready(None),
-                SpoolRead::Failed(error) => Poll::Ready(Some(Err(error))),
-                SpoolRead::Stream(rest) => {
-                    this.kind = Kind::Streaming(rest);
-                    Pin::new(this).poll_frame(cx)
-                }
-            },
-            Kind::Streaming(body) => body
-                .poll_chunk(cx)
-                .map(|chunk| chunk.map(|result| result.map(Frame::data))),
+        let polled = this.poll_kind(cx);
+        if let (Some(pool), Poll::Ready(Some(Ok(frame)))) = (&this.relayed_from, &polled) {
+            if let Some(data) = frame.data_ref() {
+                pool.counters.relayed(data.len() as u64);
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -136,11 +136,14 @@ impl BackendCounters {
     }
 
     /// A request this backend took was answered with `status`.
-    pub(crate) fn answered(&self, status: StatusCode, bytes_received: u64) {
+    pub(crate) fn answered(&self, status: StatusCode) {
+        self.bump(|cells| &cells.responses[class_index(status)]);
+    }
+
+    /// Response body bytes from this backend went on to a client.
+    pub(crate) fn relayed(&self, bytes: u64) {
         if self.enabled {
-            let cells = self.cells.local();
-            add(&cells.responses[class_index(status)], 1);
-            add(&cells.bytes_received, bytes_received);
+            add(&self.cells.local().bytes_received, bytes);
         }
     }
 

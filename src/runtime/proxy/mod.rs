@@ -171,7 +171,7 @@ impl Proxy {
         let handled = CatchPanic::new(self.route_and_forward(request, added, &mut outcome));
         let handled = handled.await;
         drop(in_progress);
-        let response = handled.unwrap_or_else(|panic| {
+        let mut response = handled.unwrap_or_else(|panic| {
             tracing::error!(
                 client = %client.ip,
                 %method,
@@ -190,7 +190,8 @@ impl Proxy {
         self.metrics.listener(listener).answered(version, status);
         let backend = outcome.backend.map(|id| &self.pools[usize::from(id.0)]);
         if let Some(pool) = backend {
-            pool.counters.answered(status, body_bytes);
+            pool.counters.answered(status);
+            response.body_mut().count_relayed(pool);
         }
         if let (Some(started), Some(request_id)) = (log_started, request_id) {
             tracing::info!(
