@@ -54,6 +54,8 @@ class Scenario:
     conns: int = 64
     streams: int = 1  # h2load: concurrent streams per connection
     https: bool = False
+    # Idle scenarios over TLS: HTTP/2 (ALPN h2) instead of HTTP/1.1.
+    http2: bool = False
     script: Path | None = None
     # The scenario's name in the table of all scenarios.
     label: str = ""
@@ -77,6 +79,8 @@ SCENARIOS = [
              "idle", conns=16000, label="idle {n} plain"),
     Scenario("idle-tls", "{n} idle keep-alive client connections over TLS, HTTP/1.1 (each after one request)",
              "idle", conns=8000, https=True, label="idle {n} TLS"),
+    Scenario("idle-h2", "{n} idle client connections over TLS, HTTP/2 (each after one request)",
+             "idle", conns=8000, https=True, http2=True, label="idle {n} HTTP/2"),
     Scenario("metrics", "Metrics on vs off: Juggler with and without [admin] (metric counting), "
              "12 B GET, 64 connections, alternating", "metrics"),
     Scenario("upgrade", "Upgrade under load: five swaps during a 12 B GET run with 64 connections (wrk)", "upgrade"),
@@ -86,7 +90,7 @@ SCENARIOS = [
 # Run unless BENCH_SCENARIOS names others: upgrade and uneven are studies of their own, with their
 # own tables (about 10 minutes more), run by name.
 DEFAULT_SCENARIOS = ["get12-c64", "get12-c512", "get64k-c64", "post16k-c64", "https-h1-c64", "https-h2",
-                     "idle", "idle-16k", "idle-tls", "metrics"]
+                     "idle", "idle-16k", "idle-tls", "idle-h2", "metrics"]
 
 
 def env_list(name: str) -> list[str] | None:
@@ -277,8 +281,8 @@ def main() -> int:
             live = start_balancers(procs, out, targets, certs)
             try:
                 if scenario.tool == "idle":
-                    measured = {t.name: idle.hold_idle_connections(t, idle_conns, tls=scenario.https)
-                                for t in live}
+                    mode = "h2" if scenario.http2 else "tls" if scenario.https else "plain"
+                    measured = {t.name: idle.hold_idle_connections(t, idle_conns, mode) for t in live}
                     table = report.idle_table(title, targets, measured)
                     summary.append((scenario.label.format(n=f"{idle_conns:,}"), "idle", measured))
                 else:

