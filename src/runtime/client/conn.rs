@@ -106,22 +106,12 @@ pub(super) async fn serve_plain(
         ip: peer.ip(),
         https: false,
     };
-    let redirect_port = shared.redirect_to_https_port;
-    let unread = Bytes::new();
-    serve_http1(
-        stream,
-        client,
-        &shared,
-        phase,
-        redirect_port,
-        permit,
-        unread,
-    )
-    .await;
+    serve_plain_http1(stream, client, shared, phase, permit, Bytes::new()).await;
 }
 
-/// Serves a plain connection whose client sent `unread` while it was parked in the lot.
-pub(super) async fn serve_unparked(
+/// Serves a plain HTTP/1.1 connection; `unread`: what its client already sent (the first bytes of a
+/// connection woken in the parking lot).
+pub(super) async fn serve_plain_http1(
     stream: TcpStream,
     client: ClientInfo,
     shared: Arc<Shared>,

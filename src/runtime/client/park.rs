@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use super::conn::{serve_unparked, PhaseSignal, Shared};
+use super::conn::{serve_plain_http1, PhaseSignal, Shared};
 use super::listener::Phase;
 use crate::proxy::headers::ClientInfo;
 
@@ -245,7 +245,7 @@ impl Lot {
             }
         };
         let unread = Bytes::copy_from_slice(&first[..read]);
-        tokio::spawn(serve_unparked(
+        tokio::spawn(serve_plain_http1(
             stream,
             client,
             Arc::clone(shared),
