@@ -9,9 +9,9 @@
 //! - no POST reached a backend twice, and no request whose client vanished mid-body reached one;
 //! - no backend ever had more than `n` connections open, and Juggler never held more than `n`
 //!   sockets to one backend; afterwards every pool is back at `n`;
-//! - Juggler's RSS at rest does not keep growing: at most 5 % more at the end than halfway through
-//!   the load; open descriptors within 5 % of their warm-up count (all read at rest: no clients,
-//!   chaos over, pools refilled).
+//! - Juggler's RSS at rest at the end is at most 50 % above its reading after warm-up (a gross leak;
+//!   see `RSS_GROWTH_BOUND` for why no finer bound holds), open descriptors within 5 % of their
+//!   warm-up count (all read at rest: no clients, chaos over, pools refilled).
 //!
 //! Everything runs inside a private network namespace this test creates (`unshare(CLONE_NEWNET)`,
 //! root only), so the compiled-in fixed ports collide with nothing and no byte leaves loopback.
@@ -61,14 +61,16 @@ const ALLOWED_ERRORS: [u16; 3] = [502, 503, 504];
 /// Longest a finished request may wait for its answer: queue timeout (4 s) + backend timeout (2 s)
 /// per attempt + a slow body, with room to spare.
 const ANSWER_BOUND: Duration = Duration::from_secs(25);
-/// Descriptors at the end may differ from their warm-up count, and RSS at the end may exceed its
-/// reading halfway through the load, by this fraction. RSS is held against the halfway reading,
-/// not the warm-up one: a leak grows with traffic, so it shows over the second half as much as
-/// over the first, while what RSS at rest keeps after the run's first peaks (allocator state that
-/// grows with the most ever mapped) is there by halfway and stays. Seen: 11,280 KiB after warm-up,
-/// 14,084 halfway, 14,064 at the end; other runs ended anywhere from -7.3 % to +5.3 % of their
-/// warm-up reading, none growing with the run's length.
+/// Descriptors at the end may differ from their warm-up count by this fraction.
 const TOLERANCE: f64 = 0.05;
+/// RSS at rest at the end may exceed its warm-up reading by this fraction. RSS at rest on this
+/// 10-16 MiB process depends on the run's history by more than any small leak would add: against
+/// the warm-up reading, runs ended between -14.4 % and +24.7 %, and with a reading halfway
+/// through, one run went 11,280 → 14,084 → 14,064 KiB and the next 13,248 → 10,504 → 11,996 KiB;
+/// none grew with its length (10-minute runs: -2.9 %, -7.3 %). So RSS catches only a gross leak:
+/// some 6 MiB over a 5-minute run, about 300 B per request. Finer leaks need the allocator's own
+/// count of live bytes, not the resident set.
+const RSS_GROWTH_BOUND: f64 = 0.50;
 /// jemalloc settings for the Juggler under test: freed pages go back to the kernel after 1 s
 /// instead of 10 s, by a background thread rather than only when Juggler next allocates. An idle
 /// Juggler otherwise keeps whatever its last seconds freed, and a reading at rest swung by ±25 %
@@ -177,7 +179,8 @@ async fn soak(duration: Duration) {
     let (rss_warm, fds_warm) = (juggler.rss_kib(), juggler.open_fds());
     println!("after warm-up: RSS {rss_warm} KiB, {fds_warm} open fds, pools {pools_warm:?}");
 
-    // Two equal halves with a reading at rest between them: a leak grows in both.
+    // Two equal halves with a reading at rest between them: a leak grows in both (printed, to
+    // tell a leak's slope from the history-dependent swings of RSS at rest).
     let half = (duration - warm_up) / 2;
     backends = run_phase(
         half, backends, &juggler, &cert, &tally, &chaos, &mut most, &mut rng,
@@ -356,10 +359,10 @@ async fn soak(duration: Duration) {
         pools_end == [POOL; 3] && pools_warm == [POOL; 3],
         format!("pools not back at n = {POOL}: {pools_warm:?} / {pools_end:?}"),
     );
-    // Growth is what a leak looks like, and it keeps on: over the second half as over the first.
+    // Growth is what a leak looks like; less at the end is allocator state given back.
     checks.expect(
-        percent(rss_mid, rss_end) <= TOLERANCE * 100.0,
-        format!("RSS at rest grew over the second half: {rss_mid} KiB to {rss_end} KiB"),
+        percent(rss_warm, rss_end) <= RSS_GROWTH_BOUND * 100.0,
+        format!("RSS at rest grew from {rss_warm} KiB after warm-up to {rss_end} KiB"),
     );
     checks.expect(
         percent(fds_warm as u64, fds_end as u64).abs() <= TOLERANCE * 100.0,
