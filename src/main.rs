@@ -47,6 +47,17 @@ static JEMALLOC_OPTIONS: Option<&'static u8> = Some(
     &b"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0],
 );
 
+/// jemalloc's own figures for `/metrics`: its statistics are cached until the epoch advances, so
+/// each reading advances it first (a few microseconds, once per scrape).
+fn jemalloc_stats() -> Option<juggler::admin::AllocatorStats> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    Some(juggler::admin::AllocatorStats {
+        allocated: stats::allocated::read().ok()? as u64,
+        resident: stats::resident::read().ok()? as u64,
+    })
+}
+
 /// L7 HTTP load balancer: per-request round robin over fixed-size backend connection pools.
 ///
 /// Routes, upstreams and limits are compiled in from routes.toml and juggler_config/ (`make all`);
@@ -112,6 +123,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(TABLE.settings.log.format);
+    juggler::admin::report_allocator(jemalloc_stats);
     match serve(&TABLE, &cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -241,6 +241,37 @@ async fn metrics_count_exactly_what_happened() {
     assert_eq!(report.listeners[0].requests, 35);
 }
 
+/// What the binary's allocator reader says reaches `/metrics` (the real jemalloc reader is in
+/// `src/main.rs`; the soak reads it from the real binary). Without a reader there is no sample.
+#[juggler_testkit::test]
+async fn allocator_figures_appear_once_the_binary_reports_them() {
+    let backends = three_backends().await;
+    let juggler =
+        TestJuggler::start_with_admin(table(&addrs_of(&backends), 1, Settings::DEFAULT), TOKEN)
+            .await;
+    let before = scrape(&juggler).await;
+    assert_eq!(
+        total(&before, "juggler_allocator_allocated_bytes", &[]),
+        0.0
+    );
+    juggler::admin::report_allocator(|| {
+        Some(juggler::admin::AllocatorStats {
+            allocated: 5_000_000,
+            resident: 7_000_000,
+        })
+    });
+    let after = scrape(&juggler).await;
+    assert_eq!(
+        total(&after, "juggler_allocator_allocated_bytes", &[]),
+        5_000_000.0
+    );
+    assert_eq!(
+        total(&after, "juggler_allocator_resident_bytes", &[]),
+        7_000_000.0
+    );
+    juggler.shutdown().await.unwrap();
+}
+
 /// Response body bytes are counted for every kind of response: known length (buffered or too
 /// large to buffer) and chunked or close-delimited ones too large to buffer, streamed or spooled.
 #[juggler_testkit::test]

@@ -92,6 +92,22 @@ impl ProxyCollector {
             "process_open_fds",
             "Open file descriptors",
             &[(vec![], process::open_fds() as f64)],
+        )?;
+        let Some(allocator) = process::allocator() else {
+            return Ok(());
+        };
+        gauge(
+            encoder,
+            "juggler_allocator_allocated_bytes",
+            "Bytes allocated and not freed, by the allocator's count (live data, without \
+             fragmentation or cached pages)",
+            &[(vec![], allocator.allocated as f64)],
+        )?;
+        gauge(
+            encoder,
+            "juggler_allocator_resident_bytes",
+            "Resident bytes in pages the allocator has mapped, its metadata included",
+            &[(vec![], allocator.resident as f64)],
         )
     }
 

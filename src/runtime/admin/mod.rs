@@ -13,6 +13,8 @@ mod exposition;
 mod history;
 mod process;
 
+pub use process::{report_allocator, AllocatorStats};
+
 use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
