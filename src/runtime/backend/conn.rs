@@ -10,7 +10,7 @@ use std::io;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use tokio::io::Interest;
@@ -375,16 +375,48 @@ impl BackendConn {
     }
 
     /// Reads a body of known length `len` whole, as one zero-copy buffer.
+    ///
+    /// A body larger than a read chunk gets a buffer of its own, freed with the response. Grown
+    /// inside the connection's read buffer, its allocation would stay with the pooled connection
+    /// for good (a `BytesMut` takes the whole allocation back once the body's bytes are freed),
+    /// and every connection would hold its largest response at rest.
     pub async fn read_exact_body(&mut self, len: usize) -> Result<Bytes, BodyError> {
-        while self.read_buf.len() < len {
-            self.read_buf.reserve(len - self.read_buf.len());
-            match poll_fn(|cx| self.poll_fill(cx)).await {
-                Ok(0) => return Err(BodyError::Truncated),
-                Ok(_) => {}
-                Err(error) => return Err(BodyError::Io(error)),
+        if len <= READ_CHUNK || self.read_buf.len() >= len {
+            while self.read_buf.len() < len {
+                self.read_body_bytes(None, len).await?;
             }
+            return Ok(self.read_buf.split_to(len).freeze());
         }
-        Ok(self.read_buf.split_to(len).freeze())
+        let mut body = BytesMut::with_capacity(len);
+        body.extend_from_slice(&self.read_buf);
+        self.read_buf.clear();
+        while body.len() < len {
+            self.read_body_bytes(Some(&mut body), len).await?;
+        }
+        Ok(body.freeze())
+    }
+
+    /// Reads more of a body of `len` bytes into `body` (or the read buffer), never past its end.
+    async fn read_body_bytes(
+        &mut self,
+        body: Option<&mut BytesMut>,
+        len: usize,
+    ) -> Result<(), BodyError> {
+        let read = match body {
+            Some(body) => {
+                let room = len - body.len();
+                poll_fn(|cx| poll_read_into(&self.stream, &mut (&mut *body).limit(room), cx)).await
+            }
+            None => {
+                self.read_buf.reserve(len - self.read_buf.len());
+                poll_fn(|cx| self.poll_fill(cx)).await
+            }
+        };
+        match read {
+            Ok(0) => Err(BodyError::Truncated),
+            Ok(_) => Ok(()),
+            Err(error) => Err(BodyError::Io(error)),
+        }
     }
 
     /// The next piece of a body, `None` at its end. Used for chunked and close-delimited bodies
@@ -446,12 +478,21 @@ impl BackendConn {
         if self.read_buf.capacity() - self.read_buf.len() < 1024 {
             self.read_buf.reserve(READ_CHUNK);
         }
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read_buf(&mut self.read_buf) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
+        poll_read_into(&self.stream, &mut self.read_buf, cx)
+    }
+}
+
+/// Reads whatever `stream` has into `buf`, as far as `buf` takes; `Ok(0)` means the peer closed.
+fn poll_read_into<B: BufMut>(
+    stream: &TcpStream,
+    buf: &mut B,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(stream.poll_read_ready(cx))?;
+        match stream.try_read_buf(buf) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return Poll::Ready(result),
         }
     }
 }
@@ -627,6 +668,41 @@ mod tests {
         assert_eq!(
             response_framing(ok, &headers(&[("content-length", "5, 5")]), false).unwrap(),
             Framing::Length(5)
+        );
+    }
+
+    /// A large body is read into a buffer of its own: once it is freed, the pooled connection
+    /// holds a read chunk again, not the largest response it ever carried.
+    #[tokio::test]
+    async fn a_large_body_does_not_stay_in_the_connection_buffer() {
+        use tokio::io::AsyncWriteExt;
+        const LARGE: usize = 900_000;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let backend = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut answers =
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {LARGE}\r\n\r\n").into_bytes();
+            answers.extend(std::iter::repeat_n(b'x', LARGE));
+            answers.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            socket.write_all(&answers).await.unwrap();
+            socket
+        });
+        let mut conn = BackendConn::connect(&address, Duration::from_secs(5))
+            .await
+            .unwrap();
+        for expected in [LARGE, 2] {
+            let head = conn.read_head(false).await.unwrap();
+            assert_eq!(head.framing, Framing::Length(expected as u64));
+            let body = conn.read_exact_body(expected).await.unwrap();
+            assert_eq!(body.len(), expected);
+            assert!(body.iter().all(|&b| b == b'x') || &body[..] == b"ok");
+        }
+        let _socket = backend.await.unwrap();
+        assert!(
+            conn.read_buf.capacity() <= 4 * READ_CHUNK,
+            "the connection kept a {} B read buffer",
+            conn.read_buf.capacity()
         );
     }
 
