@@ -11,8 +11,9 @@
 //!   sockets to one backend; afterwards every pool is back at `n`;
 //! - Juggler's RSS at rest at the end is at most 50 % above the larger of its readings after warm-up
 //!   and halfway through (a gross leak; see `RSS_GROWTH_BOUND` for why no finer bound holds), open
-//!   descriptors within 5 % of their warm-up count (all read at rest: no clients, chaos over, pools
-//!   refilled).
+//!   descriptors within 5 % of their warm-up count, and live bytes by jemalloc's own count (from
+//!   `/metrics`) at most 5 % more at the end than halfway (all read at rest: no clients, chaos
+//!   over, pools refilled).
 //!
 //! Everything runs inside a private network namespace this test creates (`unshare(CLONE_NEWNET)`,
 //! root only), so the compiled-in fixed ports collide with nothing and no byte leaves loopback.
@@ -51,6 +52,8 @@ use tokio::time::{sleep, timeout, Instant, Sleep};
 /// Where the soak variant listens and what it balances over (`tests/soak/load_balancer.toml`).
 const JUGGLER_HTTP: &str = "127.0.0.1:18080";
 const JUGGLER_HTTPS: &str = "127.0.0.1:18443";
+/// The admin listener (shipped default): `/metrics` carries jemalloc's count of live bytes.
+const ADMIN: &str = "127.0.0.1:9901";
 const BACKEND_PORTS: [u16; 3] = [17001, 17002, 17003];
 /// `connections_per_server` of the soak variant.
 const POOL: usize = 4;
@@ -62,7 +65,9 @@ const ALLOWED_ERRORS: [u16; 3] = [502, 503, 504];
 /// Longest a finished request may wait for its answer: queue timeout (4 s) + backend timeout (2 s)
 /// per attempt + a slow body, with room to spare.
 const ANSWER_BOUND: Duration = Duration::from_secs(25);
-/// Descriptors at the end may differ from their warm-up count by this fraction.
+/// Descriptors at the end may differ from their warm-up count, and live bytes at rest at the end
+/// may exceed their reading halfway through the load (a leak grows over both halves of the load,
+/// as traffic does), by this fraction.
 const TOLERANCE: f64 = 0.05;
 /// RSS at rest at the end may exceed the larger of its readings after warm-up and halfway through
 /// by this fraction. RSS at rest on this 10-16 MiB process depends on the run's history by more
@@ -179,7 +184,10 @@ async fn soak(duration: Duration) {
     .await;
     let pools_warm = wait_for_full_pools(&backends, &juggler).await;
     let (rss_warm, fds_warm) = (juggler.rss_kib(), juggler.open_fds());
-    println!("after warm-up: RSS {rss_warm} KiB, {fds_warm} open fds, pools {pools_warm:?}");
+    let live_warm = juggler.allocated_kib().await;
+    println!(
+        "after warm-up: RSS {rss_warm} KiB, live {live_warm:?} KiB, {fds_warm} open fds, pools {pools_warm:?}"
+    );
 
     // Two equal halves with a reading at rest between them: a leak grows in both (printed, to
     // tell a leak's slope from the history-dependent swings of RSS at rest).
@@ -190,13 +198,15 @@ async fn soak(duration: Duration) {
     .await;
     wait_for_full_pools(&backends, &juggler).await;
     let rss_mid = juggler.rss_kib();
-    println!("halfway: RSS {rss_mid} KiB");
+    let live_mid = juggler.allocated_kib().await;
+    println!("halfway: RSS {rss_mid} KiB, live {live_mid:?} KiB");
     backends = run_phase(
         half, backends, &juggler, &cert, &tally, &chaos, &mut most, &mut rng,
     )
     .await;
     let pools_end = wait_for_full_pools(&backends, &juggler).await;
     let (rss_end, fds_end) = (juggler.rss_kib(), juggler.open_fds());
+    let live_end = juggler.allocated_kib().await;
 
     let most_settled = backends.each(|state| state.most_settled.load(Ordering::SeqCst));
     let most_at_accept = backends.each(|state| state.most_at_accept.load(Ordering::SeqCst));
@@ -278,6 +288,10 @@ async fn soak(duration: Duration) {
         percent(rss_mid, rss_end),
         percent(rss_warm, rss_end),
         most.rss_kib
+    );
+    println!(
+        "Juggler live bytes (jemalloc): {live_warm:?} KiB after warm-up, {live_mid:?} KiB halfway, \
+         {live_end:?} KiB at the end"
     );
     println!(
         "Juggler open fds: {fds_warm} after warm-up, {fds_end} at the end ({:+.1} %), most {} under load",
@@ -370,6 +384,16 @@ async fn soak(duration: Duration) {
              {rss_end} KiB"
         ),
     );
+    match (live_mid, live_end) {
+        (Some(mid), Some(end)) => checks.expect(
+            percent(mid, end) <= TOLERANCE * 100.0,
+            format!("live bytes at rest grew over the second half: {mid} KiB to {end} KiB"),
+        ),
+        _ => checks.expect(
+            false,
+            "Juggler's /metrics gave no juggler_allocator_allocated_bytes".to_owned(),
+        ),
+    }
     checks.expect(
         percent(fds_warm as u64, fds_end as u64).abs() <= TOLERANCE * 100.0,
         format!("open fds moved from {fds_warm} to {fds_end}"),
@@ -645,6 +669,27 @@ impl JugglerProcess {
             pid,
             log_path,
         }
+    }
+
+    /// Live bytes by jemalloc's own count, from the admin listener's `/metrics`
+    /// (`juggler_allocator_allocated_bytes`), in KiB; `None` if it cannot be read.
+    async fn allocated_kib(&self) -> Option<u64> {
+        let mut stream = TcpStream::connect(ADMIN).await.ok()?;
+        let request = b"GET /metrics HTTP/1.1\r\nHost: soak\r\nConnection: close\r\n\r\n";
+        stream.write_all(request).await.ok()?;
+        let mut answer = Vec::new();
+        timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .ok()?
+            .ok()?;
+        let text = String::from_utf8_lossy(&answer);
+        let bytes: f64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix("juggler_allocator_allocated_bytes "))?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(bytes as u64 / 1024)
     }
 
     /// Resident memory (`VmRSS` of `/proc/<pid>/status`).
