@@ -383,7 +383,8 @@ impl BackendConn {
     pub async fn read_exact_body(&mut self, len: usize) -> Result<Bytes, BodyError> {
         if len <= READ_CHUNK || self.read_buf.len() >= len {
             while self.read_buf.len() < len {
-                self.read_body_bytes(None, len).await?;
+                self.read_buf.reserve(len - self.read_buf.len());
+                body_progress(poll_fn(|cx| self.poll_fill(cx)).await)?;
             }
             return Ok(self.read_buf.split_to(len).freeze());
         }
@@ -391,32 +392,12 @@ impl BackendConn {
         body.extend_from_slice(&self.read_buf);
         self.read_buf.clear();
         while body.len() < len {
-            self.read_body_bytes(Some(&mut body), len).await?;
+            // Never past the body's end: what follows belongs to the connection, not the body.
+            let room = len - body.len();
+            let mut rest = (&mut body).limit(room);
+            body_progress(poll_fn(|cx| poll_read_into(&self.stream, &mut rest, cx)).await)?;
         }
         Ok(body.freeze())
-    }
-
-    /// Reads more of a body of `len` bytes into `body` (or the read buffer), never past its end.
-    async fn read_body_bytes(
-        &mut self,
-        body: Option<&mut BytesMut>,
-        len: usize,
-    ) -> Result<(), BodyError> {
-        let read = match body {
-            Some(body) => {
-                let room = len - body.len();
-                poll_fn(|cx| poll_read_into(&self.stream, &mut (&mut *body).limit(room), cx)).await
-            }
-            None => {
-                self.read_buf.reserve(len - self.read_buf.len());
-                poll_fn(|cx| self.poll_fill(cx)).await
-            }
-        };
-        match read {
-            Ok(0) => Err(BodyError::Truncated),
-            Ok(_) => Ok(()),
-            Err(error) => Err(BodyError::Io(error)),
-        }
     }
 
     /// The next piece of a body, `None` at its end. Used for chunked and close-delimited bodies
@@ -479,6 +460,15 @@ impl BackendConn {
             self.read_buf.reserve(READ_CHUNK);
         }
         poll_read_into(&self.stream, &mut self.read_buf, cx)
+    }
+}
+
+/// A read in the middle of a body: the backend closing before its end truncates it.
+fn body_progress(read: io::Result<usize>) -> Result<(), BodyError> {
+    match read {
+        Ok(0) => Err(BodyError::Truncated),
+        Ok(_) => Ok(()),
+        Err(error) => Err(BodyError::Io(error)),
     }
 }
 
@@ -691,12 +681,11 @@ mod tests {
         let mut conn = BackendConn::connect(&address, Duration::from_secs(5))
             .await
             .unwrap();
-        for expected in [LARGE, 2] {
+        for expected in [vec![b'x'; LARGE], b"ok".to_vec()] {
             let head = conn.read_head(false).await.unwrap();
-            assert_eq!(head.framing, Framing::Length(expected as u64));
-            let body = conn.read_exact_body(expected).await.unwrap();
-            assert_eq!(body.len(), expected);
-            assert!(body.iter().all(|&b| b == b'x') || &body[..] == b"ok");
+            assert_eq!(head.framing, Framing::Length(expected.len() as u64));
+            let body = conn.read_exact_body(expected.len()).await.unwrap();
+            assert!(body == expected, "a body of {} B changed", expected.len());
         }
         let _socket = backend.await.unwrap();
         assert!(
