@@ -214,7 +214,7 @@ impl ProxyCollector {
             encoder,
             "juggler_backend_connections_busy",
             "Pool slots carrying a request now",
-            &gauges(|pool| pool.spec.pool_size - pool.free_slots().min(pool.spec.pool_size)),
+            &gauges(|pool| pool.busy_slots()),
         )?;
         gauge(
             encoder,

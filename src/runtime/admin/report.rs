@@ -180,7 +180,7 @@ pub(super) fn backend_report(pool: &BackendPool, history: &History, index: u16) 
         state: state_name(pool).to_owned(),
         pool_size: pool.spec.pool_size,
         open,
-        busy: pool.spec.pool_size - pool.free_slots().min(pool.spec.pool_size),
+        busy: pool.busy_slots(),
         idle,
         queued: pool.queued(),
         max_queued: pool.max_queued(),

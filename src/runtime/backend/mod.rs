@@ -2,6 +2,7 @@
 //! and Juggler's own HTTP/1.1 client on those connections.
 //!
 //! - [`pool`]: the `n` slots, the queue, health, refill.
+//! - `limit`: how many of the `n` slots may be used now (fleet share, slow start, adaptive limit).
 //! - `exchange`: one request and response on a pooled connection.
 //! - [`conn`]: the connection itself: write a request, parse a response head, read body chunks.
 //! - `chunked`: the chunked transfer-coding decoder `conn` reads bodies with.
@@ -14,6 +15,7 @@ pub mod body;
 pub(crate) mod chunked;
 pub mod conn;
 mod exchange;
+mod limit;
 pub mod pool;
 pub mod spool;
 

@@ -16,6 +16,8 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
 
 use super::conn::BackendConn;
+pub use super::limit::LimitSource;
+use super::limit::SlotLimit;
 
 use crate::metrics::BackendCounters;
 use crate::table::{BackendSpec, Settings};
@@ -48,14 +50,17 @@ pub(crate) struct HandoverSink {
 #[derive(Debug)]
 pub struct BackendPool {
     pub spec: &'static BackendSpec,
-    /// One permit per connection slot; its FIFO wait list is the request queue.
+    /// One permit per usable connection slot; its FIFO wait list is the request queue.
     slots: Semaphore,
+    /// How many of the `n` slots may be used now, kept in step with `slots`' permits.
+    limit: SlotLimit,
     /// Open connections not carrying a request. Taken most-recently-used first, so the warmest
     /// connections carry the traffic and idle ones are the ones the refill task checks.
     idle: Mutex<Vec<Member>>,
     /// Requests waiting for a slot, bounded by `max_queued`.
     queued: AtomicUsize,
-    /// Connections open or being opened, idle or carrying a request; never above `spec.pool_size`.
+    /// Connections open or being opened, idle or carrying a request; never above the limit in
+    /// force once requests that held a slot before it was lowered have given theirs back.
     /// Only [`Counted`] changes it, so it stays exact however a request ends (including a client
     /// that goes away while its connection is being opened).
     open: Arc<AtomicUsize>,
@@ -71,7 +76,8 @@ pub struct BackendPool {
     /// the pool opens nothing and uses only what it is handed, so the backend never sees more
     /// than `n` connections from both processes together.
     inheriting: AtomicBool,
-    /// Wakes checkouts waiting, while inheriting, for a connection to be handed over.
+    /// Wakes checkouts that hold a slot but may open nothing (while inheriting, or after the limit
+    /// was lowered) and wait for a connection to be handed over or given back.
     adopted: Notify,
     /// Taken out of rotation by an operator: no new request is sent here (see [`Drain`]).
     drain: AtomicU8,
@@ -126,6 +132,7 @@ impl BackendPool {
         BackendPool {
             spec,
             slots: Semaphore::new(spec.pool_size),
+            limit: SlotLimit::new(spec.pool_size),
             idle: Mutex::new(Vec::with_capacity(spec.pool_size)),
             queued: AtomicUsize::new(0),
             open: Arc::new(AtomicUsize::new(0)),
@@ -204,6 +211,43 @@ impl BackendPool {
         self.open.load(Ordering::Relaxed)
     }
 
+    /// Slots that may carry requests right now: `n`, unless a [`LimitSource`] holds it lower.
+    pub fn limit(&self) -> usize {
+        self.limit.current()
+    }
+
+    /// The cap `source` puts on this pool, if any.
+    pub fn limit_cap(&self, source: LimitSource) -> Option<usize> {
+        self.limit.cap(source)
+    }
+
+    /// Sets (or, with `None`, lifts) `source`'s cap on the usable slots and open connections.
+    /// Lowered: free slots go at once, idle connections above the new limit are closed, and busy
+    /// ones close as their requests end. Raised: the new slots are free at once and the refill
+    /// task opens their connections. Returns the limit now in force.
+    pub fn set_limit(&self, source: LimitSource, cap: Option<usize>) -> usize {
+        let limit = self.limit.set(source, cap, &self.slots);
+        self.close_idle_above(limit);
+        self.refill.notify_one();
+        limit
+    }
+
+    /// Closes idle connections while more than `limit` are open, under the idle list's lock (see
+    /// [`Self::close_idle_unless_needed`]).
+    fn close_idle_above(&self, limit: usize) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while self.open.load(Ordering::Acquire) > limit {
+            if idle.pop().is_none() {
+                break;
+            }
+        }
+    }
+
+    /// Slots held by requests right now.
+    pub fn busy_slots(&self) -> usize {
+        self.limit.busy(&self.slots)
+    }
+
     /// Slots no request holds: a request arriving now would not wait. The semaphore hands a
     /// freed permit to a waiter first, so this is 0 whenever anyone is queued.
     pub fn free_slots(&self) -> usize {
@@ -250,14 +294,15 @@ impl BackendPool {
             if self.is_handing_over() && !self.inheriting.load(Ordering::Acquire) {
                 return self.late_request(slot).await;
             }
-            if !self.inheriting.load(Ordering::Acquire) {
+            if !self.waits_for_a_connection() {
                 debug_assert!(false, "slot held, nothing idle, yet n connections counted");
                 return Err(CheckoutError::Connect(io::Error::other(
                     "pool bookkeeping: no connection to take or open",
                 )));
             }
-            // The previous process still holds this backend's connections: wait for one of them
-            // (armed before the last look, so one handed over in between still wakes us).
+            // The previous process still holds this backend's connections, or the limit was
+            // lowered while requests held more slots than it allows: wait for one of those
+            // connections (armed before the last look, so one arriving in between still wakes us).
             let adopted = self.adopted.notified();
             tokio::pin!(adopted);
             adopted.as_mut().enable();
@@ -265,7 +310,7 @@ impl BackendPool {
                 slot.conn = Some(member);
                 return Ok(slot);
             }
-            if !self.inheriting.load(Ordering::Acquire) {
+            if !self.waits_for_a_connection() {
                 continue;
             }
             if tokio::time::timeout_at(started + self.queue_timeout, adopted)
@@ -275,6 +320,13 @@ impl BackendPool {
                 return Err(CheckoutError::QueueTimeout);
             }
         }
+    }
+
+    /// Whether a slot holder that found nothing idle and may open nothing will be given a
+    /// connection: by the previous process (inheriting), or by a request that held a slot from
+    /// before the limit was lowered (the limit owes slots, so one of them is busy).
+    fn waits_for_a_connection(&self) -> bool {
+        self.inheriting.load(Ordering::Acquire) || self.limit.owes()
     }
 
     /// A request that reached this process after it handed its connections to a successor (a
@@ -357,11 +409,12 @@ impl BackendPool {
         self.count_connection()
     }
 
-    /// Counts one more connection if fewer than `n` exist.
+    /// Counts one more connection if fewer than the limit (`n`, or lower) exist.
     fn count_connection(&self) -> Option<Counted> {
+        let limit = self.limit.current();
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < self.spec.pool_size).then_some(open + 1)
+                (open < limit).then_some(open + 1)
             })
             .ok()
             .map(|_| Counted(Arc::clone(&self.open)))
@@ -414,7 +467,7 @@ impl BackendPool {
     /// slot is released, so whoever takes the slot next finds it idle or may open a new one.
     fn give_back(&self, conn: Option<Member>, reusable: bool) {
         match conn {
-            Some(member) if reusable && !self.closes_when_free() => {
+            Some(member) if reusable && !self.closes_when_free() && !self.above_limit() => {
                 if let Some(member) = self.try_hand_over(member) {
                     self.idle
                         .lock()
@@ -427,7 +480,21 @@ impl BackendPool {
                 self.refill.notify_one();
             }
         }
-        self.slots.add_permits(1);
+        self.release_slot();
+    }
+
+    /// Frees a slot this process held, or pays a lowered limit's debt with it.
+    fn release_slot(&self) {
+        if self.limit.give_back(&self.slots) {
+            // A slot holder may be waiting for the connection this one closed or idled (see
+            // `waits_for_a_connection`).
+            self.adopted.notify_waiters();
+        }
+    }
+
+    /// More connections open than the limit allows (it was lowered while they were busy).
+    fn above_limit(&self) -> bool {
+        self.open.load(Ordering::Acquire) > self.limit.current()
     }
 
     /// Drained with its connections closed, and no queued request left to need this one.
@@ -544,7 +611,10 @@ impl BackendPool {
                 let Ok(permit) = self.slots.try_acquire() else {
                     break;
                 };
+                // Given back through `release_slot`, so a limit lowered meanwhile is paid.
+                permit.forget();
                 let Some(reserved) = self.reserve_connection() else {
+                    self.release_slot();
                     break;
                 };
                 match self.connect().await {
@@ -557,12 +627,12 @@ impl BackendPool {
                                 conn,
                                 _counted: reserved,
                             });
-                        drop(permit);
+                        self.release_slot();
                     }
                     Err(_) => {
                         // Uncounted before the slot is free again (see `give_back`).
                         drop(reserved);
-                        drop(permit);
+                        self.release_slot();
                         wait = backoff.next_delay();
                         break;
                     }

@@ -59,7 +59,7 @@ impl BackendState {
         BackendState {
             id,
             weight: pool.spec.weight.max(1),
-            connections: pool.spec.pool_size.max(1),
+            connections: pool.limit().max(1),
             free,
             queued: pool.queued(),
             hold: Duration::from_micros(average.max(stalled)),
