@@ -12,7 +12,7 @@ RELEASE := target/$(TARGET)/release
 STATIC  := -C target-feature=+crt-static -C relocation-model=static
 BINS    := juggler test_server ssl_cert
 
-.PHONY: all routes clean ssl_cert test run test_servers bench fuzz upgrade soak
+.PHONY: all routes clean ssl_cert test run test_servers bench bench-ab fuzz upgrade soak
 
 ## all: build bin/juggler (static), bin/test_server and bin/ssl_cert in release mode
 all:
@@ -79,6 +79,13 @@ test_servers: all
 bench:
 	bash bench/run.sh
 	python3 bench/status_screenshot.py
+
+## bench-ab: two revisions side by side in alternating rounds, the ratio B/A of req/s and req per
+## CPU-second with its spread (A=<rev> B=<rev>, default HEAD~1 and HEAD; see bench/ab.py)
+A ?= HEAD~1
+B ?= HEAD
+bench-ab:
+	bash bench/ab.sh $(A) $(B)
 
 ## fuzz: each fuzz target of tests/fuzz for FUZZ_SECONDS (60) under libFuzzer + ASan; a crash fails
 ## it and lands in tests/fuzz/artifacts/<target>/ (installs cargo-fuzz if missing)

@@ -1,0 +1,197 @@
+"""`make bench-ab A=<rev> B=<rev>`: two builds of Juggler side by side, in alternating rounds.
+
+A change of a few percent drowns in the noise of one run after the other on a shared machine: the
+machine's state drifts between runs by more than that. So both builds run at once against the same
+three nginx backends, and the load alternates between them round by round (A B A B ...); each pair
+of neighbouring rounds gives one ratio B/A, and the median of those ratios is the verdict. Runs in
+a private network namespace (bench/ab.sh re-executes itself under `unshare --net`), so nothing
+else on the machine's loopback shares its ports or its connection tables.
+
+Each revision is exported with `git archive` (a clean tree: nothing uncommitted leaks in) and built
+like `make all` builds the shipped binary (static, release profile of that revision), with the
+bench's config compiled in (pool of 8 per backend, 2 worker threads). Binaries are cached by commit
+under bench/out/ab/bin, so bisecting builds each commit once.
+
+Settings (environment): AB_ROUNDS pairs of rounds (default 6), AB_DURATION seconds per round
+(default 8), AB_CONNS wrk connections (default 64), AB_PATH (default /small.txt, 12 B),
+AB_RUST_LOG (default warn: no access log; `info` measures it on).
+Output: a table on stdout and in bench/out/ab/<A>-<B>.md; raw wrk output under bench/out/ab/logs.
+"""
+
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import load
+import targets as sides
+from procs import Processes, cpu_seconds, established_by_pid, count_owned, process_tree, wait_listening
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out" / "ab"
+TRIPLE = "x86_64-unknown-linux-gnu"
+STATIC = "-C target-feature=+crt-static -C relocation-model=static"
+
+
+def resolve(ref: str) -> str:
+    done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=9", "--verify", f"{ref}^{{commit}}"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"bench-ab: {ref!r} names no commit: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def build(commit: str, port: int) -> Path:
+    """The release binary of `commit` with the bench's config, built once and cached."""
+    binary = OUT / "bin" / f"juggler-{commit}-{port}"
+    if binary.exists():
+        return binary
+    source = OUT / "src" / commit
+    if not (source / "Cargo.toml").exists():
+        shutil.rmtree(source, ignore_errors=True)
+        source.mkdir(parents=True)
+        archive = subprocess.Popen(["git", "-C", str(REPO), "archive", commit], stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", str(source)], stdin=archive.stdout, check=True)
+        archive.stdout.close()
+        if archive.wait() != 0:
+            sys.exit(f"bench-ab: git archive {commit} failed")
+    config = OUT / "config" / str(port)
+    config.mkdir(parents=True, exist_ok=True)
+    target = sides.Target("juggler", "B", port, port + 1000)
+    # The admin listener (and with it metric counting) as shipped, on a port of each build's own;
+    # a revision from before `[admin]` existed has neither.
+    admin = f"{sides.HOST}:{port + 2}" if sides.supports_admin(source) else None
+    lb, routes = sides.juggler_config(None, target, admin)
+    (config / "load_balancer.toml").write_text(lb)
+    (config / "routes.toml").write_text(routes)
+    log = OUT / "logs" / f"build-{commit}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    # One target directory for every revision: dependencies are compiled once per profile.
+    env = dict(os.environ, JUGGLER_CONFIG=str(config), JUGGLER_ROUTES=str(config / "routes.toml"),
+               CARGO_TARGET_DIR=str(OUT / "target"), RUSTFLAGS=STATIC)
+    # `make bench-ab A=.. B=..` passes A and B down in MAKEFLAGS, and jemalloc's own Makefile
+    # (built by tikv-jemalloc-sys) has a variable A, the archive suffix: it then wrote
+    # libjemalloc_pic.<commit> and the link failed.
+    for inherited in ("MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKELEVEL"):
+        env.pop(inherited, None)
+    print(f"building {commit} for port {port} (log: {log}) ...", flush=True)
+    started = time.monotonic()
+    with open(log, "wb") as sink:
+        done = subprocess.run(["cargo", "build", "--release", "--target", TRIPLE, "--bin", "juggler"],
+                              cwd=source, env=env, stdout=sink, stderr=sink)
+    if done.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        sys.exit(f"bench-ab: building {commit} failed:\n{tail}")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(OUT / "target" / TRIPLE / "release" / "juggler", binary)
+    print(f"built {commit} in {time.monotonic() - started:.0f} s", flush=True)
+    return binary
+
+
+def run_round(name: str, port: int, pid: int, log: Path) -> dict:
+    conns = int(os.environ.get("AB_CONNS", "64"))
+    duration = int(os.environ.get("AB_DURATION", "8"))
+    path = os.environ.get("AB_PATH", "/small.txt")
+    measured = process_tree(pid)
+    before = cpu_seconds(measured)
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "5s",
+            f"http://{sides.HOST}:{port}{path}"]
+    output = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
+    cpu = cpu_seconds(measured) - before
+    log.write_text(" ".join(argv) + "\n" + output)
+    result = load.parse_wrk(output)
+    if result.problem or result.errors or result.non_2xx:
+        sys.exit(f"bench-ab: {name}: {result.problem or ''} errors {result.errors}, non-2xx {result.non_2xx} "
+                 f"(see {log})")
+    backend = count_owned(established_by_pid(sides.BACKEND_PORTS), measured)
+    return {"rps": result.rps, "per_cpu": result.requests / cpu if cpu > 0 else 0.0, "p99": result.p99_ms,
+            "backend_conns": backend}
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f} - {max(values):,.0f})"
+
+
+def main() -> None:
+    if len(sys.argv) != 3:
+        sys.exit("usage: ab.py A-REV B-REV")
+    a, b = resolve(sys.argv[1]), resolve(sys.argv[2])
+    rounds = int(os.environ.get("AB_ROUNDS", "6"))
+    ports = {"A": 18080, "B": 18180}
+    # Built outside the namespace (cargo may need the registry), measured inside it.
+    binaries = {"A": build(a, ports["A"]), "B": build(b, ports["B"])}
+    if os.environ.get("AB_IN_NETNS") != "1":
+        script = f"ip link set lo up && AB_IN_NETNS=1 exec python3 {Path(__file__).resolve()} {a} {b}"
+        os.execvp("unshare", ["unshare", "--net", "--", "sh", "-c", script])
+    procs = Processes(OUT / "pids")
+    results: dict[str, list[dict]] = {"A": [], "B": []}
+    logs = OUT / "logs"
+    try:
+        sides.start_backends(procs, OUT, None)
+        pids = {}
+        for side in ("A", "B"):
+            workdir = OUT / "run" / side
+            workdir.mkdir(parents=True, exist_ok=True)
+            env = dict(os.environ, RUST_LOG=os.environ.get("AB_RUST_LOG", "warn"))
+            argv = [str(binaries[side])]
+            shown = subprocess.run(argv + ["--help"], capture_output=True, text=True).stdout
+            if "--control-socket" in shown:
+                # Its own, not ./juggler.sock (a `make run` in the repository uses that one).
+                argv += ["--control-socket", str(workdir / "juggler.sock")]
+            proc = procs.start(side, argv, workdir / "stderr.log", env=env)
+            wait_listening(ports[side], proc, workdir / "stderr.log")
+            pids[side] = proc.pid
+        # A short warm-up of each: pools open, caches warm, the allocator past its first growth.
+        for side in ("A", "B"):
+            run_round(side, ports[side], pids[side], logs / f"warmup-{side}.txt")
+        for index in range(rounds):
+            # Alternate which goes first, so neither always follows the other.
+            order = ("A", "B") if index % 2 == 0 else ("B", "A")
+            for side in order:
+                got = run_round(side, ports[side], pids[side], logs / f"round{index}-{side}.txt")
+                results[side].append(got)
+                print(f"round {index + 1}/{rounds} {side}: {got['rps']:,.0f} req/s, {got['per_cpu']:,.0f} "
+                      f"req/CPU-s, p99 {got['p99']:.2f} ms, {got['backend_conns']} backend conns", flush=True)
+    finally:
+        procs.stop_all()
+    report(a, b, results)
+
+
+def report(a: str, b: str, results: dict[str, list[dict]]) -> None:
+    def ratios(key: str) -> list[float]:
+        return [rb[key] / ra[key] for ra, rb in zip(results["A"], results["B"]) if ra[key] > 0]
+
+    lines = [
+        f"# A/B: A = {a}, B = {b}",
+        "",
+        f"{len(results['A'])} alternating rounds of wrk -t1 -c{os.environ.get('AB_CONNS', '64')} "
+        f"-d{os.environ.get('AB_DURATION', '8')}s {os.environ.get('AB_PATH', '/small.txt')}, "
+        f"RUST_LOG={os.environ.get('AB_RUST_LOG', 'warn')}, pool 8 x 3 nginx backends, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        "| | req/s median (min - max) | req per CPU-s median (min - max) | p99 ms median | backend conns |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for side, commit in (("A", a), ("B", b)):
+        rows = results[side]
+        lines.append(f"| {side} {commit} | {spread([r['rps'] for r in rows])} | "
+                     f"{spread([r['per_cpu'] for r in rows])} | "
+                     f"{statistics.median([r['p99'] for r in rows]):.2f} | "
+                     f"{max(r['backend_conns'] for r in rows)} |")
+    for key, label in (("rps", "req/s"), ("per_cpu", "req per CPU-s")):
+        paired = ratios(key)
+        lines.append("")
+        lines.append(f"B/A {label}: median of paired rounds {statistics.median(paired):.3f} "
+                     f"(min {min(paired):.3f}, max {max(paired):.3f}); ratio of medians "
+                     f"{statistics.median([r[key] for r in results['B']]) / statistics.median([r[key] for r in results['A']]):.3f}")
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    (OUT / f"{a}-{b}.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
