@@ -1,40 +1,56 @@
 //! Which header fields belong to one connection (RFC 9110 §7.6.1) and so never cross Juggler, on
 //! either leg: the fixed hop-by-hop names plus whatever a message's `Connection` header names.
 //! Shared by the request head written to backends (`proxy::headers`) and the response head read
-//! from them (`backend::conn`).
+//! from them (`backend::head`).
 
 use http::header::{self, HeaderMap, HeaderValue};
 
-/// Headers that never cross Juggler, besides those the `Connection` header names (lower case, as
-/// both hyper and [`HeaderName`] keep them).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    // Juggler already read the whole body, so the client's expectation has been met here.
-    "expect",
-];
+/// The fixed hop-by-hop fields, by what Juggler does with each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HopByHop {
+    /// `Connection`: whether the connection lives on, and which other fields are hop-by-hop.
+    Connection,
+    /// `Keep-Alive`: the backend's idle timeout.
+    KeepAlive,
+    /// `Transfer-Encoding`: how the body is delimited on this hop.
+    TransferEncoding,
+    /// `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`, and `Expect` (Juggler already read the whole
+    /// body, so the client's expectation has been met here).
+    Other,
+}
+
+/// The hop-by-hop kind of a field name (any case), or `None` for an end-to-end field. One look at
+/// the length picks the one or two names it could be, so each field costs one comparison.
+pub(crate) fn kind(name: &str) -> Option<HopByHop> {
+    let is = |fixed: &str| name.eq_ignore_ascii_case(fixed);
+    match name.len() {
+        2 if is("te") => Some(HopByHop::Other),
+        6 if is("expect") => Some(HopByHop::Other),
+        7 if is("trailer") || is("upgrade") => Some(HopByHop::Other),
+        10 if is("connection") => Some(HopByHop::Connection),
+        10 if is("keep-alive") => Some(HopByHop::KeepAlive),
+        16 if is("proxy-connection") => Some(HopByHop::Other),
+        17 if is("transfer-encoding") => Some(HopByHop::TransferEncoding),
+        _ => None,
+    }
+}
 
 /// The header names one message's `Connection` header lists (`Connection: close, x-secret`): they
-/// are hop-by-hop for that message. Empty, without allocating, when there is no such header.
+/// are hop-by-hop for that message. Empty, without allocating, when it lists only connection
+/// options (`close`, `keep-alive`) or fixed hop-by-hop names, as it nearly always does.
 #[derive(Debug, Default)]
 pub(crate) struct ConnectionNamed<'a>(Vec<&'a str>);
 
 impl<'a> ConnectionNamed<'a> {
     /// Collects the names from the values of every `Connection` header.
     pub(crate) fn from_values(values: impl Iterator<Item = &'a [u8]>) -> ConnectionNamed<'a> {
-        ConnectionNamed(
-            values
-                .filter_map(|value| std::str::from_utf8(value).ok())
-                .flat_map(|value| value.split(','))
-                .map(str::trim)
-                .filter(|name| !name.is_empty())
-                .collect(),
-        )
+        let mut named = ConnectionNamed::default();
+        for value in values.filter_map(|value| std::str::from_utf8(value).ok()) {
+            for token in value.split(',') {
+                named.add(token.trim());
+            }
+        }
+        named
     }
 
     /// The names the `Connection` headers of `headers` list.
@@ -47,11 +63,70 @@ impl<'a> ConnectionNamed<'a> {
         )
     }
 
+    /// Adds one element of a `Connection` value (trimmed); options and fixed hop-by-hop names
+    /// need no entry.
+    pub(crate) fn add(&mut self, token: &'a str) {
+        let option =
+            token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive");
+        if !token.is_empty() && !option && kind(token).is_none() {
+            self.0.push(token);
+        }
+    }
+
+    /// Whether `Connection` names the field `name`.
+    pub(crate) fn names(&self, name: &str) -> bool {
+        self.0.iter().any(|named| name.eq_ignore_ascii_case(named))
+    }
+
     /// Whether a header named `name` stays on this hop: a fixed hop-by-hop header, or one
     /// `Connection` names. Filtering while copying keeps the other headers in their order, which
     /// removing from a `HeaderMap` (a swap-remove) would not.
     pub(crate) fn is_hop_by_hop(&self, name: &str) -> bool {
-        HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
-            || self.0.iter().any(|named| name.eq_ignore_ascii_case(named))
+        kind(name).is_some() || self.names(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fixed_name_is_found_in_any_case_and_nothing_else() {
+        for name in [
+            "connection",
+            "Keep-Alive",
+            "PROXY-CONNECTION",
+            "te",
+            "Trailer",
+            "transfer-encoding",
+            "upgrade",
+            "Expect",
+        ] {
+            assert!(kind(name).is_some(), "{name}");
+        }
+        for name in [
+            "content-length",
+            "tea",
+            "t",
+            "",
+            "connections",
+            "x-upgrade",
+            "date",
+        ] {
+            assert_eq!(kind(name), None, "{name}");
+        }
+        assert_eq!(kind("Connection"), Some(HopByHop::Connection));
+        assert_eq!(kind("keep-alive"), Some(HopByHop::KeepAlive));
+        assert_eq!(kind("Transfer-Encoding"), Some(HopByHop::TransferEncoding));
+    }
+
+    #[test]
+    fn connection_names_other_fields_but_not_its_options() {
+        let values: [&[u8]; 2] = [b"close, X-Secret", b" keep-alive ,upgrade,x-other"];
+        let named = ConnectionNamed::from_values(values.into_iter());
+        assert_eq!(named.0, ["X-Secret", "x-other"]);
+        assert!(named.is_hop_by_hop("x-secret") && named.is_hop_by_hop("X-OTHER"));
+        assert!(named.is_hop_by_hop("upgrade"));
+        assert!(!named.is_hop_by_hop("close") && !named.is_hop_by_hop("x-kept"));
     }
 }

@@ -11,20 +11,18 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{StatusCode, Version};
+use http::header::HeaderMap;
+use http::StatusCode;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::chunked::{ChunkedDecoder, Decoded};
+use super::head::{self, Parsed, MAX_RESPONSE_HEADERS};
 use super::spool::RequestBody;
-use crate::hop_by_hop::ConnectionNamed;
 
 /// The largest response head accepted from a backend.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// The most response header fields accepted from a backend.
-const MAX_RESPONSE_HEADERS: usize = 128;
 /// How much the read buffer grows by per read.
 const READ_CHUNK: usize = 8 * 1024;
 /// The most one `sendfile` call is asked to send, so one large body does not monopolise a worker.
@@ -298,78 +296,25 @@ impl BackendConn {
     /// Parses a complete head from the front of the read buffer, if one is there.
     fn parse_head(&mut self, request_was_head: bool) -> Result<Option<ResponseHead>, HeadError> {
         loop {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-            let mut response = httparse::Response::new(&mut fields);
-            let head_len = match response.parse(&self.read_buf) {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(httparse::Error::TooManyHeaders) => {
-                    return Err(HeadError::Invalid("too many response headers"))
+            let head = match head::parse(&self.read_buf, request_was_head)? {
+                Parsed::Partial => return Ok(None),
+                Parsed::Interim(len) => {
+                    let _ = self.read_buf.split_to(len);
+                    continue;
                 }
-                Err(_) => return Err(HeadError::Invalid("malformed response head")),
+                Parsed::Final(head) => head,
             };
-            let code = response.code.unwrap_or(0);
-            let status =
-                StatusCode::from_u16(code).map_err(|_| HeadError::Invalid("bad status code"))?;
-            if status.is_informational() {
-                if status == StatusCode::SWITCHING_PROTOCOLS {
-                    return Err(HeadError::Invalid("unrequested protocol switch"));
-                }
-                // 100 Continue, 103 Early Hints: interim, the real response follows.
-                let _ = self.read_buf.split_to(head_len);
-                continue;
+            if let Some(seconds) = head.keep_alive_timeout {
+                let timeout = Duration::from_secs(seconds);
+                let margin = (timeout / 2).min(Duration::from_secs(1));
+                self.retire_at = Some(Instant::now() + timeout - margin);
             }
-            let version = if response.version == Some(0) {
-                Version::HTTP_10
-            } else {
-                Version::HTTP_11
-            };
-            let fields = &*response.headers;
-            let framing = response_framing(status, fields, request_was_head)?;
-            let keep_alive = keeps_alive(version, fields) && framing != Framing::UntilClose;
-            let retire_at = keep_alive_deadline(fields);
-            let connection_named = ConnectionNamed::from_values(field_values(fields, "connection"));
-            // Only end-to-end headers are kept, in the backend's order; a length goes only with
-            // a body hyper will frame by that length (HEAD and 304 keep the backend's).
-            let length_is_stale = matches!(framing, Framing::Chunked | Framing::UntilClose);
-            let kept = |field: &&httparse::Header<'_>| {
-                let stale_length =
-                    length_is_stale && field.name.eq_ignore_ascii_case("content-length");
-                !stale_length && !connection_named.is_hop_by_hop(field.name)
-            };
-            // Header values are sliced out of the frozen head rather than copied one by one.
-            let base = self.read_buf.as_ptr() as usize;
-            let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_RESPONSE_HEADERS];
-            let mut count = 0;
-            for field in fields.iter().filter(kept) {
-                spans[count] = (
-                    field.name.as_ptr() as usize - base,
-                    field.name.len(),
-                    field.value.as_ptr() as usize - base,
-                    field.value.len(),
-                );
-                count += 1;
-            }
-            drop(connection_named);
-            if retire_at.is_some() {
-                self.retire_at = retire_at;
-            }
-            let head_bytes = self.read_buf.split_to(head_len).freeze();
-            let mut headers = HeaderMap::with_capacity(count);
-            for &(name_start, name_len, value_start, value_len) in &spans[..count] {
-                let name = HeaderName::from_bytes(&head_bytes[name_start..name_start + name_len])
-                    .map_err(|_| HeadError::Invalid("bad response header name"))?;
-                let value = HeaderValue::from_maybe_shared(
-                    head_bytes.slice(value_start..value_start + value_len),
-                )
-                .map_err(|_| HeadError::Invalid("bad response header value"))?;
-                headers.append(name, value);
-            }
+            let head_bytes = self.read_buf.split_to(head.len).freeze();
             return Ok(Some(ResponseHead {
-                status,
-                headers,
-                framing,
-                keep_alive,
+                status: head.status,
+                headers: head.headers(&head_bytes)?,
+                framing: head.framing,
+                keep_alive: head.keep_alive,
             }));
         }
     }
@@ -507,159 +452,9 @@ impl BodyState {
     }
 }
 
-/// Honours `Keep-Alive: timeout=N`: the backend closes the connection after N idle seconds, so it
-/// is retired a safety margin before that (half of N, at most one second) instead of racing.
-fn keep_alive_deadline(fields: &[httparse::Header<'_>]) -> Option<Instant> {
-    let seconds = field_values(fields, "keep-alive")
-        .filter_map(|value| std::str::from_utf8(value).ok())
-        .find_map(parse_keep_alive_timeout)?;
-    let timeout = Duration::from_secs(seconds);
-    let margin = (timeout / 2).min(Duration::from_secs(1));
-    Some(Instant::now() + timeout - margin)
-}
-
-/// The values of every field named `name` (lower case), in order.
-fn field_values<'h>(
-    fields: &'h [httparse::Header<'h>],
-    name: &'static str,
-) -> impl Iterator<Item = &'h [u8]> + 'h {
-    fields
-        .iter()
-        .filter(move |field| field.name.eq_ignore_ascii_case(name))
-        .map(|field| field.value)
-}
-
-/// The comma-separated elements of every field named `name`, trimmed.
-fn field_tokens<'h>(
-    fields: &'h [httparse::Header<'h>],
-    name: &'static str,
-) -> impl Iterator<Item = &'h str> + 'h {
-    field_values(fields, name)
-        .map(|value| std::str::from_utf8(value).unwrap_or(""))
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-}
-
-/// RFC 9112 §6.3: how the response body is delimited.
-fn response_framing(
-    status: StatusCode,
-    fields: &[httparse::Header<'_>],
-    request_was_head: bool,
-) -> Result<Framing, HeadError> {
-    if request_was_head
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-        || status.is_informational()
-    {
-        return Ok(Framing::Empty);
-    }
-    if field_values(fields, "transfer-encoding").next().is_some() {
-        // The final transfer coding decides the framing.
-        let last_coding = field_tokens(fields, "transfer-encoding")
-            .last()
-            .unwrap_or("");
-        return Ok(if last_coding.eq_ignore_ascii_case("chunked") {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
-        });
-    }
-    let mut length = None;
-    for piece in field_tokens(fields, "content-length") {
-        let parsed: u64 = piece
-            .parse()
-            .map_err(|_| HeadError::Invalid("bad Content-Length"))?;
-        if length.is_some_and(|known| known != parsed) {
-            return Err(HeadError::Invalid("conflicting Content-Length values"));
-        }
-        length = Some(parsed);
-    }
-    Ok(match length {
-        Some(0) => Framing::Empty,
-        Some(len) => Framing::Length(len),
-        None => Framing::UntilClose,
-    })
-}
-
-/// Whether the backend lets the connection live on after this response.
-fn keeps_alive(version: Version, fields: &[httparse::Header<'_>]) -> bool {
-    let mut close = version == Version::HTTP_10;
-    for token in field_tokens(fields, "connection") {
-        if token.eq_ignore_ascii_case("close") {
-            return false;
-        }
-        if token.eq_ignore_ascii_case("keep-alive") {
-            close = false;
-        }
-    }
-    !close
-}
-
-/// `timeout=5, max=100` → `Some(5)`.
-fn parse_keep_alive_timeout(value: &str) -> Option<u64> {
-    value.split(',').find_map(|parameter| {
-        let (name, seconds) = parameter.split_once('=')?;
-        if name.trim().eq_ignore_ascii_case("timeout") {
-            seconds.trim().parse().ok()
-        } else {
-            None
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<httparse::Header<'a>> {
-        pairs
-            .iter()
-            .map(|(name, value)| httparse::Header {
-                name,
-                value: value.as_bytes(),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn framing_follows_rfc_9112() {
-        let ok = StatusCode::OK;
-        assert_eq!(
-            response_framing(ok, &headers(&[("content-length", "5")]), false).unwrap(),
-            Framing::Length(5)
-        );
-        assert_eq!(
-            response_framing(ok, &headers(&[("content-length", "5")]), true).unwrap(),
-            Framing::Empty
-        );
-        assert_eq!(
-            response_framing(StatusCode::NOT_MODIFIED, &headers(&[]), false).unwrap(),
-            Framing::Empty
-        );
-        assert_eq!(
-            response_framing(
-                ok,
-                &headers(&[("transfer-encoding", "gzip, chunked")]),
-                false
-            )
-            .unwrap(),
-            Framing::Chunked
-        );
-        assert_eq!(
-            response_framing(ok, &headers(&[]), false).unwrap(),
-            Framing::UntilClose
-        );
-        assert!(response_framing(
-            ok,
-            &headers(&[("content-length", "5"), ("content-length", "6")]),
-            false
-        )
-        .is_err());
-        assert_eq!(
-            response_framing(ok, &headers(&[("content-length", "5, 5")]), false).unwrap(),
-            Framing::Length(5)
-        );
-    }
 
     /// A large body is read into a buffer of its own: once it is freed, the pooled connection
     /// holds a read chunk again, not the largest response it ever carried.
@@ -693,21 +488,5 @@ mod tests {
             "the connection kept a {} B read buffer",
             conn.read_buf.capacity()
         );
-    }
-
-    #[test]
-    fn keep_alive_rules() {
-        assert!(keeps_alive(Version::HTTP_11, &headers(&[])));
-        assert!(!keeps_alive(
-            Version::HTTP_11,
-            &headers(&[("connection", "Close")])
-        ));
-        assert!(!keeps_alive(Version::HTTP_10, &headers(&[])));
-        assert!(keeps_alive(
-            Version::HTTP_10,
-            &headers(&[("connection", "keep-alive")])
-        ));
-        assert_eq!(parse_keep_alive_timeout("timeout=5, max=100"), Some(5));
-        assert_eq!(parse_keep_alive_timeout("max=100"), None);
     }
 }

@@ -4,7 +4,8 @@
 //! - [`pool`]: the `n` slots, the queue, health, refill.
 //! - `limit`: how many of the `n` slots may be used now (fleet share, slow start, adaptive limit).
 //! - `exchange`: one request and response on a pooled connection.
-//! - [`conn`]: the connection itself: write a request, parse a response head, read body chunks.
+//! - [`conn`]: the connection itself: write a request, read a response head, read body chunks.
+//! - `head`: a response head, parsed in one pass over its fields.
 //! - `chunked`: the chunked transfer-coding decoder `conn` reads bodies with.
 //! - [`body`]: a response body: bytes in memory, spooled to a file, or streamed from a pooled
 //!   connection.
@@ -15,6 +16,7 @@ pub mod body;
 pub(crate) mod chunked;
 pub mod conn;
 mod exchange;
+mod head;
 mod limit;
 pub mod pool;
 pub mod spool;

@@ -1,0 +1,381 @@
+//! A backend's response head, parsed with one pass over its fields.
+//!
+//! Everything Juggler needs from the fields (how the body is delimited, whether the connection
+//! lives on, a keep-alive timeout, which fields the client gets) is taken in the same pass, each
+//! name classified once; the client's fields are sliced out of the head's bytes, not copied.
+//! Most heads have a handful of fields, so they are parsed with room for 16 first and only a head
+//! with more is parsed again with room for [`MAX_RESPONSE_HEADERS`].
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+
+use super::conn::{Framing, HeadError};
+use crate::hop_by_hop::{self, ConnectionNamed, HopByHop};
+
+/// The most response header fields accepted from a backend.
+pub(super) const MAX_RESPONSE_HEADERS: usize = 128;
+/// Room for the fields of a typical head, tried first.
+const USUAL_RESPONSE_HEADERS: usize = 16;
+
+/// What the front of a read buffer holds.
+#[derive(Debug)]
+pub(super) enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// An interim `1xx` head of this many bytes: dropped, the final one follows.
+    Interim(usize),
+    Final(FinalHead),
+}
+
+/// A complete final response head, with its fields as offsets into its bytes.
+#[derive(Debug)]
+pub(super) struct FinalHead {
+    /// Bytes the head takes at the front of the buffer.
+    pub(super) len: usize,
+    pub(super) status: StatusCode,
+    pub(super) framing: Framing,
+    /// Whether the connection may carry another request after this response.
+    pub(super) keep_alive: bool,
+    /// `Keep-Alive: timeout=N` (seconds), when the backend announced one.
+    pub(super) keep_alive_timeout: Option<u64>,
+    /// The end-to-end fields, in the backend's order: (name, value) byte ranges of the head.
+    forwarded: Vec<FieldSpan>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FieldSpan {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// Parses the head at the front of `buf`.
+pub(super) fn parse(buf: &[u8], request_was_head: bool) -> Result<Parsed, HeadError> {
+    if buf.is_empty() {
+        return Ok(Parsed::Partial);
+    }
+    match parse_with::<USUAL_RESPONSE_HEADERS>(buf, request_was_head) {
+        Err(HeadError::Invalid(TOO_MANY)) => {
+            parse_with::<MAX_RESPONSE_HEADERS>(buf, request_was_head)
+        }
+        parsed => parsed,
+    }
+}
+
+const TOO_MANY: &str = "too many response headers";
+
+fn parse_with<const FIELDS: usize>(
+    buf: &[u8],
+    request_was_head: bool,
+) -> Result<Parsed, HeadError> {
+    let mut fields = [httparse::EMPTY_HEADER; FIELDS];
+    let mut response = httparse::Response::new(&mut fields);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::Invalid(TOO_MANY)),
+        Err(_) => return Err(HeadError::Invalid("malformed response head")),
+    };
+    let status = StatusCode::from_u16(response.code.unwrap_or(0))
+        .map_err(|_| HeadError::Invalid("bad status code"))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(HeadError::Invalid("unrequested protocol switch"));
+        }
+        // 100 Continue, 103 Early Hints: interim, the real response follows.
+        return Ok(Parsed::Interim(len));
+    }
+    let version = match response.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let scan = FieldScan::of(version, response.headers);
+    let framing = scan.framing(status, request_was_head)?;
+    let keep_alive = scan.keeps_alive && framing != Framing::UntilClose;
+    // A length goes only with a body framed by that length (HEAD and 304 keep the backend's).
+    let length_is_stale = matches!(framing, Framing::Chunked | Framing::UntilClose);
+    let base = buf.as_ptr() as usize;
+    let offset = |bytes: &[u8]| -> (u32, u32) {
+        // A head is at most 64 KiB, so its offsets fit.
+        ((bytes.as_ptr() as usize - base) as u32, bytes.len() as u32)
+    };
+    let forwarded = response
+        .headers
+        .iter()
+        .filter(|field| {
+            let stale_length = length_is_stale && is_content_length(field.name);
+            !stale_length
+                && hop_by_hop::kind(field.name).is_none()
+                && !scan.connection_named.names(field.name)
+        })
+        .map(|field| FieldSpan {
+            name: offset(field.name.as_bytes()),
+            value: offset(field.value),
+        })
+        .collect();
+    Ok(Parsed::Final(FinalHead {
+        len,
+        status,
+        framing,
+        keep_alive,
+        keep_alive_timeout: scan.keep_alive_timeout,
+        forwarded,
+    }))
+}
+
+impl FinalHead {
+    /// The client's fields, sliced out of `head` (the bytes this head was parsed from).
+    pub(super) fn headers(&self, head: &Bytes) -> Result<HeaderMap, HeadError> {
+        let range = |(start, len): (u32, u32)| start as usize..(start + len) as usize;
+        let mut headers = HeaderMap::with_capacity(self.forwarded.len());
+        for span in &self.forwarded {
+            let name = HeaderName::from_bytes(&head[range(span.name)])
+                .map_err(|_| HeadError::Invalid("bad response header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(range(span.value)))
+                .map_err(|_| HeadError::Invalid("bad response header value"))?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
+}
+
+/// What one pass over a head's fields finds.
+#[derive(Debug, Default)]
+struct FieldScan<'h> {
+    /// The last coding of the last `Transfer-Encoding` field, if there is one.
+    last_coding: Option<&'h str>,
+    /// Every `Content-Length` value agreed so far, or why they do not.
+    content_length: Option<Result<u64, &'static str>>,
+    keeps_alive: bool,
+    keep_alive_timeout: Option<u64>,
+    /// What `Connection` names besides the fixed hop-by-hop fields.
+    connection_named: ConnectionNamed<'h>,
+}
+
+impl<'h> FieldScan<'h> {
+    fn of(version: Version, fields: &'h [httparse::Header<'h>]) -> FieldScan<'h> {
+        let mut scan = FieldScan::default();
+        let (mut close, mut keep_alive) = (false, false);
+        for field in fields {
+            let value = std::str::from_utf8(field.value).unwrap_or("");
+            match hop_by_hop::kind(field.name) {
+                Some(HopByHop::Connection) => {
+                    for token in tokens(value) {
+                        if token.eq_ignore_ascii_case("close") {
+                            close = true;
+                        } else if token.eq_ignore_ascii_case("keep-alive") {
+                            keep_alive = true;
+                        } else {
+                            scan.connection_named.add(token);
+                        }
+                    }
+                }
+                Some(HopByHop::KeepAlive) if scan.keep_alive_timeout.is_none() => {
+                    scan.keep_alive_timeout = parse_keep_alive_timeout(value);
+                }
+                Some(HopByHop::TransferEncoding) => {
+                    scan.last_coding = Some(tokens(value).last().unwrap_or(""));
+                }
+                Some(_) => {}
+                None if is_content_length(field.name) => {
+                    for piece in tokens(value) {
+                        scan.content_length = Some(match (scan.content_length, piece.parse()) {
+                            (Some(Err(why)), _) => Err(why),
+                            (_, Err(_)) => Err("bad Content-Length"),
+                            (Some(Ok(known)), Ok(parsed)) if known != parsed => {
+                                Err("conflicting Content-Length values")
+                            }
+                            (_, Ok(parsed)) => Ok(parsed),
+                        });
+                    }
+                }
+                None => {}
+            }
+        }
+        // `close` anywhere ends the connection; HTTP/1.0 lives on only when asked to.
+        scan.keeps_alive = !close && (version != Version::HTTP_10 || keep_alive);
+        scan
+    }
+
+    /// RFC 9112 §6.3: how the response body is delimited.
+    fn framing(&self, status: StatusCode, request_was_head: bool) -> Result<Framing, HeadError> {
+        if request_was_head
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || status.is_informational()
+        {
+            return Ok(Framing::Empty);
+        }
+        if let Some(coding) = self.last_coding {
+            // The final transfer coding decides the framing.
+            return Ok(if coding.eq_ignore_ascii_case("chunked") {
+                Framing::Chunked
+            } else {
+                Framing::UntilClose
+            });
+        }
+        Ok(match self.content_length {
+            Some(Err(why)) => return Err(HeadError::Invalid(why)),
+            Some(Ok(0)) => Framing::Empty,
+            Some(Ok(len)) => Framing::Length(len),
+            None => Framing::UntilClose,
+        })
+    }
+}
+
+fn is_content_length(name: &str) -> bool {
+    name.len() == "content-length".len() && name.eq_ignore_ascii_case("content-length")
+}
+
+/// The comma-separated elements of a field value, trimmed.
+fn tokens(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim)
+}
+
+/// `timeout=5, max=100` → `Some(5)`.
+fn parse_keep_alive_timeout(value: &str) -> Option<u64> {
+    value.split(',').find_map(|parameter| {
+        let (name, seconds) = parameter.split_once('=')?;
+        if name.trim().eq_ignore_ascii_case("timeout") {
+            seconds.trim().parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The final head of `text` (`\n` stands for CRLF), parsed as the answer to a GET.
+    fn final_head(text: &str) -> Result<(FinalHead, Bytes), HeadError> {
+        let bytes = Bytes::from(text.replace('\n', "\r\n"));
+        match parse(&bytes, false)? {
+            Parsed::Final(head) => Ok((head, bytes)),
+            other => panic!("not a final head: {other:?}"),
+        }
+    }
+
+    fn framing(text: &str) -> Result<Framing, HeadError> {
+        final_head(text).map(|(head, _)| head.framing)
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let ok = "HTTP/1.1 200 OK\n";
+        assert_eq!(
+            framing(&format!("{ok}content-length: 5\n\n")).unwrap(),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            framing(&format!("{ok}Content-Length: 0\n\n")).unwrap(),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing("HTTP/1.1 304 Not Modified\ncontent-length: 5\n\n").unwrap(),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing(&format!(
+                "{ok}transfer-encoding: gzip, chunked\ncontent-length: 5\n\n"
+            ))
+            .unwrap(),
+            Framing::Chunked
+        );
+        assert_eq!(
+            framing(&format!(
+                "{ok}Transfer-Encoding: chunked\nTransfer-Encoding: gzip\n\n"
+            ))
+            .unwrap(),
+            Framing::UntilClose
+        );
+        assert_eq!(framing(&format!("{ok}\n")).unwrap(), Framing::UntilClose);
+        assert!(framing(&format!("{ok}content-length: 5\ncontent-length: 6\n\n")).is_err());
+        assert!(framing(&format!("{ok}content-length: five\n\n")).is_err());
+        assert_eq!(
+            framing(&format!("{ok}content-length: 5, 5\n\n")).unwrap(),
+            Framing::Length(5)
+        );
+        let head = Bytes::from_static(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n");
+        let Parsed::Final(answer_to_head) = parse(&head, true).unwrap() else {
+            panic!("not final");
+        };
+        assert_eq!(answer_to_head.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        let keeps = |text: &str| final_head(text).unwrap().0.keep_alive;
+        assert!(keeps("HTTP/1.1 200 OK\ncontent-length: 0\n\n"));
+        assert!(!keeps(
+            "HTTP/1.1 200 OK\nconnection: Close\ncontent-length: 0\n\n"
+        ));
+        assert!(!keeps(
+            "HTTP/1.1 200 OK\nconnection: keep-alive, close\ncontent-length: 0\n\n"
+        ));
+        assert!(!keeps("HTTP/1.0 200 OK\ncontent-length: 0\n\n"));
+        assert!(keeps(
+            "HTTP/1.0 200 OK\nConnection: Keep-Alive\ncontent-length: 0\n\n"
+        ));
+        // A body that runs until the backend closes leaves nothing to keep.
+        assert!(!keeps("HTTP/1.1 200 OK\n\n"));
+        let timeout = |text: &str| final_head(text).unwrap().0.keep_alive_timeout;
+        assert_eq!(
+            timeout("HTTP/1.1 200 OK\nKeep-Alive: timeout=5, max=100\ncontent-length: 0\n\n"),
+            Some(5)
+        );
+        assert_eq!(
+            timeout("HTTP/1.1 200 OK\nkeep-alive: max=100\ncontent-length: 0\n\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_client_gets_end_to_end_fields_in_order_and_no_stale_length() {
+        let (head, bytes) = final_head(
+            "HTTP/1.1 200 OK\nServer: nginx\nConnection: keep-alive, X-Hop\nX-Hop: 1\n\
+             Transfer-Encoding: chunked\nContent-Length: 12\nKeep-Alive: timeout=5\nTE: x\n\
+             Set-Cookie: a=1\nSet-Cookie: b=2\nDate: today\n\n",
+        )
+        .unwrap();
+        let headers = head.headers(&bytes).unwrap();
+        let names: Vec<&str> = headers.keys().map(|name| name.as_str()).collect();
+        assert_eq!(names, ["server", "set-cookie", "date"]);
+        let cookies: Vec<&[u8]> = headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(cookies, [b"a=1".as_slice(), b"b=2"]);
+    }
+
+    #[test]
+    fn a_head_with_many_fields_is_parsed_again_with_room_for_them_all() {
+        let fields: String = (0..100)
+            .map(|index| format!("x-field-{index}: {index}\n"))
+            .collect();
+        let (head, bytes) =
+            final_head(&format!("HTTP/1.1 200 OK\n{fields}content-length: 0\n\n")).unwrap();
+        assert_eq!(head.headers(&bytes).unwrap().len(), 101);
+        let too_many: String = (0..MAX_RESPONSE_HEADERS)
+            .map(|index| format!("x-{index}: 1\n"))
+            .collect();
+        assert!(matches!(
+            final_head(&format!("HTTP/1.1 200 OK\n{too_many}content-length: 0\n\n")),
+            Err(HeadError::Invalid(TOO_MANY))
+        ));
+    }
+
+    #[test]
+    fn interim_heads_are_skipped_and_a_protocol_switch_refused() {
+        let text = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n";
+        assert!(matches!(parse(text, false).unwrap(), Parsed::Interim(25)));
+        assert!(parse(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false).is_err());
+        assert!(matches!(
+            parse(b"HTTP/1.1 200 OK\r\nDate", false).unwrap(),
+            Parsed::Partial
+        ));
+        assert!(matches!(parse(b"", false).unwrap(), Parsed::Partial));
+    }
+}
