@@ -14,7 +14,8 @@ under bench/out/ab/bin, so bisecting builds each commit once.
 
 Settings (environment): AB_ROUNDS pairs of rounds (default 6), AB_DURATION seconds per round
 (default 8), AB_CONNS wrk connections (default 64), AB_PATH (default /small.txt, 12 B),
-AB_RUST_LOG (default warn: no access log; `info` measures it on).
+AB_RUST_LOG (default warn: no access log; `info` measures it on); AB_TOOL=callgrind counts
+instructions per request instead (one window each, under valgrind: exact, not timed).
 Output: a table on stdout and in bench/out/ab/<A>-<B>.md; raw wrk output under bench/out/ab/logs.
 """
 
@@ -55,7 +56,10 @@ def build(commit: str, port: int) -> Path:
         shutil.rmtree(source, ignore_errors=True)
         source.mkdir(parents=True)
         archive = subprocess.Popen(["git", "-C", str(REPO), "archive", commit], stdout=subprocess.PIPE)
-        subprocess.run(["tar", "-x", "-C", str(source)], stdin=archive.stdout, check=True)
+        # --touch: files dated now, not at the commit. Cargo shares artifacts of path packages
+        # across trees by their workspace-relative path and decides freshness by mtime: sources
+        # dated at an older commit looked fresh and another revision's build was reused.
+        subprocess.run(["tar", "-x", "--touch", "-C", str(source)], stdin=archive.stdout, check=True)
         archive.stdout.close()
         if archive.wait() != 0:
             sys.exit(f"bench-ab: git archive {commit} failed")
@@ -112,21 +116,86 @@ def run_round(name: str, port: int, pid: int, log: Path) -> dict:
             "backend_conns": backend}
 
 
+def count_instructions(name: str, binary: Path, port: int, procs: Processes) -> dict:
+    """Instructions per request, counted by callgrind: the same for the same binary and load,
+    whatever else the machine does, so it shows a change of 1 % that wall-clock rounds cannot
+    (AB_TOOL=callgrind). Counted over a measured window after a warm-up; the dump is kept for
+    callgrind_annotate, function by function."""
+    workdir = OUT / "run" / f"{name}-callgrind"
+    workdir.mkdir(parents=True, exist_ok=True)
+    dump = OUT / f"callgrind.{binary.name}.out"
+    for stale in OUT.glob(f"callgrind.{binary.name}.out*"):
+        stale.unlink()
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}", str(binary)]
+    proc = procs.start(f"{name}-callgrind", argv, workdir / "stderr.log",
+                       env=dict(os.environ, RUST_LOG=os.environ.get("AB_RUST_LOG", "warn")))
+    wait_listening(port, proc, workdir / "stderr.log", timeout=120)
+    duration = os.environ.get("AB_DURATION", "8")
+    conns = os.environ.get("AB_CONNS", "64")
+    url = f"http://{sides.HOST}:{port}{os.environ.get('AB_PATH', '/small.txt')}"
+    subprocess.run(["wrk", "-t1", f"-c{conns}", "-d3s", url], capture_output=True, timeout=120)
+    subprocess.run(["callgrind_control", "--zero", str(proc.pid)], capture_output=True, timeout=60)
+    output = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "10s", url],
+                            capture_output=True, text=True, timeout=300).stdout
+    result = load.parse_wrk(output)
+    subprocess.run(["callgrind_control", "--dump", str(proc.pid)], capture_output=True, timeout=120)
+    procs.stop([f"{name}-callgrind"])
+    # The dump taken on request is <file>.<n>; the one at exit (the stop) is not counted.
+    dumps = sorted(OUT.glob(f"callgrind.{binary.name}.out.*"), key=lambda p: p.stat().st_mtime)
+    if not dumps or not result.requests:
+        sys.exit(f"bench-ab: callgrind of {name} gave no dump or no requests (see {workdir})")
+    totals = re.search(r"^(?:summary|totals):\s*(\d+)", dumps[-1].read_text(errors="replace"), re.M)
+    instructions = int(totals.group(1)) if totals else 0
+    print(f"{name}: {instructions:,} instructions over {result.requests:,} requests "
+          f"({dumps[-1]})", flush=True)
+    return {"per_request": instructions / result.requests, "dump": dumps[-1]}
+
+
+def count_series(revisions: list[str], binaries: list[Path]) -> None:
+    """Instructions per request of each revision in turn (a bisect's curve: where it jumps)."""
+    procs = Processes(OUT / "pids")
+    counted = []
+    try:
+        sides.start_backends(procs, OUT, None)
+        for index, (commit, binary) in enumerate(zip(revisions, binaries)):
+            counted.append(count_instructions(commit, binary, 18080 + 100 * index, procs))
+    finally:
+        procs.stop_all()
+    first = counted[0]["per_request"]
+    lines = [f"# Instructions per request (callgrind), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
+             f"wrk -t1 -c{os.environ.get('AB_CONNS', '64')} {os.environ.get('AB_PATH', '/small.txt')}, "
+             f"RUST_LOG={os.environ.get('AB_RUST_LOG', 'warn')}, pool 8 x 3 nginx backends", "",
+             "| revision | instructions per request | vs previous | vs first |", "|---|---:|---:|---:|"]
+    for index, (commit, got) in enumerate(zip(revisions, counted)):
+        previous = counted[index - 1]["per_request"] if index else got["per_request"]
+        lines.append(f"| {commit} | {got['per_request']:,.0f} | {got['per_request'] / previous:.3f} | "
+                     f"{got['per_request'] / first:.3f} |")
+    lines += ["", "function by function: callgrind_annotate " + " ".join(str(got["dump"]) for got in counted)]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    (OUT / f"{revisions[0]}-{revisions[-1]}-callgrind.md").write_text(text)
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):,.0f} ({min(values):,.0f} - {max(values):,.0f})"
 
 
 def main() -> None:
-    if len(sys.argv) != 3:
-        sys.exit("usage: ab.py A-REV B-REV")
-    a, b = resolve(sys.argv[1]), resolve(sys.argv[2])
+    callgrind = os.environ.get("AB_TOOL") == "callgrind"
+    if len(sys.argv) != 3 and not (callgrind and len(sys.argv) > 3):
+        sys.exit("usage: ab.py A-REV B-REV (with AB_TOOL=callgrind: any number of revisions, in order)")
+    revisions = [resolve(ref) for ref in sys.argv[1:]]
+    # Built outside the namespace (cargo may need the registry), measured inside it.
+    built = [build(commit, 18080 + 100 * index) for index, commit in enumerate(revisions)]
+    if os.environ.get("AB_IN_NETNS") != "1":
+        script = f"ip link set lo up && AB_IN_NETNS=1 exec python3 {Path(__file__).resolve()} {' '.join(revisions)}"
+        os.execvp("unshare", ["unshare", "--net", "--", "sh", "-c", script])
+    if callgrind:
+        return count_series(revisions, built)
+    a, b = revisions
     rounds = int(os.environ.get("AB_ROUNDS", "6"))
     ports = {"A": 18080, "B": 18180}
-    # Built outside the namespace (cargo may need the registry), measured inside it.
-    binaries = {"A": build(a, ports["A"]), "B": build(b, ports["B"])}
-    if os.environ.get("AB_IN_NETNS") != "1":
-        script = f"ip link set lo up && AB_IN_NETNS=1 exec python3 {Path(__file__).resolve()} {a} {b}"
-        os.execvp("unshare", ["unshare", "--net", "--", "sh", "-c", script])
+    binaries = {"A": built[0], "B": built[1]}
     procs = Processes(OUT / "pids")
     results: dict[str, list[dict]] = {"A": [], "B": []}
     logs = OUT / "logs"

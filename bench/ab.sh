@@ -3,7 +3,7 @@
 # root for the private network namespace; installs nginx and wrk when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ $# -ne 2 ]]; then
+if [[ $# -lt 2 ]]; then
     echo "usage: bench/ab.sh A-REV B-REV   (e.g. bench/ab.sh HEAD~1 HEAD)" >&2
     exit 2
 fi
@@ -17,4 +17,4 @@ fi
 ulimit -n 20000
 mkdir -p bench/out/ab
 trap 'if [[ -f bench/out/ab/pids ]]; then while read -r pid; do kill -KILL -- "-$pid" 2>/dev/null || true; done <bench/out/ab/pids; fi' EXIT
-PYTHONDONTWRITEBYTECODE=1 python3 bench/ab.py "$1" "$2"
+PYTHONDONTWRITEBYTECODE=1 python3 bench/ab.py "$@"
