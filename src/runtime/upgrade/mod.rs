@@ -229,6 +229,8 @@ pub async fn serve(
             control.ok_or_else(|| io::Error::other("control socket not bound"))?,
         ),
     };
+    // The control socket file this process bound, to tell it from another's at the same path.
+    let mut ours = file_identity(control_path);
     tokio::pin!(shutdown);
     let mut handed_over = false;
     loop {
@@ -259,9 +261,14 @@ pub async fn serve(
                     admin.pause(false);
                 }
                 // A successor that died after binding the control path left it dead: take it
-                // back (a live listener there, ours included, is left alone).
-                if let Ok(rebound) = bind_control(control_path).await {
-                    control = rebound;
+                // back (a live listener there is left alone). Not when the path is still ours:
+                // the liveness probe would connect to this very listener, whose next accept
+                // would be that probe, taken for a successor that went away, and so on forever.
+                if file_identity(control_path) != ours {
+                    if let Ok(rebound) = bind_control(control_path).await {
+                        control = rebound;
+                        ours = file_identity(control_path);
+                    }
                 }
             }
         }
@@ -272,6 +279,13 @@ pub async fn serve(
     }
     server.drain().await;
     Ok(())
+}
+
+/// Which file is at `path` (device and inode), if any.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::metadata(path).ok()?;
+    Some((file.dev(), file.ino()))
 }
 
 /// Duplicates of the listening sockets, to hand to a successor.
