@@ -352,6 +352,7 @@ async fn ready_comes_once_it_serves_and_an_upgrade_hands_the_main_pid_to_the_new
         "the old process exited before the new one's MAINPID= and READY=1"
     );
     let first_pid = first.pid();
+    assert_ne!(main_pid as u32, first_pid);
     assert!(
         field(&taken, "STATUS=")
             .is_some_and(|status| status.ends_with(&format!("taking over from pid {first_pid}"))),
