@@ -12,7 +12,7 @@ RELEASE := target/$(TARGET)/release
 STATIC  := -C target-feature=+crt-static -C relocation-model=static
 BINS    := juggler test_server ssl_cert
 
-.PHONY: all routes clean ssl_cert test run test_servers bench fuzz upgrade soak deb
+.PHONY: all routes clean ssl_cert test run test_servers bench fuzz upgrade soak
 
 ## all: build bin/juggler (static), bin/test_server and bin/ssl_cert in release mode
 all:
@@ -58,6 +58,7 @@ test:
 ## debug info beside it as juggler_<version>_amd64.debug (install it as
 ## /usr/lib/debug/usr/bin/juggler.debug for gdb). The config hash names the compiled-in config.
 DEB_VERSION = $(shell ./bin/juggler --version | sed -n 's/^juggler \([^ ]*\) (config \([0-9a-f]*\))$$/\1+config.\2/p')
+.PHONY: deb
 deb: all
 	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked
 	@test -n "$(DEB_VERSION)" || { echo "cannot read the version from bin/juggler --version" >&2; exit 1; }
