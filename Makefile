@@ -53,6 +53,20 @@ test:
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
+## deb: target/debian/juggler_<version>+config.<hash>_amd64.deb of bin/juggler (cargo-deb, installed
+## if missing): /usr/bin/juggler, the systemd units of contrib/systemd, a juggler system user; the
+## debug info beside it as juggler_<version>_amd64.debug (install it as
+## /usr/lib/debug/usr/bin/juggler.debug for gdb). The config hash names the compiled-in config.
+DEB_VERSION = $(shell ./bin/juggler --version | sed -n 's/^juggler \([^ ]*\) (config \([0-9a-f]*\))$$/\1+config.\2/p')
+.PHONY: deb
+deb: all
+	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked
+	@test -n "$(DEB_VERSION)" || { echo "cannot read the version from bin/juggler --version" >&2; exit 1; }
+	@# --no-build: the package holds the bin/juggler built above, not a build of cargo-deb's own.
+	$(CARGO) deb --no-build --no-strip --deb-version $(DEB_VERSION) --output target/debian/
+	cp bin/juggler.debug target/debian/juggler_$(DEB_VERSION)_amd64.debug
+	@echo "built: target/debian/juggler_$(DEB_VERSION)_amd64.deb"
+
 ## run: the three test servers on 6901-6903 and Juggler on the compiled config; Ctrl-C stops all
 ## (after a `make upgrade`, the test servers stay up for the new Juggler until Ctrl-C here)
 run: all

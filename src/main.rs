@@ -23,6 +23,7 @@ mod distributer {
 
 use distributer::TABLE;
 
+mod detach;
 mod status_cli;
 
 /// jemalloc instead of glibc's malloc. Every parked connection frees hyper's 8 KiB buffers while
@@ -81,6 +82,12 @@ struct Cli {
     /// The control socket a running Juggler listens on for --upgrade (created mode 0600).
     #[arg(long, value_name = "PATH", default_value = "juggler.sock")]
     control_socket: std::path::PathBuf,
+
+    /// With --upgrade: start the new Juggler as a process of its own and exit once it has taken
+    /// over (status 0), or with its failure. For a service manager's reload command, which must
+    /// end while the new process serves on (systemd will not make it the main process).
+    #[arg(long, requires = "upgrade")]
+    detach: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -122,6 +129,9 @@ fn main() -> ExitCode {
         print!("{}", juggler::describe::describe(&TABLE));
         return ExitCode::SUCCESS;
     }
+    if cli.detach {
+        return detach::run(&cli.control_socket);
+    }
     init_logging(TABLE.settings.log.format);
     juggler::admin::report_allocator(jemalloc_stats);
     match serve(&TABLE, &cli) {
@@ -152,6 +162,14 @@ fn init_logging(format: juggler::table::LogFormat) {
 }
 
 fn serve(table: &'static RouteTable, cli: &Cli) -> Result<()> {
+    // Before the runtime's threads start: reading them clears the variables.
+    let passed = juggler::systemd::adopt_passed_sockets()?;
+    if passed > 0 {
+        tracing::info!(
+            sockets = passed,
+            "socket activation: listening sockets passed"
+        );
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if table.settings.proxy.worker_threads > 0 {
         runtime.worker_threads(table.settings.proxy.worker_threads);
@@ -176,6 +194,7 @@ fn serve(table: &'static RouteTable, cli: &Cli) -> Result<()> {
         }
         let (listeners, certs) = listeners(table, predecessor.as_mut()).await?;
         let admin = admin_listener(table, predecessor.as_mut()).await?;
+        juggler::systemd::all_passed_sockets_claimed()?;
         if let Some(certs) = certs {
             tokio::spawn(tls::reload_on_sighup(certs));
         }
@@ -252,6 +271,12 @@ async fn listener(
     address: &str,
     predecessor: Option<&mut Predecessor>,
 ) -> Result<TcpListener> {
+    // A socket the service manager passed for this listener is used as it is.
+    if let Some(passed) = juggler::systemd::take_passed_listener(scheme, address)
+        .with_context(|| format!("cannot use the passed socket for {scheme}"))?
+    {
+        return Ok(passed);
+    }
     match predecessor {
         Some(predecessor) => Ok(predecessor.take_listener(scheme, address)?),
         None => TcpListener::bind(address)

@@ -18,6 +18,7 @@
 //!   (`balance`), forward with re-sends, answer; header rules (`headers`, `request_checks`).
 //! - [`backend`]: each backend's fixed pool of `n` connections and its FIFO queue (`pool`), and
 //!   one HTTP/1.1 exchange on a pooled connection (`exchange`, `conn`, `chunked`, `body`).
+//! - [`systemd`]: the service manager's channels: readiness notifications, socket activation.
 //! - [`metrics`]: the request path's sharded counters and latency histograms (read by `admin`).
 //! - `error`: `ProxyError`, which knows who failed and what status the client sees.
 //! - `hop_by_hop`: the header rule both sides share: which fields belong to one connection.
@@ -35,6 +36,7 @@ mod error;
 mod hop_by_hop;
 pub mod metrics;
 pub mod proxy;
+pub mod systemd;
 pub mod upgrade;
 
 pub use client::{run, run_with, tls, Listeners};

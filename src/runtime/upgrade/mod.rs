@@ -8,7 +8,7 @@
 //! ```text
 //! successor → HELLO <protocol> <config hash>
 //! predecessor → WELCOME <protocol> <config hash>            (or REFUSE <reason>)
-//! predecessor → LISTENER <http|https|admin> <address> + fd  one per listener
+//! predecessor → LISTENER <http|https|admin> <address> [passed] + fd   one per listener
 //! predecessor → LISTENERS
 //! successor → ACCEPTING                                      it accepts on them from now on
 //! predecessor → CLIENT + fd                                  an idle plain HTTP/1.1 connection
@@ -19,6 +19,11 @@
 //! Until ACCEPTING the predecessor changes nothing, so a successor that fails to start (bad
 //! certificate, unknown listener) leaves it serving untouched. If the successor goes away after
 //! ACCEPTING, the predecessor accepts again and keeps its remaining connections.
+//!
+//! `passed` marks a listener the service manager passed (socket activation): the successor uses
+//! it for its name whatever address its own config has, as the predecessor did. Under a service
+//! manager (`systemd`), the predecessor says RELOADING=1 at HELLO, and the successor says
+//! MAINPID=<its pid> and READY=1 before ACCEPTING, so before the predecessor can exit.
 
 mod wire;
 
@@ -39,6 +44,7 @@ use crate::backend::pool::HandoverSink;
 use crate::client::{Listeners, Phase, Server};
 use crate::metrics::ListenerKind;
 use crate::proxy::Proxy;
+use crate::systemd;
 use wire::Frame;
 
 /// Bumped whenever a message changes meaning; both sides must speak the same one.
@@ -73,7 +79,8 @@ pub struct Predecessor {
     link: UnixStream,
     /// The predecessor's config hash, for the log.
     pub config_hash: String,
-    listeners: Vec<(&'static str, SocketAddr, OwnedFd)>,
+    /// Scheme, bound address, socket, and whether the service manager passed it.
+    listeners: Vec<(&'static str, SocketAddr, OwnedFd, bool)>,
 }
 
 /// Connects to the running Juggler at `path` and receives its listeners. Nothing changes for the
@@ -112,7 +119,8 @@ pub async fn connect(path: &Path, config_hash: &str) -> Result<Predecessor, Upgr
                     .fds
                     .pop()
                     .ok_or_else(|| wire::malformed(&frame.words))?;
-                listeners.push((scheme, address, fd));
+                let passed = frame.word(3).is_ok_and(|word| word == "passed");
+                listeners.push((scheme, address, fd, passed));
             }
             _ => return Err(wire::malformed(&frame.words).into()),
         }
@@ -125,7 +133,8 @@ pub async fn connect(path: &Path, config_hash: &str) -> Result<Predecessor, Upgr
 }
 
 impl Predecessor {
-    /// The predecessor's listener for `scheme` on `address` (as configured: `0.0.0.0:8080`).
+    /// The predecessor's listener for `scheme` on `address` (as configured: `0.0.0.0:8080`), or
+    /// its listener for `scheme` that the service manager passed, wherever that is bound.
     pub fn take_listener(
         &mut self,
         scheme: &'static str,
@@ -135,13 +144,21 @@ impl Predecessor {
             scheme,
             address: address.to_owned(),
         };
-        let wanted: SocketAddr = address.parse().map_err(|_| unknown())?;
+        let wanted: Option<SocketAddr> = address.parse().ok();
         let index = self
             .listeners
             .iter()
-            .position(|(kind, bound, _)| *kind == scheme && *bound == wanted)
+            .position(|(kind, bound, _, _)| *kind == scheme && Some(*bound) == wanted)
+            .or_else(|| {
+                self.listeners
+                    .iter()
+                    .position(|(kind, _, _, passed)| *kind == scheme && *passed)
+            })
             .ok_or_else(unknown)?;
-        let (_, _, fd) = self.listeners.swap_remove(index);
+        let (_, bound, fd, passed) = self.listeners.swap_remove(index);
+        if passed {
+            systemd::mark_from_manager(bound);
+        }
         let listener = std::net::TcpListener::from(fd);
         listener.set_nonblocking(true)?;
         Ok(TcpListener::from_std(listener)?)
@@ -208,9 +225,10 @@ pub async fn serve(
         }
     }
     let server = Server::start(listeners, proxy, clients_tx);
+    let serving = serving_status(&listener_fds);
     let (mut predecessor, mut control) = match predecessor {
         Some(predecessor) => {
-            let link = match start_successor(predecessor).await {
+            let link = match start_successor(predecessor, &serving).await {
                 Ok(link) => Some(link),
                 Err(error) => {
                     // Gone before it heard from us: serve alone, opening our own connections.
@@ -218,17 +236,21 @@ pub async fn serve(
                     for pool in &server.proxy().pools {
                         pool.end_inheritance();
                     }
+                    systemd::status(&serving);
                     None
                 }
             };
             let _ = std::fs::remove_file(control_path);
             (link, bind_control(control_path).await?)
         }
-        None => (
-            None,
-            control.ok_or_else(|| io::Error::other("control socket not bound"))?,
-        ),
+        None => {
+            let control = control.ok_or_else(|| io::Error::other("control socket not bound"))?;
+            systemd::ready(&serving);
+            (None, control)
+        }
     };
+    // The control socket file this process bound, to tell it from another's at the same path.
+    let mut ours = file_identity(control_path);
     tokio::pin!(shutdown);
     let mut handed_over = false;
     loop {
@@ -237,6 +259,7 @@ pub async fn serve(
             frame = next_frame(&mut predecessor) => {
                 if !take_from_predecessor(frame, &server) {
                     predecessor = None;
+                    systemd::status(&serving);
                 }
             }
             accepted = control.accept() => {
@@ -250,7 +273,9 @@ pub async fn serve(
                 if let Some(admin) = &admin {
                     admin.pause(true);
                 }
-                if hand_over(link, &server, &listener_fds, &mut clients_rx).await {
+                let mut reloading = false;
+                let handed = hand_over(link, &server, &listener_fds, &mut clients_rx, &mut reloading);
+                if handed.await {
                     tracing::info!("upgrade: everything handed over; exiting");
                     handed_over = true;
                     break;
@@ -258,10 +283,20 @@ pub async fn serve(
                 if let Some(admin) = &admin {
                     admin.pause(false);
                 }
+                if reloading {
+                    // Ends the reload the HELLO began and takes the main PID back from a
+                    // successor that may have claimed it before it went away.
+                    systemd::ready_as_main(&format!("{serving} (an upgrade was abandoned)"));
+                }
                 // A successor that died after binding the control path left it dead: take it
-                // back (a live listener there, ours included, is left alone).
-                if let Ok(rebound) = bind_control(control_path).await {
-                    control = rebound;
+                // back (a live listener there is left alone). Not when the path is still ours:
+                // the liveness probe would connect to this very listener, whose next accept
+                // would be that probe, taken for a successor that went away, and so on forever.
+                if file_identity(control_path) != ours {
+                    if let Ok(rebound) = bind_control(control_path).await {
+                        control = rebound;
+                        ours = file_identity(control_path);
+                    }
                 }
             }
         }
@@ -269,9 +304,26 @@ pub async fn serve(
     // The successor has bound the path anew; otherwise nobody listens there any more.
     if !handed_over {
         let _ = std::fs::remove_file(control_path);
+        systemd::stopping("draining: finishing the requests in flight");
     }
     server.drain().await;
     Ok(())
+}
+
+/// Which file is at `path` (device and inode), if any.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::metadata(path).ok()?;
+    Some((file.dev(), file.ino()))
+}
+
+/// What the service manager shows while this process serves: `serving http 0.0.0.0:8080, …`.
+fn serving_status(listener_fds: &[(&'static str, SocketAddr, OwnedFd)]) -> String {
+    let listeners: Vec<String> = listener_fds
+        .iter()
+        .map(|(scheme, address, _)| format!("{scheme} {address}"))
+        .collect();
+    format!("serving {}", listeners.join(", "))
 }
 
 /// Duplicates of the listening sockets, to hand to a successor.
@@ -309,16 +361,26 @@ fn client_addresses(listeners: &Listeners) -> Vec<(ListenerKind, String)> {
     .collect()
 }
 
+/// The process at the other end of a control connection, for the service manager's status.
+fn peer_pid(link: &UnixStream) -> Option<i32> {
+    let peer = rustix::net::sockopt::socket_peercred(link).ok()?;
+    Some(peer.pid.as_raw_nonzero().get())
+}
+
 fn same_user(link: &UnixStream) -> bool {
     rustix::net::sockopt::socket_peercred(link)
         .is_ok_and(|peer| peer.uid == rustix::process::getuid())
 }
 
 /// Tells the predecessor this process accepts now; from then on it hands over what it holds.
-async fn start_successor(predecessor: Predecessor) -> io::Result<UnixStream> {
+async fn start_successor(predecessor: Predecessor, serving: &str) -> io::Result<UnixStream> {
     let Predecessor {
         link, config_hash, ..
     } = predecessor;
+    // The service manager follows this process from here: told before ACCEPTING, so before the
+    // predecessor can hand over everything and exit.
+    let from = peer_pid(&link).map_or_else(String::new, |pid| format!(" from pid {pid}"));
+    systemd::ready_as_main(&format!("{serving}; taking over{from}"));
     wire::send(&link, "ACCEPTING", &[]).await?;
     tracing::info!(
         predecessor_config = config_hash,
@@ -382,15 +444,18 @@ fn take_from_predecessor(frame: io::Result<Option<Frame>>, server: &Server) -> b
 
 /// The predecessor's side of one takeover; `true` once everything is handed over (the process
 /// then exits), `false` if the successor went away first (this process serves on as before).
+/// `reloading` is set once the service manager has been told RELOADING=1.
 async fn hand_over(
     mut link: UnixStream,
     server: &Server,
     listener_fds: &[(&'static str, SocketAddr, OwnedFd)],
     clients: &mut mpsc::UnboundedReceiver<OwnedFd>,
+    reloading: &mut bool,
 ) -> bool {
     // Bounded: a peer that connects and goes quiet must not keep this process from its signals
     // or from the next successor.
-    match tokio::time::timeout(GREETING_TIMEOUT, greet(&mut link, server, listener_fds)).await {
+    let greeting = greet(&mut link, server, listener_fds, reloading);
+    match tokio::time::timeout(GREETING_TIMEOUT, greeting).await {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => return false,
         Ok(Err(error)) => {
@@ -422,6 +487,7 @@ async fn greet(
     link: &mut UnixStream,
     server: &Server,
     listener_fds: &[(&'static str, SocketAddr, OwnedFd)],
+    reloading: &mut bool,
 ) -> io::Result<bool> {
     let hello = expect(link).await?;
     let ours = server.proxy().table.config_hash;
@@ -431,9 +497,17 @@ async fn greet(
         return Ok(false);
     }
     let theirs = hello.word(2)?.to_owned();
+    let to = peer_pid(link).map_or_else(String::new, |pid| format!(" (pid {pid})"));
+    systemd::reloading(&format!("upgrade: handing over to a new process{to}"));
+    *reloading = true;
     wire::send(link, &format!("WELCOME {PROTOCOL} {ours}"), &[]).await?;
     for (scheme, address, fd) in listener_fds {
-        wire::send(link, &format!("LISTENER {scheme} {address}"), &[fd.as_fd()]).await?;
+        let passed = match systemd::is_from_manager(*address) {
+            true => " passed",
+            false => "",
+        };
+        let line = format!("LISTENER {scheme} {address}{passed}");
+        wire::send(link, &line, &[fd.as_fd()]).await?;
     }
     wire::send(link, "LISTENERS", &[]).await?;
     let accepting = expect(link).await?;
