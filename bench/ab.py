@@ -56,13 +56,18 @@ def build(commit: str, port: int) -> Path:
         shutil.rmtree(source, ignore_errors=True)
         source.mkdir(parents=True)
         archive = subprocess.Popen(["git", "-C", str(REPO), "archive", commit], stdout=subprocess.PIPE)
-        # --touch: files dated now, not at the commit. Cargo shares artifacts of path packages
-        # across trees by their workspace-relative path and decides freshness by mtime: sources
-        # dated at an older commit looked fresh and another revision's build was reused.
-        subprocess.run(["tar", "-x", "--touch", "-C", str(source)], stdin=archive.stdout, check=True)
+        subprocess.run(["tar", "-x", "-C", str(source)], stdin=archive.stdout, check=True)
         archive.stdout.close()
         if archive.wait() != 0:
             sys.exit(f"bench-ab: git archive {commit} failed")
+    # Every file dated now, before every build. Cargo shares the artifacts of path packages across
+    # trees by their workspace-relative path and judges freshness by mtime: sources dated at their
+    # commit, or extracted before another revision was built, looked fresh and that other
+    # revision's crates were linked in.
+    now = time.time()
+    for path in source.rglob("*"):
+        if path.is_file():
+            os.utime(path, (now, now))
     config = OUT / "config" / str(port)
     config.mkdir(parents=True, exist_ok=True)
     target = sides.Target("juggler", "B", port, port + 1000)
