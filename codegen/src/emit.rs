@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use juggler_config::schema::Kind;
-use juggler_config::table::SCALAR_SECTIONS;
+use juggler_config::schema::SectionSpec;
+use juggler_config::table::{LOG_BUFFERING, SCALAR_SECTIONS};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 
@@ -141,6 +142,7 @@ fn file(config: &Config) -> TokenStream {
         "UpstreamId",
     ];
     table_types.extend(SCALAR_SECTIONS.iter().map(|section| section.rust_type));
+    table_types.push(LOG_BUFFERING.rust_type);
     table_types.sort_unstable();
     let table_types = table_types
         .iter()
@@ -330,16 +332,22 @@ fn setting_field(setting: &Setting) -> TokenStream {
 fn scalar_sections(config: &Config) -> TokenStream {
     let sections = SCALAR_SECTIONS.iter().map(|section| {
         let field = Ident::new(section.name, Span::call_site());
-        let ty = Ident::new(section.rust_type, Span::call_site());
-        let settings = config
-            .settings
-            .scalars
-            .iter()
-            .filter(|setting| std::ptr::eq(setting.section, *section))
-            .map(setting_field);
-        quote! { #field: #ty { #(#settings),* } }
+        let body = section_struct(config, section);
+        quote! { #field: #body }
     });
     quote! { #(#sections),* }
+}
+
+/// `Limits { max_header_bytes: ..., ... }`: the struct of one section's specified settings.
+fn section_struct(config: &Config, section: &SectionSpec) -> TokenStream {
+    let ty = Ident::new(section.rust_type, Span::call_site());
+    let settings = config
+        .settings
+        .scalars
+        .iter()
+        .filter(|setting| std::ptr::eq(setting.section, section))
+        .map(setting_field);
+    quote! { #ty { #(#settings),* } }
 }
 
 fn optional_str(value: &Option<String>) -> TokenStream {
@@ -368,6 +376,7 @@ fn table(config: &Config) -> TokenStream {
         &format!("{:?}", config.settings.log.format),
         Span::call_site(),
     );
+    let log_buffering = section_struct(config, LOG_BUFFERING);
     let hash = &config.config_hash;
     let sources = &config.sources;
     quote! {
@@ -393,6 +402,7 @@ fn table(config: &Config) -> TokenStream {
                 },
                 log: LogSettings {
                     format: LogFormat::#log_format,
+                    buffering: #log_buffering,
                 },
             },
             config_hash: #hash,

@@ -6,7 +6,7 @@ use std::time::Duration;
 pub use juggler_config::router::{MethodSet, METHOD_NAMES};
 use juggler_config::schema::{Kind, SectionSpec, SettingSpec};
 pub use juggler_config::table::{BalancePolicy, LogFormat, Named, TlsMode};
-use juggler_config::table::{Settings as RuntimeSettings, SCALAR_SECTIONS};
+use juggler_config::table::{Settings as RuntimeSettings, SPECIFIED_SETTINGS};
 
 use crate::pattern::PathKind;
 use crate::units::{format_duration, format_size};
@@ -118,7 +118,7 @@ impl Setting {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: Listen,
-    /// Every scalar setting, in [`SCALAR_SECTIONS`] order.
+    /// Every scalar setting (`[log]`'s buffering keys included), in [`SPECIFIED_SETTINGS`] order.
     pub scalars: Vec<Setting>,
     pub admin: Admin,
     pub log: Log,
@@ -189,7 +189,7 @@ impl Settings {
     /// directory is `juggler_config` (the certificate, key and admin token default to files
     /// inside it).
     pub fn defaults(config_dir: &str) -> Settings {
-        let scalars = SCALAR_SECTIONS
+        let scalars = SPECIFIED_SETTINGS
             .iter()
             .copied()
             .flat_map(|section| {

@@ -14,7 +14,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 use juggler_config::schema::{Kind, SectionSpec, SettingSpec};
-use juggler_config::table::{scalar_section, SCALAR_SECTIONS};
+use juggler_config::table::{scalar_section, LOG_BUFFERING, SCALAR_SECTIONS};
 
 use crate::diagnostics::{closest, did_you_mean, Diagnostic, Diagnostics, SourceFile};
 
@@ -22,7 +22,7 @@ use crate::diagnostics::{closest, did_you_mean, Diagnostic, Diagnostics, SourceF
 #[derive(Debug, Default)]
 pub struct RawLoadBalancer {
     pub listen: RawListen,
-    /// The keys of the scalar sections, in file order.
+    /// The keys of the scalar sections and `[log]`'s buffering keys, in file order.
     pub settings: Vec<RawSetting>,
     pub admin: RawAdmin,
     pub log: RawLog,
@@ -61,7 +61,7 @@ pub struct RawAdmin {
     pub token_file: Option<Spanned<String>>,
 }
 
-/// `[log]`: how the log is written.
+/// `[log]`: how the log is written (its buffering keys are read as [`RawSetting`]s).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLog {
@@ -193,7 +193,7 @@ impl Reader<'_> {
             match key.get_ref().as_str() {
                 "listen" => raw.listen = self.section("[listen]", &value).value,
                 "admin" => raw.admin = self.section("[admin]", &value).value,
-                "log" => raw.log = self.section("[log]", &value).value,
+                "log" => raw.log = self.log(&value, &mut raw.settings),
                 "upstreams" => raw.upstreams = self.upstreams(&value),
                 name => match scalar_section(name) {
                     Some(section) => self.settings(section, &value, &mut raw.settings),
@@ -288,6 +288,36 @@ impl Reader<'_> {
         // all keys are optional (`serde(default)`).
         let value = deserialize::<T>(value.span(), good).unwrap_or_default();
         Section { value, reported }
+    }
+
+    /// `[log]`: `format` by hand, the buffering keys as the scalar sections' keys are read.
+    fn log(&mut self, value: &Spanned<DeValue<'_>>, settings: &mut Vec<RawSetting>) -> RawLog {
+        let Some(table) = self.table("[log]", value) else {
+            return RawLog::default();
+        };
+        let spec = LOG_BUFFERING;
+        let named_keys = fields_of::<RawLog>();
+        let (mut named, mut scalars) = (DeTable::new(), DeTable::new());
+        for (key, item) in table.iter() {
+            let name: &str = key.get_ref();
+            if named_keys.contains(&name) {
+                named.insert(key.clone(), item.clone());
+            } else if spec.settings.iter().any(|setting| setting.key == name) {
+                scalars.insert(key.clone(), item.clone());
+            } else {
+                // Reported here, against every key of `[log]`, so "did you mean" sees them all.
+                let known: Vec<&str> = named_keys.iter().copied().chain(spec.keys()).collect();
+                let key = Spanned::new(key.span(), name.to_string());
+                self.unknown_key(&key, "in [log]", &known);
+            }
+        }
+        self.settings(
+            spec,
+            &Spanned::new(value.span(), DeValue::Table(scalars)),
+            settings,
+        );
+        self.section("[log]", &Spanned::new(value.span(), DeValue::Table(named)))
+            .value
     }
 
     /// Reads a scalar section key by key, each value as its [`Kind`] asks; an unknown key or a

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::model::{Config, Named, TlsMode};
+use crate::model::{Config, Named, Setting, TlsMode};
 use crate::pattern::PathKind;
 
 /// Upstreams with their servers and pool sizes, total backend connections, routes in priority
@@ -113,7 +113,19 @@ pub fn summary(config: &Config) -> String {
         Some(source) => format!("at {source}"),
         None => "(default)".to_string(),
     };
-    let _ = writeln!(out, "Log: {} {origin}", log.format.name());
+    let buffering = ["buffer", "flush"].map(|key| {
+        config
+            .settings
+            .scalar("log", key)
+            .map_or_else(String::new, Setting::shown)
+    });
+    let _ = writeln!(
+        out,
+        "Log: {} {origin}, buffer {}, flush {}",
+        log.format.name(),
+        buffering[0],
+        buffering[1]
+    );
     out
 }
 

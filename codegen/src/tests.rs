@@ -610,6 +610,43 @@ fn unknown_keys_in_admin_and_log_are_refused() {
 }
 
 #[test]
+fn log_buffering_is_checked_like_the_scalar_settings() {
+    let all = errors(
+        ROUTES,
+        &format!("{LB}[log]\nformat = \"json\"\nbuffer = \"lots\"\nflush = \"0s\"\nbufer = 0\n"),
+    );
+    let messages: Vec<&str> = all.iter().map(|(error, _)| error.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "lb.toml:5:10: `buffer = \"lots\"` is not a size",
+            "lb.toml:6:9: `flush` is zero",
+            "lb.toml:7:1: unknown key `bufer` in [log]",
+        ]
+    );
+    assert!(all[1].1.contains("\"1s\""), "{}", all[1].1);
+    assert!(
+        all[2].1.starts_with("did you mean `buffer`?"),
+        "{}",
+        all[2].1
+    );
+    let config = check(
+        ROUTES,
+        &format!("{LB}[log]\nbuffer = 0\nflush = \"250ms\"\nformat = \"json\"\n"),
+    )
+    .unwrap();
+    let log = &config.settings;
+    assert_eq!(log.log.format, crate::model::LogFormat::Json);
+    assert_eq!(log.scalar("log", "buffer").unwrap().value, 0);
+    assert_eq!(log.scalar("log", "flush").unwrap().value, 250);
+    let defaults = check(ROUTES, LB).unwrap();
+    assert_eq!(
+        defaults.settings.scalar("log", "buffer").unwrap().value,
+        64 * 1024
+    );
+}
+
+#[test]
 fn counts_are_range_checked() {
     let all = errors(
         ROUTES,
@@ -793,7 +830,7 @@ fn every_scalar_setting_is_shipped_and_documented_with_its_default() {
         std::fs::read_to_string(root.join("juggler_config").join(LOAD_BALANCER_FILE)).unwrap();
     let shipped: toml::Table = toml::from_str(&shipped).unwrap();
     let mut wrong = Vec::new();
-    for section in juggler_config::table::SCALAR_SECTIONS.iter() {
+    for section in juggler_config::table::SPECIFIED_SETTINGS.iter() {
         for spec in section.settings {
             let name = format!("{}.{}", section.name, spec.key);
             let row = format!("| `{name}` |");
@@ -822,7 +859,7 @@ fn every_scalar_setting_is_shipped_and_documented_with_its_default() {
     }
     println!(
         "checked {} sections",
-        juggler_config::table::SCALAR_SECTIONS.len()
+        juggler_config::table::SPECIFIED_SETTINGS.len()
     );
     assert!(
         wrong.is_empty(),

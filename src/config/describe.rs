@@ -5,7 +5,7 @@ use std::fmt::Write;
 use crate::table::{Named, RouteTable, TlsMode};
 
 /// Describes listeners (the admin one too), upstreams with their servers and pool sizes, routes in
-/// priority order, the queue and the log format.
+/// priority order, the queue, the log format and its buffering.
 pub fn describe(table: &RouteTable) -> String {
     let mut out = String::new();
     let settings = &table.settings;
@@ -88,6 +88,15 @@ pub fn describe(table: &RouteTable) -> String {
         "queue: {} per server, timeout {:?}",
         queue.max_queued_per_server, queue.timeout
     );
-    let _ = writeln!(out, "log: {}", settings.log.format.name());
+    let log = &settings.log;
+    let _ = match log.buffering.buffer {
+        0 => writeln!(out, "log: {}, unbuffered", log.format.name()),
+        bytes => writeln!(
+            out,
+            "log: {}, buffered {bytes} bytes per thread, flushed every {:?}",
+            log.format.name(),
+            log.buffering.flush
+        ),
+    };
     out
 }

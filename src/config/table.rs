@@ -183,6 +183,20 @@ impl Named for LogFormat {
 #[derive(Debug)]
 pub struct LogSettings {
     pub format: LogFormat,
+    /// `buffer` and `flush`, checked and emitted like the scalar sections' keys.
+    pub buffering: LogBuffering,
+}
+
+settings_section! {
+    /// The scalar keys of `[log]`: lines are gathered per thread and written in batches, as nginx's
+    /// `access_log ... buffer= flush=`, so the access log costs one `write(2)` per batch rather
+    /// than one per request. Warnings and errors are written at once, with what came before them.
+    pub struct LogBuffering in "log" {
+        /// Log bytes each thread gathers before writing them in one go; `0` writes every line at once.
+        buffer: usize = size(64 * KIB, 0, 16 * MIB),
+        /// Longest a gathered line waits before it is written, however quiet the traffic.
+        flush: Duration = timeout(Duration::from_secs(1)),
+    }
 }
 
 settings_section! {
@@ -247,11 +261,24 @@ settings_section! {
     }
 }
 
+/// Every section whose keys the codegen crate checks against a [`crate::schema::SettingSpec`]: the
+/// scalar sections, then `[log]`'s buffering keys. The one list of specs: the codegen crate tells
+/// sections and settings apart by address, so every use goes through it.
+pub static SPECIFIED_SETTINGS: [&SectionSpec; 4] = [
+    &QueueSettings::SPEC,
+    &Limits::SPEC,
+    &ProxySettings::SPEC,
+    &LogBuffering::SPEC,
+];
+
 /// The scalar sections of [`Settings`], in field order: what the codegen crate parses, checks and
 /// emits generically (`[listen]`, `[admin]` and `[log]` hold addresses, paths and names, and are
 /// handled by hand).
-pub static SCALAR_SECTIONS: [&SectionSpec; 3] =
-    [&QueueSettings::SPEC, &Limits::SPEC, &ProxySettings::SPEC];
+pub static SCALAR_SECTIONS: &[&SectionSpec] = SPECIFIED_SETTINGS.split_at(3).0;
+
+/// `[log]`'s `buffer` and `flush`: read, checked and emitted like a scalar section's keys, inside
+/// the hand-written `[log]`.
+pub static LOG_BUFFERING: &SectionSpec = SPECIFIED_SETTINGS[3];
 
 /// The scalar section whose TOML table is `name`.
 pub fn scalar_section(name: &str) -> Option<&'static SectionSpec> {
@@ -320,6 +347,7 @@ impl Settings {
         },
         log: LogSettings {
             format: LogFormat::DEFAULT,
+            buffering: LogBuffering::DEFAULT,
         },
     };
 }

@@ -20,6 +20,8 @@
 //!   one HTTP/1.1 exchange on a pooled connection (`exchange`, `conn`, `chunked`, `body`).
 //! - [`systemd`]: the service manager's channels: readiness notifications, socket activation.
 //! - [`metrics`]: the request path's sharded counters and latency histograms (read by `admin`).
+//! - [`logging`]: log lines gathered per thread and written in batches; the access line formatted
+//!   cheaply (what the access log costs).
 //! - `error`: `ProxyError`, which knows who failed and what status the client sees.
 //! - `hop_by_hop`: the header rule both sides share: which fields belong to one connection.
 //! - [`table`], [`router`], [`describe`]: the config schema (crate `juggler-config`).
@@ -34,6 +36,7 @@ pub mod backend;
 pub mod client;
 mod error;
 mod hop_by_hop;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod systemd;

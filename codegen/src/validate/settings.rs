@@ -1,5 +1,6 @@
-//! The scalar sections `[queue]`, `[limits]` and `[proxy]`: every key is checked against its
-//! [`SettingSpec`] (kind and range), so this file does not name a single setting.
+//! The scalar sections `[queue]`, `[limits]` and `[proxy]`, and `[log]`'s buffering keys: every key
+//! is checked against its [`SettingSpec`] (kind and range), so this file does not name a single
+//! setting.
 
 use juggler_config::schema::{Kind, SettingSpec};
 
@@ -71,7 +72,7 @@ impl Checker<'_> {
                         span,
                         format!("`{key}` is zero"),
                         format!(
-                            "a zero timeout would fail every request; the default is \"{}\"",
+                            "write a duration above zero, such as the default \"{}\"",
                             format_duration(std::time::Duration::from_millis(spec.default))
                         ),
                     );

@@ -437,6 +437,12 @@ where
     // stream tasks wake the connection for flow control and stream data without any socket IO
     // of its own, so a busy connection legitimately goes far past any such budget.
     let mut polls = matches!(parking, Parking::Park { .. }).then(|| StallGuard::new(10_000));
+    // One timer for the session, moved to each turn's `wake_at` rather than a new one per turn:
+    // tokio moves an armed timer to a later deadline with one atomic operation (re-inserting it
+    // in its wheel only if the old deadline fires first), where a new timer cost a wheel
+    // insertion and removal per request (issue 18). Its first deadline is replaced before the
+    // first poll.
+    let mut timer = std::pin::pin!(tokio::time::sleep(limits.client_idle_timeout));
     loop {
         let park_after = match (parking, *phase.borrow_and_update()) {
             (Parking::Never, _) => None,
@@ -483,6 +489,9 @@ where
         } else {
             quiet_close_deadline = None;
         }
+        if let Some(at) = wake_at.filter(|at| *at != timer.deadline()) {
+            timer.as_mut().reset(at);
+        }
         tokio::select! {
             // `None`: the stall guard tripped.
             result = std::future::poll_fn(|cx| {
@@ -497,7 +506,7 @@ where
                 }
                 return Ended::Finished;
             }
-            _ = sleep_until_some(wake_at) => {}
+            _ = &mut timer, if wake_at.is_some() => {}
             // Re-decide as soon as the last request ends: that is when parking becomes possible.
             _ = activity.went_idle(), if park_after.is_some() => {}
             // Re-decided at the top of the loop.
@@ -508,13 +517,6 @@ where
                 }
             }
         }
-    }
-}
-
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

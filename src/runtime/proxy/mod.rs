@@ -34,8 +34,8 @@ mod contain;
 pub mod headers;
 pub(crate) mod request_checks;
 
-/// The `tracing` target of the one-line-per-request access log.
-pub const ACCESS_LOG: &str = "juggler::access";
+use crate::logging::ClientIp;
+pub use crate::logging::ACCESS_LOG;
 
 /// Bodies up to this size are sent in the same write as the request head.
 const COALESCE_BODY_LIMIT: usize = 16 * 1024;
@@ -82,13 +82,23 @@ impl RequestIds {
             .filter(|id| !id.is_empty() && id.len() <= 64);
         match given {
             Some(id) => id.to_owned(),
-            None => format!(
-                "{:08x}{:012x}",
-                self.process,
-                self.next.fetch_add(1, Ordering::Relaxed)
-            ),
+            None => own_id(self.process, self.next.fetch_add(1, Ordering::Relaxed)),
         }
     }
+}
+
+/// `{process:08x}{count:012x}`, written by hand: `format!` spent about 2,000 instructions on it,
+/// a tenth of what the access log cost per request (issue 18).
+fn own_id(process: u32, count: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    if count >> 48 != 0 {
+        return format!("{process:08x}{count:012x}");
+    }
+    let digit = |value: u64, shift: usize| char::from(HEX[(value >> shift) as usize & 0xf]);
+    let mut id = String::with_capacity(20);
+    id.extend((0..8).rev().map(|at| digit(u64::from(process), 4 * at)));
+    id.extend((0..12).rev().map(|at| digit(count, 4 * at)));
+    id
 }
 
 /// One request counted in `requests_in_progress` until dropped, however handling ends (a client
@@ -197,7 +207,7 @@ impl Proxy {
             tracing::info!(
                 target: ACCESS_LOG,
                 request_id,
-                client = %client.ip,
+                client = %ClientIp(client.ip),
                 %method,
                 path = uri.path(),
                 status = status.as_u16(),
@@ -602,4 +612,22 @@ fn error_response(error: &ProxyError) -> Response<ResponseBody> {
             .insert(header::RETRY_AFTER, headers::RETRY_AFTER_SECONDS);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_id;
+
+    #[test]
+    fn own_ids_are_the_formatted_ones() {
+        for (process, count) in [
+            (0, 0),
+            (0xdead_beef, 1),
+            (0x0102_0304, 0xfff_ffff_ffff),
+            (u32::MAX, 1 << 48),
+            (7, u64::MAX),
+        ] {
+            assert_eq!(own_id(process, count), format!("{process:08x}{count:012x}"));
+        }
+    }
 }
