@@ -117,6 +117,24 @@ pub struct RawUpstreamBody {
     /// The policy's name: `"round_robin"` or `"least_queued"`.
     pub balance: Option<Spanned<String>>,
     pub servers: Option<Spanned<Vec<Spanned<RawServer>>>>,
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+    /// A duration: `"30s"`.
+    pub slow_start: Option<Spanned<String>>,
+    pub eject_after_5xx: Option<Spanned<i64>>,
+}
+
+/// `health_check = { path = "/healthz", interval = "2s", timeout = "1s", expect = "2xx", fails = 2,
+/// passes = 2 }`; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealthCheck {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    /// `"2xx"` or one status, `"204"`.
+    pub expect: Option<Spanned<String>>,
+    pub fails: Option<Spanned<i64>>,
+    pub passes: Option<Spanned<i64>>,
 }
 
 /// One entry of `servers`: `"host:port"` or
