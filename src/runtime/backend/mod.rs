@@ -3,6 +3,8 @@
 //!
 //! - [`pool`]: the `n` slots, the queue, health, refill.
 //! - `limit`: how many of the `n` slots may be used now (fleet share, slow start, adaptive limit).
+//! - [`health`]: active checks, ejection on `5xx`, slow start: what takes a backend out of
+//!   rotation besides failed connects, and how it comes back.
 //! - `exchange`: one request and response on a pooled connection.
 //! - [`conn`]: the connection itself: write a request, parse a response head, read body chunks.
 //! - `chunked`: the chunked transfer-coding decoder `conn` reads bodies with.
@@ -15,6 +17,7 @@ pub mod body;
 pub(crate) mod chunked;
 pub mod conn;
 mod exchange;
+pub mod health;
 mod limit;
 pub mod pool;
 pub mod spool;
