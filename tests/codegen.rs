@@ -47,6 +47,12 @@ fn protection_keys_reach_the_table_with_their_defaults_filled_in() {
     assert_eq!((check.fails, check.passes), (3, 2));
     assert_eq!(protection.slow_start, std::time::Duration::from_secs(30));
     assert_eq!(protection.eject_after_5xx, 5);
+    assert_eq!(protection.adaptive_min, Some(2));
+    assert_eq!(
+        protected::TABLE.backends[0].pool_size,
+        16,
+        "max is the pool size"
+    );
     assert!(plain.protection.health_check.is_none());
     assert_eq!(plain.protection.eject_after_5xx, 0);
 }

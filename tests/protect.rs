@@ -193,7 +193,7 @@ async fn a_stopped_backend_is_marked_down_and_comes_back_through_slow_start() {
     let protection = Protection {
         health_check: Some(check),
         slow_start,
-        eject_after_5xx: 0,
+        ..Protection::OFF
     };
     let juggler = TestJuggler::start(protected_table(
         &servers(&addrs),
@@ -577,4 +577,90 @@ async fn queued_requests_of_a_backend_that_goes_down_move_to_another() {
         request.await.unwrap();
     }
     juggler.shutdown().await.unwrap();
+}
+
+/// p99 of the answers to requests started after `settle`, with 32 clients for `settle + measure`
+/// against `backend` through a pool of `pool` (adaptive from `min` if given); the limits sampled
+/// every 50 ms while measuring.
+async fn capacity_run(
+    backend: SocketAddr,
+    pool: usize,
+    min: Option<usize>,
+    settle: Duration,
+    measure: Duration,
+) -> (Duration, usize, Vec<usize>) {
+    let protection = Protection {
+        adaptive_min: min,
+        ..Protection::OFF
+    };
+    let juggler = TestJuggler::start(protected_table(
+        &servers(&[backend]),
+        pool,
+        BalancePolicy::RoundRobin,
+        protection,
+        settings_with(|settings| settings.queue.timeout = Duration::from_secs(30)),
+    ))
+    .await;
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let clients = load(juggler.addr, 32, None, &stop, &seen, epoch);
+    tokio::time::sleep(settle).await;
+    let mut limits = Vec::new();
+    while epoch.elapsed() < settle + measure {
+        limits.push(juggler.proxy.pools[0].limit());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let mut took: Vec<Duration> = seen
+        .iter()
+        .filter(|seen| seen.started >= settle && seen.started < settle + measure)
+        .map(|seen| seen.took)
+        .collect();
+    assert!(seen.iter().all(|seen| seen.status == 200));
+    took.sort();
+    let p99 = took[took.len() * 99 / 100];
+    juggler.shutdown().await.unwrap();
+    (p99, took.len(), limits)
+}
+
+#[juggler_testkit::test]
+async fn the_adaptive_limit_settles_near_the_backends_capacity() {
+    let backend = Server::start(&["--capacity", "6", "--delay", "5ms"]);
+    let (settle, measure) = (Duration::from_secs(2), Duration::from_millis(1500));
+    let mut p99s = Vec::new();
+    for (pool, min) in [(6, None), (32, None), (32, Some(1))] {
+        let (p99, answers, limits) = capacity_run(backend.addr, pool, min, settle, measure).await;
+        let mut sorted = limits.clone();
+        sorted.sort();
+        let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0);
+        let name = match min {
+            Some(min) => format!("{{ min = {min}, max = {pool} }}"),
+            None => format!("n = {pool}"),
+        };
+        println!(
+            "capacity 6, 32 clients, {name}: p99 {p99:?} over {answers} answers; limit median \
+             {median}, sampled {limits:?}"
+        );
+        if min.is_some() {
+            // Near 6, with room for a debug build on a shared, loaded machine (its own scheduling
+            // delays count as the backend's response time).
+            assert!(
+                (3..=9).contains(&median),
+                "did not settle near 6: {limits:?}"
+            );
+        }
+        p99s.push(p99);
+    }
+    let (fixed_6, fixed_32, adaptive) = (p99s[0], p99s[1], p99s[2]);
+    println!(
+        "p99 adaptive / best fixed (n = 6): {:.2}; n = 32 / n = 6: {:.2}",
+        adaptive.as_secs_f64() / fixed_6.as_secs_f64(),
+        fixed_32.as_secs_f64() / fixed_6.as_secs_f64()
+    );
+    assert!(adaptive < fixed_32, "adaptive no better than n = 32");
 }

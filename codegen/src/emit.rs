@@ -238,6 +238,7 @@ fn protection(upstream: &Upstream) -> TokenStream {
     if upstream.health_check.is_none()
         && upstream.slow_start.is_zero()
         && upstream.eject_after_5xx == 0
+        && upstream.adaptive_min.is_none()
     {
         return quote! { Protection::OFF };
     }
@@ -267,11 +268,19 @@ fn protection(upstream: &Upstream) -> TokenStream {
     };
     let slow_start = duration(upstream.slow_start);
     let eject_after_5xx = number(u128::from(upstream.eject_after_5xx));
+    let adaptive_min = match upstream.adaptive_min {
+        Some(min) => {
+            let min = int(min);
+            quote! { Some(#min) }
+        }
+        None => quote! { None },
+    };
     quote! {
         Protection {
             health_check: #health_check,
             slow_start: #slow_start,
             eject_after_5xx: #eject_after_5xx,
+            adaptive_min: #adaptive_min,
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct Upstream {
     pub slow_start: Duration,
     /// 0: off.
     pub eject_after_5xx: u32,
+    /// `connections_per_server = { min, max }`: the adaptive limit's floor (the pool size is max).
+    pub adaptive_min: Option<usize>,
 }
 
 /// An upstream's `health_check`, every default filled in.

@@ -72,6 +72,9 @@ pub struct Protection {
     /// `eject_after_5xx`: consecutive `5xx` answers that take a backend out of rotation for a
     /// while (0: never).
     pub eject_after_5xx: u32,
+    /// `connections_per_server = { min, max }`: the usable slots move between `min` and the pool
+    /// size (`max`) with measured response times; `None`: a fixed `n`.
+    pub adaptive_min: Option<usize>,
 }
 
 impl Protection {
@@ -79,6 +82,7 @@ impl Protection {
         health_check: None,
         slow_start: Duration::ZERO,
         eject_after_5xx: 0,
+        adaptive_min: None,
     };
 }
 

@@ -10,7 +10,7 @@ use crate::address::{check_address, PortZero};
 use juggler_config::table::{BackendSpec, BalancePolicy, Named};
 
 use crate::model::{Backend, HealthCheck, Upstream};
-use crate::raw::{RawHealthCheck, RawServer, RawUpstream};
+use crate::raw::{RawHealthCheck, RawPoolSize, RawServer, RawUpstream};
 use crate::units::{parse_duration, DURATION_HELP};
 use juggler_config::table::HealthCheck as Defaults;
 
@@ -34,11 +34,21 @@ impl Checker<'_> {
         for (index, upstream) in raw.iter().enumerate() {
             let name = upstream.name.get_ref();
             let body = &upstream.section.value;
-            let pool = match &body.connections_per_server {
-                Some(raw) => self
-                    .pool(raw, "connections_per_server")
-                    .unwrap_or(Pool::DEFAULT),
-                None => Pool::DEFAULT,
+            let (pool, adaptive_min) = match &body.connections_per_server {
+                Some(raw) => match raw.get_ref() {
+                    RawPoolSize::Fixed(size) => {
+                        let size = Spanned::new(raw.span(), *size);
+                        let pool = self.pool(&size, "connections_per_server");
+                        (pool.unwrap_or(Pool::DEFAULT), None)
+                    }
+                    RawPoolSize::Adaptive { min, max } => {
+                        match self.adaptive(raw.span(), min.as_ref(), max.as_ref()) {
+                            Some((pool, min)) => (pool, Some(min)),
+                            None => (Pool::DEFAULT, None),
+                        }
+                    }
+                },
+                None => (Pool::DEFAULT, None),
             };
             let (balance, balance_source) = match &body.balance {
                 Some(raw) => match self.named(
@@ -128,6 +138,7 @@ impl Checker<'_> {
                 health_check,
                 slow_start,
                 eject_after_5xx,
+                adaptive_min,
             });
         }
         if backends.len() > MAX_IDS || upstreams.len() > MAX_IDS {
@@ -190,6 +201,38 @@ impl Checker<'_> {
             return None;
         }
         Some((address, pool, weight))
+    }
+
+    /// `connections_per_server = { min, max }`: the pool of `max` connections and `min`.
+    fn adaptive(
+        &mut self,
+        span: std::ops::Range<usize>,
+        min: Option<&Spanned<i64>>,
+        max: Option<&Spanned<i64>>,
+    ) -> Option<(Pool, usize)> {
+        let (Some(min), Some(max)) = (min, max) else {
+            self.error(
+                span,
+                "an adaptive pool size needs both `min` and `max`".to_string(),
+                "write `connections_per_server = { min = 2, max = 16 }`, or one number for a fixed size",
+            );
+            return None;
+        };
+        let low = self.pool(min, "min");
+        let high = self.pool(max, "max");
+        let (low, high) = (low?, high?);
+        if low.size > high.size {
+            self.error(
+                span,
+                format!(
+                    "adaptive pool size with min {} above max {}",
+                    low.size, high.size
+                ),
+                "the limit moves between min and max: write min <= max",
+            );
+            return None;
+        }
+        Some((high, low.size))
     }
 
     /// An upstream's `health_check`, the defaults filled in; `None` if any key is unusable.

@@ -16,6 +16,10 @@
 //!   1 usable slot, growing linearly to `n`, through the pool's `Protection` limit; the balancing
 //!   weight grows with it.
 //!
+//! - **Adaptive limit** (`connections_per_server = { min, max }`, see `adaptive`): the usable slots
+//!   follow measured response times; the pool's `Protection` limit is the lower of it and slow
+//!   start's.
+//!
 //! A backend out of rotation wakes the requests queued for it, which move to another backend of
 //! the upstream (they were not sent yet) or are answered `503`.
 
@@ -26,6 +30,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::adaptive::{AdaptiveLimit, WINDOW};
 use super::conn::{Framing, HeadError};
 use super::pool::{BackendPool, CheckoutError, LimitSource, PooledConn};
 use super::spool::RequestBody;
@@ -82,6 +87,8 @@ pub struct BackendProtection {
     back_since: AtomicU64,
     /// Wakes the requests queued for this backend when it leaves rotation.
     pub(crate) gone: Notify,
+    /// `connections_per_server = { min, max }`: the limit from response times.
+    adaptive: Option<AdaptiveLimit>,
 }
 
 impl BackendProtection {
@@ -103,6 +110,9 @@ impl BackendProtection {
             ejections: AtomicU64::new(0),
             back_since: AtomicU64::new(0),
             gone: Notify::new(),
+            adaptive: config
+                .adaptive_min
+                .map(|min| AdaptiveLimit::new(min, pool_size)),
         }
     }
 
@@ -111,6 +121,29 @@ impl BackendProtection {
         self.config.health_check.is_some()
             || !self.config.slow_start.is_zero()
             || self.config.eject_after_5xx > 0
+            || self.adaptive.is_some()
+    }
+
+    /// A successful answer that took `took` with `busy` slots held: evidence for the adaptive
+    /// limit, if there is one.
+    pub fn record_response_time(&self, took: Duration, busy: usize) {
+        if let Some(adaptive) = &self.adaptive {
+            adaptive.record(took, busy);
+        }
+    }
+
+    /// The cap protection puts on the pool now: the lower of slow start's and the adaptive
+    /// limit's; `None` when neither holds it below `n`.
+    fn cap(&self) -> Option<usize> {
+        let adaptive = self
+            .adaptive
+            .as_ref()
+            .map(AdaptiveLimit::limit)
+            .filter(|&limit| limit < self.pool_size);
+        match (self.slow_start_limit(), adaptive) {
+            (Some(ramp), Some(adaptive)) => Some(ramp.min(adaptive)),
+            (ramp, adaptive) => ramp.or(adaptive),
+        }
     }
 
     fn now(&self) -> u64 {
@@ -319,6 +352,7 @@ pub async fn protect(pool: Arc<BackendPool>) {
             .config
             .health_check
             .map_or(Duration::ZERO, |check| check.interval);
+    let mut next_window = Instant::now() + WINDOW;
     loop {
         let now = Instant::now();
         if let Some(check) = &protection.config.health_check {
@@ -335,13 +369,24 @@ pub async fn protect(pool: Arc<BackendPool>) {
                 "ejection over: back in rotation"
             );
         }
-        let ramp = protection.slow_start_limit();
-        if pool.limit_cap(LimitSource::Protection) != ramp {
-            pool.set_limit(LimitSource::Protection, ramp);
+        if let Some(adaptive) = &protection.adaptive {
+            if now >= next_window {
+                next_window = now + WINDOW;
+                adaptive.update();
+            }
         }
+        let cap = protection.cap();
+        if pool.limit_cap(LimitSource::Protection) != cap {
+            pool.set_limit(LimitSource::Protection, cap);
+        }
+        let ramp = protection.slow_start_limit();
         let soon = Instant::now() + TICK;
         let wake = match protection.config.health_check {
-            Some(_) if !protection.is_ejected() && ramp.is_none() => next_check,
+            Some(_)
+                if !protection.is_ejected() && ramp.is_none() && protection.adaptive.is_none() =>
+            {
+                next_check
+            }
             // Ramping, ejected, or no checks: a tick notices an ejection's end, moves the ramp,
             // and sees a comeback after failed connects soon enough.
             Some(_) => next_check.min(soon),
@@ -430,6 +475,7 @@ mod tests {
                 health_check: None,
                 slow_start,
                 eject_after_5xx,
+                adaptive_min: None,
             },
             8,
         )

@@ -5,6 +5,7 @@
 //! - `limit`: how many of the `n` slots may be used now (fleet share, slow start, adaptive limit).
 //! - [`health`]: active checks, ejection on `5xx`, slow start: what takes a backend out of
 //!   rotation besides failed connects, and how it comes back.
+//! - [`adaptive`]: the limit that follows response times (`connections_per_server = { min, max }`).
 //! - `exchange`: one request and response on a pooled connection.
 //! - [`conn`]: the connection itself: write a request, parse a response head, read body chunks.
 //! - `chunked`: the chunked transfer-coding decoder `conn` reads bodies with.
@@ -13,6 +14,7 @@
 //! - [`spool`]: the memory and disk budgets for bodies; request bodies that spill to a file and
 //!   responses spooled to one.
 
+pub mod adaptive;
 pub mod body;
 pub(crate) mod chunked;
 pub mod conn;

@@ -212,6 +212,9 @@ impl Proxy {
                 path = uri.path(),
                 status = status.as_u16(),
                 backend = backend.map_or("", |pool| pool.spec.address),
+                // The backend's usable slots when it answered: n, or less during slow start or
+                // under the adaptive limit.
+                backend_limit = backend.map_or(0, |pool| pool.limit()),
                 queued_us = outcome.queued.as_micros() as u64,
                 total_us = started.elapsed().as_micros() as u64,
                 bytes = body_bytes,
@@ -450,6 +453,10 @@ impl Proxy {
             let exchanged = backend::exchange(slot, request, limits, &self.budget).await;
             let held = held_since.elapsed();
             let failed = self.judge_answer(route.upstream, backend, &exchanged);
+            if exchanged.is_ok() && !failed {
+                pool.protection
+                    .record_response_time(held, pool.busy_slots());
+            }
             // How long this backend took to answer, for policies that weigh backends by speed.
             self.balancer.observe(backend, held, failed);
             pool.counters.exchanged(queued_for, held, bytes_sent);
