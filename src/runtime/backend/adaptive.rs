@@ -2,8 +2,10 @@
 //! by measured response times (a Vegas-style limit).
 //!
 //! Every [`WINDOW`] the limit looks at the response times of the answers in that window: their
-//! average against the least ever seen (the backend's time without queueing, allowed to drift up
-//! slowly so a backend that became slower for good is followed). Near that least time (within
+//! median against the least window median seen (the backend's time without queueing, allowed to
+//! drift up slowly so a backend that became slower for good is followed). Medians, not averages
+//! and minimums: a loaded machine adds a tail of scheduling delays to some answers, which must not
+//! read as the backend queueing, while queueing inside the backend slows most of them. Near that least time (within
 //! [`GROW_BELOW`]×) and with every usable slot busy, the backend has room: the limit grows by an
 //! eighth (at least 1). Well above it ([`SHRINK_ABOVE`]×), requests are queueing inside the backend:
 //! the limit shrinks by a quarter of the excess share (at least 1), and does not grow again for 1 s
@@ -11,7 +13,7 @@
 //! answers to judge, it stays. The limit starts at `min`, so a backend that was just deployed
 //! is never hit with `max` at once. Only successful answers count: failures are ejection's business.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -26,6 +28,19 @@ const SHRINK_ABOVE: f64 = 3.0;
 /// Windows without growth after a shrink: each probe above the backend's capacity costs every
 /// request of that window the backend's queueing, so it probes once a second, not constantly.
 const PAUSE_AFTER_SHRINK: u32 = 4;
+/// Response-time buckets: bucket k holds times around `BUCKET_GROWTH^k` µs (10 % apart), up to
+/// about an hour.
+const BUCKETS: usize = 240;
+const BUCKET_GROWTH: f64 = 1.1;
+
+fn bucket_of(micros: u64) -> usize {
+    ((micros.max(1) as f64).ln() / BUCKET_GROWTH.ln()) as usize
+}
+
+fn micros_of(bucket: usize) -> f64 {
+    BUCKET_GROWTH.powi(bucket as i32)
+}
+
 /// How fast the least time may drift up per window (0.5 %: +13 % in 6 s), so a lasting change in
 /// the backend's speed is followed.
 const DRIFT: f64 = 1.005;
@@ -37,11 +52,9 @@ pub struct AdaptiveLimit {
     max: usize,
     /// The limit in force, read by the pool's protection task.
     current: AtomicUsize,
-    /// This window's answers: sum and count of response times (µs), the least, and the most
+    /// This window's response times, counted in buckets [`BUCKET_GROWTH`] apart, and the most
     /// slots busy at once when one came back.
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-    least_micros: AtomicU64,
+    buckets: [AtomicU32; BUCKETS],
     peak_busy: AtomicUsize,
     state: Mutex<State>,
 }
@@ -63,9 +76,7 @@ impl AdaptiveLimit {
             min,
             max,
             current: AtomicUsize::new(min),
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-            least_micros: AtomicU64::new(u64::MAX),
+            buckets: [const { AtomicU32::new(0) }; BUCKETS],
             peak_busy: AtomicUsize::new(0),
             state: Mutex::new(State {
                 limit: min as f64,
@@ -81,30 +92,42 @@ impl AdaptiveLimit {
 
     /// A successful answer that took `took`, with `busy` slots held when it came back.
     pub fn record(&self, took: Duration, busy: usize) {
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.least_micros.fetch_min(micros, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = bucket_of(micros).min(BUCKETS - 1);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.peak_busy.fetch_max(busy, Ordering::Relaxed);
     }
 
     /// Ends a window: moves the limit on its answers and returns it.
     pub fn update(&self) -> usize {
-        let count = self.count.swap(0, Ordering::Relaxed);
-        let sum = self.sum_micros.swap(0, Ordering::Relaxed);
-        let least = self.least_micros.swap(u64::MAX, Ordering::Relaxed);
+        let counts: Vec<u32> = self
+            .buckets
+            .iter()
+            .map(|bucket| bucket.swap(0, Ordering::Relaxed))
+            .collect();
         let peak = self.peak_busy.swap(0, Ordering::Relaxed);
-        if count < MIN_SAMPLES {
+        // Counted from the buckets themselves: an answer recorded between the two swaps is in
+        // one window or the other, never half in each.
+        let total: u64 = counts.iter().map(|&count| u64::from(count)).sum();
+        if total < MIN_SAMPLES {
             return self.limit();
         }
+        let mut below = 0;
+        let median_bucket = counts
+            .iter()
+            .position(|&count| {
+                below += u64::from(count);
+                below * 2 >= total
+            })
+            .unwrap_or(0);
+        let median = micros_of(median_bucket);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let average = sum as f64 / count as f64;
         state.no_load_micros = if state.no_load_micros == 0.0 {
-            least as f64
+            median
         } else {
-            (state.no_load_micros * DRIFT).min(least as f64)
+            (state.no_load_micros * DRIFT).min(median)
         };
-        let ratio = average / state.no_load_micros.max(1.0);
+        let ratio = median / state.no_load_micros.max(1.0);
         let limit = state.limit;
         // The answer that came back had given its slot back already: `peak + 1` were busy.
         let saturated = peak + 1 >= limit.floor() as usize;
@@ -156,10 +179,14 @@ mod tests {
     #[test]
     fn shrinks_from_too_high_and_stays_within_bounds() {
         let limit = AdaptiveLimit::new(3, 32);
+        // The time without queueing is learnt first, at low load (the limit starts at min)...
+        for _ in 0..20 {
+            limit.record(Duration::from_millis(5), 0);
+        }
+        limit.update();
+        // ...then the limit is far too high (as if min had been 32).
         limit.state.lock().unwrap().limit = 32.0;
         limit.current.store(32, Ordering::Relaxed);
-        // The least time is learnt first, at low load.
-        limit.record(Duration::from_millis(5), 31);
         let path: Vec<usize> = (0..30).map(|_| window(&limit, 6)).collect();
         println!("capacity 6, from 32: {path:?}");
         assert!(path.iter().all(|&at| (3..=32).contains(&at)));
