@@ -4,10 +4,10 @@
 //! - **Active checks** (`health_check`): every `interval` a `GET path` goes over one of the pool's
 //!   own connections, in one of its own slots, and only when a slot is free: a check never waits
 //!   in the queue and never opens a connection beyond the pool's limit, so the bound `n` holds with
-//!   checks included. A backend whose every slot has been busy with no request sent for longer
-//!   than the check's `timeout` counts as failing the check: that is how a hung backend (a stuck
-//!   process, `SIGSTOP`) is found while it holds every slot. `fails` failures in a row mark it
-//!   down, `passes` passes bring it back. While down its checks open connections as needed, so its
+//!   checks included. A backend whose every slot has been busy with no request sent and no
+//!   answer back for longer than the check's `timeout` counts as failing the check: that is how a
+//!   hung backend (a stuck process, `SIGSTOP`) is found while it holds every slot. `fails`
+//!   failures in a row mark it down, `passes` passes bring it back. While down its checks open connections as needed, so its
 //!   reconnect attempts are its checks.
 //! - **Ejection** (`eject_after_5xx`): that many `5xx` answers in a row take a backend out for
 //!   10 s, doubling on each repeat up to 5 min (the proxy keeps the last healthy backend of an
@@ -56,7 +56,7 @@ pub enum CheckOutcome {
     Timeout,
     /// The connection failed (connect refused, reset, garbage).
     Failed,
-    /// Every slot busy with no request sent for longer than `timeout`.
+    /// Every slot busy with no request sent and no answer back for longer than `timeout`.
     Hung,
 }
 
@@ -75,8 +75,9 @@ pub struct BackendProtection {
     checks_failed: AtomicU64,
     /// [`CheckOutcome`] packed: 0 none, 1 timeout, 2 failed, 3 hung, else the status.
     last_check: AtomicU32,
-    /// When a request (or check) was last sent to the backend, in µs since `epoch`.
-    last_sent_micros: AtomicU64,
+    /// When a request (or check) was last sent to the backend or an answer's head last came
+    /// back, in µs since `epoch`: a backend that answers is not hung, even with every slot busy.
+    last_active_micros: AtomicU64,
     consecutive_5xx: AtomicU32,
     /// End of the ejection in force, µs since `epoch` + 1; 0 when not ejected.
     ejected_until: AtomicU64,
@@ -103,7 +104,7 @@ impl BackendProtection {
             checks_passed: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
             last_check: AtomicU32::new(0),
-            last_sent_micros: AtomicU64::new(0),
+            last_active_micros: AtomicU64::new(0),
             consecutive_5xx: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             eject_level: AtomicU32::new(0),
@@ -193,9 +194,10 @@ impl BackendProtection {
         }
     }
 
-    /// A request is about to be written to the backend (the hung check needs the latest).
-    pub fn sending(&self) {
-        self.last_sent_micros.store(self.now(), Ordering::Relaxed);
+    /// A request is about to be written to the backend, or an answer came back (the hung check
+    /// needs the latest).
+    pub fn active(&self) {
+        self.last_active_micros.store(self.now(), Ordering::Relaxed);
     }
 
     /// Records a backend's answer; true when it completes a run of `eject_after_5xx` failures and
@@ -330,11 +332,12 @@ impl BackendProtection {
         }
     }
 
-    /// Whether every slot of `pool` has been busy with nothing sent for longer than `timeout`.
+    /// Whether every slot of `pool` has been busy with nothing sent and no answer back for longer
+    /// than `timeout`.
     fn looks_hung(&self, pool: &BackendPool, timeout: Duration) -> bool {
         let quiet = Duration::from_micros(
             self.now()
-                .saturating_sub(self.last_sent_micros.load(Ordering::Relaxed)),
+                .saturating_sub(self.last_active_micros.load(Ordering::Relaxed)),
         );
         pool.free_slots() == 0
             && pool.busy_slots() > 0
@@ -404,32 +407,42 @@ async fn run_check(pool: &Arc<BackendPool>, check: &HealthCheck) -> Option<Check
         return None;
     }
     let protection = &pool.protection;
-    let Some(checked) = pool.checkout_if_free().await else {
-        return protection
-            .looks_hung(pool, check.timeout)
-            .then_some(CheckOutcome::Hung);
-    };
-    let mut slot = match checked {
-        Ok(slot) => slot,
-        Err(CheckoutError::Connect(_)) => return Some(CheckOutcome::Failed),
-        Err(_) => return None,
-    };
-    protection.sending();
     let head = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: juggler-health-check\r\n\r\n",
         check.path, pool.spec.address
     );
-    match tokio::time::timeout(check.timeout, exchange_check(&mut slot, head.as_bytes())).await {
+    // The timeout covers opening a connection too: a backend whose SYNs go unanswered fails
+    // its check within `timeout`, not `connect_timeout`. A check cut short drops its slot
+    // unfinished, which closes that connection (it may still get an answer).
+    let attempt = async {
+        let Some(checked) = pool.checkout_if_free().await else {
+            return Err(CheckError::NoSlot);
+        };
+        let mut slot = match checked {
+            Ok(slot) => slot,
+            Err(CheckoutError::Connect(_)) => return Err(CheckError::Failed),
+            Err(_) => return Err(CheckError::Stale),
+        };
+        protection.active();
+        exchange_check(&mut slot, head.as_bytes()).await
+        // `slot` is dropped here: its connection stays pooled if the answer was read whole.
+    };
+    match tokio::time::timeout(check.timeout, attempt).await {
         Err(_) => Some(CheckOutcome::Timeout),
         Ok(Ok(status)) => Some(CheckOutcome::Status(status)),
-        // The backend closed an idle connection before the check: a keep-alive race, no verdict.
+        Ok(Err(CheckError::NoSlot)) => protection
+            .looks_hung(pool, check.timeout)
+            .then_some(CheckOutcome::Hung),
+        // The backend closed an idle connection before the check (a keep-alive race), or the
+        // slot could not be had after all: no verdict.
         Ok(Err(CheckError::Stale)) => None,
         Ok(Err(CheckError::Failed)) => Some(CheckOutcome::Failed),
     }
-    // `slot` is dropped here: its connection goes back to the pool if the answer was read whole.
 }
 
 enum CheckError {
+    /// Every slot busy: the check could not be sent.
+    NoSlot,
     Stale,
     Failed,
 }

@@ -449,8 +449,12 @@ impl Proxy {
             let queued_for = slot.queued_for;
             let limits = &self.settings().limits;
             let held_since = Instant::now();
-            pool.protection.sending();
+            pool.protection.active();
             let exchanged = backend::exchange(slot, request, limits, &self.budget).await;
+            if exchanged.is_ok() {
+                // It answered: not hung, whatever its other connections are doing.
+                pool.protection.active();
+            }
             let held = held_since.elapsed();
             let failed = self.judge_answer(route.upstream, backend, &exchanged);
             if exchanged.is_ok() && !failed {
