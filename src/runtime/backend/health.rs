@@ -220,6 +220,11 @@ impl BackendProtection {
         run >= threshold && !self.is_ejected()
     }
 
+    /// `5xx` answers in a row so far.
+    pub fn failure_run(&self) -> u32 {
+        self.consecutive_5xx.load(Ordering::Relaxed)
+    }
+
     /// Ejects the backend (the caller checked it is not the upstream's last healthy one) and
     /// returns for how long: 10 s, doubling for each ejection since the last healthy spell of at
     /// least [`EJECT_MAX`].

@@ -516,7 +516,8 @@ impl Proxy {
                     seconds = length.as_secs(),
                     "backend ejected: eject_after_5xx server errors in a row"
                 );
-            } else {
+            } else if pool.protection.failure_run() == pool.protection.config.eject_after_5xx {
+                // Once per run of failures: every further 5xx would say the same.
                 tracing::warn!(
                     backend = pool.spec.address,
                     "backend not ejected after eject_after_5xx server errors: it is the last of its upstream in rotation"
