@@ -28,6 +28,35 @@ mod weighted {
     include!("fixtures/codegen/weighted/expected.rs");
 }
 
+mod protected {
+    include!("fixtures/codegen/protected/expected.rs");
+}
+
+#[test]
+fn protection_keys_reach_the_table_with_their_defaults_filled_in() {
+    let [default, plain] = &protected::TABLE.upstreams else {
+        panic!("two upstreams expected");
+    };
+    let protection = default.protection;
+    let check = protection.health_check.expect("health_check set");
+    println!("{protection:?}");
+    assert_eq!(check.path, "/healthz");
+    assert_eq!(check.interval, std::time::Duration::from_millis(500));
+    assert_eq!(check.timeout, std::time::Duration::from_secs(1), "default");
+    assert_eq!(check.expect, (204, 204));
+    assert_eq!((check.fails, check.passes), (3, 2));
+    assert_eq!(protection.slow_start, std::time::Duration::from_secs(30));
+    assert_eq!(protection.eject_after_5xx, 5);
+    assert_eq!(protection.adaptive_min, Some(2));
+    assert_eq!(
+        protected::TABLE.backends[0].pool_size,
+        16,
+        "max is the pool size"
+    );
+    assert!(plain.protection.health_check.is_none());
+    assert_eq!(plain.protection.eject_after_5xx, 0);
+}
+
 fn route(table: &RouteTable, method: &str, path: &str) -> RouteMatch {
     let method = Method::from_bytes(method.as_bytes()).unwrap();
     let decision = (table.match_route)(&method, path);

@@ -13,7 +13,7 @@ use juggler_config::table::{LOG_BUFFERING, SCALAR_SECTIONS};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 
-use crate::model::{Config, MethodSet, Route, Setting};
+use crate::model::{Config, MethodSet, Route, Setting, Upstream};
 use crate::pattern::{PathKind, Pattern, Segment};
 
 /// The formatted source of `distributer.rs` for `config`. Pure: same config, same bytes.
@@ -138,9 +138,17 @@ fn file(config: &Config) -> TokenStream {
         "RouteTable",
         "Settings",
         "TlsMode",
+        "Protection",
         "Upstream",
         "UpstreamId",
     ];
+    if config
+        .upstreams
+        .iter()
+        .any(|upstream| upstream.health_check.is_some())
+    {
+        table_types.push("HealthCheck");
+    }
     table_types.extend(SCALAR_SECTIONS.iter().map(|section| section.rust_type));
     table_types.push(LOG_BUFFERING.rust_type);
     table_types.sort_unstable();
@@ -210,14 +218,72 @@ fn upstreams(config: &Config) -> TokenStream {
             quote! { BackendId(#id) }
         });
         let balance = Ident::new(&format!("{:?}", upstream.balance), Span::call_site());
+        let protection = protection(upstream);
         quote! {
             #marker
-            Upstream { name: #name, backends: &[#(#members),*], balance: BalancePolicy::#balance }
+            Upstream {
+                name: #name,
+                backends: &[#(#members),*],
+                balance: BalancePolicy::#balance,
+                protection: #protection,
+            }
         }
     });
     quote! {
         /// Named groups of backends; the index is the `UpstreamId`.
         pub static UPSTREAMS: [Upstream; #count] = [#(#entries),*];
+    }
+}
+
+/// An upstream's `Protection`: the `OFF` constant unless one of its keys is set.
+fn protection(upstream: &Upstream) -> TokenStream {
+    if upstream.health_check.is_none()
+        && upstream.slow_start.is_zero()
+        && upstream.eject_after_5xx == 0
+        && upstream.adaptive_min.is_none()
+    {
+        return quote! { Protection::OFF };
+    }
+    let health_check = match &upstream.health_check {
+        None => quote! { None },
+        Some(check) => {
+            let path = &check.path;
+            let interval = duration(check.interval);
+            let timeout = duration(check.timeout);
+            let (low, high) = (
+                number(u128::from(check.expect.0)),
+                number(u128::from(check.expect.1)),
+            );
+            let fails = number(u128::from(check.fails));
+            let passes = number(u128::from(check.passes));
+            quote! {
+                Some(HealthCheck {
+                    path: #path,
+                    interval: #interval,
+                    timeout: #timeout,
+                    expect: (#low, #high),
+                    fails: #fails,
+                    passes: #passes,
+                })
+            }
+        }
+    };
+    let slow_start = duration(upstream.slow_start);
+    let eject_after_5xx = number(u128::from(upstream.eject_after_5xx));
+    let adaptive_min = match upstream.adaptive_min {
+        Some(min) => {
+            let min = int(min);
+            quote! { Some(#min) }
+        }
+        None => quote! { None },
+    };
+    quote! {
+        Protection {
+            health_check: #health_check,
+            slow_start: #slow_start,
+            eject_after_5xx: #eject_after_5xx,
+            adaptive_min: #adaptive_min,
+        }
     }
 }
 

@@ -51,6 +51,25 @@ pub struct Upstream {
     pub balance_source: Option<String>,
     /// `file:line` of the `[upstreams.<name>]` header.
     pub source: String,
+    pub health_check: Option<HealthCheck>,
+    /// `ZERO`: off.
+    pub slow_start: Duration,
+    /// 0: off.
+    pub eject_after_5xx: u32,
+    /// `connections_per_server = { min, max }`: the adaptive limit's floor (the pool size is max).
+    pub adaptive_min: Option<usize>,
+}
+
+/// An upstream's `health_check`, every default filled in.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Inclusive range of passing statuses.
+    pub expect: (u16, u16),
+    pub fails: u32,
+    pub passes: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -113,10 +113,28 @@ impl<T> Section<T> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawUpstreamBody {
-    pub connections_per_server: Option<Spanned<i64>>,
+    pub connections_per_server: Option<Spanned<RawPoolSize>>,
     /// The policy's name: `"round_robin"` or `"least_queued"`.
     pub balance: Option<Spanned<String>>,
     pub servers: Option<Spanned<Vec<Spanned<RawServer>>>>,
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+    /// A duration: `"30s"`.
+    pub slow_start: Option<Spanned<String>>,
+    pub eject_after_5xx: Option<Spanned<i64>>,
+}
+
+/// `health_check = { path = "/healthz", interval = "2s", timeout = "1s", expect = "2xx", fails = 2,
+/// passes = 2 }`; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealthCheck {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    /// `"2xx"` or one status, `"204"`.
+    pub expect: Option<Spanned<String>>,
+    pub fails: Option<Spanned<i64>>,
+    pub passes: Option<Spanned<i64>>,
 }
 
 /// One entry of `servers`: `"host:port"` or
@@ -132,6 +150,53 @@ pub enum RawServer {
 }
 
 const SERVER_KEYS: [&str; 3] = ["address", "connections", "weight"];
+
+/// `connections_per_server`: `5` (fixed) or `{ min = 2, max = 16 }` (adaptive).
+#[derive(Debug)]
+pub enum RawPoolSize {
+    Fixed(i64),
+    Adaptive {
+        min: Option<Spanned<i64>>,
+        max: Option<Spanned<i64>>,
+    },
+}
+
+const ADAPTIVE_KEYS: [&str; 2] = ["min", "max"];
+
+impl<'de> Deserialize<'de> for RawPoolSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PoolVisitor;
+        impl<'de> Visitor<'de> for PoolVisitor {
+            type Value = RawPoolSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a pool size (5) or an adaptive range ({ min = 2, max = 16 })")
+            }
+            fn visit_i64<E: serde::de::Error>(self, size: i64) -> Result<RawPoolSize, E> {
+                Ok(RawPoolSize::Fixed(size))
+            }
+            fn visit_u64<E: serde::de::Error>(self, size: u64) -> Result<RawPoolSize, E> {
+                Ok(RawPoolSize::Fixed(i64::try_from(size).unwrap_or(i64::MAX)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawPoolSize, A::Error> {
+                let (mut min, mut max) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "min" => min = Some(map.next_value()?),
+                        "max" => max = Some(map.next_value()?),
+                        other => {
+                            return Err(serde::de::Error::custom(format!(
+                                "unknown key `{other}` in an adaptive pool size{HELP_SEPARATOR}{}",
+                                did_you_mean(other, &ADAPTIVE_KEYS)
+                            )))
+                        }
+                    }
+                }
+                Ok(RawPoolSize::Adaptive { min, max })
+            }
+        }
+        deserializer.deserialize_any(PoolVisitor)
+    }
+}
 
 /// `16384` or `"16KiB"`.
 #[derive(Debug)]

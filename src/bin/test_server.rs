@@ -14,7 +14,9 @@
 //!
 //! For uneven backend sets without extra tools: `--delay 50ms` answers every request after 50 ms,
 //! `--delay 1ms..200ms` after a time drawn uniformly from that range, and `--fail-rate 0.01`
-//! answers about one request in a hundred `500 Internal Server Error` instead.
+//! answers about one request in a hundred `500 Internal Server Error` instead. `--capacity 6`
+//! serves six requests at once at full speed and slows each one beyond that by 20 ms per extra
+//! request in progress: a backend whose right `n` is 6, for the adaptive limit.
 //!
 //! Once bound it prints `test_server listening on <addr> root <dir>` on stdout: scripts and tests
 //! wait for that line, and with `--port 0` read the real port from it. One line per request is
@@ -27,7 +29,7 @@ use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -77,6 +79,11 @@ struct Args {
     /// Fraction of requests (0 to 1) answered `500 Internal Server Error`, at random.
     #[arg(long, default_value_t = 0.0, value_parser = parse_fail_rate)]
     fail_rate: f64,
+
+    /// Requests it serves at once at full speed: each request that finds more in progress waits
+    /// an extra 20 ms per request beyond this (a backend whose queueing shows as latency).
+    #[arg(long)]
+    capacity: Option<usize>,
 }
 
 #[tokio::main]
@@ -124,6 +131,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         delay: args.delay,
         fail_rate: args.fail_rate,
         dice: Dice::seeded(),
+        capacity: args.capacity,
+        in_progress: AtomicUsize::new(0),
     });
     serve(listener, site, signals.wait()).await;
     Ok(())
@@ -229,12 +238,37 @@ struct Site {
     /// `--fail-rate`: the fraction of requests answered `500`.
     fail_rate: f64,
     dice: Dice,
+    /// `--capacity`: requests served at once before each one is slowed.
+    capacity: Option<usize>,
+    /// Requests being answered now.
+    in_progress: AtomicUsize,
 }
+
+/// One request counted in [`Site::in_progress`] until dropped.
+struct InProgress<'a>(&'a AtomicUsize);
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What each request beyond `--capacity` adds to the wait of one that finds it in progress.
+const OVER_CAPACITY_DELAY: Duration = Duration::from_millis(20);
 
 impl Site {
     async fn respond(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let method = request.method();
         let path = request.uri().path();
+        let at_once = self.in_progress.fetch_add(1, Ordering::Relaxed) + 1;
+        let _in_progress = InProgress(&self.in_progress);
+        if let Some(excess) = self
+            .capacity
+            .and_then(|capacity| at_once.checked_sub(capacity))
+        {
+            let excess = u32::try_from(excess).unwrap_or(u32::MAX);
+            tokio::time::sleep(OVER_CAPACITY_DELAY.saturating_mul(excess)).await;
+        }
         if let Some(delay) = self.delay {
             tokio::time::sleep(delay.sample(&self.dice)).await;
         }

@@ -56,6 +56,81 @@ pub struct Upstream {
     pub backends: &'static [BackendId],
     /// How each request picks one of `backends`.
     pub balance: BalancePolicy,
+    /// How its backends are watched and spared when they fail or come back.
+    pub protection: Protection,
+}
+
+/// An upstream's backend protection: active checks, ejection on `5xx`, slow start. All off by
+/// default ([`Protection::OFF`]), as before these settings existed.
+#[derive(Debug, Clone, Copy)]
+pub struct Protection {
+    /// `health_check = { ... }`: an HTTP check sent over an idle pooled connection.
+    pub health_check: Option<HealthCheck>,
+    /// `slow_start`: how long a backend that comes back takes to ramp from 1 usable slot to `n`
+    /// (`ZERO`: at once).
+    pub slow_start: Duration,
+    /// `eject_after_5xx`: consecutive `5xx` answers that take a backend out of rotation for a
+    /// while (0: never).
+    pub eject_after_5xx: u32,
+    /// `connections_per_server = { min, max }`: the usable slots move between `min` and the pool
+    /// size (`max`) with measured response times; `None`: a fixed `n`.
+    pub adaptive_min: Option<usize>,
+}
+
+impl Protection {
+    pub const OFF: Protection = Protection {
+        health_check: None,
+        slow_start: Duration::ZERO,
+        eject_after_5xx: 0,
+        adaptive_min: None,
+    };
+}
+
+/// `health_check = { path = "/healthz", interval = "2s", timeout = "1s", expect = "2xx", fails = 2,
+/// passes = 2 }`.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthCheck {
+    /// Path (and query) of the `GET` sent to each backend.
+    pub path: &'static str,
+    /// Time between two checks of one backend.
+    pub interval: Duration,
+    /// Time a check waits for its answer; also how long every pooled connection may wait for a
+    /// response before a backend whose slots are all busy counts as hung.
+    pub timeout: Duration,
+    /// Statuses that pass, inclusive (`"2xx"`: 200-299, `"204"`: 204-204).
+    pub expect: (u16, u16),
+    /// Failed checks in a row that mark a backend down.
+    pub fails: u32,
+    /// Passed checks in a row that bring it back.
+    pub passes: u32,
+}
+
+impl HealthCheck {
+    pub const DEFAULT_PATH: &'static str = "/healthz";
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const DEFAULT_EXPECT: (u16, u16) = (200, 299);
+    pub const DEFAULT_FAILS: u32 = 2;
+    pub const DEFAULT_PASSES: u32 = 2;
+    /// `fails` and `passes` above this are refused: at a 2 s interval 100 checks are minutes.
+    pub const MAX_COUNT: u32 = 100;
+
+    /// The defaults with `path`, for tests and the code generator.
+    pub const fn at(path: &'static str) -> HealthCheck {
+        HealthCheck {
+            path,
+            interval: Self::DEFAULT_INTERVAL,
+            timeout: Self::DEFAULT_TIMEOUT,
+            expect: Self::DEFAULT_EXPECT,
+            fails: Self::DEFAULT_FAILS,
+            passes: Self::DEFAULT_PASSES,
+        }
+    }
+
+    /// Whether a check answered with `status` passes.
+    pub fn passes_with(&self, status: u16) -> bool {
+        (self.expect.0..=self.expect.1).contains(&status)
+    }
 }
 
 /// A setting whose value is one of a few names (`balance = "least_queued"`, `tls = "auto"`): one

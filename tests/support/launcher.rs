@@ -11,8 +11,8 @@ use juggler::metrics::ListenerKind;
 use juggler::proxy::Proxy;
 use juggler::router::MethodSet;
 use juggler::table::{
-    BackendId, BackendSpec, BalancePolicy, Route, RouteId, RouteMatch, RouteTable, Settings,
-    Upstream, UpstreamId,
+    BackendId, BackendSpec, BalancePolicy, Protection, Route, RouteId, RouteMatch, RouteTable,
+    Settings, Upstream, UpstreamId,
 };
 use juggler::tls::{self, ReloadableCert};
 use juggler::Listeners;
@@ -212,6 +212,17 @@ pub fn balanced_table(
     balance: BalancePolicy,
     settings: Settings,
 ) -> &'static RouteTable {
+    protected_table(servers, pool_size, balance, Protection::OFF, settings)
+}
+
+/// Like [`balanced_table`], with the upstream's backend protection (checks, ejection, slow start).
+pub fn protected_table(
+    servers: &[(SocketAddr, u32)],
+    pool_size: usize,
+    balance: BalancePolicy,
+    protection: Protection,
+    settings: Settings,
+) -> &'static RouteTable {
     let backends: Vec<BackendSpec> = servers
         .iter()
         .map(|(addr, weight)| BackendSpec {
@@ -226,6 +237,7 @@ pub fn balanced_table(
         name: "test",
         backends: Box::leak(ids.into_boxed_slice()),
         balance,
+        protection,
     }];
     let routes = vec![
         Route {

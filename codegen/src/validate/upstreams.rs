@@ -9,8 +9,15 @@ use super::{Checker, MAX_IDS};
 use crate::address::{check_address, PortZero};
 use juggler_config::table::{BackendSpec, BalancePolicy, Named};
 
-use crate::model::{Backend, Upstream};
-use crate::raw::{RawServer, RawUpstream};
+use crate::model::{Backend, HealthCheck, Upstream};
+use crate::raw::{RawHealthCheck, RawPoolSize, RawServer, RawUpstream};
+use crate::units::{parse_duration, DURATION_HELP};
+use juggler_config::table::HealthCheck as Defaults;
+
+/// `slow_start` above this is refused: a ramp of an hour is a typo for minutes.
+const MAX_SLOW_START: std::time::Duration = std::time::Duration::from_secs(3600);
+/// `eject_after_5xx` above this is refused: ejection would practically never happen.
+const MAX_EJECT_AFTER: i64 = 10_000;
 
 impl Checker<'_> {
     pub(super) fn upstreams(&mut self, raw: &[RawUpstream]) -> (Vec<Upstream>, Vec<Backend>) {
@@ -27,11 +34,21 @@ impl Checker<'_> {
         for (index, upstream) in raw.iter().enumerate() {
             let name = upstream.name.get_ref();
             let body = &upstream.section.value;
-            let pool = match &body.connections_per_server {
-                Some(raw) => self
-                    .pool(raw, "connections_per_server")
-                    .unwrap_or(Pool::DEFAULT),
-                None => Pool::DEFAULT,
+            let (pool, adaptive_min) = match &body.connections_per_server {
+                Some(raw) => match raw.get_ref() {
+                    RawPoolSize::Fixed(size) => {
+                        let size = Spanned::new(raw.span(), *size);
+                        let pool = self.pool(&size, "connections_per_server");
+                        (pool.unwrap_or(Pool::DEFAULT), None)
+                    }
+                    RawPoolSize::Adaptive { min, max } => {
+                        match self.adaptive(raw.span(), min.as_ref(), max.as_ref()) {
+                            Some((pool, min)) => (pool, Some(min)),
+                            None => (Pool::DEFAULT, None),
+                        }
+                    }
+                },
+                None => (Pool::DEFAULT, None),
             };
             let (balance, balance_source) = match &body.balance {
                 Some(raw) => match self.named(
@@ -90,12 +107,38 @@ impl Checker<'_> {
                     source: location,
                 });
             }
+            let health_check = body
+                .health_check
+                .as_ref()
+                .and_then(|raw| self.health_check(raw.get_ref()));
+            let slow_start = body
+                .slow_start
+                .as_ref()
+                .and_then(|raw| self.bounded_duration(raw, "slow_start", MAX_SLOW_START))
+                .unwrap_or_default();
+            let eject_after_5xx = body
+                .eject_after_5xx
+                .as_ref()
+                .and_then(|raw| {
+                    self.count(
+                        raw,
+                        "eject_after_5xx",
+                        0,
+                        MAX_EJECT_AFTER,
+                        "0 turns ejection off; 5 ejects a backend after five 5xx answers in a row",
+                    )
+                })
+                .unwrap_or(0);
             upstreams.push(Upstream {
                 name: name.clone(),
                 backends: members,
                 balance,
                 balance_source,
                 source: self.location(&upstream.name.span()),
+                health_check,
+                slow_start,
+                eject_after_5xx,
+                adaptive_min,
             });
         }
         if backends.len() > MAX_IDS || upstreams.len() > MAX_IDS {
@@ -158,6 +201,174 @@ impl Checker<'_> {
             return None;
         }
         Some((address, pool, weight))
+    }
+
+    /// `connections_per_server = { min, max }`: the pool of `max` connections and `min`.
+    fn adaptive(
+        &mut self,
+        span: std::ops::Range<usize>,
+        min: Option<&Spanned<i64>>,
+        max: Option<&Spanned<i64>>,
+    ) -> Option<(Pool, usize)> {
+        let (Some(min), Some(max)) = (min, max) else {
+            self.error(
+                span,
+                "an adaptive pool size needs both `min` and `max`".to_string(),
+                "write `connections_per_server = { min = 2, max = 16 }`, or one number for a fixed size",
+            );
+            return None;
+        };
+        let low = self.pool(min, "min");
+        let high = self.pool(max, "max");
+        let (low, high) = (low?, high?);
+        if low.size > high.size {
+            self.error(
+                span,
+                format!(
+                    "adaptive pool size with min {} above max {}",
+                    low.size, high.size
+                ),
+                "the limit moves between min and max: write min <= max",
+            );
+            return None;
+        }
+        Some((high, low.size))
+    }
+
+    /// An upstream's `health_check`, the defaults filled in; `None` if any key is unusable.
+    fn health_check(&mut self, raw: &RawHealthCheck) -> Option<HealthCheck> {
+        let path = match &raw.path {
+            Some(path) if !path.get_ref().starts_with('/') || path.get_ref().contains(' ') => {
+                self.error(
+                    path.span(),
+                    format!(
+                        "health check path `{}` is not a request path",
+                        path.get_ref()
+                    ),
+                    "write an absolute path without spaces, e.g. \"/healthz\"",
+                );
+                None
+            }
+            Some(path) => Some(path.get_ref().clone()),
+            None => Some(Defaults::DEFAULT_PATH.to_string()),
+        };
+        let interval = match &raw.interval {
+            Some(raw) => self.nonzero_duration(raw, "interval", "the time between two checks"),
+            None => Some(Defaults::DEFAULT_INTERVAL),
+        };
+        let timeout = match &raw.timeout {
+            Some(raw) => {
+                self.nonzero_duration(raw, "timeout", "how long a check waits for its answer")
+            }
+            None => Some(Defaults::DEFAULT_TIMEOUT),
+        };
+        let expect = match &raw.expect {
+            Some(raw) => self.expect(raw),
+            None => Some(Defaults::DEFAULT_EXPECT),
+        };
+        let max = i64::from(Defaults::MAX_COUNT);
+        let mut count = |raw: &Option<Spanned<i64>>, key, default| match raw {
+            Some(raw) => self.count(raw, key, 1, max, "checks in a row, e.g. 2"),
+            None => Some(default),
+        };
+        let fails = count(&raw.fails, "fails", Defaults::DEFAULT_FAILS);
+        let passes = count(&raw.passes, "passes", Defaults::DEFAULT_PASSES);
+        Some(HealthCheck {
+            path: path?,
+            interval: interval?,
+            timeout: timeout?,
+            expect: expect?,
+            fails: fails?,
+            passes: passes?,
+        })
+    }
+
+    /// A check's `interval` or `timeout`: above zero, at most a day.
+    fn nonzero_duration(
+        &mut self,
+        raw: &Spanned<String>,
+        key: &str,
+        what: &str,
+    ) -> Option<std::time::Duration> {
+        const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+        let duration = self.bounded_duration(raw, key, DAY)?;
+        if duration.is_zero() {
+            self.error(
+                raw.span(),
+                format!("a health check `{key}` of 0 cannot work"),
+                format!("write {what}, e.g. \"1s\""),
+            );
+            return None;
+        }
+        Some(duration)
+    }
+
+    /// `"2xx"` (a class) or `"204"` (one status) as an inclusive range.
+    fn expect(&mut self, raw: &Spanned<String>) -> Option<(u16, u16)> {
+        let text = raw.get_ref().trim();
+        let class = text
+            .strip_suffix("xx")
+            .and_then(|digit| digit.parse::<u16>().ok())
+            .filter(|digit| (1..=5).contains(digit))
+            .map(|digit| (digit * 100, digit * 100 + 99));
+        let one = text
+            .parse::<u16>()
+            .ok()
+            .filter(|status| (100..=599).contains(status))
+            .map(|status| (status, status));
+        let range = class.or(one);
+        if range.is_none() {
+            self.error(
+                raw.span(),
+                format!("`expect = \"{text}\"` is not a status or a status class"),
+                "write a class such as \"2xx\" or one status such as \"204\"",
+            );
+        }
+        range
+    }
+
+    /// A duration no longer than `max`.
+    fn bounded_duration(
+        &mut self,
+        raw: &Spanned<String>,
+        key: &str,
+        max: std::time::Duration,
+    ) -> Option<std::time::Duration> {
+        match parse_duration(raw.get_ref()).filter(|duration| *duration <= max) {
+            Some(duration) => Some(duration),
+            None => {
+                self.error(
+                    raw.span(),
+                    format!("`{key} = \"{}\"` is not a usable duration", raw.get_ref()),
+                    format!(
+                        "{DURATION_HELP}, at most {}",
+                        crate::units::format_duration(max)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A whole number from `min` to `max`.
+    fn count(
+        &mut self,
+        raw: &Spanned<i64>,
+        key: &str,
+        min: i64,
+        max: i64,
+        meaning: &str,
+    ) -> Option<u32> {
+        let value = *raw.get_ref();
+        if (min..=max).contains(&value) {
+            return u32::try_from(value).ok();
+        }
+        self.error(
+            raw.span(),
+            format!("`{key} = {value}` is out of range"),
+            format!("write {min} to {max} ({meaning})"),
+        );
+        None
     }
 
     fn weight(&mut self, raw: &Spanned<i64>) -> Option<u32> {

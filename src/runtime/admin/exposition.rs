@@ -228,6 +228,40 @@ impl ProxyCollector {
             "Requests waiting for one of the backend's connections now",
             &gauges(BackendPool::queued),
         )?;
+        gauge(
+            encoder,
+            "juggler_backend_limit",
+            "Pool slots the backend may use now: the pool size, or less during slow start",
+            &gauges(BackendPool::limit),
+        )?;
+        let checks: Vec<Labelled<'_, u64>> = backends
+            .iter()
+            .filter(|(pool, _, _)| pool.protection.config.health_check.is_some())
+            .flat_map(|(pool, upstream, _)| {
+                let protection = &pool.protection;
+                [
+                    ("passed", protection.checks_passed()),
+                    ("failed", protection.checks_failed()),
+                ]
+                .into_iter()
+                .map(move |(result, count)| {
+                    let mut labelled = labels(pool, upstream);
+                    labelled.push(("result", result));
+                    (labelled, count)
+                })
+            })
+            .collect();
+        counter(
+            encoder,
+            "juggler_backend_health_checks",
+            "Active health checks by result (a backend found hung counts as failed)",
+            &checks,
+        )?;
+        let ejections: Vec<Labelled<'_, u64>> = backends
+            .iter()
+            .map(|(pool, upstream, _)| (labels(pool, upstream), pool.protection.ejections()))
+            .collect();
+        counter(encoder, "juggler_backend_ejections", "Times the backend was taken out of rotation after eject_after_5xx server errors in a row", &ejections)?;
         let states: Vec<Labelled<'_, f64>> = backends
             .iter()
             .flat_map(|(pool, upstream, _)| {
@@ -239,7 +273,7 @@ impl ProxyCollector {
                 })
             })
             .collect();
-        gauge(encoder, "juggler_backend_state", "1 for the backend's state: up, down (connects failing) or draining (taken out by an operator)", &states)?;
+        gauge(encoder, "juggler_backend_state", "1 for the backend's state: up, down (connects failing, health checks failing or ejected after server errors) or draining (taken out by an operator)", &states)?;
         let counts = |value: fn(&BackendSnapshot) -> u64| -> Vec<Labelled<'_, u64>> {
             backends
                 .iter()

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::history::History;
 use super::process;
+use crate::backend::health::CheckOutcome;
 use crate::backend::pool::{BackendPool, Drain};
 use crate::metrics::ListenerKind;
 use crate::proxy::Proxy;
@@ -48,8 +49,28 @@ pub struct BackendReport {
     pub address: String,
     /// `up`, `down` or `draining`.
     pub state: String,
+    /// Why it is down: `connects failing`, `health checks failing` or `ejected`; `null` when up.
+    #[serde(default)]
+    pub down_reason: Option<String>,
     /// `n`: the connections Juggler keeps to it, never more.
     pub pool_size: usize,
+    /// Slots it may use now: `n`, or less during slow start (or a fleet share).
+    #[serde(default)]
+    pub limit: usize,
+    /// How the last health check ended (`200`, `timeout`, `failed`, `hung`); `null` without
+    /// checks or before the first.
+    #[serde(default)]
+    pub last_check: Option<String>,
+    #[serde(default)]
+    pub checks_passed: u64,
+    #[serde(default)]
+    pub checks_failed: u64,
+    /// Times it was ejected after `eject_after_5xx` server errors in a row.
+    #[serde(default)]
+    pub ejections: u64,
+    /// Seconds left of the ejection in force.
+    #[serde(default)]
+    pub ejected_seconds: Option<f64>,
     pub open: usize,
     pub busy: usize,
     pub idle: usize,
@@ -116,6 +137,30 @@ pub fn state_name(pool: &BackendPool) -> &'static str {
     }
 }
 
+/// Why `pool`'s backend is out of rotation, if it is.
+pub fn down_reason(pool: &BackendPool) -> Option<&'static str> {
+    if pool.connects_failing() {
+        Some("connects failing")
+    } else if pool.protection.is_check_down() {
+        Some("health checks failing")
+    } else if pool.protection.is_ejected() {
+        Some("ejected")
+    } else {
+        None
+    }
+}
+
+/// The last health check's outcome as `/status` shows it.
+fn last_check(pool: &BackendPool) -> Option<String> {
+    match pool.protection.last_check() {
+        CheckOutcome::None => None,
+        CheckOutcome::Status(status) => Some(status.to_string()),
+        CheckOutcome::Timeout => Some("timeout".to_owned()),
+        CheckOutcome::Failed => Some("failed".to_owned()),
+        CheckOutcome::Hung => Some("hung".to_owned()),
+    }
+}
+
 fn millis(duration: Option<Duration>) -> Option<f64> {
     duration.map(|duration| duration.as_secs_f64() * 1000.0)
 }
@@ -178,7 +223,14 @@ pub(super) fn backend_report(pool: &BackendPool, history: &History, index: u16) 
     BackendReport {
         address: pool.spec.address.to_owned(),
         state: state_name(pool).to_owned(),
+        down_reason: down_reason(pool).map(str::to_owned),
         pool_size: pool.spec.pool_size,
+        limit: pool.limit(),
+        last_check: last_check(pool),
+        checks_passed: pool.protection.checks_passed(),
+        checks_failed: pool.protection.checks_failed(),
+        ejections: pool.protection.ejections(),
+        ejected_seconds: pool.protection.ejected_for().map(|left| left.as_secs_f64()),
         open,
         busy: pool.busy_slots(),
         idle,

@@ -3,20 +3,24 @@
 //!
 //! - [`pool`]: the `n` slots, the queue, health, refill.
 //! - `limit`: how many of the `n` slots may be used now (fleet share, slow start, adaptive limit).
+//! - [`health`]: active checks, ejection on `5xx`, slow start: what takes a backend out of
+//!   rotation besides failed connects, and how it comes back.
+//! - [`adaptive`]: the limit that follows response times (`connections_per_server = { min, max }`).
 //! - `exchange`: one request and response on a pooled connection.
-//! - [`conn`]: the connection itself: write a request, read a response head, read body chunks.
-//! - `head`: a response head, parsed in one pass over its fields.
+//! - [`conn`]: the connection itself: write a request, parse a response head, read body chunks.
 //! - `chunked`: the chunked transfer-coding decoder `conn` reads bodies with.
 //! - [`body`]: a response body: bytes in memory, spooled to a file, or streamed from a pooled
 //!   connection.
 //! - [`spool`]: the memory and disk budgets for bodies; request bodies that spill to a file and
 //!   responses spooled to one.
 
+pub mod adaptive;
 pub mod body;
 pub(crate) mod chunked;
 pub mod conn;
 mod exchange;
 mod head;
+pub mod health;
 mod limit;
 pub mod pool;
 pub mod spool;

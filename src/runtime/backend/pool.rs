@@ -16,11 +16,12 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
 
 use super::conn::BackendConn;
+use super::health::BackendProtection;
 pub use super::limit::LimitSource;
 use super::limit::SlotLimit;
 
 use crate::metrics::BackendCounters;
-use crate::table::{BackendSpec, Settings};
+use crate::table::{BackendSpec, Protection, Settings};
 
 /// Why a request could not get a pooled connection.
 #[derive(Debug)]
@@ -31,6 +32,9 @@ pub enum CheckoutError {
     QueueTimeout,
     /// The slot was empty and a new connection could not be opened.
     Connect(io::Error),
+    /// The backend left rotation (checks, ejection) while the request waited: it was not sent,
+    /// so it may go to another backend.
+    Down,
 }
 
 /// Where a pool sends the connections it hands to a successor process (with the backend's
@@ -65,6 +69,8 @@ pub struct BackendPool {
     /// that goes away while its connection is being opened).
     open: Arc<AtomicUsize>,
     health: Health,
+    /// Active checks, ejection and slow start (see `health`).
+    pub protection: BackendProtection,
     /// Wakes the refill task when a connection was closed, so the pool is back to `n` promptly.
     refill: Notify,
     /// Set while another Juggler process takes this backend's connections over (a binary
@@ -129,6 +135,15 @@ pub struct PooledConn {
 
 impl BackendPool {
     pub fn new(spec: &'static BackendSpec, settings: &Settings) -> BackendPool {
+        BackendPool::protected(spec, settings, Protection::OFF)
+    }
+
+    /// A pool whose backend is protected as its upstream's `protection` says.
+    pub fn protected(
+        spec: &'static BackendSpec,
+        settings: &Settings,
+        protection: Protection,
+    ) -> BackendPool {
         BackendPool {
             spec,
             slots: Semaphore::new(spec.pool_size),
@@ -141,6 +156,7 @@ impl BackendPool {
                 down: AtomicBool::new(false),
                 down_after: settings.proxy.down_after_failures.max(1),
             },
+            protection: BackendProtection::new(protection, spec.pool_size),
             refill: Notify::new(),
             handover: Mutex::new(None),
             handing_over: AtomicBool::new(false),
@@ -154,8 +170,22 @@ impl BackendPool {
         }
     }
 
+    /// Out of rotation: connects keep failing, health checks fail, or ejected after `5xx`s.
     pub fn is_down(&self) -> bool {
+        self.health.down.load(Ordering::Relaxed) || self.protection.out_of_rotation()
+    }
+
+    /// Down because connects keep failing (the passive check).
+    pub fn connects_failing(&self) -> bool {
         self.health.down.load(Ordering::Relaxed)
+    }
+
+    /// Whether a health check may use this pool now: not closing its connections for a drain,
+    /// not handing them to or taking them from another process.
+    pub(crate) fn may_check(&self) -> bool {
+        self.drain_state() != Drain::CloseConnections
+            && !self.is_handing_over()
+            && !self.inheriting.load(Ordering::Acquire)
     }
 
     /// The operator's drain state.
@@ -271,6 +301,20 @@ impl BackendPool {
             Ok(permit) => permit.forget(),
             Err(_) => self.wait_for_slot().await?,
         }
+        self.fill_slot(started).await
+    }
+
+    /// A slot with its connection only if a slot is free now (`None` otherwise): what a health
+    /// check uses, so that it never queues and never opens a connection beyond the limit.
+    pub(crate) async fn checkout_if_free(
+        self: &Arc<Self>,
+    ) -> Option<Result<PooledConn, CheckoutError>> {
+        self.slots.try_acquire().ok()?.forget();
+        Some(self.fill_slot(Instant::now()).await)
+    }
+
+    /// Gives the slot just taken its connection: an idle one, or one opened within the slot.
+    async fn fill_slot(self: &Arc<Self>, started: Instant) -> Result<PooledConn, CheckoutError> {
         // From here the slot is ours; `slot` gives it back on every path out, errors included.
         let mut slot = PooledConn {
             pool: Arc::clone(self),
@@ -428,13 +472,25 @@ impl BackendPool {
         // Counted out again however the wait ends, including the client going away (this future
         // is then dropped, which also removes it from the semaphore's queue).
         let _in_queue = QueuedGuard(&self.queued);
-        match tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await {
-            Ok(Ok(permit)) => {
-                permit.forget();
-                Ok(())
-            }
-            // The semaphore is never closed; treat it like a timeout rather than panic.
-            Ok(Err(_)) | Err(_) => Err(CheckoutError::QueueTimeout),
+        // A backend leaving rotation wakes its queue: those requests were not sent and may go
+        // elsewhere (armed before the look, so a departure in between still wakes this one).
+        let gone = self.protection.gone.notified();
+        tokio::pin!(gone);
+        gone.as_mut().enable();
+        if self.protection.out_of_rotation() {
+            return Err(CheckoutError::Down);
+        }
+        let acquire = tokio::time::timeout(self.queue_timeout, self.slots.acquire());
+        tokio::select! {
+            acquired = acquire => match acquired {
+                Ok(Ok(permit)) => {
+                    permit.forget();
+                    Ok(())
+                }
+                // The semaphore is never closed; treat it like a timeout rather than panic.
+                Ok(Err(_)) | Err(_) => Err(CheckoutError::QueueTimeout),
+            },
+            () = gone => Err(CheckoutError::Down),
         }
     }
 
@@ -450,7 +506,9 @@ impl BackendPool {
     async fn connect(&self) -> io::Result<BackendConn> {
         match BackendConn::connect(self.spec.address, self.connect_timeout).await {
             Ok(conn) => {
-                self.health.record_success(self.spec.address);
+                if self.health.record_success(self.spec.address) {
+                    self.protection.came_back();
+                }
                 Ok(conn)
             }
             Err(error) => {
@@ -655,11 +713,14 @@ impl BackendPool {
 }
 
 impl Health {
-    fn record_success(&self, backend: &str) {
+    /// Returns whether the backend was down (it has just come back).
+    fn record_success(&self, backend: &str) -> bool {
         self.consecutive_failures.store(0, Ordering::Relaxed);
-        if self.down.swap(false, Ordering::Relaxed) {
+        let was_down = self.down.swap(false, Ordering::Relaxed);
+        if was_down {
             tracing::warn!(backend, "backend is up again: connect succeeded");
         }
+        was_down
     }
 
     fn record_failure(&self, backend: &str, error: &io::Error) {

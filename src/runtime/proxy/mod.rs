@@ -8,7 +8,7 @@
 //! - `request_checks`: requests hyper lets through that a proxy must refuse (smuggling).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use crate::backend::spool::{BodyIntake, Budget, RequestBody};
 use crate::backend::{self, OutgoingRequest, ResponseBody};
 use crate::error::ProxyError;
 use crate::metrics::{ListenerKind, Metrics};
-use crate::table::{BackendId, Route, RouteMatch, RouteTable, Settings};
+use crate::table::{BackendId, Route, RouteMatch, RouteTable, Settings, UpstreamId};
 use balance::Balancer;
 use contain::CatchPanic;
 use headers::{Added, ClientInfo};
@@ -54,6 +54,9 @@ pub struct Proxy {
     /// The client side's counters (each pool keeps its backend's).
     pub metrics: Metrics,
     request_ids: RequestIds,
+    /// Serialises ejections, so two backends failing at once cannot both take the last healthy
+    /// place of their upstream.
+    ejecting: Mutex<()>,
 }
 
 /// Names each request in the access log (and, with `request_id_header`, toward its backend), so
@@ -131,12 +134,16 @@ impl Proxy {
         let pools = table
             .backends
             .iter()
-            .map(|spec| Arc::new(BackendPool::new(spec, &table.settings)))
+            .map(|spec| {
+                let protection = table.upstream(spec.upstream).protection;
+                Arc::new(BackendPool::protected(spec, &table.settings, protection))
+            })
             .collect();
         Proxy {
             table,
             pools,
             balancer: Balancer::new(table),
+            ejecting: Mutex::new(()),
             requests_in_progress: Arc::new(AtomicUsize::new(0)),
             budget: Arc::new(Budget::new(&table.settings.limits)),
             metrics: Metrics::new(crate::metrics::counting_enabled(&table.settings)),
@@ -150,6 +157,9 @@ impl Proxy {
         let mut upkeep = tokio::task::JoinSet::new();
         for pool in &self.pools {
             upkeep.spawn(Arc::clone(pool).maintain());
+            if pool.protection.is_active() {
+                upkeep.spawn(backend::health::protect(Arc::clone(pool)));
+            }
         }
         upkeep
     }
@@ -212,6 +222,9 @@ impl Proxy {
                 path = uri.path(),
                 status = status.as_u16(),
                 backend = backend.map_or("", |pool| pool.spec.address),
+                // The backend's usable slots when it answered: n, or less during slow start or
+                // under the adaptive limit.
+                backend_limit = backend.map_or(0, |pool| pool.limit()),
                 queued_us = outcome.queued.as_micros() as u64,
                 total_us = started.elapsed().as_micros() as u64,
                 bytes = body_bytes,
@@ -437,16 +450,29 @@ impl Proxy {
                     });
                     continue;
                 }
+                // Left rotation while this request waited for it: nothing was sent, so the
+                // request moves on down the order (or is answered 503 if nothing is left).
+                Err(CheckoutError::Down) => continue,
             };
             outcome.backend = Some(backend);
             outcome.queued += slot.queued_for;
             let queued_for = slot.queued_for;
             let limits = &self.settings().limits;
             let held_since = Instant::now();
+            pool.protection.active();
             let exchanged = backend::exchange(slot, request, limits, &self.budget).await;
+            if exchanged.is_ok() {
+                // It answered: not hung, whatever its other connections are doing.
+                pool.protection.active();
+            }
             let held = held_since.elapsed();
+            let failed = self.judge_answer(route.upstream, backend, &exchanged);
+            if exchanged.is_ok() && !failed {
+                pool.protection
+                    .record_response_time(held, pool.busy_slots());
+            }
             // How long this backend took to answer, for policies that weigh backends by speed.
-            self.balancer.observe(backend, held);
+            self.balancer.observe(backend, held, failed);
             pool.counters.exchanged(queued_for, held, bytes_sent);
             match exchanged {
                 Ok((head, body)) => return Ok(into_response(head, body)),
@@ -469,6 +495,48 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// Feeds a backend's answer to its ejection count and ejects it after a run of `5xx`, unless
+    /// it is the last backend of its upstream still in rotation. Returns whether the answer was a
+    /// failure (a `5xx`, or Juggler's own 502/504 for a backend that broke or did not answer; a
+    /// keep-alive race is not the backend's fault and counts as nothing).
+    fn judge_answer(
+        &self,
+        upstream: UpstreamId,
+        backend: BackendId,
+        exchanged: &Result<(ResponseHead, ResponseBody), ProxyError>,
+    ) -> bool {
+        let (status, retry_after) = match exchanged {
+            Ok((head, _)) => (head.status, head.headers.contains_key(header::RETRY_AFTER)),
+            Err(ProxyError::BackendGone { reused: true, .. }) => return false,
+            Err(error) => (error.status(), false),
+        };
+        let pool = &self.pools[usize::from(backend.0)];
+        if pool.protection.answered(status, retry_after) {
+            let _one_at_a_time = self.ejecting.lock().unwrap_or_else(PoisonError::into_inner);
+            let others_in = self
+                .table
+                .upstream(upstream)
+                .backends
+                .iter()
+                .any(|&other| other != backend && !self.pools[usize::from(other.0)].is_down());
+            if others_in {
+                let length = pool.protection.eject();
+                tracing::warn!(
+                    backend = pool.spec.address,
+                    seconds = length.as_secs(),
+                    "backend ejected: eject_after_5xx server errors in a row"
+                );
+            } else if pool.protection.failure_run() == pool.protection.config.eject_after_5xx {
+                // Once per run of failures: every further 5xx would say the same.
+                tracing::warn!(
+                    backend = pool.spec.address,
+                    "backend not ejected after eject_after_5xx server errors: it is the last of its upstream in rotation"
+                );
+            }
+        }
+        status.is_server_error() && !(status == StatusCode::SERVICE_UNAVAILABLE && retry_after)
+    }
+
     /// Counts a refusal for each of `backends` whose queue is full: the policy left them out of
     /// this request's order. A down or drained backend is left out for that reason instead.
     fn count_full_queues(&self, backends: &[BackendId]) {

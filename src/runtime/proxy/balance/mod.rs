@@ -58,7 +58,9 @@ impl BackendState {
         };
         BackendState {
             id,
-            weight: pool.spec.weight.max(1),
+            // Scaled by a thousand so slow start can ramp it smoothly (the policies only compare
+            // weights with each other).
+            weight: pool.spec.weight.max(1) * pool.protection.weight_permille(),
             connections: pool.limit().max(1),
             free,
             queued: pool.queued(),
@@ -67,6 +69,12 @@ impl BackendState {
         }
     }
 }
+
+/// How long a failed answer (`5xx`, Juggler's 502/504) counts as having held its connection.
+/// One such answer moves the average (1/8 new) up by an eighth of a second, so a backend that
+/// fails fast sorts behind healthy ones answering in milliseconds; a few good answers bring
+/// its average back down.
+const FAILURE_HOLD: Duration = Duration::from_secs(1);
 
 /// What the balancer has seen of one backend's answers (microseconds since [`Balancer::epoch`]).
 #[derive(Debug, Default)]
@@ -128,8 +136,11 @@ impl Balancer {
     }
 
     /// Records that a request held a connection of `backend` for `held` and gave it back now.
-    pub(crate) fn observe(&self, backend: BackendId, held: Duration) {
+    /// A failed answer counts as at least [`FAILURE_HOLD`]: a backend that fails fast must not
+    /// look like the fastest one and draw the traffic to its errors.
+    pub(crate) fn observe(&self, backend: BackendId, held: Duration, failed: bool) {
         let observed = &self.observed[usize::from(backend.0)];
+        let held = if failed { held.max(FAILURE_HOLD) } else { held };
         let sample = u64::try_from(held.as_micros()).unwrap_or(u64::MAX).max(1);
         let average = observed.average_micros.load(Ordering::Relaxed);
         // Two requests finishing at once may each update from the same old value; one sample

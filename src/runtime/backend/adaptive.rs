@@ -1,0 +1,211 @@
+//! `connections_per_server = { min, max }`: how many of a backend's `max` slots it may use, moved
+//! by measured response times (a Vegas-style limit).
+//!
+//! Every [`WINDOW`] the limit looks at the response times of the answers in that window: their
+//! median against the least window median seen (the backend's time without queueing, allowed to
+//! drift up slowly so a backend that became slower for good is followed). Medians, not averages
+//! and minimums: a loaded machine adds a tail of scheduling delays to some answers, which must not
+//! read as the backend queueing, while queueing inside the backend slows most of them. Near that least time (within
+//! [`GROW_BELOW`]×) and with every usable slot busy, the backend has room: the limit grows by an
+//! eighth (at least 1). Well above it ([`SHRINK_ABOVE`]×), requests are queueing inside the backend:
+//! the limit shrinks by a quarter of the excess share (at least 1), and does not grow again for 1 s
+//! (each probe above the capacity slows every request of its window). In between, or without enough
+//! answers to judge, it stays. The limit starts at `min`, so a backend that was just deployed
+//! is never hit with `max` at once. Only successful answers count: failures are ejection's business.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// How often the limit moves.
+pub const WINDOW: Duration = Duration::from_millis(250);
+/// Answers a window needs before the limit moves on its evidence.
+const MIN_SAMPLES: u64 = 5;
+/// Average within this factor of the least time: room to grow.
+const GROW_BELOW: f64 = 2.0;
+/// Average beyond this factor: the backend queues internally, shrink.
+const SHRINK_ABOVE: f64 = 3.0;
+/// Windows without growth after a shrink: each probe above the backend's capacity costs every
+/// request of that window the backend's queueing, so it probes once a second, not constantly.
+const PAUSE_AFTER_SHRINK: u32 = 4;
+/// Response-time buckets: bucket k holds times around `BUCKET_GROWTH^k` µs (10 % apart), up to
+/// about an hour.
+const BUCKETS: usize = 240;
+const BUCKET_GROWTH: f64 = 1.1;
+
+fn bucket_of(micros: u64) -> usize {
+    ((micros.max(1) as f64).ln() / BUCKET_GROWTH.ln()) as usize
+}
+
+fn micros_of(bucket: usize) -> f64 {
+    BUCKET_GROWTH.powi(bucket as i32)
+}
+
+/// How fast the least time may drift up per window (0.5 %: +13 % in 6 s), so a lasting change in
+/// the backend's speed is followed.
+const DRIFT: f64 = 1.005;
+
+/// One backend's adaptive limit.
+#[derive(Debug)]
+pub struct AdaptiveLimit {
+    min: usize,
+    max: usize,
+    /// The limit in force, read by the pool's protection task.
+    current: AtomicUsize,
+    /// This window's response times, counted in buckets [`BUCKET_GROWTH`] apart, and the most
+    /// slots busy at once when one came back.
+    buckets: [AtomicU32; BUCKETS],
+    peak_busy: AtomicUsize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The limit with its fraction, so small steps add up.
+    limit: f64,
+    /// The backend's response time without queueing, µs; 0 until known.
+    no_load_micros: f64,
+    /// Windows left before the limit may grow again (after a shrink).
+    pause: u32,
+}
+
+impl AdaptiveLimit {
+    pub fn new(min: usize, max: usize) -> AdaptiveLimit {
+        let min = min.clamp(1, max.max(1));
+        AdaptiveLimit {
+            min,
+            max,
+            current: AtomicUsize::new(min),
+            buckets: [const { AtomicU32::new(0) }; BUCKETS],
+            peak_busy: AtomicUsize::new(0),
+            state: Mutex::new(State {
+                limit: min as f64,
+                no_load_micros: 0.0,
+                pause: 0,
+            }),
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.current.load(Ordering::Relaxed)
+    }
+
+    /// A successful answer that took `took`, with `busy` slots held when it came back.
+    pub fn record(&self, took: Duration, busy: usize) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = bucket_of(micros).min(BUCKETS - 1);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.peak_busy.fetch_max(busy, Ordering::Relaxed);
+    }
+
+    /// Ends a window: moves the limit on its answers and returns it.
+    pub fn update(&self) -> usize {
+        let counts: Vec<u32> = self
+            .buckets
+            .iter()
+            .map(|bucket| bucket.swap(0, Ordering::Relaxed))
+            .collect();
+        let peak = self.peak_busy.swap(0, Ordering::Relaxed);
+        // Counted from the buckets themselves: an answer recorded between the two swaps is in
+        // one window or the other, never half in each.
+        let total: u64 = counts.iter().map(|&count| u64::from(count)).sum();
+        if total < MIN_SAMPLES {
+            return self.limit();
+        }
+        let mut below = 0;
+        let median_bucket = counts
+            .iter()
+            .position(|&count| {
+                below += u64::from(count);
+                below * 2 >= total
+            })
+            .unwrap_or(0);
+        let median = micros_of(median_bucket);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.no_load_micros = if state.no_load_micros == 0.0 {
+            median
+        } else {
+            (state.no_load_micros * DRIFT).min(median)
+        };
+        let ratio = median / state.no_load_micros.max(1.0);
+        let limit = state.limit;
+        // The answer that came back had given its slot back already: `peak + 1` were busy.
+        let saturated = peak + 1 >= limit.floor() as usize;
+        if ratio > SHRINK_ABOVE {
+            let excess = limit * (1.0 - GROW_BELOW / ratio) / 4.0;
+            state.limit = limit - excess.max(1.0);
+            state.pause = PAUSE_AFTER_SHRINK;
+        } else if state.pause > 0 {
+            state.pause -= 1;
+        } else if ratio <= GROW_BELOW && saturated {
+            state.limit = limit + (limit / 8.0).max(1.0);
+        }
+        state.limit = state.limit.clamp(self.min as f64, self.max as f64);
+        let current = state.limit.floor() as usize;
+        self.current.store(current, Ordering::Relaxed);
+        current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend that answers in 5 ms up to `capacity` at once and 20 ms slower per request beyond.
+    fn window(limit: &AdaptiveLimit, capacity: usize) -> usize {
+        let at_once = limit.limit();
+        let took = Duration::from_millis(5 + 20 * at_once.saturating_sub(capacity) as u64);
+        for _ in 0..20 {
+            limit.record(took, at_once - 1);
+        }
+        limit.update()
+    }
+
+    #[test]
+    fn grows_from_min_to_the_capacity_and_hovers_there() {
+        let limit = AdaptiveLimit::new(1, 32);
+        let path: Vec<usize> = (0..40).map(|_| window(&limit, 6)).collect();
+        println!("capacity 6, min 1, max 32: {path:?}");
+        assert!(
+            path[..8].contains(&6),
+            "reached 6 within 8 windows: {path:?}"
+        );
+        assert!(
+            path[10..].iter().all(|&at| (4..=8).contains(&at)),
+            "{path:?}"
+        );
+    }
+
+    #[test]
+    fn shrinks_from_too_high_and_stays_within_bounds() {
+        let limit = AdaptiveLimit::new(3, 32);
+        // The time without queueing is learnt first, at low load (the limit starts at min)...
+        for _ in 0..20 {
+            limit.record(Duration::from_millis(5), 0);
+        }
+        limit.update();
+        // ...then the limit is far too high (as if min had been 32).
+        limit.state.lock().unwrap().limit = 32.0;
+        limit.current.store(32, Ordering::Relaxed);
+        let path: Vec<usize> = (0..30).map(|_| window(&limit, 6)).collect();
+        println!("capacity 6, from 32: {path:?}");
+        assert!(path.iter().all(|&at| (3..=32).contains(&at)));
+        assert!(
+            path[15..].iter().all(|&at| (4..=8).contains(&at)),
+            "{path:?}"
+        );
+    }
+
+    #[test]
+    fn an_idle_backend_keeps_its_limit() {
+        let limit = AdaptiveLimit::new(2, 16);
+        for _ in 0..10 {
+            // Fast answers but never saturated: nothing says it can take more.
+            for _ in 0..20 {
+                limit.record(Duration::from_millis(1), 0);
+            }
+            limit.update();
+        }
+        assert_eq!(limit.limit(), 2);
+    }
+}
