@@ -141,6 +141,9 @@ fn file(config: &Config) -> TokenStream {
         "UpstreamId",
     ];
     table_types.extend(SCALAR_SECTIONS.iter().map(|section| section.rust_type));
+    if config.settings.fleet.is_some() {
+        table_types.push("FleetSettings");
+    }
     table_types.sort_unstable();
     let table_types = table_types
         .iter()
@@ -368,6 +371,7 @@ fn table(config: &Config) -> TokenStream {
         &format!("{:?}", config.settings.log.format),
         Span::call_site(),
     );
+    let fleet = fleet(config);
     let hash = &config.config_hash;
     let sources = &config.sources;
     quote! {
@@ -394,10 +398,32 @@ fn table(config: &Config) -> TokenStream {
                 log: LogSettings {
                     format: LogFormat::#log_format,
                 },
+                fleet: #fleet,
             },
             config_hash: #hash,
             sources: &[#(#sources),*],
         };
+    }
+}
+
+/// `Some(FleetSettings { ... })` for a `[fleet]`, `None` without one.
+fn fleet(config: &Config) -> TokenStream {
+    let Some(fleet) = &config.settings.fleet else {
+        return quote! { None };
+    };
+    let etcd = &fleet.etcd;
+    let lease = duration(fleet.lease);
+    let fallback_lease = duration(fleet.fallback_lease);
+    let fallback_share = int(fleet.fallback_share);
+    let prefix = optional_str(&fleet.prefix);
+    quote! {
+        Some(FleetSettings {
+            etcd: &[#(#etcd),*],
+            lease: #lease,
+            fallback_lease: #fallback_lease,
+            fallback_share: #fallback_share,
+            prefix: #prefix,
+        })
     }
 }
 
