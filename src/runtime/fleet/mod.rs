@@ -120,6 +120,13 @@ impl Fleet {
     ) -> Fleet {
         for pool in &pools {
             pool.set_limit(LimitSource::FleetShare, Some(0));
+            // The predecessor's connections count until it has released them; the upgrade
+            // marks the pools so too, but only once it serves, and a release recorded in
+            // between (this process's own count being 0) would let others take slots the
+            // predecessor still holds.
+            if upgrading {
+                pool.inherit();
+            }
         }
         let report: Shared = Arc::new(Mutex::new(FleetReport {
             instance: instance.clone(),
@@ -192,6 +199,15 @@ impl Fleet {
     }
 }
 
+/// What the coordinator's loop keeps from one round to the next.
+struct Rounds {
+    next_renewal: Instant,
+    next_rebalance: Instant,
+    warned_unreachable: bool,
+    /// Wakes a round as soon as any record changes; `None` until (re)established.
+    watch: Option<etcd_client::WatchStream>,
+}
+
 struct Coordinator {
     settings: &'static FleetSettings,
     prefix: String,
@@ -231,58 +247,86 @@ impl Coordinator {
     async fn run(mut self, mut stopped: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let renew_every = self.settings.lease / 4;
-        let mut next_renewal = Instant::now();
-        let mut next_rebalance = Instant::now();
-        let mut warned_unreachable = false;
-        let mut watch: Option<etcd_client::WatchStream> = None;
+        let mut rounds = Rounds {
+            next_renewal: Instant::now(),
+            next_rebalance: Instant::now(),
+            warned_unreachable: false,
+            watch: None,
+        };
         loop {
             let mut changed = false;
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stopped.changed() => break,
-                event = next_change(&mut watch) => match event {
+                event = next_change(&mut rounds.watch) => match event {
                     Ok(Some(_)) => changed = true,
                     // Broken or cancelled: watch anew on the next round.
-                    _ => watch = None,
+                    _ => rounds.watch = None,
                 },
             }
             if !changed {
                 self.sample_demand();
             }
-            let now = Instant::now();
-            if self.store.is_none() {
-                match self.connect().await {
-                    Ok(store) => self.store = Some(store),
-                    Err(error) => {
-                        if !warned_unreachable {
-                            tracing::warn!(%error, "fleet: etcd unreachable; holding no connections until registered (503 meanwhile)");
-                            warned_unreachable = true;
-                        }
-                        self.publish_report();
-                        continue;
-                    }
-                }
-            }
-            if self.leases.is_some() && now >= next_renewal {
-                next_renewal = now + renew_every;
-                self.renew(now).await;
-            }
-            self.follow_the_clock(now);
-            if watch.is_none() {
-                if let Some(store) = self.store.as_mut() {
-                    watch = store.watch().await.ok();
-                }
-            }
-            if (changed || now >= next_rebalance) && self.standing != Standing::HandedOver {
-                next_rebalance = now + REBALANCE_EVERY;
-                if let Err(error) = self.rebalance().await {
-                    tracing::debug!(%error, "fleet: rebalance round failed");
-                }
-            }
+            self.follow_the_clock(Instant::now());
+            // etcd calls may be slow (each is bounded, but several follow one another): they
+            // must never hold the pools above what the leases still cover. The work is cut off
+            // at the next point the clock lowers them; a write cut off after etcd applied it
+            // only ever over-reserves, and the next read corrects what this process believes.
+            let deadline = self.next_deadline();
+            let _ = tokio::time::timeout_at(deadline, self.etcd_work(&mut rounds, changed)).await;
+            self.follow_the_clock(Instant::now());
             self.publish_report();
         }
         self.leave().await;
+    }
+
+    /// When [`Self::follow_the_clock`] next lowers the pools, if renewals stay away.
+    fn next_deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let Some(renewed) = self.last_renewed else {
+            return far;
+        };
+        let half_lease = self.settings.lease / 2;
+        match self.standing {
+            Standing::Registered | Standing::HandedOver => renewed + half_lease,
+            // Unregistered after losing the short lease: the floor may still be held.
+            Standing::Fallback | Standing::Unregistered => {
+                renewed + self.settings.fallback_lease.saturating_sub(half_lease)
+            }
+            Standing::Stopped => far,
+        }
+    }
+
+    /// One round's etcd calls: connect, watch, renew, read and move shares, as each is due.
+    async fn etcd_work(&mut self, rounds: &mut Rounds, changed: bool) {
+        let now = Instant::now();
+        if self.store.is_none() {
+            match self.connect().await {
+                Ok(store) => self.store = Some(store),
+                Err(error) => {
+                    if !rounds.warned_unreachable {
+                        tracing::warn!(%error, "fleet: etcd unreachable; holding no more than the shares recorded (none until registered: 503 meanwhile)");
+                        rounds.warned_unreachable = true;
+                    }
+                    return;
+                }
+            }
+        }
+        if self.leases.is_some() && now >= rounds.next_renewal {
+            rounds.next_renewal = now + self.settings.lease / 4;
+            self.renew(now).await;
+        }
+        if rounds.watch.is_none() {
+            if let Some(store) = self.store.as_mut() {
+                rounds.watch = store.watch().await.ok();
+            }
+        }
+        if (changed || now >= rounds.next_rebalance) && self.standing != Standing::HandedOver {
+            rounds.next_rebalance = now + REBALANCE_EVERY;
+            if let Err(error) = self.rebalance().await {
+                tracing::debug!(%error, "fleet: rebalance round failed");
+            }
+        }
     }
 
     async fn connect(&self) -> Result<Store, StoreError> {
@@ -473,7 +517,6 @@ impl Coordinator {
                 ((short, long), self.caps.clone())
             }
         };
-        self.adopt = false;
         let sizes = self.sizes();
         let mut shares: Vec<usize> = shares
             .iter()
@@ -505,6 +548,8 @@ impl Coordinator {
             return Ok(());
         }
         tracing::info!(instance = self.instance, shares = ?shares, "fleet: registered");
+        // Only now: a write that lost the race reads the predecessor's records again.
+        self.adopt = false;
         self.leases = Some(leases);
         self.last_renewed = Some(sent);
         self.standing = Standing::Registered;
@@ -537,7 +582,13 @@ impl Coordinator {
                 let free = n.saturating_sub(view.used_by_others(backend, &self.instance) + share);
                 wanted[backend] = share + free.min(target - share);
             }
-            if caps[backend] < share && self.pools[backend].open_connections() <= caps[backend] {
+            // Closed means closed in both processes during an upgrade: the predecessor's
+            // connections to this backend are not in our count until it has released them.
+            let pool = &self.pools[backend];
+            if caps[backend] < share
+                && !pool.is_inheriting()
+                && pool.open_connections() <= caps[backend]
+            {
                 wanted[backend] = caps[backend];
             }
         }
@@ -638,10 +689,17 @@ impl Coordinator {
         let (Some(store), Some((short, long))) = (self.store.as_mut(), self.leases) else {
             return;
         };
-        // A successor may have taken the records over since the last read.
-        if let Ok(snapshot) = store.read(&self.instance).await {
-            let mine = snapshot.view.members.get(&self.instance);
-            if mine.is_some_and(|record| record.owner != self.owner) {
+        // A successor may have taken the records over since the last read: revoke only leases
+        // known to be ours still (unread, they expire on their own, which is merely slower).
+        match store.read(&self.instance).await {
+            Ok(snapshot) => {
+                let mine = snapshot.view.members.get(&self.instance);
+                if mine.is_some_and(|record| record.owner != self.owner) {
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "fleet: cannot read the records; the shares expire with the lease");
                 return;
             }
         }
