@@ -12,7 +12,7 @@ RELEASE := target/$(TARGET)/release
 STATIC  := -C target-feature=+crt-static -C relocation-model=static
 BINS    := juggler test_server ssl_cert
 
-.PHONY: all routes clean ssl_cert test run test_servers bench bench-ab fuzz upgrade soak
+.PHONY: all routes clean ssl_cert test run test_servers bench bench-ab fuzz upgrade soak fleet
 
 ## all: build bin/juggler (static), bin/test_server and bin/ssl_cert in release mode
 all:
@@ -80,6 +80,24 @@ run: all
 upgrade: all
 	@test -S juggler.sock || { echo "no running Juggler at ./juggler.sock (start one with make run)" >&2; exit 1; }
 	./bin/juggler --upgrade
+
+## fleet: a local fleet demo: etcd on 2379, the three test servers, and three instances of a
+## Juggler built from docs/fleet/ (HTTP 8081-8083, admin 9911-9913) sharing each server's 6
+## connections; `bin/juggler status --admin 127.0.0.1:9911` shows a share. Ctrl-C stops all.
+fleet: all
+	JUGGLER_CONFIG=docs/fleet RUSTFLAGS="$(STATIC)" $(CARGO) build --release --target $(TARGET) --bin juggler
+	cp $(RELEASE)/juggler bin/juggler-fleet
+	@command -v etcd >/dev/null || { echo "etcd is missing: apt-get install etcd-server" >&2; exit 1; }
+	@trap 'kill $$(jobs -p) 2>/dev/null; wait' EXIT; \
+	rm -rf target/fleet-etcd; \
+	etcd --data-dir target/fleet-etcd --log-level warn & \
+	for i in 1 2 3; do ./bin/test_server --port 690$$i --root ./test_server_root_$$i & done; \
+	sleep 2; \
+	for i in 1 2 3; do \
+		./bin/juggler-fleet --instance demo-$$i --listen-http 127.0.0.1:808$$i --admin 127.0.0.1:991$$i \
+			--control-socket target/fleet-$$i.sock & \
+	done; \
+	wait
 
 ## test_servers: only the three test servers (Ctrl-C stops them)
 test_servers: all

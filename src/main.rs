@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use juggler::logging::{AccessFormat, LogBuffer};
+use juggler::fleet::Fleet;
 use juggler::proxy::Proxy;
 use juggler::table::{RouteTable, TlsMode};
 use juggler::tls::{self, ReloadableCert};
@@ -89,6 +90,82 @@ struct Cli {
     /// end while the new process serves on (systemd will not make it the main process).
     #[arg(long, requires = "upgrade")]
     detach: bool,
+
+    /// This instance's name in a fleet ([fleet] in the config): its etcd key, and what
+    /// `/status` shows. Unique per running instance; an --upgrade keeps the same name. Default:
+    /// the host name.
+    #[arg(long, value_name = "NAME", value_parser = instance_name)]
+    instance: Option<String>,
+
+    /// The plain HTTP listener, instead of the config's `[listen] http` ("off": none). For
+    /// several instances on one host.
+    #[arg(long, value_name = "ADDR|off", value_parser = bind)]
+    listen_http: Option<Bind>,
+
+    /// The HTTPS listener, instead of the config's `[listen] https` ("off": none).
+    #[arg(long, value_name = "ADDR|off", value_parser = bind)]
+    listen_https: Option<Bind>,
+
+    /// The admin listener (/metrics, /status, drain API), instead of the config's `[admin]
+    /// listen` ("off": none).
+    #[arg(long, value_name = "ADDR|off", value_parser = bind)]
+    admin: Option<Bind>,
+}
+
+/// A listener address given on the command line, or "off".
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Bind {
+    Off,
+    At(String),
+}
+
+fn bind(text: &str) -> Result<Bind, String> {
+    if text == "off" {
+        return Ok(Bind::Off);
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(Bind::At(text.to_owned()))
+        }
+        _ => Err("expected host:port (e.g. 127.0.0.1:8081) or \"off\"".to_owned()),
+    }
+}
+
+/// An instance name is an etcd key segment: letters, digits, `.`, `_` and `-`.
+fn instance_name(text: &str) -> Result<String, String> {
+    let fine = !text.is_empty()
+        && text.len() <= 128
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if fine {
+        Ok(text.to_owned())
+    } else {
+        Err("expected 1-128 letters, digits, '.', '_' or '-'".to_owned())
+    }
+}
+
+/// Where this process listens: the config's addresses unless a flag overrides one.
+#[derive(Debug)]
+struct Addresses {
+    http: Option<String>,
+    https: Option<String>,
+    admin: Option<String>,
+}
+
+impl Addresses {
+    fn new(table: &RouteTable, cli: &Cli) -> Addresses {
+        let pick = |flag: &Option<Bind>, configured: Option<&str>| match flag {
+            Some(Bind::Off) => None,
+            Some(Bind::At(address)) => Some(address.clone()),
+            None => configured.map(str::to_owned),
+        };
+        Addresses {
+            http: pick(&cli.listen_http, table.settings.listen.http),
+            https: pick(&cli.listen_https, table.settings.listen.https),
+            admin: pick(&cli.admin, table.settings.admin.listen),
+        }
+    }
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -216,13 +293,32 @@ fn serve(table: &'static RouteTable, cli: &Cli) -> Result<()> {
             );
             predecessor = Some(found);
         }
-        let (listeners, certs) = listeners(table, predecessor.as_mut()).await?;
-        let admin = admin_listener(table, predecessor.as_mut()).await?;
+        let addresses = Addresses::new(table, cli);
+        let (listeners, certs) = listeners(table, &addresses, predecessor.as_mut()).await?;
+        let admin = admin_listener(table, &addresses, predecessor.as_mut()).await?;
         juggler::systemd::all_passed_sockets_claimed()?;
         if let Some(certs) = certs {
             tokio::spawn(tls::reload_on_sighup(certs));
         }
         let proxy = Arc::new(Proxy::new(table));
+        // Before anything is accepted: the pools hold nothing until this instance has a share.
+        let fleet = table.settings.fleet.as_ref().map(|settings| {
+            let instance = cli.instance.clone().unwrap_or_else(host_name);
+            let prefix = settings
+                .prefix
+                .map_or_else(|| format!("/juggler/{}", table.config_hash), str::to_owned);
+            tracing::info!(instance, prefix, etcd = ?settings.etcd, "fleet: sharing each backend's connections");
+            Fleet::start(settings, prefix, instance, proxy.pools.clone(), cli.upgrade)
+        });
+        // The successor of an upgrade serves on the predecessor's shares: it takes them over
+        // before it says it accepts, and if it cannot, it leaves the predecessor serving.
+        if let (Some(fleet), true) = (&fleet, cli.upgrade) {
+            if !fleet.wait_registered(UPGRADE_FLEET_WAIT).await {
+                anyhow::bail!(
+                    "cannot take over this instance's fleet shares within {UPGRADE_FLEET_WAIT:?} (etcd unreachable?); the running Juggler keeps serving"
+                );
+            }
+        }
         let shutdown = shutdown_signal()?;
         upgrade::serve(
             listeners,
@@ -233,6 +329,9 @@ fn serve(table: &'static RouteTable, cli: &Cli) -> Result<()> {
             predecessor,
         )
         .await?;
+        if let Some(fleet) = fleet {
+            fleet.leave().await;
+        }
         tracing::info!("stopped");
         Ok(())
     })
@@ -242,16 +341,17 @@ fn serve(table: &'static RouteTable, cli: &Cli) -> Result<()> {
 /// certificate or key is an error naming the file.
 async fn listeners(
     table: &RouteTable,
+    addresses: &Addresses,
     mut predecessor: Option<&mut Predecessor>,
 ) -> Result<(Listeners, Option<Arc<ReloadableCert>>)> {
     let listen = &table.settings.listen;
     let mut listeners = Listeners::default();
-    if let Some(address) = listen.http {
+    if let Some(address) = addresses.http.as_deref() {
         listeners.http = Some(listener("http", address, predecessor.as_deref_mut()).await?);
         tracing::info!(address, "listening for HTTP");
     }
     let mut certs = None;
-    if let Some(address) = listen.https {
+    if let Some(address) = addresses.https.as_deref() {
         if tls_enabled(table) {
             let (acceptor, reloadable) =
                 tls::from_files(listen.tls_cert.as_ref(), listen.tls_key.as_ref())?;
@@ -274,10 +374,11 @@ async fn listeners(
 /// it.
 async fn admin_listener(
     table: &RouteTable,
+    addresses: &Addresses,
     predecessor: Option<&mut Predecessor>,
 ) -> Result<Option<(TcpListener, String)>> {
     let admin = &table.settings.admin;
-    let Some(address) = admin.listen else {
+    let Some(address) = addresses.admin.as_deref() else {
         return Ok(None);
     };
     let token = juggler::admin::token::load_or_create(admin.token_file)?;
@@ -319,6 +420,18 @@ fn tls_enabled(table: &RouteTable) -> bool {
                 && std::path::Path::new(listen.tls_key).exists()
         }
     }
+}
+
+/// How long an upgrade's successor may take to take over its predecessor's fleet shares.
+const UPGRADE_FLEET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The default `--instance`: the kernel's host name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| instance_name(name).is_ok())
+        .unwrap_or_else(|| "juggler".to_owned())
 }
 
 /// Completes on the first SIGINT or SIGTERM.

@@ -241,6 +241,38 @@ pub fn render(report: &StatusReport, admin: &str) -> String {
         }
     }
     out.push_str(&table(&rows));
+    if let Some(fleet) = &report.fleet {
+        out.push('\n');
+        out.push_str(&fleet_lines(fleet));
+    }
+    out
+}
+
+/// The fleet's part: this instance's standing and, per backend, its share of the fleet's `n`.
+fn fleet_lines(fleet: &juggler::admin::FleetReport) -> String {
+    let contact = fleet
+        .last_etcd_contact_unix
+        .map_or("never".to_owned(), |at| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |now| now.as_secs_f64());
+            format!("{} ago", duration((now - at).max(0.0)))
+        });
+    let mut header = format!(
+        "fleet: instance {} · {} · {} instances · etcd answered {contact} · {}",
+        fleet.instance, fleet.state, fleet.instances_seen, fleet.prefix
+    );
+    fit(&mut header, WIDTH);
+    let mut out = header + "\n";
+    for backend in &fleet.backends {
+        let mut line = format!(
+            "  {}: share {} (holding {}), fleet {} of {}",
+            backend.address, backend.share, backend.limit, backend.fleet_total, backend.pool_size
+        );
+        fit(&mut line, WIDTH);
+        out.push_str(&line);
+        out.push('\n');
+    }
     out
 }
 
@@ -392,6 +424,28 @@ mod tests {
         assert!(error.contains("404 Not Found"), "{error}");
         assert!(body_of(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{}").is_err());
         assert!(body_of(b"HTTP/1.1 200 OK\r\n").is_err());
+    }
+
+    #[test]
+    fn the_fleet_part_names_the_state_and_each_share() {
+        let fleet = juggler::admin::FleetReport {
+            instance: "edge-1".to_owned(),
+            prefix: "/juggler/shop".to_owned(),
+            state: "fallback".to_owned(),
+            instances_seen: 3,
+            last_etcd_contact_unix: None,
+            backends: vec![juggler::admin::FleetBackendReport {
+                address: "10.0.0.7:8080".to_owned(),
+                pool_size: 12,
+                share: 5,
+                limit: 1,
+                fleet_total: 12,
+            }],
+        };
+        let printed = fleet_lines(&fleet);
+        print!("{printed}");
+        assert!(printed.contains("instance edge-1 · fallback · 3 instances · etcd answered never"));
+        assert!(printed.contains("10.0.0.7:8080: share 5 (holding 1), fleet 12 of 12"));
     }
 
     #[test]

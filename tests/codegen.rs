@@ -57,6 +57,10 @@ fn protection_keys_reach_the_table_with_their_defaults_filled_in() {
     assert_eq!(plain.protection.eject_after_5xx, 0);
 }
 
+mod fleet {
+    include!("fixtures/codegen/fleet/expected.rs");
+}
+
 fn route(table: &RouteTable, method: &str, path: &str) -> RouteMatch {
     let method = Method::from_bytes(method.as_bytes()).unwrap();
     let decision = (table.match_route)(&method, path);
@@ -348,4 +352,23 @@ fn weights_and_policies_are_compiled_in() {
     }
     assert_eq!(route(table, "POST", "/api/users"), found(0));
     assert_eq!(route(table, "GET", "/index.html"), found(1));
+}
+
+#[test]
+fn a_fleet_section_is_compiled_in_and_omitted_keys_take_their_defaults() {
+    let fleet = fleet::TABLE
+        .settings
+        .fleet
+        .as_ref()
+        .expect("[fleet] compiled in");
+    println!("{fleet:?}");
+    assert_eq!(fleet.etcd, ["http://10.0.0.5:2379", "http://10.0.0.6:2379"]);
+    assert_eq!(fleet.lease, std::time::Duration::from_secs(3));
+    assert_eq!(fleet.fallback_lease, std::time::Duration::from_secs(30));
+    assert_eq!(fleet.fallback_share, 2);
+    assert_eq!(fleet.prefix, Some("/juggler/shop"));
+    assert!(
+        minimal::TABLE.settings.fleet.is_none(),
+        "no [fleet]: no fleet"
+    );
 }

@@ -151,6 +151,9 @@ fn file(config: &Config) -> TokenStream {
     }
     table_types.extend(SCALAR_SECTIONS.iter().map(|section| section.rust_type));
     table_types.push(LOG_BUFFERING.rust_type);
+    if config.settings.fleet.is_some() {
+        table_types.push("FleetSettings");
+    }
     table_types.sort_unstable();
     let table_types = table_types
         .iter()
@@ -443,6 +446,7 @@ fn table(config: &Config) -> TokenStream {
         Span::call_site(),
     );
     let log_buffering = section_struct(config, LOG_BUFFERING);
+    let fleet = fleet(config);
     let hash = &config.config_hash;
     let sources = &config.sources;
     quote! {
@@ -470,10 +474,32 @@ fn table(config: &Config) -> TokenStream {
                     format: LogFormat::#log_format,
                     buffering: #log_buffering,
                 },
+                fleet: #fleet,
             },
             config_hash: #hash,
             sources: &[#(#sources),*],
         };
+    }
+}
+
+/// `Some(FleetSettings { ... })` for a `[fleet]`, `None` without one.
+fn fleet(config: &Config) -> TokenStream {
+    let Some(fleet) = &config.settings.fleet else {
+        return quote! { None };
+    };
+    let etcd = &fleet.etcd;
+    let lease = duration(fleet.lease);
+    let fallback_lease = duration(fleet.fallback_lease);
+    let fallback_share = int(fleet.fallback_share);
+    let prefix = optional_str(&fleet.prefix);
+    quote! {
+        Some(FleetSettings {
+            etcd: &[#(#etcd),*],
+            lease: #lease,
+            fallback_lease: #fallback_lease,
+            fallback_share: #fallback_share,
+            prefix: #prefix,
+        })
     }
 }
 

@@ -141,6 +141,25 @@ pub struct Settings {
     pub scalars: Vec<Setting>,
     pub admin: Admin,
     pub log: Log,
+    /// `None`: no `[fleet]`.
+    pub fleet: Option<Fleet>,
+}
+
+/// `[fleet]`'s defaults, the runtime's own.
+pub const DEFAULT_LEASE: Duration = juggler_config::table::FleetSettings::DEFAULT_LEASE;
+pub const DEFAULT_FALLBACK_LEASE: Duration =
+    juggler_config::table::FleetSettings::DEFAULT_FALLBACK_LEASE;
+pub const DEFAULT_FALLBACK_SHARE: usize =
+    juggler_config::table::FleetSettings::DEFAULT_FALLBACK_SHARE;
+
+/// `[fleet]`, with its defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pub etcd: Vec<String>,
+    pub lease: Duration,
+    pub fallback_lease: Duration,
+    pub fallback_share: usize,
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -228,6 +247,7 @@ impl Settings {
                 format: RuntimeSettings::DEFAULT.log.format,
                 format_source: None,
             },
+            fleet: None,
         }
     }
 

@@ -26,6 +26,8 @@ pub struct RawLoadBalancer {
     pub settings: Vec<RawSetting>,
     pub admin: RawAdmin,
     pub log: RawLog,
+    /// `None`: no `[fleet]` table.
+    pub fleet: Option<Spanned<RawFleet>>,
     /// In file order (toml's `preserve_order`), which becomes backend id order.
     pub upstreams: Vec<RawUpstream>,
 }
@@ -35,7 +37,7 @@ fn load_balancer_sections() -> Vec<&'static str> {
     let scalars = SCALAR_SECTIONS.iter().map(|section| section.name);
     std::iter::once("listen")
         .chain(scalars)
-        .chain(["admin", "log", "upstreams"])
+        .chain(["admin", "log", "fleet", "upstreams"])
         .collect()
 }
 /// The top-level keys of `routes.toml`.
@@ -59,6 +61,18 @@ pub struct RawAdmin {
     /// `"host:port"` or `"off"`.
     pub listen: Option<Spanned<String>>,
     pub token_file: Option<Spanned<String>>,
+}
+
+/// `[fleet]`: the etcd cluster through which instances share each backend's `n`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFleet {
+    pub etcd: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A duration, still as text.
+    pub lease: Option<Spanned<String>>,
+    pub fallback_lease: Option<Spanned<String>>,
+    pub fallback_share: Option<Spanned<i64>>,
+    pub prefix: Option<Spanned<String>>,
 }
 
 /// `[log]`: how the log is written (its buffering keys are read as [`RawSetting`]s).
@@ -259,6 +273,10 @@ impl Reader<'_> {
                 "listen" => raw.listen = self.section("[listen]", &value).value,
                 "admin" => raw.admin = self.section("[admin]", &value).value,
                 "log" => raw.log = self.log(&value, &mut raw.settings),
+                "fleet" => {
+                    let fleet = self.section("[fleet]", &value).value;
+                    raw.fleet = Some(Spanned::new(key.span(), fleet));
+                }
                 "upstreams" => raw.upstreams = self.upstreams(&value),
                 name => match scalar_section(name) {
                     Some(section) => self.settings(section, &value, &mut raw.settings),

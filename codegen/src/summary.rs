@@ -126,6 +126,17 @@ pub fn summary(config: &Config) -> String {
         buffering[0],
         buffering[1]
     );
+    if let Some(fleet) = &config.settings.fleet {
+        let _ = writeln!(
+            out,
+            "Fleet: pool sizes are fleet-wide, shared through etcd {} (lease {} s, fallback {} per server for {} s, prefix {})",
+            fleet.etcd.join(", "),
+            fleet.lease.as_secs(),
+            fleet.fallback_share,
+            fleet.fallback_lease.as_secs(),
+            fleet.prefix.as_deref().unwrap_or("from the config hash")
+        );
+    }
     out
 }
 

@@ -39,6 +39,16 @@ pub fn describe(table: &RouteTable) -> String {
             let _ = writeln!(out, "  admin  off");
         }
     }
+    if let Some(fleet) = &settings.fleet {
+        let _ = writeln!(
+            out,
+            "fleet: pool sizes are fleet-wide totals, shared through etcd {} (lease {} s, fallback {} slot(s) per backend for {} s)",
+            fleet.etcd.join(", "),
+            fleet.lease.as_secs(),
+            fleet.fallback_share,
+            fleet.fallback_lease.as_secs()
+        );
+    }
     for upstream in table.upstreams {
         let total: usize = upstream
             .backends

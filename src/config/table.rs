@@ -254,6 +254,34 @@ impl Named for LogFormat {
         &[("text", LogFormat::Text), ("json", LogFormat::Json)];
 }
 
+/// `[fleet]`: several Juggler instances share each backend's `n` through etcd. With it,
+/// `connections_per_server` (and a server's `connections`) is the total for the whole fleet, and
+/// each instance opens connections only within the share of it recorded in etcd under its lease.
+#[derive(Debug)]
+pub struct FleetSettings {
+    /// etcd client endpoints, e.g. `"http://10.0.0.5:2379"`.
+    pub etcd: &'static [&'static str],
+    /// An instance that cannot renew its lease for this long is gone: its shares (above its
+    /// fallback) go to the others.
+    pub lease: Duration,
+    /// How long the fallback slots of an instance that stopped renewing stay reserved for it:
+    /// a partitioned instance keeps serving on them this long before it goes down to nothing.
+    pub fallback_lease: Duration,
+    /// Slots per backend a partitioned instance keeps (recorded under the longer `fallback_lease`).
+    pub fallback_share: usize,
+    /// The etcd key prefix of this fleet; `None`: `/juggler/<config hash>`, so instances of one
+    /// build find each other and a different config is a different fleet.
+    pub prefix: Option<&'static str>,
+}
+
+impl FleetSettings {
+    /// `[fleet]`'s defaults for the keys an operator leaves out (`etcd` has none).
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+    /// Six leases: long enough to ride out an etcd election or a short partition.
+    pub const DEFAULT_FALLBACK_LEASE: Duration = Duration::from_secs(30);
+    pub const DEFAULT_FALLBACK_SHARE: usize = 1;
+}
+
 /// `[log]`: how Juggler writes its log, the access log included.
 #[derive(Debug)]
 pub struct LogSettings {
@@ -371,6 +399,8 @@ pub struct Settings {
     pub proxy: ProxySettings,
     pub admin: AdminSettings,
     pub log: LogSettings,
+    /// `None`: no `[fleet]`, each instance uses `n` on its own.
+    pub fleet: Option<FleetSettings>,
 }
 
 /// Everything Juggler needs to run: backends, upstreams, routes, the matcher and settings.
@@ -424,5 +454,6 @@ impl Settings {
             format: LogFormat::DEFAULT,
             buffering: LogBuffering::DEFAULT,
         },
+        fleet: None,
     };
 }

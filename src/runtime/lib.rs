@@ -11,6 +11,7 @@
 //! # Layout
 //! Data flows down this list; no module imports from one above it.
 //! - [`upgrade`]: a new process takes over listeners, idle clients and pooled connections.
+//! - [`fleet`]: several instances share each backend's `n` through etcd (pool shares).
 //! - [`admin`]: the operators' listener: `/metrics`, the status page, draining a backend.
 //! - [`client`]: listeners and client connections: accept, HTTP/1.1 and HTTP/2, timeouts,
 //!   parking idle connections, TLS, the optional redirect to HTTPS, draining.
@@ -35,6 +36,7 @@ pub mod admin;
 pub mod backend;
 pub mod client;
 mod error;
+pub mod fleet;
 mod hop_by_hop;
 pub mod logging;
 pub mod metrics;

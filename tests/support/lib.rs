@@ -11,6 +11,7 @@ pub mod backend;
 pub mod bodies;
 pub mod certs;
 pub mod client;
+pub mod etcd;
 pub mod faulty;
 pub mod hyper_backend;
 pub mod launcher;

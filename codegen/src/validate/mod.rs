@@ -1,7 +1,7 @@
 //! Turns the raw files into a [`Config`], reporting every mistake with what to do about it.
 //!
 //! One file per config section: [`listen`], [`settings`] (the scalar sections `[queue]`,
-//! `[limits]`, `[proxy]`, driven by [`crate::schema`]), [`admin`], [`log`], [`upstreams`] and
+//! `[limits]`, `[proxy]`, driven by [`crate::schema`]), [`admin`], [`log`], [`fleet`], [`upstreams`] and
 //! [`routes`].
 
 use std::ops::Range;
@@ -13,6 +13,7 @@ use crate::model::{Config, Named, Settings};
 use crate::raw::{RawLoadBalancer, RawRoute, Section};
 
 mod admin;
+mod fleet;
 mod listen;
 mod log;
 mod routes;
@@ -46,6 +47,7 @@ pub fn validate(inputs: Inputs<'_>, diagnostics: &mut Diagnostics) -> Config {
         checker.settings(&raw.settings, &mut settings);
         checker.admin(&raw.admin, &mut settings.admin, &settings.listen);
         checker.log(&raw.log, &mut settings.log);
+        settings.fleet = raw.fleet.as_ref().and_then(|fleet| checker.fleet(fleet));
         (upstreams, backends) = checker.upstreams(&raw.upstreams);
     }
 

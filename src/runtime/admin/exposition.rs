@@ -50,8 +50,73 @@ impl Collector for ProxyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         self.encode_process(&mut encoder)?;
         self.encode_listeners(&mut encoder)?;
-        self.encode_backends(&mut encoder)
+        self.encode_backends(&mut encoder)?;
+        encode_fleet(&mut encoder)
     }
+}
+
+/// `juggler_fleet_*`: this instance's place in the fleet, when it is part of one.
+fn encode_fleet(encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+    let Some(fleet) = super::fleet::fleet() else {
+        return Ok(());
+    };
+    let registered = if fleet.state == "registered" {
+        1.0
+    } else {
+        0.0
+    };
+    gauge(
+        encoder,
+        "juggler_fleet_registered",
+        "1 while this instance holds recorded shares with etcd reachable; 0 unregistered, on its \
+         fallback share or stopped (see /status.json's fleet.state)",
+        &[(vec![("instance", fleet.instance.as_str())], registered)],
+    )?;
+    gauge(
+        encoder,
+        "juggler_fleet_instances",
+        "Live instances of the fleet at the last read of etcd",
+        &[(vec![], fleet.instances_seen as f64)],
+    )?;
+    if let Some(contact) = fleet.last_etcd_contact_unix {
+        gauge(
+            encoder,
+            "juggler_fleet_last_etcd_contact_seconds",
+            "When etcd last answered, Unix time",
+            &[(vec![], contact)],
+        )?;
+    }
+    let per_backend = |value: fn(&super::FleetBackendReport) -> usize| -> Vec<Labelled<'_, f64>> {
+        fleet
+            .backends
+            .iter()
+            .map(|backend| {
+                (
+                    vec![("backend", backend.address.as_str())],
+                    value(backend) as f64,
+                )
+            })
+            .collect()
+    };
+    gauge(
+        encoder,
+        "juggler_fleet_share",
+        "This instance's share of the backend's fleet-wide n, as recorded in etcd",
+        &per_backend(|backend| backend.share),
+    )?;
+    gauge(
+        encoder,
+        "juggler_fleet_limit",
+        "Connections this instance may hold to the backend now (below the share while giving \
+         slots up or cut off from etcd)",
+        &per_backend(|backend| backend.limit),
+    )?;
+    gauge(
+        encoder,
+        "juggler_fleet_total",
+        "Slots of the backend recorded across the fleet at the last read (never above n)",
+        &per_backend(|backend| backend.fleet_total),
+    )
 }
 
 impl ProxyCollector {

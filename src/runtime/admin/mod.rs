@@ -10,9 +10,11 @@ pub mod report;
 pub mod token;
 
 mod exposition;
+mod fleet;
 mod history;
 mod process;
 
+pub use fleet::{report_fleet, FleetBackendReport, FleetReport};
 pub use process::{report_allocator, AllocatorStats};
 
 use std::convert::Infallible;

@@ -23,6 +23,9 @@ pub struct StatusReport {
     pub open_fds: u64,
     pub listeners: Vec<ListenerReport>,
     pub upstreams: Vec<UpstreamReport>,
+    /// This instance's place in the fleet (`[fleet]`); absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<super::FleetReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,6 +214,7 @@ pub(super) fn build(
             })
             .collect(),
         upstreams,
+        fleet: super::fleet::fleet(),
     }
 }
 

@@ -645,6 +645,12 @@ impl BackendPool {
         self.adopted.notify_waiters();
     }
 
+    /// Whether the process this one took over from may still hold connections to this backend
+    /// (they count against the backend's bound too, though not in [`Self::open_connections`]).
+    pub fn is_inheriting(&self) -> bool {
+        self.inheriting.load(Ordering::Acquire)
+    }
+
     /// The previous process holds no connection to this backend any more: open what is missing.
     pub(crate) fn end_inheritance(&self) {
         self.inheriting.store(false, Ordering::Release);
