@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
-use juggler::logging::{AccessFormat, LogBuffer};
 use juggler::fleet::Fleet;
+use juggler::logging::{AccessFormat, LogBuffer};
 use juggler::proxy::Proxy;
 use juggler::table::{RouteTable, TlsMode};
 use juggler::tls::{self, ReloadableCert};
