@@ -6,7 +6,9 @@
 
 CARGO   ?= cargo
 TARGET  := x86_64-unknown-linux-gnu
-RELEASE := target/$(TARGET)/release
+# FAST=1: profile `fast` (no LTO) for the edit loop; the default is the shipped `release` (thin LTO).
+PROFILE := $(if $(FAST),fast,release)
+RELEASE := target/$(TARGET)/$(PROFILE)
 # bin/juggler is one static binary: glibc linked in, nothing to install next to it (non-PIE, so
 # `file` reports "statically linked").
 STATIC  := -C target-feature=+crt-static -C relocation-model=static
@@ -14,9 +16,10 @@ BINS    := juggler test_server ssl_cert
 
 .PHONY: all routes clean ssl_cert test run test_servers bench bench-ab fuzz upgrade soak fleet
 
-## all: build bin/juggler (static), bin/test_server and bin/ssl_cert in release mode
+## all: build bin/juggler (static), bin/test_server and bin/ssl_cert in release mode (thin LTO);
+## FAST=1 without LTO, for the edit -> binary loop
 all:
-	RUSTFLAGS="$(STATIC)" $(CARGO) build --release --target $(TARGET) $(addprefix --bin ,$(BINS))
+	RUSTFLAGS="$(STATIC)" $(CARGO) build --profile $(PROFILE) --target $(TARGET) $(addprefix --bin ,$(BINS))
 	@mkdir -p bin
 	@# Each binary is written beside its old self and renamed over it: a running bin/juggler (the one
 	@# `make upgrade` takes over from) cannot be written to, but it can be replaced.
