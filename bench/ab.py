@@ -14,7 +14,8 @@ under bench/out/ab/bin, so bisecting builds each commit once.
 
 Settings (environment): AB_ROUNDS pairs of rounds (default 6), AB_DURATION seconds per round
 (default 8), AB_CONNS wrk connections (default 64), AB_PATH (default /small.txt, 12 B),
-AB_RUST_LOG (default warn: no access log; `info` measures it on); AB_TOOL=callgrind counts
+AB_RUST_LOG (default warn: no access log; `info` measures it on; AB_RUST_LOG_A / AB_RUST_LOG_B for
+one side, e.g. A=HEAD B=HEAD AB_RUST_LOG_B=info: the access log's cost); AB_TOOL=callgrind counts
 instructions per request instead (one window each, under valgrind: exact, not timed).
 Output: a table on stdout and in bench/out/ab/<A>-<B>.md; raw wrk output under bench/out/ab/logs.
 """
@@ -181,6 +182,12 @@ def count_series(revisions: list[str], binaries: list[Path]) -> None:
     (OUT / f"{revisions[0]}-{revisions[-1]}-callgrind.md").write_text(text)
 
 
+def rust_log(side: str) -> str:
+    """RUST_LOG for one side: AB_RUST_LOG_A / AB_RUST_LOG_B, else AB_RUST_LOG, else warn (no access
+    log). One revision against itself with the log off and on: A=HEAD B=HEAD AB_RUST_LOG_B=info."""
+    return os.environ.get(f"AB_RUST_LOG_{side}") or os.environ.get("AB_RUST_LOG", "warn")
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):,.0f} ({min(values):,.0f} - {max(values):,.0f})"
 
@@ -210,7 +217,7 @@ def main() -> None:
         for side in ("A", "B"):
             workdir = OUT / "run" / side
             workdir.mkdir(parents=True, exist_ok=True)
-            env = dict(os.environ, RUST_LOG=os.environ.get("AB_RUST_LOG", "warn"))
+            env = dict(os.environ, RUST_LOG=rust_log(side))
             argv = [str(binaries[side])]
             shown = subprocess.run(argv + ["--help"], capture_output=True, text=True).stdout
             if "--control-socket" in shown:
@@ -244,7 +251,7 @@ def report(a: str, b: str, results: dict[str, list[dict]]) -> None:
         "",
         f"{len(results['A'])} alternating rounds of wrk -t1 -c{os.environ.get('AB_CONNS', '64')} "
         f"-d{os.environ.get('AB_DURATION', '8')}s {os.environ.get('AB_PATH', '/small.txt')}, "
-        f"RUST_LOG={os.environ.get('AB_RUST_LOG', 'warn')}, pool 8 x 3 nginx backends, "
+        f"RUST_LOG A={rust_log('A')} B={rust_log('B')}, pool 8 x 3 nginx backends, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         "| | req/s median (min - max) | req per CPU-s median (min - max) | p99 ms median | backend conns |",
