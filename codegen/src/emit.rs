@@ -5,6 +5,7 @@
 //! statements) get a `#[juggler_source = "file:line"]` marker attribute that is turned into a
 //! `// file:line` comment after formatting.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use juggler_config::schema::Kind;
@@ -13,7 +14,7 @@ use juggler_config::table::{LOG_BUFFERING, SCALAR_SECTIONS};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 
-use crate::model::{Config, MethodSet, Route, Setting, Upstream};
+use crate::model::{Config, IpNetwork, MethodSet, Route, Setting, Upstream};
 use crate::pattern::{PathKind, Pattern, Segment};
 
 /// The formatted source of `distributer.rs` for `config`. Pure: same config, same bytes.
@@ -153,6 +154,9 @@ fn file(config: &Config) -> TokenStream {
     table_types.push(LOG_BUFFERING.rust_type);
     if config.settings.fleet.is_some() {
         table_types.push("FleetSettings");
+    }
+    if !config.settings.listen.proxy_protocol_from.is_empty() {
+        table_types.push("IpNetwork");
     }
     table_types.sort_unstable();
     let table_types = table_types
@@ -419,6 +423,24 @@ fn section_struct(config: &Config, section: &SectionSpec) -> TokenStream {
     quote! { #ty { #(#settings),* } }
 }
 
+/// `IpNetwork::v4([10, 0, 0, 0], 8)`: the network as a `const` expression.
+fn ip_network(network: &IpNetwork) -> TokenStream {
+    let prefix = Literal::u8_unsuffixed(network.prefix);
+    match network.addr {
+        IpAddr::V4(addr) => {
+            let octets = addr.octets().map(Literal::u8_unsuffixed);
+            quote! { IpNetwork::v4([#(#octets),*], #prefix) }
+        }
+        IpAddr::V6(addr) => {
+            // Hex, as IPv6 addresses are written.
+            let segments = addr
+                .segments()
+                .map(|segment| syn::LitInt::new(&format!("{segment:#x}"), Span::call_site()));
+            quote! { IpNetwork::v6([#(#segments),*], #prefix) }
+        }
+    }
+}
+
 fn optional_str(value: &Option<String>) -> TokenStream {
     match value {
         Some(text) => quote! { Some(#text) },
@@ -437,6 +459,7 @@ fn table(config: &Config) -> TokenStream {
         &listen.tls_key,
         listen.redirect_http_to_https,
     );
+    let proxy_protocol_from = listen.proxy_protocol_from.iter().map(ip_network);
     let scalars = scalar_sections(config);
     let admin = &config.settings.admin;
     let admin_listen = optional_str(&admin.listen);
@@ -464,6 +487,7 @@ fn table(config: &Config) -> TokenStream {
                     tls_cert: #cert,
                     tls_key: #key,
                     redirect_http_to_https: #redirect,
+                    proxy_protocol_from: &[#(#proxy_protocol_from),*],
                 },
                 #scalars,
                 admin: AdminSettings {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub use juggler_config::network::IpNetwork;
 pub use juggler_config::router::{MethodSet, METHOD_NAMES};
 use juggler_config::schema::{Kind, SectionSpec, SettingSpec};
 pub use juggler_config::table::{BalancePolicy, LogFormat, Named, TlsMode};
@@ -170,6 +171,7 @@ pub struct Listen {
     pub tls_cert: String,
     pub tls_key: String,
     pub redirect_http_to_https: bool,
+    pub proxy_protocol_from: Vec<IpNetwork>,
 }
 
 /// `[admin]`: the operators' listener.
@@ -207,6 +209,7 @@ impl Listen {
             tls_cert: in_config_dir(config_dir, listen.tls_cert),
             tls_key: in_config_dir(config_dir, listen.tls_key),
             redirect_http_to_https: listen.redirect_http_to_https,
+            proxy_protocol_from: listen.proxy_protocol_from.to_vec(),
         }
     }
 }

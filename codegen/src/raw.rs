@@ -52,6 +52,8 @@ pub struct RawListen {
     pub tls_cert: Option<Spanned<String>>,
     pub tls_key: Option<Spanned<String>>,
     pub redirect_http_to_https: Option<Spanned<bool>>,
+    /// CIDR networks allowed (and required) to open connections with a PROXY protocol header.
+    pub proxy_protocol_from: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[admin]`: the operators' listener and the file holding its bearer token.

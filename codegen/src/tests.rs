@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::model::{BalancePolicy, LogFormat};
+use crate::model::{BalancePolicy, IpNetwork, LogFormat};
 
 const LB: &str = "[upstreams.default]\nservers = [\"localhost:6901\", \"localhost:6902\"]\n";
 const ROUTES: &str = "[[route]]\nmethods = \"*\"\npaths = [\"/*\"]\nupstream = \"default\"\n";
@@ -865,4 +865,36 @@ fn every_scalar_setting_is_shipped_and_documented_with_its_default() {
         wrong.is_empty(),
         "not documented with its default: {wrong:#?}"
     );
+}
+
+#[test]
+fn proxy_protocol_networks_are_checked() {
+    let config = check(
+        ROUTES,
+        &format!(
+            "{LB}[listen]\nproxy_protocol_from = [\"10.0.0.0/8\", \"fd00::/8\", \"127.0.0.1\"]\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        config.settings.listen.proxy_protocol_from,
+        [
+            IpNetwork::v4([10, 0, 0, 0], 8),
+            IpNetwork::v6([0xfd00, 0, 0, 0, 0, 0, 0, 0], 8),
+            IpNetwork::v4([127, 0, 0, 1], 32),
+        ]
+    );
+    let all = errors(
+        ROUTES,
+        &format!("{LB}[listen]\nproxy_protocol_from = [\"10.0.0.1/8\", \"10.0.0/8\"]\n"),
+    );
+    let messages: Vec<&str> = all.iter().map(|(error, _)| error.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "lb.toml:4:24: bad `proxy_protocol_from` network: `10.0.0.1/8` has host bits set past the /8 prefix (the network is 10.0.0.0/8)",
+            "lb.toml:4:38: bad `proxy_protocol_from` network: `10.0.0` is not an IPv4 or IPv6 address",
+        ]
+    );
+    assert!(all[0].1.contains("CIDR notation"), "{}", all[0].1);
 }

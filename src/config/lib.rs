@@ -6,10 +6,12 @@
 //!   the scalar settings are declared once, with kind, default, range and doc, through
 //! - [`schema`]: the `settings_section!` macro and the `SectionSpec`s the codegen crate reads.
 //! - [`router`]: method sets and wildcard patterns the generated route matcher is built from.
+//! - [`network`]: IP networks in CIDR notation (`proxy_protocol_from`).
 //! - [`describe`]: the human-readable view of a table (`juggler --print-routes`).
 #![forbid(unsafe_code)]
 
 pub mod describe;
+pub mod network;
 pub mod router;
 pub mod schema;
 pub mod table;

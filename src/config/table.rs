@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+// Re-exported: generated tables name it through `::juggler::table`.
+pub use crate::network::IpNetwork;
 use crate::router::MethodSet;
 use crate::schema::{settings_section, SectionSpec, GIB, KIB, MIB, TIB};
 
@@ -229,6 +231,9 @@ pub struct ListenSettings {
     pub tls_key: &'static str,
     /// Answer every plain-HTTP request with a `308` to the HTTPS listener.
     pub redirect_http_to_https: bool,
+    /// Peers whose connections start with a PROXY protocol header (v1 or v2) naming the real
+    /// client: an L4 balancer in front of Juggler. Empty: no PROXY headers are accepted.
+    pub proxy_protocol_from: &'static [IpNetwork],
 }
 
 /// `[admin]`: the operators' listener (metrics, status page, drain API).
@@ -442,6 +447,7 @@ impl Settings {
             tls_cert: "juggler_config/server.crt",
             tls_key: "juggler_config/server.key",
             redirect_http_to_https: false,
+            proxy_protocol_from: &[],
         },
         queue: QueueSettings::DEFAULT,
         limits: Limits::DEFAULT,

@@ -1,6 +1,8 @@
-//! `[listen]`: the two listener addresses, the TLS mode, certificate and key, and whether plain
-//! HTTP redirects to HTTPS. Unlike the scalar sections these keys depend on each other.
+//! `[listen]`: the two listener addresses, the TLS mode, certificate and key, whether plain
+//! HTTP redirects to HTTPS, and the networks trusted to send PROXY protocol headers. Unlike the
+//! scalar sections these keys depend on each other.
 
+use juggler_config::network::IpNetwork;
 use toml::Spanned;
 
 use super::Checker;
@@ -52,6 +54,13 @@ impl Checker<'_> {
                 );
             }
         }
+        if let Some(networks) = &raw.proxy_protocol_from {
+            listen.proxy_protocol_from = networks
+                .get_ref()
+                .iter()
+                .filter_map(|network| self.proxy_network(network))
+                .collect();
+        }
         if let (Some(http), Some(https)) = (&raw.http, &raw.https) {
             if listen.http.is_none() && listen.https.is_none() {
                 self.error(
@@ -68,6 +77,20 @@ impl Checker<'_> {
                     ),
                     "give each listener its own port",
                 );
+            }
+        }
+    }
+
+    fn proxy_network(&mut self, raw: &Spanned<String>) -> Option<IpNetwork> {
+        match IpNetwork::parse(raw.get_ref()) {
+            Ok(network) => Some(network),
+            Err(message) => {
+                self.error(
+                    raw.span(),
+                    format!("bad `proxy_protocol_from` network: {message}"),
+                    "write a network in CIDR notation, such as \"10.0.0.0/8\" or \"fd00::/8\"",
+                );
+                None
             }
         }
     }

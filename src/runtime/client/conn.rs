@@ -2,7 +2,7 @@
 //! Juggler's own header, idle and drain timers, with idle HTTP/1.1 connections parked.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,12 +24,14 @@ use tokio_rustls::server::TlsStream;
 use super::activity::{ConnActivity, StallGuard, Verdict, WatchedIo};
 use super::listener::Phase;
 use super::park::{carry_over, ParkingLot, PARK_AFTER};
+use super::proxy_protocol;
 use super::response::TrackedBody;
 use super::tls::TlsAcceptor;
 use crate::metrics::ListenerKind;
 use crate::proxy::headers::ClientInfo;
 use crate::proxy::Proxy;
 use crate::table::Limits;
+use juggler_config::network::any_contains;
 
 /// The client side's phase (serving, handing over, draining), as each connection watches it.
 pub(super) type PhaseSignal = watch::Receiver<Phase>;
@@ -92,7 +94,7 @@ impl ClientStream for Box<TlsStream<TcpStream>> {
 /// Serves a plain client connection from its first byte; `permit` is its place under the
 /// connection cap, given back when it closes.
 pub(super) async fn serve_plain(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     phase: PhaseSignal,
@@ -102,10 +104,10 @@ pub(super) async fn serve_plain(
     let _ = stream.set_nodelay(true);
     let metrics = &shared.proxy.metrics;
     metrics.listener(ListenerKind::Http).connection_accepted();
-    let client = ClientInfo {
-        ip: peer.ip(),
-        https: false,
+    let Some(ip) = client_address(&mut stream, peer, &shared, &phase).await else {
+        return;
     };
+    let client = ClientInfo { ip, https: false };
     serve_plain_http1(stream, client, shared, phase, permit, Bytes::new()).await;
 }
 
@@ -137,7 +139,7 @@ pub(super) async fn serve_plain_http1(
 /// one costs besides rustls: the handshake's large state lives in its own box, freed when it
 /// ends, and only the boxed stream and the HTTP/1.1 loop remain.
 pub(super) async fn serve_tls(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     tls: Arc<TlsAcceptor>,
     shared: Arc<Shared>,
@@ -150,17 +152,54 @@ pub(super) async fn serve_tls(
         .metrics
         .listener(ListenerKind::Https)
         .connection_opened();
+    // The PROXY header comes before the TLS handshake.
+    let Some(ip) = client_address(&mut stream, peer, &shared, &phase).await else {
+        return;
+    };
     let Some(stream) = Box::pin(handshake(stream, peer, &tls, &shared)).await else {
         return;
     };
-    let client = ClientInfo {
-        ip: peer.ip(),
-        https: true,
-    };
+    let client = ClientInfo { ip, https: true };
     if super::tls::is_h2(&stream) {
         Box::pin(serve_http2(stream, client, &shared, phase)).await;
     } else {
         serve_http1(stream, client, &shared, phase, None, permit, Bytes::new()).await;
+    }
+}
+
+/// The client's address: the peer's, or the one named by the PROXY header a trusted peer
+/// (`listen.proxy_protocol_from`) must open with; `None` when the connection is to be closed: a
+/// malformed, late or missing header from a trusted peer, a PROXY header from any other peer, or
+/// the listener draining meanwhile.
+async fn client_address(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    phase: &PhaseSignal,
+) -> Option<IpAddr> {
+    let trusted = shared.proxy.table.settings.listen.proxy_protocol_from;
+    if trusted.is_empty() {
+        return Some(peer.ip());
+    }
+    let limits = &shared.proxy.table.settings.limits;
+    let mut phase = phase.clone();
+    let resolved = if any_contains(trusted, peer.ip()) {
+        tokio::select! {
+            header = proxy_protocol::read_header(stream, limits.header_read_timeout) => header,
+            _ = phase.wait_for(|phase| *phase == Phase::Draining) => return None,
+        }
+    } else {
+        tokio::select! {
+            checked = proxy_protocol::refuse_spoofed(stream, limits.client_idle_timeout) => checked.map(|()| None),
+            _ = phase.wait_for(|phase| *phase == Phase::Draining) => return None,
+        }
+    };
+    match resolved {
+        Ok(source) => Some(source.unwrap_or(peer.ip())),
+        Err(error) => {
+            tracing::debug!(%peer, %error, "closing a connection before its first request");
+            None
+        }
     }
 }
 
