@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use juggler::backend::conn::BackendConn;
 use juggler::backend::pool::BackendPool;
-use juggler::table::{BackendSpec, Settings, UpstreamId};
+use juggler::table::{BackendSpec, Priority, Settings, UpstreamId};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 const REQUEST: &[u8] = b"GET /small HTTP/1.1\r\nhost: bench\r\nconnection: keep-alive\r\n\r\n";
@@ -106,7 +106,7 @@ async fn checkout_shape(pool: Arc<BackendPool>, clients: u64, seconds: u64) -> u
     count_completed(clients, seconds, move || {
         let pool = Arc::clone(&pool);
         async move {
-            let Ok(mut slot) = pool.checkout().await else {
+            let Ok(mut slot) = pool.checkout(Priority::Normal).await else {
                 return false;
             };
             let Some((keep_alive, body)) = exchange(slot.conn()).await else {

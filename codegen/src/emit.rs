@@ -133,6 +133,7 @@ fn file(config: &Config) -> TokenStream {
         "ListenSettings",
         "LogFormat",
         "LogSettings",
+        "Priority",
         "Route",
         "RouteId",
         "RouteMatch",
@@ -248,6 +249,7 @@ fn protection(upstream: &Upstream) -> TokenStream {
         && upstream.slow_start.is_zero()
         && upstream.eject_after_5xx == 0
         && upstream.adaptive_min.is_none()
+        && upstream.reserved == 0
     {
         return quote! { Protection::OFF };
     }
@@ -284,12 +286,14 @@ fn protection(upstream: &Upstream) -> TokenStream {
         }
         None => quote! { None },
     };
+    let reserved = int(upstream.reserved);
     quote! {
         Protection {
             health_check: #health_check,
             slow_start: #slow_start,
             eject_after_5xx: #eject_after_5xx,
             adaptive_min: #adaptive_min,
+            reserved: #reserved,
         }
     }
 }
@@ -328,6 +332,7 @@ fn routes(config: &Config) -> TokenStream {
         let paths = route.paths.iter().map(|path| &path.text);
         let upstream = int(route.upstream);
         let retry = route.retry_non_idempotent;
+        let priority = Ident::new(&format!("{:?}", route.priority), Span::call_site());
         let source = &route.source;
         let marker = source_marker(source);
         quote! {
@@ -337,6 +342,7 @@ fn routes(config: &Config) -> TokenStream {
                 paths: &[#(#paths),*],
                 upstream: UpstreamId(#upstream),
                 retry_non_idempotent: #retry,
+                priority: Priority::#priority,
                 source: #source,
             }
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 pub use juggler_config::network::IpNetwork;
 pub use juggler_config::router::{MethodSet, METHOD_NAMES};
 use juggler_config::schema::{Kind, SectionSpec, SettingSpec};
-pub use juggler_config::table::{BalancePolicy, LogFormat, Named, TlsMode};
+pub use juggler_config::table::{BalancePolicy, LogFormat, Named, Priority, TlsMode};
 use juggler_config::table::{Settings as RuntimeSettings, SPECIFIED_SETTINGS};
 
 use crate::pattern::PathKind;
@@ -59,6 +59,8 @@ pub struct Upstream {
     pub eject_after_5xx: u32,
     /// `connections_per_server = { min, max }`: the adaptive limit's floor (the pool size is max).
     pub adaptive_min: Option<usize>,
+    /// `reserved`: slots per server for high-priority routes (0: none).
+    pub reserved: usize,
 }
 
 /// An upstream's `health_check`, every default filled in.
@@ -80,6 +82,7 @@ pub struct Route {
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
     pub retry_non_idempotent: bool,
+    pub priority: Priority,
     /// `file:line` of the `[[route]]` header.
     pub source: String,
 }

@@ -137,6 +137,8 @@ pub struct RawUpstreamBody {
     /// A duration: `"30s"`.
     pub slow_start: Option<Spanned<String>>,
     pub eject_after_5xx: Option<Spanned<i64>>,
+    /// Slots of each server kept for `priority = "high"` routes.
+    pub reserved: Option<Spanned<i64>>,
 }
 
 /// `health_check = { path = "/healthz", interval = "2s", timeout = "1s", expect = "2xx", fails = 2,
@@ -229,6 +231,8 @@ pub struct RawRoute {
     pub paths: Option<Spanned<Vec<Spanned<String>>>>,
     pub upstream: Option<Spanned<String>>,
     pub retry_non_idempotent: Option<Spanned<bool>>,
+    /// `"high"`, `"normal"` or `"low"`.
+    pub priority: Option<Spanned<String>>,
 }
 
 /// `"*"` (or, mistakenly, any other single string) or a list of method names.

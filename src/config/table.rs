@@ -77,6 +77,9 @@ pub struct Protection {
     /// `connections_per_server = { min, max }`: the usable slots move between `min` and the pool
     /// size (`max`) with measured response times; `None`: a fixed `n`.
     pub adaptive_min: Option<usize>,
+    /// `reserved`: slots of each server's pool that only `priority = "high"` routes may take
+    /// (0: none; always below the pool size).
+    pub reserved: usize,
 }
 
 impl Protection {
@@ -85,6 +88,7 @@ impl Protection {
         slow_start: Duration::ZERO,
         eject_after_5xx: 0,
         adaptive_min: None,
+        reserved: 0,
     };
 }
 
@@ -187,8 +191,33 @@ pub struct Route {
     pub upstream: UpstreamId,
     /// Whether a POST/PATCH may be re-sent after a pooled connection failed before any response byte.
     pub retry_non_idempotent: bool,
+    /// `priority = "high" | "normal" | "low"`: which of a backend's slots and queue places its
+    /// requests may take (see [`Priority`]).
+    pub priority: Priority,
     /// `file:line` of the route in its source, for logs and `--print-routes`.
     pub source: &'static str,
+}
+
+/// A route's claim on a saturated backend (`priority = "..."`). Only `high` requests may take the
+/// slots an upstream's `reserved` keeps back; `low` requests are the first refused when the queue
+/// fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// `"high"`: may use every slot, reserved ones included, and never waits behind normal or
+    /// low traffic for them.
+    High,
+    /// `"normal"`: the default.
+    Normal,
+    /// `"low"`: like normal, but may queue only while the queue is less than half full.
+    Low,
+}
+
+impl Named for Priority {
+    const NAMES: &'static [(&'static str, Priority)] = &[
+        ("normal", Priority::Normal),
+        ("high", Priority::High),
+        ("low", Priority::Low),
+    ];
 }
 
 /// What the route matcher says about a request.

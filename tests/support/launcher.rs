@@ -11,8 +11,8 @@ use juggler::metrics::ListenerKind;
 use juggler::proxy::Proxy;
 use juggler::router::MethodSet;
 use juggler::table::{
-    BackendId, BackendSpec, BalancePolicy, Protection, Route, RouteId, RouteMatch, RouteTable,
-    Settings, Upstream, UpstreamId,
+    BackendId, BackendSpec, BalancePolicy, Priority, Protection, Route, RouteId, RouteMatch,
+    RouteTable, Settings, Upstream, UpstreamId,
 };
 use juggler::tls::{self, ReloadableCert};
 use juggler::Listeners;
@@ -245,6 +245,7 @@ pub fn protected_table(
             paths: &["/*"],
             upstream: UpstreamId(0),
             retry_non_idempotent: false,
+            priority: Priority::Normal,
             source: "test:1",
         },
         Route {
@@ -252,6 +253,7 @@ pub fn protected_table(
             paths: &["/get-only"],
             upstream: UpstreamId(0),
             retry_non_idempotent: false,
+            priority: Priority::Normal,
             source: "test:2",
         },
     ];

@@ -7,7 +7,7 @@ use toml::Spanned;
 
 use super::{Checker, MAX_IDS};
 use crate::diagnostics::did_you_mean;
-use crate::model::{MethodSet, Route, RoutePath, Upstream, METHOD_NAMES};
+use crate::model::{MethodSet, Named, Priority, Route, RoutePath, Upstream, METHOD_NAMES};
 use crate::pattern::{parse_path, PathKind};
 use crate::raw::{RawMethods, RawRoute, Section};
 
@@ -37,7 +37,19 @@ impl Checker<'_> {
             let methods = self.methods(route, &span);
             let paths = self.paths(route, &span);
             let upstream = self.route_upstream(route, &span, upstream_names.as_deref());
-            let (Some(methods), Some(paths), Some(upstream)) = (methods, paths, upstream) else {
+            let priority = match &route.value.priority {
+                Some(raw) => self.named(
+                    raw,
+                    "priority",
+                    "a route priority",
+                    "\"high\" (may take reserved slots), \"normal\" (the default) or \"low\" \
+                     (refused first when the queue fills)",
+                ),
+                None => Some(Priority::DEFAULT),
+            };
+            let (Some(methods), Some(paths), Some(upstream), Some(priority)) =
+                (methods, paths, upstream, priority)
+            else {
                 continue;
             };
             let route = Route {
@@ -49,6 +61,7 @@ impl Checker<'_> {
                     .retry_non_idempotent
                     .as_ref()
                     .is_some_and(|retry| *retry.get_ref()),
+                priority,
                 source: self.location(&span),
             };
             self.reachability(&route, &routes, raw_route);

@@ -129,6 +129,11 @@ impl Checker<'_> {
                     )
                 })
                 .unwrap_or(0);
+            let reserved = body
+                .reserved
+                .as_ref()
+                .and_then(|raw| self.reserved(raw, &backends, &members))
+                .unwrap_or(0);
             upstreams.push(Upstream {
                 name: name.clone(),
                 backends: members,
@@ -139,6 +144,7 @@ impl Checker<'_> {
                 slow_start,
                 eject_after_5xx,
                 adaptive_min,
+                reserved,
             });
         }
         if backends.len() > MAX_IDS || upstreams.len() > MAX_IDS {
@@ -351,6 +357,38 @@ impl Checker<'_> {
     }
 
     /// A whole number from `min` to `max`.
+    /// `reserved`: fewer than every server's pool size, so normal traffic keeps at least one slot.
+    fn reserved(
+        &mut self,
+        raw: &Spanned<i64>,
+        backends: &[Backend],
+        members: &[usize],
+    ) -> Option<usize> {
+        let reserved = self.count(
+            raw,
+            "reserved",
+            0,
+            BackendSpec::MAX_POOL_SIZE as i64 - 1,
+            "0 reserves nothing; 1 keeps one slot of each server for `priority = \"high\"` routes",
+        )? as usize;
+        let smallest = members
+            .iter()
+            .map(|&member| &backends[member])
+            .min_by_key(|backend| backend.pool_size)?;
+        if reserved >= smallest.pool_size {
+            self.error(
+                raw.span(),
+                format!(
+                    "`reserved = {reserved}` leaves no slot for normal traffic on `{}`, whose pool has {}",
+                    smallest.address, smallest.pool_size
+                ),
+                format!("reserve 0 to {} slots", smallest.pool_size - 1),
+            );
+            return None;
+        }
+        Some(reserved)
+    }
+
     fn count(
         &mut self,
         raw: &Spanned<i64>,

@@ -271,6 +271,12 @@ impl ProxyCollector {
         )?;
         gauge(
             encoder,
+            "juggler_backend_reserved",
+            "Slots kept for high-priority routes (reserved)",
+            &gauges(BackendPool::reserved),
+        )?;
+        gauge(
+            encoder,
             "juggler_backend_connections_open",
             "Pooled connections open now",
             &gauges(BackendPool::open_connections),

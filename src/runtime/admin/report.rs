@@ -60,6 +60,9 @@ pub struct BackendReport {
     /// Slots it may use now: `n`, or less during slow start (or a fleet share).
     #[serde(default)]
     pub limit: usize,
+    /// Slots of `limit` only high-priority routes may take (`reserved`; 0: none).
+    #[serde(default)]
+    pub reserved: usize,
     /// How the last health check ended (`200`, `timeout`, `failed`, `hung`); `null` without
     /// checks or before the first.
     #[serde(default)]
@@ -230,6 +233,7 @@ pub(super) fn backend_report(pool: &BackendPool, history: &History, index: u16) 
         down_reason: down_reason(pool).map(str::to_owned),
         pool_size: pool.spec.pool_size,
         limit: pool.limit(),
+        reserved: pool.reserved(),
         last_check: last_check(pool),
         checks_passed: pool.protection.checks_passed(),
         checks_failed: pool.protection.checks_failed(),

@@ -493,7 +493,7 @@ mod tests {
                 health_check: None,
                 slow_start,
                 eject_after_5xx,
-                adaptive_min: None,
+                ..Protection::OFF
             },
             8,
         )

@@ -6,6 +6,11 @@
 //! of a slot, a backend never sees more than `n` connections from Juggler, not even briefly.
 //! Requests that find every slot busy wait on the semaphore, whose waiters are served first come,
 //! first served: that wait list *is* the bounded FIFO queue of the original design.
+//!
+//! An upstream with `reserved = r` keeps r of the slots for `priority = "high"` routes: normal and
+//! low requests first take a share from a second, smaller semaphore ([`SharedSlots`], the limit
+//! less r) and queue there, so they never hold more than that many slots and a high request waits
+//! only for other high requests. Without `reserved` there is no second semaphore at all.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
@@ -21,7 +26,7 @@ pub use super::limit::LimitSource;
 use super::limit::SlotLimit;
 
 use crate::metrics::BackendCounters;
-use crate::table::{BackendSpec, Protection, Settings};
+use crate::table::{BackendSpec, Priority, Protection, Settings};
 
 /// Why a request could not get a pooled connection.
 #[derive(Debug)]
@@ -58,6 +63,8 @@ pub struct BackendPool {
     slots: Semaphore,
     /// How many of the `n` slots may be used now, kept in step with `slots`' permits.
     limit: SlotLimit,
+    /// The slots normal and low requests may hold (`None` when the upstream reserves none).
+    shared: Option<SharedSlots>,
     /// Open connections not carrying a request. Taken most-recently-used first, so the warmest
     /// connections carry the traffic and idle ones are the ones the refill task checks.
     idle: Mutex<Vec<Member>>,
@@ -92,6 +99,69 @@ pub struct BackendPool {
     max_queued: usize,
     queue_timeout: Duration,
     connect_timeout: Duration,
+}
+
+/// The part of a pool's slots that normal and low requests share: the limit less the reserved
+/// slots, but at least one while the limit is above zero (so slow start, which ramps from one
+/// slot, or an adaptive limit at its floor, does not starve all but high traffic). A second
+/// [`SlotLimit`] keeps its permits in step with the pool's limit, lowered and raised alike.
+#[derive(Debug)]
+struct SharedSlots {
+    reserved: usize,
+    /// One permit per slot normal and low requests may hold; its wait list is where they queue.
+    slots: Semaphore,
+    limit: SlotLimit,
+}
+
+impl SharedSlots {
+    fn new(pool_size: usize, reserved: usize) -> Option<SharedSlots> {
+        (reserved > 0).then(|| {
+            let size = shared_part(pool_size, reserved);
+            SharedSlots {
+                reserved,
+                slots: Semaphore::new(size),
+                limit: SlotLimit::new(size),
+            }
+        })
+    }
+
+    /// Follows a change of one source's cap on the whole pool.
+    fn follow(&self, source: LimitSource, cap: Option<usize>) {
+        let cap = cap.map(|cap| shared_part(cap, self.reserved));
+        self.limit.set(source, cap, &self.slots);
+    }
+
+    fn try_take(&self) -> Option<Share<'_>> {
+        self.slots.try_acquire().ok()?.forget();
+        Some(Share(self))
+    }
+}
+
+/// The slots of `limit` that normal and low traffic may hold. Monotone in `limit`, so the lowest
+/// source's cap on the pool also gives the lowest cap here.
+fn shared_part(limit: usize, reserved: usize) -> usize {
+    if limit == 0 {
+        0
+    } else {
+        limit.saturating_sub(reserved).max(1)
+    }
+}
+
+/// A share of [`SharedSlots`] held by a normal or low request; given back on drop, or kept by the
+/// [`PooledConn`] it becomes (see [`Share::keep`]).
+struct Share<'a>(&'a SharedSlots);
+
+impl Share<'_> {
+    /// From here the [`PooledConn`] gives the share back.
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Share<'_> {
+    fn drop(&mut self) {
+        self.0.limit.give_back(&self.0.slots);
+    }
 }
 
 /// Whether an operator took the backend out of rotation (the admin API's drain).
@@ -131,6 +201,8 @@ pub struct PooledConn {
     pub from_idle: bool,
     /// How long the request waited in the queue for this slot.
     pub queued_for: Duration,
+    /// Holds a share of the pool's [`SharedSlots`] too (a normal or low request).
+    shared: bool,
 }
 
 impl BackendPool {
@@ -148,6 +220,7 @@ impl BackendPool {
             spec,
             slots: Semaphore::new(spec.pool_size),
             limit: SlotLimit::new(spec.pool_size),
+            shared: SharedSlots::new(spec.pool_size, protection.reserved),
             idle: Mutex::new(Vec::with_capacity(spec.pool_size)),
             queued: AtomicUsize::new(0),
             open: Arc::new(AtomicUsize::new(0)),
@@ -257,6 +330,9 @@ impl BackendPool {
     /// task opens their connections. Returns the limit now in force.
     pub fn set_limit(&self, source: LimitSource, cap: Option<usize>) -> usize {
         let limit = self.limit.set(source, cap, &self.slots);
+        if let Some(shared) = &self.shared {
+            shared.follow(source, cap);
+        }
         self.close_idle_above(limit);
         self.refill.notify_one();
         limit
@@ -294,14 +370,29 @@ impl BackendPool {
         self.queued.load(Ordering::Relaxed)
     }
 
+    /// Slots of each server's pool kept for `priority = "high"` routes.
+    pub fn reserved(&self) -> usize {
+        self.shared.as_ref().map_or(0, |shared| shared.reserved)
+    }
+
     /// Takes a slot (waiting in the queue if all are busy) and returns it with an open connection.
-    pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, CheckoutError> {
+    /// A normal or low request also takes a share of the unreserved slots first, if any are
+    /// reserved.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        priority: Priority,
+    ) -> Result<PooledConn, CheckoutError> {
         let started = Instant::now();
-        match self.slots.try_acquire() {
-            Ok(permit) => permit.forget(),
-            Err(_) => self.wait_for_slot().await?,
+        let shared = self.shared.as_ref().filter(|_| priority != Priority::High);
+        let share = shared.and_then(SharedSlots::try_take);
+        if shared.is_none() || share.is_some() {
+            if let Ok(permit) = self.slots.try_acquire() {
+                permit.forget();
+                return self.fill_slot(started, share).await;
+            }
         }
-        self.fill_slot(started).await
+        let share = self.wait_for_slot(priority, shared, share).await?;
+        self.fill_slot(started, share).await
     }
 
     /// A slot with its connection only if a slot is free now (`None` otherwise): what a health
@@ -310,13 +401,21 @@ impl BackendPool {
         self: &Arc<Self>,
     ) -> Option<Result<PooledConn, CheckoutError>> {
         self.slots.try_acquire().ok()?.forget();
-        Some(self.fill_slot(Instant::now()).await)
+        Some(self.fill_slot(Instant::now(), None).await)
     }
 
-    /// Gives the slot just taken its connection: an idle one, or one opened within the slot.
-    async fn fill_slot(self: &Arc<Self>, started: Instant) -> Result<PooledConn, CheckoutError> {
-        // From here the slot is ours; `slot` gives it back on every path out, errors included.
+    /// Gives the slot just taken (with its share, if any) its connection: an idle one, or one
+    /// opened within the slot.
+    async fn fill_slot(
+        self: &Arc<Self>,
+        started: Instant,
+        share: Option<Share<'_>>,
+    ) -> Result<PooledConn, CheckoutError> {
+        // From here the slot and the share are ours; `slot` gives them back on every path out,
+        // errors included.
+        let shared = share.map(Share::keep).is_some();
         let mut slot = PooledConn {
+            shared,
             pool: Arc::clone(self),
             conn: None,
             reusable: false,
@@ -464,8 +563,20 @@ impl BackendPool {
             .map(|_| Counted(Arc::clone(&self.open)))
     }
 
-    async fn wait_for_slot(&self) -> Result<(), CheckoutError> {
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queued {
+    /// Queues for a slot, and for a share of the unreserved ones first if `shared` is given and
+    /// `share` not yet taken. A low request queues only while fewer than half of `max_queued`
+    /// wait, so that when the queue fills, low traffic is the first refused.
+    async fn wait_for_slot<'a>(
+        &self,
+        priority: Priority,
+        shared: Option<&'a SharedSlots>,
+        share: Option<Share<'a>>,
+    ) -> Result<Option<Share<'a>>, CheckoutError> {
+        let room = match priority {
+            Priority::Low => self.max_queued / 2,
+            Priority::High | Priority::Normal => self.max_queued,
+        };
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= room {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(CheckoutError::QueueFull);
         }
@@ -480,15 +591,24 @@ impl BackendPool {
         if self.protection.out_of_rotation() {
             return Err(CheckoutError::Down);
         }
-        let acquire = tokio::time::timeout(self.queue_timeout, self.slots.acquire());
+        // A share taken here is dropped (given back) if the wait ends before the slot is taken.
+        let both = async {
+            let share = match (shared, share) {
+                (Some(shared), None) => {
+                    shared.slots.acquire().await.ok()?.forget();
+                    Some(Share(shared))
+                }
+                (_, share) => share,
+            };
+            self.slots.acquire().await.ok()?.forget();
+            Some(share)
+        };
+        let acquire = tokio::time::timeout(self.queue_timeout, both);
         tokio::select! {
             acquired = acquire => match acquired {
-                Ok(Ok(permit)) => {
-                    permit.forget();
-                    Ok(())
-                }
-                // The semaphore is never closed; treat it like a timeout rather than panic.
-                Ok(Err(_)) | Err(_) => Err(CheckoutError::QueueTimeout),
+                Ok(Some(share)) => Ok(share),
+                // The semaphores are never closed; treat it like a timeout rather than panic.
+                Ok(None) | Err(_) => Err(CheckoutError::QueueTimeout),
             },
             () = gone => Err(CheckoutError::Down),
         }
@@ -762,6 +882,13 @@ impl Drop for PooledConn {
     fn drop(&mut self) {
         self.pool
             .give_back(self.conn.take(), self.reusable && !self.detour);
+        // After the slot: a high request waiting for it is served before the normal one this
+        // share lets through.
+        if self.shared {
+            if let Some(shared) = &self.pool.shared {
+                drop(Share(shared));
+            }
+        }
     }
 }
 
@@ -823,6 +950,43 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shared_part_is_the_limit_less_the_reserved_slots_but_never_none() {
+        assert_eq!(shared_part(3, 1), 2);
+        assert_eq!(shared_part(8, 3), 5);
+        assert_eq!(
+            shared_part(1, 1),
+            1,
+            "slow start at 1: normal traffic keeps its slot"
+        );
+        assert_eq!(shared_part(2, 4), 1);
+        assert_eq!(
+            shared_part(0, 1),
+            0,
+            "a fleet share of 0 leaves nothing to anybody"
+        );
+    }
+
+    #[test]
+    fn shares_follow_the_pool_limit_and_come_back_on_drop() {
+        assert!(
+            SharedSlots::new(4, 0).is_none(),
+            "no reserve, no second semaphore"
+        );
+        let shared = SharedSlots::new(4, 1).unwrap();
+        let held: Vec<Share<'_>> = (0..3).map_while(|_| shared.try_take()).collect();
+        assert_eq!(held.len(), 3, "n = 4 less 1 reserved");
+        assert!(shared.try_take().is_none());
+        // The pool's limit drops to 2 while all three are held: they owe two back.
+        shared.follow(LimitSource::Protection, Some(2));
+        drop(held);
+        let again: Vec<Share<'_>> = (0..3).map_while(|_| shared.try_take()).collect();
+        assert_eq!(again.len(), 1, "limit 2 less 1 reserved");
+        drop(again);
+        shared.follow(LimitSource::Protection, None);
+        assert_eq!(shared.slots.available_permits(), 3);
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_with_jitter() {

@@ -415,13 +415,13 @@ impl Proxy {
                     && rival_pool.takes_requests()
             });
             let checked = match rival {
-                None => pool.checkout().await,
+                None => pool.checkout(route.priority).await,
                 Some(rival) => {
                     let rival_pool = &self.pools[usize::from(rival.0)];
                     // Losing checkouts are dropped, which takes them out of their queue.
                     let (checked, rival_won) = tokio::select! {
-                        checked = pool.checkout() => (checked, false),
-                        checked = rival_pool.checkout() => (checked, true),
+                        checked = pool.checkout(route.priority) => (checked, false),
+                        checked = rival_pool.checkout(route.priority) => (checked, true),
                     };
                     if rival_won {
                         order[next] = backend;
