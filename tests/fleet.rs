@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use juggler::fleet::shares::MemberRecord;
 use juggler::table::{FleetSettings, Settings};
 use juggler_testkit::etcd::Etcd;
-use juggler_testkit::{table, Client, TestBackend};
+use juggler_testkit::{table, Client, HeldSockets, TestBackend};
 
 /// Connections per backend for the whole fleet.
 const N: usize = 6;
@@ -300,8 +300,7 @@ struct MostOpen {
 
 impl MostOpen {
     /// Samples the kernel's count: TCP sockets of the instances' processes in ESTABLISHED toward
-    /// each backend (`/proc/net/tcp`, matched to the processes' descriptors by inode), i.e. the
-    /// connections the instances hold. A backend's own count of its connection tasks lags a
+    /// each backend ([`HeldSockets`]), i.e. the connections the instances hold. A backend's own count of its connection tasks lags a
     /// close by however long its runtime takes to run the closed connection's task, which on a
     /// loaded machine overlapped a new connection from another instance; the kernel's state
     /// changes at the close itself. Only the instances' sockets count: other tests on the machine
@@ -313,10 +312,9 @@ impl MostOpen {
         let (seen, done) = (Arc::clone(&most), Arc::clone(&stop));
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                let sockets = instance_sockets();
-                let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+                let held = HeldSockets::of(&PIDS.lock().unwrap().clone());
                 for port in &ports {
-                    seen.fetch_max(established_to(&table, *port, &sockets), Ordering::Relaxed);
+                    seen.fetch_max(held.established_toward(*port), Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -359,42 +357,6 @@ impl Drop for MostOpen {
 
 /// Process ids of the instances started so far (gone ones simply have no descriptors).
 static PIDS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
-
-/// The socket inodes the instances' processes hold now.
-fn instance_sockets() -> std::collections::HashSet<String> {
-    let pids = PIDS.lock().unwrap().clone();
-    pids.iter()
-        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
-        .flatten()
-        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-        .filter_map(|target| {
-            let target = target.to_string_lossy().into_owned();
-            Some(
-                target
-                    .strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .to_owned(),
-            )
-        })
-        .collect()
-}
-
-/// Sockets of `/proc/net/tcp` among `sockets` (by inode), in ESTABLISHED (`01`), whose remote
-/// end is 127.0.0.1:`port`.
-fn established_to(table: &str, port: u16, sockets: &std::collections::HashSet<String>) -> usize {
-    let remote = format!("0100007F:{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.len() > 9
-                && fields[2] == remote
-                && fields[3] == "01"
-                && sockets.contains(fields[9])
-        })
-        .count()
-}
 
 /// The members' recorded shares, by instance name, read from etcd.
 async fn shares(etcd: &Etcd) -> BTreeMap<String, Vec<usize>> {

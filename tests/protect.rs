@@ -76,29 +76,6 @@ impl Server {
             "kill({signal}) failed"
         );
     }
-
-    /// TCP connections established to the server's port, from the kernel's table: the ones a
-    /// stopped process has not accepted yet count too.
-    fn connections(&self) -> usize {
-        let port = format!(":{:04X} ", self.addr.port());
-        ["/proc/net/tcp", "/proc/net/tcp6"]
-            .iter()
-            .filter_map(|table| std::fs::read_to_string(table).ok())
-            .map(|table| {
-                table
-                    .lines()
-                    .skip(1)
-                    .filter(|line| {
-                        let fields: Vec<&str> = line.split_whitespace().collect();
-                        // local_address is field 1, state field 3 (01: established).
-                        fields.len() > 3
-                            && format!("{} ", fields[1]).ends_with(&port)
-                            && fields[3] == "01"
-                    })
-                    .count()
-            })
-            .sum()
-    }
 }
 
 impl Drop for Server {
@@ -160,7 +137,10 @@ fn load(
         .collect()
 }
 
-/// Samples every backend's open connections every 5 ms until `stop`; the most seen per backend.
+/// Samples every 5 ms the connections this process (Juggler, in the test's runtime) holds open to
+/// each backend, until `stop`; the most seen per backend. Counted on Juggler's side (see
+/// [`HeldSockets`]): a backend's side of a closed connection stays ESTABLISHED until the FIN
+/// arrives, which under load can follow the replacement's handshake.
 fn sample_connections(
     servers: Vec<Arc<Server>>,
     stop: Arc<AtomicBool>,
@@ -168,8 +148,9 @@ fn sample_connections(
     std::thread::spawn(move || {
         let mut most = vec![0; servers.len()];
         while !stop.load(Ordering::Relaxed) {
+            let held = HeldSockets::of(&[std::process::id()]);
             for (most, server) in most.iter_mut().zip(&servers) {
-                *most = (*most).max(server.connections());
+                *most = (*most).max(held.established_toward(server.addr.port()));
             }
             std::thread::sleep(Duration::from_millis(5));
         }

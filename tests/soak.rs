@@ -43,6 +43,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use juggler_testkit::certs::{CertFiles, TestCert};
+use juggler_testkit::tcp_table::{HeldSockets, TcpSocket};
 use juggler_testkit::tls::{client_config, tls_connect, ALPN_H2, ALPN_HTTP11};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -729,60 +730,12 @@ impl JugglerProcess {
         self.backend_socket_states().0.map(|states| states.len())
     }
 
-    /// The TCP state of each of Juggler's own sockets whose peer is a backend port, per backend:
-    /// the connections it holds in any state (one it has closed leaves its descriptor table).
-    /// Juggler's sockets to each backend, and how many `/proc/<pid>/net/tcp` listed twice. The
-    /// kernel writes that table a page per read as it walks its hash table, so it is no snapshot:
-    /// a socket closed between two reads shifts the walk, and entries already written come again.
-    fn backend_socket_states(&self) -> ([Vec<HeldSocket>; 3], usize) {
-        let mut inodes = std::collections::HashSet::new();
-        if let Ok(entries) = fs::read_dir(format!("/proc/{}/fd", self.pid)) {
-            for entry in entries.flatten() {
-                if let Ok(target) = fs::read_link(entry.path()) {
-                    let target = target.to_string_lossy().into_owned();
-                    if let Some(inode) = target
-                        .strip_prefix("socket:[")
-                        .and_then(|rest| rest.strip_suffix(']'))
-                    {
-                        inodes.insert(inode.to_owned());
-                    }
-                }
-            }
-        }
-        let table = fs::read_to_string(format!("/proc/{}/net/tcp", self.pid)).unwrap_or_default();
-        let mut held: [Vec<HeldSocket>; 3] = Default::default();
-        let mut listed = std::collections::HashSet::new();
-        let mut listed_twice = 0;
-        for line in table.lines().skip(1) {
-            let fields: Vec<_> = line.split_whitespace().collect();
-            if fields.len() < 10 || !inodes.contains(fields[9]) {
-                continue;
-            }
-            if !listed.insert(fields[9]) {
-                listed_twice += 1;
-                continue;
-            }
-            let remote_port = fields[2]
-                .rsplit(':')
-                .next()
-                .and_then(|port| u16::from_str_radix(port, 16).ok());
-            if let Some(index) = BACKEND_PORTS
-                .iter()
-                .position(|&port| Some(port) == remote_port)
-            {
-                let local_port = fields[1]
-                    .rsplit(':')
-                    .next()
-                    .and_then(|port| u16::from_str_radix(port, 16).ok())
-                    .unwrap_or(0);
-                held[index].push(HeldSocket {
-                    state: tcp_state(fields[3]),
-                    local_port,
-                    queues: fields[4].to_owned(),
-                });
-            }
-        }
-        (held, listed_twice)
+    /// Juggler's sockets to each backend in any state (one it has closed leaves its descriptor
+    /// table), and how many entries the kernel's table listed twice (see [`HeldSockets`]).
+    fn backend_socket_states(&self) -> ([Vec<TcpSocket>; 3], usize) {
+        let held = HeldSockets::of(&[self.pid]);
+        let toward = |port| held.toward(port).cloned().collect();
+        (BACKEND_PORTS.map(toward), held.listed_twice)
     }
 
     /// SIGTERM, then the exit status (None if it did not exit within 15 s).
@@ -801,30 +754,6 @@ impl JugglerProcess {
 
     fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-}
-
-/// One of Juggler's sockets to a backend, as `/proc/net/tcp` shows it.
-struct HeldSocket {
-    state: &'static str,
-    local_port: u16,
-    /// `tx_queue:rx_queue` (hex bytes): unsent and unread data.
-    queues: String,
-}
-
-/// The name of a state in `/proc/net/tcp` (include/net/tcp_states.h).
-fn tcp_state(code: &str) -> &'static str {
-    match code {
-        "01" => "ESTABLISHED",
-        "02" => "SYN_SENT",
-        "04" => "FIN_WAIT1",
-        "05" => "FIN_WAIT2",
-        "06" => "TIME_WAIT",
-        "07" => "CLOSE",
-        "08" => "CLOSE_WAIT",
-        "09" => "LAST_ACK",
-        "0B" => "CLOSING",
-        _ => "other",
     }
 }
 

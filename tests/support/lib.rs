@@ -17,6 +17,7 @@ pub mod hyper_backend;
 pub mod launcher;
 pub mod raw;
 pub mod raw_backend;
+pub mod tcp_table;
 pub mod tls;
 pub mod upgrade;
 pub mod wire;
@@ -32,6 +33,7 @@ pub use launcher::{
     balanced_table, protected_table, settings_with, start_one_backend, table, test_routes,
     TestJuggler,
 };
+pub use tcp_table::HeldSockets;
 
 /// Every test gives up after this long rather than hang.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
