@@ -4,11 +4,9 @@
 //! ejected and comes back when healthy; the checks ride on pooled connections and the bound `n`
 //! holds throughout (sampled from the backends' own open sockets).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use juggler::table::{BalancePolicy, HealthCheck, Protection, Settings};
@@ -19,7 +17,7 @@ const N: usize = 4;
 
 /// A `test_server` child process serving a root with `/healthz` and `/x`; killed on drop.
 struct Server {
-    child: Child,
+    process: TestServerProcess,
     addr: SocketAddr,
     _root: TempDir,
 }
@@ -33,55 +31,17 @@ impl Server {
         let root = TempDir::new("protect");
         std::fs::write(root.file("healthz"), "ok\n").unwrap();
         std::fs::write(root.file("x"), "x\n").unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_test_server"))
-            .args(["--port", &port.to_string(), "--root"])
-            .arg(root.file(""))
-            .args(flags)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (line_tx, line_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let line = line_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("test_server did not print its listening line");
-        let addr = line
-            .strip_prefix("test_server listening on ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+        let binary = env!("CARGO_BIN_EXE_test_server");
+        let process = TestServerProcess::start(binary, &root.file(""), port, flags);
         Server {
-            child,
-            addr,
+            addr: process.addr,
+            process,
             _root: root,
         }
     }
 
     fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: a signal to our own child, not yet reaped (it is reaped only in `drop`).
-        assert_eq!(
-            unsafe { libc::kill(pid, signal) },
-            0,
-            "kill({signal}) failed"
-        );
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.signal(signal);
     }
 }
 

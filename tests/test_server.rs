@@ -2,21 +2,17 @@
 //! to with a hyper client and, where the exact bytes on the wire matter (keep-alive, traversal
 //! paths a client library might normalise), with a raw `TcpStream`.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use juggler_testkit::wire::{RawResponse, Wire};
-use juggler_testkit::{Answer, Client, TempDir};
+use juggler_testkit::{Answer, Client, TempDir, TestServerProcess};
 
-/// How long the binary may take to print its listening line.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Written outside the served root; no response may ever contain it.
 const SECRET: &str = "SECRET-OUTSIDE-THE-ROOT";
 
@@ -46,80 +42,28 @@ impl TestRoot {
 }
 
 /// `test_server` serving a fresh [`TestRoot`], which lives as long as the server.
-fn serve_test_root() -> (RunningServer, TestRoot) {
+fn serve_test_root() -> (TestServerProcess, TestRoot) {
     let tree = TestRoot::create();
     (RunningServer::start(&tree.root), tree)
 }
 
-/// The `test_server` binary running as a child process; killed on drop.
-struct RunningServer {
-    child: Child,
-    addr: SocketAddr,
-}
+/// The `test_server` binary running as a child process, its listening line checked.
+struct RunningServer;
 
 impl RunningServer {
-    fn start(root: &Path) -> RunningServer {
+    fn start(root: &Path) -> TestServerProcess {
         Self::start_with(root, &[])
     }
 
     /// With extra flags (`--delay`, `--fail-rate`).
-    fn start_with(root: &Path, flags: &[&str]) -> RunningServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_test_server"))
-            .args(["--port", "0", "--root"])
-            .arg(root)
-            .args(flags)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (line_tx, line_rx) = mpsc::channel();
-        // The reader thread ends when the child's stdout closes, i.e. when the child exits.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = RunningServer {
-            child,
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        };
-        let line = line_rx
-            .recv_timeout(STARTUP_TIMEOUT)
-            .expect("test_server did not print its listening line");
-        server.addr = parse_listening_line(&line, root);
-        println!("started: {line}");
+    fn start_with(root: &Path, flags: &[&str]) -> TestServerProcess {
+        let server = TestServerProcess::start(env!("CARGO_BIN_EXE_test_server"), root, 0, flags);
+        assert_eq!(
+            parse_listening_line(&server.listening_line, root),
+            server.addr
+        );
+        println!("started: {}", server.listening_line);
         server
-    }
-
-    /// Sends SIGTERM and waits (bounded) for the exit status.
-    fn terminate(&mut self) -> (ExitStatus, Duration) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: sending a signal to our own child process, whose pid we still own (not reaped).
-        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(sent, 0, "kill(SIGTERM) failed");
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status, started.elapsed());
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "no exit 10 s after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

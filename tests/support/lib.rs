@@ -18,6 +18,7 @@ pub mod launcher;
 pub mod raw;
 pub mod raw_backend;
 pub mod tcp_table;
+pub mod test_server;
 pub mod tls;
 pub mod upgrade;
 pub mod wire;
@@ -34,6 +35,7 @@ pub use launcher::{
     TestJuggler,
 };
 pub use tcp_table::HeldSockets;
+pub use test_server::TestServerProcess;
 
 /// Every test gives up after this long rather than hang.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
