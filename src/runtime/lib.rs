@@ -23,6 +23,7 @@
 //! - [`metrics`]: the request path's sharded counters and latency histograms (read by `admin`).
 //! - [`logging`]: log lines gathered per thread and written in batches; the access line formatted
 //!   cheaply (what the access log costs).
+//! - `deadline`: a timeout that costs nothing when the work is done at once.
 //! - `error`: `ProxyError`, which knows who failed and what status the client sees.
 //! - `hop_by_hop`: the header rule both sides share: which fields belong to one connection.
 //! - [`table`], [`router`], [`describe`]: the config schema (crate `juggler-config`).
@@ -35,6 +36,7 @@ pub use juggler_config::{describe, router, table};
 pub mod admin;
 pub mod backend;
 pub mod client;
+mod deadline;
 mod error;
 pub mod fleet;
 mod hop_by_hop;

@@ -14,6 +14,7 @@ use super::body::{ResponseBody, StreamingBody};
 use super::conn::{BodyError, BodyState, Framing, HeadError, ResponseHead, Sent};
 use super::pool::PooledConn;
 use super::spool::{spool_response, Budget, RequestBody, SpoolJob};
+use crate::deadline::within;
 use crate::error::ProxyError;
 
 /// The request as it goes to a backend, encoded once and re-sent as is.
@@ -44,29 +45,29 @@ pub async fn exchange(
     // closes before reading it, and that answer is what the client should see. A backend that
     // stops reading without closing gets the backend timeout for the write too (or a slot would
     // be held forever); an answer it already sent is still relayed.
+    // Each step is bounded by `within`: most finish on their first poll and then cost no timer.
     let write = conn.write_request(request.head, request.body);
-    let (sent, write_error, head_timeout) =
-        match tokio::time::timeout(limits.backend_timeout, write).await {
-            Ok(Ok(sent)) => (sent, None, limits.backend_timeout),
-            Ok(Err(error)) => (Sent::AnsweredEarly, Some(error), limits.backend_timeout),
-            Err(_) => (
-                Sent::AnsweredEarly,
-                Some(std::io::ErrorKind::TimedOut.into()),
-                Duration::ZERO,
-            ),
-        };
+    let (sent, write_error, head_timeout) = match within(limits.backend_timeout, write).await {
+        Some(Ok(sent)) => (sent, None, limits.backend_timeout),
+        Some(Err(error)) => (Sent::AnsweredEarly, Some(error), limits.backend_timeout),
+        None => (
+            Sent::AnsweredEarly,
+            Some(std::io::ErrorKind::TimedOut.into()),
+            Duration::ZERO,
+        ),
+    };
     let read_head = conn.read_head(request.is_head);
-    let mut head = match tokio::time::timeout(head_timeout, read_head).await {
-        Err(_) => return Err(timed_out()),
-        Ok(Ok(head)) => head,
-        Ok(Err(HeadError::NothingReceived(source))) => {
+    let mut head = match within(head_timeout, read_head).await {
+        None => return Err(timed_out()),
+        Some(Ok(head)) => head,
+        Some(Err(HeadError::NothingReceived(source))) => {
             return Err(ProxyError::BackendGone {
                 backend,
                 reused,
                 source: write_error.unwrap_or(source),
             })
         }
-        Ok(Err(error)) => return Err(head_failure(backend, reused, error)),
+        Some(Err(error)) => return Err(head_failure(backend, reused, error)),
     };
     if sent == Sent::AnsweredEarly {
         tracing::info!(
@@ -79,14 +80,14 @@ pub async fn exchange(
 
     let buffer_limit = limits.response_buffer_bytes as u64;
     let read = read_or_start_streaming(&mut slot, head.framing, buffer_limit);
-    let body = match tokio::time::timeout(limits.backend_timeout, read).await {
-        Err(_) => return Err(timed_out()),
-        Ok(Err(error)) => return Err(body_failure(backend, error)),
-        Ok(Ok(Buffered::Whole(bytes))) => {
+    let body = match within(limits.backend_timeout, read).await {
+        None => return Err(timed_out()),
+        Some(Err(error)) => return Err(body_failure(backend, error)),
+        Some(Ok(Buffered::Whole(bytes))) => {
             slot.response_complete(head.keep_alive);
             ResponseBody::full(bytes)
         }
-        Ok(Ok(Buffered::TooLarge { prefix, state })) => {
+        Some(Ok(Buffered::TooLarge { prefix, state })) => {
             let job = SpoolJob {
                 slot,
                 state,

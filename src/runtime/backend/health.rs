@@ -194,10 +194,12 @@ impl BackendProtection {
         }
     }
 
-    /// A request is about to be written to the backend, or an answer came back (the hung check
-    /// needs the latest).
-    pub fn active(&self) {
-        self.last_active_micros.store(self.now(), Ordering::Relaxed);
+    /// A request was about to be written to the backend at `at`, or an answer came back then
+    /// (the hung check needs the latest). The caller's clock reading: it has one already.
+    pub fn active_at(&self, at: Instant) {
+        let micros = at.saturating_duration_since(self.epoch).as_micros();
+        let micros = u64::try_from(micros).unwrap_or(u64::MAX);
+        self.last_active_micros.fetch_max(micros, Ordering::Relaxed);
     }
 
     /// Records a backend's answer; true when it completes a run of `eject_after_5xx` failures and
@@ -428,7 +430,7 @@ async fn run_check(pool: &Arc<BackendPool>, check: &HealthCheck) -> Option<Check
             Err(CheckoutError::Connect(_)) => return Err(CheckError::Failed),
             Err(_) => return Err(CheckError::Stale),
         };
-        protection.active();
+        protection.active_at(Instant::now());
         exchange_check(&mut slot, head.as_bytes()).await
         // `slot` is dropped here: its connection stays pooled if the answer was read whole.
     };

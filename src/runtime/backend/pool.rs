@@ -382,17 +382,18 @@ impl BackendPool {
         self: &Arc<Self>,
         priority: Priority,
     ) -> Result<PooledConn, CheckoutError> {
-        let started = Instant::now();
         let shared = self.shared.as_ref().filter(|_| priority != Priority::High);
         let share = shared.and_then(SharedSlots::try_take);
         if shared.is_none() || share.is_some() {
             if let Ok(permit) = self.slots.try_acquire() {
                 permit.forget();
-                return self.fill_slot(started, share).await;
+                // A free slot at once: no time queued, and no clock to read for it.
+                return self.fill_slot(None, share).await;
             }
         }
+        let queued_at = Instant::now();
         let share = self.wait_for_slot(priority, shared, share).await?;
-        self.fill_slot(started, share).await
+        self.fill_slot(Some(queued_at), share).await
     }
 
     /// A slot with its connection only if a slot is free now (`None` otherwise): what a health
@@ -401,14 +402,15 @@ impl BackendPool {
         self: &Arc<Self>,
     ) -> Option<Result<PooledConn, CheckoutError>> {
         self.slots.try_acquire().ok()?.forget();
-        Some(self.fill_slot(Instant::now(), None).await)
+        Some(self.fill_slot(None, None).await)
     }
 
     /// Gives the slot just taken (with its share, if any) its connection: an idle one, or one
-    /// opened within the slot.
+    /// opened within the slot. `queued_at`: when the request began to wait for the slot, if it
+    /// had to.
     async fn fill_slot(
         self: &Arc<Self>,
-        started: Instant,
+        queued_at: Option<Instant>,
         share: Option<Share<'_>>,
     ) -> Result<PooledConn, CheckoutError> {
         // From here the slot and the share are ours; `slot` gives them back on every path out,
@@ -421,8 +423,10 @@ impl BackendPool {
             reusable: false,
             detour: false,
             from_idle: true,
-            queued_for: started.elapsed(),
+            queued_for: queued_at.map_or(Duration::ZERO, |at| at.elapsed()),
         };
+        // The queue timeout bounds the whole wait, for a slot and then for a connection.
+        let mut waiting_since = queued_at;
         loop {
             if let Some(member) = self.pop_usable_idle() {
                 slot.conn = Some(member);
@@ -456,6 +460,7 @@ impl BackendPool {
             if !self.waits_for_a_connection() {
                 continue;
             }
+            let started = *waiting_since.get_or_insert_with(Instant::now);
             if tokio::time::timeout_at(started + self.queue_timeout, adopted)
                 .await
                 .is_err()

@@ -458,21 +458,23 @@ impl Proxy {
             outcome.queued += slot.queued_for;
             let queued_for = slot.queued_for;
             let limits = &self.settings().limits;
+            // Two clock readings per exchange serve every use of the time below.
             let held_since = Instant::now();
-            pool.protection.active();
+            pool.protection.active_at(held_since);
             let exchanged = backend::exchange(slot, request, limits, &self.budget).await;
+            let back = Instant::now();
             if exchanged.is_ok() {
                 // It answered: not hung, whatever its other connections are doing.
-                pool.protection.active();
+                pool.protection.active_at(back);
             }
-            let held = held_since.elapsed();
+            let held = back.saturating_duration_since(held_since);
             let failed = self.judge_answer(route.upstream, backend, &exchanged);
             if exchanged.is_ok() && !failed {
                 pool.protection
                     .record_response_time(held, pool.busy_slots());
             }
             // How long this backend took to answer, for policies that weigh backends by speed.
-            self.balancer.observe(backend, held, failed);
+            self.balancer.observe(backend, held, failed, back);
             pool.counters.exchanged(queued_for, held, bytes_sent);
             match exchanged {
                 Ok((head, body)) => return Ok(into_response(head, body)),

@@ -14,7 +14,9 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::backend::pool::BackendPool;
 use crate::table::{BackendId, BalancePolicy, RouteTable, UpstreamId};
@@ -135,10 +137,11 @@ impl Balancer {
         self.policies[usize::from(upstream.0)].waits_in_two_queues()
     }
 
-    /// Records that a request held a connection of `backend` for `held` and gave it back now.
-    /// A failed answer counts as at least [`FAILURE_HOLD`]: a backend that fails fast must not
-    /// look like the fastest one and draw the traffic to its errors.
-    pub(crate) fn observe(&self, backend: BackendId, held: Duration, failed: bool) {
+    /// Records that a request held a connection of `backend` for `held` and gave it back at
+    /// `back` (the caller's clock reading). A failed answer counts as at least [`FAILURE_HOLD`]:
+    /// a backend that fails fast must not look like the fastest one and draw the traffic to its
+    /// errors.
+    pub(crate) fn observe(&self, backend: BackendId, held: Duration, failed: bool, back: Instant) {
         let observed = &self.observed[usize::from(backend.0)];
         let held = if failed { held.max(FAILURE_HOLD) } else { held };
         let sample = u64::try_from(held.as_micros()).unwrap_or(u64::MAX).max(1);
@@ -153,11 +156,12 @@ impl Balancer {
         observed.average_micros.store(next, Ordering::Relaxed);
         observed
             .last_back_micros
-            .store(self.now_micros(), Ordering::Relaxed);
+            .store(self.micros_at(back), Ordering::Relaxed);
     }
 
-    fn now_micros(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    fn micros_at(&self, at: Instant) -> u64 {
+        let micros = at.saturating_duration_since(self.epoch).as_micros();
+        u64::try_from(micros).unwrap_or(u64::MAX)
     }
 
     /// The backends this request should try, in order, once over for each of `passes` (a re-send
@@ -170,7 +174,7 @@ impl Balancer {
         upstream: UpstreamId,
         passes: usize,
     ) -> Vec<BackendId> {
-        let now = self.now_micros();
+        let now = self.micros_at(Instant::now());
         let snapshot: Vec<BackendState> = table
             .upstream(upstream)
             .backends
