@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Shared by the connection's IO wrapper (which sees bytes arrive), its requests (which see a
@@ -31,8 +30,9 @@ pub(crate) struct ConnActivity {
     /// Reads and writes that moved bytes on the client's socket: what a [`StallGuard`] calls
     /// progress.
     socket_io: AtomicU64,
-    /// Wakes the connection task when its last request ends, so it can decide to park promptly.
-    went_idle: Notify,
+    /// How often the last request in flight has ended: the connection task compares it across its
+    /// poll of hyper to decide promptly whether to park.
+    times_went_idle: AtomicU64,
 }
 
 /// What the connection task should do now.
@@ -56,7 +56,7 @@ impl ConnActivity {
             idle_since_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
             socket_io: AtomicU64::new(0),
-            went_idle: Notify::new(),
+            times_went_idle: AtomicU64::new(0),
         })
     }
 
@@ -155,10 +155,10 @@ impl ConnActivity {
         self.instant_at(self.idle_since_ms.load(Ordering::Relaxed)) + idle_timeout
     }
 
-    /// Completes when the last request in flight has ended (at once if that happened since the
-    /// previous call).
-    pub(crate) async fn went_idle(&self) {
-        self.went_idle.notified().await;
+    /// How often the connection has gone idle: a change tells that the last request in flight
+    /// ended in between.
+    pub(crate) fn times_went_idle(&self) -> u64 {
+        self.times_went_idle.load(Ordering::Relaxed)
     }
 }
 
@@ -173,7 +173,7 @@ impl Drop for InFlight {
             .idle_since_ms
             .store(activity.now_ms(), Ordering::Relaxed);
         if activity.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            activity.went_idle.notify_one();
+            activity.times_went_idle.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

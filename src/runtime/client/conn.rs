@@ -440,6 +440,15 @@ enum Ended<C> {
     Park(C),
 }
 
+/// What one poll of a served connection came to.
+enum Polled<E> {
+    Ended(Result<(), E>),
+    /// The stall guard tripped (see [`StallGuard`]).
+    Stalled,
+    /// Still open, and its last request in flight ended during the poll.
+    WentIdle,
+}
+
 /// Whether a connection is parked when idle (HTTP/1.1), and whether it can then move to another
 /// process.
 #[derive(Debug, Clone, Copy)]
@@ -531,23 +540,34 @@ where
         if let Some(at) = wake_at.filter(|at| *at != timer.deadline()) {
             timer.as_mut().reset(at);
         }
+        // An HTTP/1.1 request ends inside hyper's poll of the connection (its response body is
+        // dropped there), so a poll that ends the last one is seen right after it, with no
+        // wake-up to arrange.
+        let went_idle_before = activity.times_went_idle();
         tokio::select! {
-            // `None`: the stall guard tripped.
-            result = std::future::poll_fn(|cx| {
-                let turn = polls.as_mut().map_or(Ok(()), |polls| polls.turn(activity, "poll"));
-                match turn {
-                    Ok(()) => conn.as_mut().poll(cx).map(Some),
-                    Err(_) => Poll::Ready(None),
+            polled = std::future::poll_fn(|cx| {
+                if let Some(Err(_)) = polls.as_mut().map(|polls| polls.turn(activity, "poll")) {
+                    return Poll::Ready(Polled::Stalled);
                 }
-            }) => {
-                if let Some(Err(error)) = result {
+                match conn.as_mut().poll(cx) {
+                    Poll::Ready(result) => Poll::Ready(Polled::Ended(result)),
+                    // Re-decide as soon as the last request ends: parking becomes possible.
+                    Poll::Pending if park_after.is_some()
+                        && activity.times_went_idle() != went_idle_before =>
+                    {
+                        Poll::Ready(Polled::WentIdle)
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }) => match polled {
+                Polled::WentIdle => {}
+                Polled::Ended(Err(error)) => {
                     tracing::debug!(client = %client.ip, %error, "client connection ended with an error");
+                    return Ended::Finished;
                 }
-                return Ended::Finished;
-            }
+                Polled::Ended(Ok(())) | Polled::Stalled => return Ended::Finished,
+            },
             _ = &mut timer, if wake_at.is_some() => {}
-            // Re-decide as soon as the last request ends: that is when parking becomes possible.
-            _ = activity.went_idle(), if park_after.is_some() => {}
             // Re-decided at the top of the loop.
             changed = phase.changed(), if !closing => {
                 if changed.is_err() {
