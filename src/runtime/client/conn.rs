@@ -24,6 +24,7 @@ use tokio_rustls::server::TlsStream;
 use super::activity::{ConnActivity, StallGuard, Verdict, WatchedIo};
 use super::listener::Phase;
 use super::park::{carry_over, ParkingLot, PARK_AFTER};
+use super::phase::PhaseFollower;
 use super::proxy_protocol;
 use super::response::TrackedBody;
 use super::tls::TlsAcceptor;
@@ -469,7 +470,7 @@ async fn drive<C>(
     activity: &ConnActivity,
     shared: &Shared,
     client: ClientInfo,
-    mut phase: PhaseSignal,
+    phase: PhaseSignal,
     parking: Parking,
 ) -> Ended<Pin<Box<C>>>
 where
@@ -491,8 +492,11 @@ where
     // insertion and removal per request (issue 18). Its first deadline is replaced before the
     // first poll.
     let mut timer = std::pin::pin!(tokio::time::sleep(limits.client_idle_timeout));
+    let mut phase = PhaseFollower::new(phase);
     loop {
-        let park_after = match (parking, *phase.borrow_and_update()) {
+        // The sender gone: the process is going away, as when draining.
+        let now = phase.current().unwrap_or(Phase::Draining);
+        let park_after = match (parking, now) {
             (Parking::Never, _) => None,
             // Handing over: park the moment the connection is idle, so it moves at once.
             (Parking::Park { movable: true, .. }, Phase::HandingOver) => Some(Duration::ZERO),
@@ -501,7 +505,7 @@ where
         // Handing over: HTTP/2 sends GOAWAY and finishes its streams. HTTP/1.1 stays open: a
         // plain connection moves to the successor when idle, a TLS one closes with its next
         // response (see `request_service`), never while a request may be on its way.
-        let must_close = match *phase.borrow() {
+        let must_close = match now {
             Phase::Serving => false,
             Phase::Draining => true,
             Phase::HandingOver => matches!(parking, Parking::Never),
@@ -569,12 +573,7 @@ where
             },
             _ = &mut timer, if wake_at.is_some() => {}
             // Re-decided at the top of the loop.
-            changed = phase.changed(), if !closing => {
-                if changed.is_err() {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
+            () = std::future::poll_fn(|cx| phase.poll_changed(cx)), if !closing => {}
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - `activity`, `park`: what a connection is doing as its timers see it; idle plain connections
 //!   wait without a task in one shared epoll set (the parking lot), idle TLS ones as bare streams
 //!   in their task.
+//! - `phase`: the listener's phase as a connection task follows it, without a lock per turn.
 //! - `proxy_protocol`: the PROXY header (v1, v2) a trusted L4 balancer opens connections with.
 //! - `response`: the response body with the request's in-flight guard attached.
 //! - [`tls`]: certificates, the TLS acceptor, reload on SIGHUP.
@@ -14,6 +15,7 @@ mod activity;
 mod conn;
 pub mod listener;
 mod park;
+mod phase;
 mod proxy_protocol;
 mod redirect;
 mod response;
