@@ -1,7 +1,8 @@
 //! PROXY protocol on the way in (`[listen] proxy_protocol_from`): a trusted peer's v1 or v2
 //! header names the client the backend then sees in `X-Forwarded-For`, on the plain and the HTTPS
 //! listener; a malformed, missing or late header from a trusted peer, or any PROXY header from an
-//! untrusted one, closes the connection without a response.
+//! untrusted one, closes the connection without a response. An idle connection handed to an
+//! upgrade's successor keeps the client its header named.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -196,4 +197,37 @@ async fn a_slow_header_is_cut_at_the_header_timeout() {
         "{took:?}"
     );
     juggler.shutdown().await.unwrap();
+}
+
+#[juggler_testkit::test]
+async fn the_named_client_stays_with_its_connection_through_an_upgrade() {
+    use juggler_testkit::upgrade::Instance;
+    use juggler_testkit::wire::Wire;
+
+    let backend = TestBackend::start("server").await;
+    let table = table(&[backend.addr], 1, settings(LOOPBACK));
+    let dir = TempDir::new("proxy-upgrade");
+    let first = Instance::start(table, &dir.file("juggler.sock"), None).await;
+    let keep_alive = b"GET / HTTP/1.1\r\nhost: juggler\r\n\r\n";
+
+    let mut client = Wire::connect(first.http).await;
+    client
+        .send(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 8080\r\n")
+        .await;
+    client.send(keep_alive).await;
+    assert_eq!(client.read_response(false).await.status, 200);
+    assert_eq!(forwarded_for(&backend), "192.0.2.7");
+
+    // Idle now: the connection moves to the successor, which never sees its PROXY header.
+    let second = first.replaced_by(table).await;
+    client.send(keep_alive).await;
+    let answer = client.read_response(false).await;
+    println!(
+        "after the upgrade: {} from {}",
+        answer.status,
+        forwarded_for(&backend)
+    );
+    assert_eq!(answer.status, 200);
+    assert_eq!(forwarded_for(&backend), "192.0.2.7");
+    drop(second);
 }

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
 use super::activity::{ConnActivity, StallGuard, Verdict, WatchedIo};
-use super::listener::Phase;
+use super::listener::{HandedOver, Phase};
 use super::park::{carry_over, ParkingLot, PARK_AFTER};
 use super::phase::PhaseFollower;
 use super::proxy_protocol;
@@ -47,7 +47,7 @@ pub(super) struct Shared {
     /// is on and the HTTPS listener actually runs.
     pub(super) redirect_to_https_port: Option<u16>,
     /// Where idle plain connections go while handing over to a successor process.
-    pub(super) handed_over: mpsc::UnboundedSender<OwnedFd>,
+    pub(super) handed_over: mpsc::UnboundedSender<HandedOver>,
     /// Where idle plain connections wait, outside any task, for their client's next request.
     pub(super) parking: ParkingLot,
 }
@@ -109,6 +109,26 @@ pub(super) async fn serve_plain(
         return;
     };
     let client = ClientInfo { ip, https: false };
+    serve_plain_http1(stream, client, shared, phase, permit, Bytes::new()).await;
+}
+
+/// Serves a plain connection the previous process handed over, idle between requests. A PROXY
+/// header, if its balancer sent one, came at the connection's start and was read there:
+/// `client_ip` is the address it named (or the peer's).
+pub(super) async fn serve_adopted(
+    stream: TcpStream,
+    client_ip: IpAddr,
+    shared: Arc<Shared>,
+    phase: PhaseSignal,
+    permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let metrics = &shared.proxy.metrics;
+    metrics.listener(ListenerKind::Http).connection_accepted();
+    let client = ClientInfo {
+        ip: client_ip,
+        https: false,
+    };
     serve_plain_http1(stream, client, shared, phase, permit, Bytes::new()).await;
 }
 
@@ -306,7 +326,8 @@ async fn serve_http1<S: ClientStream>(
             if *phase.borrow_and_update() == Phase::HandingOver && S::MOVABLE {
                 // Idle, nothing buffered: the successor serves this client's next request.
                 if let Some(socket) = stream.into_socket() {
-                    let _ = shared.handed_over.send(socket);
+                    let client_ip = client.ip;
+                    let _ = shared.handed_over.send(HandedOver { socket, client_ip });
                 }
                 return;
             }

@@ -4,16 +4,16 @@
 
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::os::fd::OwnedFd;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::conn::{serve_plain, serve_tls, PhaseSignal, Shared};
+use super::conn::{serve_adopted, serve_plain, serve_tls, PhaseSignal, Shared};
 use super::park::ParkingLot;
 use super::tls::TlsAcceptor;
 use crate::proxy::Proxy;
@@ -24,6 +24,15 @@ use crate::table::RouteTable;
 pub struct Listeners {
     pub http: Option<TcpListener>,
     pub https: Option<(TcpListener, Arc<TlsAcceptor>)>,
+}
+
+/// An idle plain client connection on its way to the successor process, with the address its
+/// requests are attributed to: the one its PROXY header named (that header came at the start of
+/// the connection and was read here) or its peer's.
+#[derive(Debug)]
+pub(crate) struct HandedOver {
+    pub(crate) socket: OwnedFd,
+    pub(crate) client_ip: IpAddr,
 }
 
 /// What the client side is doing, as every accept loop and connection sees it.
@@ -52,7 +61,7 @@ impl Server {
     pub(crate) fn start(
         listeners: Listeners,
         proxy: Arc<Proxy>,
-        handed_over: mpsc::UnboundedSender<OwnedFd>,
+        handed_over: mpsc::UnboundedSender<HandedOver>,
     ) -> Server {
         let table = proxy.table;
         let limits = &table.settings.limits;
@@ -101,7 +110,9 @@ impl Server {
     }
 
     /// Serves a plain HTTP/1.1 client connection another process handed over.
-    pub(crate) fn adopt_client(&self, socket: OwnedFd) {
+    /// `client_ip`: the address the previous process attributed the connection's requests to
+    /// (`None` from a predecessor that did not say: its peer's).
+    pub(crate) fn adopt_client(&self, socket: OwnedFd, client_ip: Option<IpAddr>) {
         let Ok(permit) = Arc::clone(&self.shared.connection_slots).try_acquire_owned() else {
             tracing::warn!("connection cap reached: closing a handed-over client connection");
             return;
@@ -119,7 +130,8 @@ impl Server {
         };
         let shared = Arc::clone(&self.shared);
         let phase = self.phase.subscribe();
-        tokio::spawn(serve_plain(stream, peer, shared, phase, permit));
+        let client_ip = client_ip.unwrap_or(peer.ip());
+        tokio::spawn(serve_adopted(stream, client_ip, shared, phase, permit));
     }
 
     /// Client connections open now.

@@ -22,4 +22,4 @@ mod response;
 pub mod tls;
 
 pub use listener::{run, run_with, Listeners};
-pub(crate) use listener::{Phase, Server};
+pub(crate) use listener::{HandedOver, Phase, Server};

@@ -32,7 +32,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::conn::{serve_plain_http1, PhaseSignal, Shared};
-use super::listener::Phase;
+use super::listener::{HandedOver, Phase};
 use crate::proxy::headers::ClientInfo;
 
 /// Idle time after which a connection is parked. Long enough that a client sending requests back
@@ -169,7 +169,9 @@ impl Lot {
             Phase::Serving | Phase::Draining => return,
             Phase::HandingOver => {
                 if let Ok(socket) = stream.into_std() {
-                    let _ = shared.handed_over.send(socket.into());
+                    let socket = socket.into();
+                    let client_ip = client.ip;
+                    let _ = shared.handed_over.send(HandedOver { socket, client_ip });
                 }
                 return;
             }
@@ -291,8 +293,10 @@ impl Lot {
             Some(Phase::Serving) => return true,
             Some(Phase::HandingOver) => {
                 for key in keys {
-                    let (socket, _, _) = state.leave(key, &self.registry);
-                    let _ = shared.handed_over.send(socket.into());
+                    let (socket, client, _) = state.leave(key, &self.registry);
+                    let socket = socket.into();
+                    let client_ip = client.ip;
+                    let _ = shared.handed_over.send(HandedOver { socket, client_ip });
                 }
                 return true;
             }

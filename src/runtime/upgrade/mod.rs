@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use crate::admin::AdminServer;
 use crate::backend::conn::BackendConn;
 use crate::backend::pool::HandoverSink;
-use crate::client::{Listeners, Phase, Server};
+use crate::client::{HandedOver, Listeners, Phase, Server};
 use crate::metrics::ListenerKind;
 use crate::proxy::Proxy;
 use crate::systemd;
@@ -412,7 +412,7 @@ fn take_from_predecessor(frame: io::Result<Option<Frame>>, server: &Server) -> b
     let fd = frame.fds.pop();
     let address = frame.word(1).unwrap_or_default();
     match (frame.word(0).unwrap_or_default(), fd) {
-        ("CLIENT", Some(fd)) => server.adopt_client(fd),
+        ("CLIENT", Some(fd)) => server.adopt_client(fd, address.parse().ok()),
         ("BACKEND", Some(fd)) => {
             let retire_in = frame
                 .word(2)
@@ -449,7 +449,7 @@ async fn hand_over(
     mut link: UnixStream,
     server: &Server,
     listener_fds: &[(&'static str, SocketAddr, OwnedFd)],
-    clients: &mut mpsc::UnboundedReceiver<OwnedFd>,
+    clients: &mut mpsc::UnboundedReceiver<HandedOver>,
     reloading: &mut bool,
 ) -> bool {
     // Bounded: a peer that connects and goes quiet must not keep this process from its signals
@@ -527,7 +527,7 @@ async fn greet(
 async fn transfer(
     link: &mut UnixStream,
     server: &Server,
-    clients: &mut mpsc::UnboundedReceiver<OwnedFd>,
+    clients: &mut mpsc::UnboundedReceiver<HandedOver>,
     detour: Option<SocketAddr>,
 ) -> io::Result<()> {
     let proxy = server.proxy();
@@ -548,8 +548,8 @@ async fn transfer(
     let mut tick = tokio::time::interval(POLL_EVERY);
     loop {
         tokio::select! {
-            Some(socket) = clients.recv() => {
-                send_client(link, socket).await?;
+            Some(client) = clients.recv() => {
+                send_client(link, client).await?;
                 clients_sent += 1;
             }
             Some((address, conn)) = backends_rx.recv() => {
@@ -569,8 +569,8 @@ async fn transfer(
                 }
                 // A connection counts as gone from here once it is in a channel: send what the
                 // channels hold before declaring anything released.
-                while let Ok(socket) = clients.try_recv() {
-                    send_client(link, socket).await?;
+                while let Ok(client) = clients.try_recv() {
+                    send_client(link, client).await?;
                     clients_sent += 1;
                 }
                 while let Ok((address, conn)) = backends_rx.try_recv() {
@@ -600,8 +600,11 @@ async fn transfer(
     }
 }
 
-async fn send_client(link: &UnixStream, socket: OwnedFd) -> io::Result<()> {
-    wire::send(link, "CLIENT", &[socket.as_fd()]).await
+/// `CLIENT <address>`: the address its requests are attributed to goes along, as the PROXY
+/// header that named it will not come again.
+async fn send_client(link: &UnixStream, client: HandedOver) -> io::Result<()> {
+    let line = format!("CLIENT {}", client.client_ip);
+    wire::send(link, &line, &[client.socket.as_fd()]).await
 }
 
 async fn send_backend(link: &UnixStream, address: &str, conn: BackendConn) -> io::Result<()> {
