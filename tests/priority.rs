@@ -1,7 +1,8 @@
 //! Reserved slots and route priorities (`reserved = r`, `priority = "high" | "normal" | "low"`):
 //! with a backend's pool saturated by slow normal requests, a high-priority request is answered at
 //! once from the reserved slot, low requests are refused before normal ones when the queue fills,
-//! and clients that go away while queued leave every count exact.
+//! clients that go away while queued leave every count exact, and least_queued sends a normal
+//! request where a slot it may take is free, not where only a reserved one is.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -217,5 +218,58 @@ async fn high_requests_may_use_every_slot_and_wait_only_for_each_other() {
     settle(&pool, 0, 0).await;
     assert!(backend.stats.max_in_flight.get() <= POOL);
     assert!(backend.open() <= POOL);
+    juggler.shutdown().await.unwrap();
+}
+
+#[juggler_testkit::test]
+async fn least_queued_counts_only_the_slots_a_request_may_take() {
+    // Two backends, n = 2 with 1 reserved: a normal request may take one slot of each.
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let protection = Protection {
+        reserved: RESERVED,
+        ..Protection::OFF
+    };
+    let settings = settings_with(|settings| settings.queue.timeout = Duration::from_secs(30));
+    let table = protected_table(
+        &[(a.addr, 1), (b.addr, 1)],
+        2,
+        BalancePolicy::LeastQueued,
+        protection,
+        settings,
+    );
+    let juggler = TestJuggler::start(table).await;
+    let pools = [
+        Arc::clone(&juggler.proxy.pools[0]),
+        Arc::clone(&juggler.proxy.pools[1]),
+    ];
+
+    // Equally free backends take turns: a slow request goes to one, a quick one to the other.
+    let first = spawn(juggler.addr, NORMAL, "/hold");
+    let held = wait_for(Duration::from_secs(5), || {
+        pools.iter().map(|pool| pool.busy_slots()).sum::<usize>() == 1
+    })
+    .await;
+    assert!(held.is_some(), "the first request never reached a backend");
+    assert_eq!(request(juggler.addr, NORMAL, "/now").await.status, 200);
+
+    // The turn is back at the busy backend, whose one free slot is reserved: a normal request
+    // must go to the other one rather than queue for a share.
+    let second = spawn(juggler.addr, NORMAL, "/hold");
+    let spread = wait_for(Duration::from_secs(5), || {
+        pools.iter().all(|pool| pool.busy_slots() == 1)
+    })
+    .await;
+    let queued: Vec<usize> = pools.iter().map(|pool| pool.queued()).collect();
+    println!("after the second slow request: queued {queued:?}");
+    assert!(
+        spread.is_some(),
+        "both slow requests on one backend: queued {queued:?}"
+    );
+    assert_eq!(queued, [0, 0]);
+
+    a.stats.released.send_replace(true);
+    b.stats.released.send_replace(true);
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(second.await.unwrap(), 200);
     juggler.shutdown().await.unwrap();
 }

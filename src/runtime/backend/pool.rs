@@ -360,6 +360,17 @@ impl BackendPool {
         self.slots.available_permits()
     }
 
+    /// Slots a request of `priority` may take now: normal and low traffic never the reserved ones.
+    pub fn free_slots_for(&self, priority: Priority) -> usize {
+        let free = self.slots.available_permits();
+        match &self.shared {
+            Some(shared) if priority != Priority::High => {
+                free.min(shared.slots.available_permits())
+            }
+            _ => free,
+        }
+    }
+
     /// Requests that may wait for a slot before the backend counts as full.
     pub fn max_queued(&self) -> usize {
         self.max_queued

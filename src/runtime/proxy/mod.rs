@@ -387,9 +387,13 @@ impl Proxy {
         // The backends in the policy's order, once more for every re-send allowed: a re-send goes
         // to the next backend in that order, not back to the one that just failed.
         let passes = 1 + resends_left as usize;
-        let mut order = self
-            .balancer
-            .order(self.table, &self.pools, route.upstream, passes);
+        let mut order = self.balancer.order(
+            self.table,
+            &self.pools,
+            route.upstream,
+            route.priority,
+            passes,
+        );
         if order.len() < upstream.backends.len() * passes {
             self.count_full_queues(upstream.backends);
         }
@@ -410,8 +414,8 @@ impl Proxy {
                 let rival_pool = &self.pools[usize::from(rival.0)];
                 // Both busy: a rival with a free connection would simply win at once.
                 race && rival != backend
-                    && pool.free_slots() == 0
-                    && rival_pool.free_slots() == 0
+                    && pool.free_slots_for(route.priority) == 0
+                    && rival_pool.free_slots_for(route.priority) == 0
                     && rival_pool.takes_requests()
             });
             let checked = match rival {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backend::pool::BackendPool;
-use crate::table::{BackendId, BalancePolicy, RouteTable, UpstreamId};
+use crate::table::{BackendId, BalancePolicy, Priority, RouteTable, UpstreamId};
 
 mod least_queued;
 mod round_robin;
@@ -35,7 +35,7 @@ pub(crate) struct BackendState {
     pub(crate) weight: u32,
     /// Pool size `n`: how many requests it serves at once.
     pub(crate) connections: usize,
-    /// Slots no request holds: a request sent there now does not wait.
+    /// Slots this request may take that no request holds: sent there now, it does not wait.
     pub(crate) free: usize,
     /// Requests waiting for one of its slots.
     pub(crate) queued: usize,
@@ -50,8 +50,14 @@ pub(crate) struct BackendState {
 }
 
 impl BackendState {
-    fn of(id: BackendId, pool: &BackendPool, observed: &Observed, now: u64) -> BackendState {
-        let free = pool.free_slots();
+    fn of(
+        id: BackendId,
+        pool: &BackendPool,
+        observed: &Observed,
+        priority: Priority,
+        now: u64,
+    ) -> BackendState {
+        let free = pool.free_slots_for(priority);
         let average = observed.average_micros.load(Ordering::Relaxed);
         let stalled = if free == 0 {
             now.saturating_sub(observed.last_back_micros.load(Ordering::Relaxed))
@@ -172,6 +178,7 @@ impl Balancer {
         table: &RouteTable,
         pools: &[Arc<BackendPool>],
         upstream: UpstreamId,
+        priority: Priority,
         passes: usize,
     ) -> Vec<BackendId> {
         let now = self.micros_at(Instant::now());
@@ -181,7 +188,7 @@ impl Balancer {
             .iter()
             .map(|&id| {
                 let index = usize::from(id.0);
-                BackendState::of(id, &pools[index], &self.observed[index], now)
+                BackendState::of(id, &pools[index], &self.observed[index], priority, now)
             })
             .collect();
         let mut order = Vec::with_capacity(snapshot.len() * passes.max(1));
