@@ -441,7 +441,10 @@ fn request_service(
         async move {
             let mut response = match redirect_port {
                 Some(port) => super::redirect::https_redirect(&request, port),
-                None => proxy.handle(request, client).await,
+                // Boxed: the request's whole state machine (routing, queueing, the exchange) is
+                // kilobytes, and hyper moves the service's future by value: HTTP/2 into a task of
+                // its own per stream, HTTP/1.1 into the connection's slot per request.
+                None => Box::pin(proxy.handle(request, client)).await,
             };
             if phase.is_some_and(|phase| *phase.borrow() != Phase::Serving) {
                 response
