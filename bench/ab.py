@@ -16,7 +16,9 @@ Settings (environment): AB_ROUNDS pairs of rounds (default 6), AB_DURATION secon
 (default 8), AB_CONNS wrk connections (default 64), AB_PATH (default /small.txt, 12 B),
 AB_RUST_LOG (default warn: no access log; `info` measures it on; AB_RUST_LOG_A / AB_RUST_LOG_B for
 one side, e.g. A=HEAD B=HEAD AB_RUST_LOG_B=info: the access log's cost); AB_TOOL=callgrind counts
-instructions per request instead (one window each, under valgrind: exact, not timed).
+instructions per request instead (one window each, under valgrind: exact, not timed); with
+AB_LOAD=h2 as well, over HTTPS with HTTP/2 (h2load, AB_H2_CONNS x AB_H2_STREAMS, default 10 x 10)
+instead of wrk's plain HTTP/1.1 (the builds then have an HTTPS listener).
 Output: a table on stdout and in bench/out/ab/<A>-<B>.md; raw wrk output under bench/out/ab/logs.
 """
 
@@ -47,9 +49,14 @@ def resolve(ref: str) -> str:
     return done.stdout.strip()
 
 
+def over_h2() -> bool:
+    """AB_LOAD=h2: the load is HTTP/2 over TLS (callgrind counts only)."""
+    return os.environ.get("AB_LOAD") == "h2"
+
+
 def build(commit: str, port: int) -> Path:
     """The release binary of `commit` with the bench's config, built once and cached."""
-    binary = OUT / "bin" / f"juggler-{commit}-{port}"
+    binary = OUT / "bin" / f"juggler-{commit}-{port}{'-tls' if over_h2() else ''}"
     if binary.exists():
         return binary
     source = OUT / "src" / commit
@@ -75,7 +82,12 @@ def build(commit: str, port: int) -> Path:
     # The admin listener (and with it metric counting) as shipped, on a port of each build's own;
     # a revision from before `[admin]` existed has neither.
     admin = f"{sides.HOST}:{port + 2}" if sides.supports_admin(source) else None
-    lb, routes = sides.juggler_config(None, target, admin)
+    certs = None
+    if over_h2():
+        certs, problem = sides.make_certs(REPO, OUT)
+        if problem:
+            sys.exit(f"bench-ab: {problem}")
+    lb, routes = sides.juggler_config(certs, target, admin)
     (config / "load_balancer.toml").write_text(lb)
     (config / "routes.toml").write_text(routes)
     log = OUT / "logs" / f"build-{commit}.log"
@@ -137,13 +149,19 @@ def count_instructions(name: str, binary: Path, port: int, procs: Processes) -> 
                        env=dict(os.environ, RUST_LOG=os.environ.get("AB_RUST_LOG", "warn")))
     wait_listening(port, proc, workdir / "stderr.log", timeout=120)
     duration = os.environ.get("AB_DURATION", "8")
-    conns = os.environ.get("AB_CONNS", "64")
-    url = f"http://{sides.HOST}:{port}{os.environ.get('AB_PATH', '/small.txt')}"
-    subprocess.run(["wrk", "-t1", f"-c{conns}", "-d3s", url], capture_output=True, timeout=120)
+    path = os.environ.get("AB_PATH", "/small.txt")
+    if over_h2():
+        url = f"https://{sides.HOST}:{port + 1000}{path}"
+        streams = [f"-c{os.environ.get('AB_H2_CONNS', '10')}", f"-m{os.environ.get('AB_H2_STREAMS', '10')}"]
+        load_for = lambda seconds: ["h2load", *streams, "-D", str(seconds), url]  # noqa: E731
+    else:
+        conns = os.environ.get("AB_CONNS", "64")
+        url = f"http://{sides.HOST}:{port}{path}"
+        load_for = lambda seconds: ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s", url]  # noqa: E731
+    subprocess.run(load_for(3), capture_output=True, timeout=120)
     subprocess.run(["callgrind_control", "--zero", str(proc.pid)], capture_output=True, timeout=60)
-    output = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "10s", url],
-                            capture_output=True, text=True, timeout=300).stdout
-    result = load.parse_wrk(output)
+    output = subprocess.run(load_for(duration), capture_output=True, text=True, timeout=300).stdout
+    result = h2load_done(output) if over_h2() else load.parse_wrk(output)
     subprocess.run(["callgrind_control", "--dump", str(proc.pid)], capture_output=True, timeout=120)
     procs.stop([f"{name}-callgrind"])
     # The dump taken on request is <file>.<n>; the one at exit (the stop) is not counted.
@@ -155,6 +173,13 @@ def count_instructions(name: str, binary: Path, port: int, procs: Processes) -> 
     print(f"{name}: {instructions:,} instructions over {result.requests:,} requests "
           f"({dumps[-1]})", flush=True)
     return {"per_request": instructions / result.requests, "dump": dumps[-1]}
+
+
+def h2load_done(output: str) -> load.RoundResult:
+    """The requests h2load completed (all that callgrind's count needs), or none."""
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", output)
+    succeeded = int(done.group(2)) if done else 0
+    return load.RoundResult(0, 0, 0, 0, 0, [], requests=succeeded)
 
 
 def count_series(revisions: list[str], binaries: list[Path]) -> None:
@@ -169,7 +194,9 @@ def count_series(revisions: list[str], binaries: list[Path]) -> None:
         procs.stop_all()
     first = counted[0]["per_request"]
     lines = [f"# Instructions per request (callgrind), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
-             f"wrk -t1 -c{os.environ.get('AB_CONNS', '64')} {os.environ.get('AB_PATH', '/small.txt')}, "
+             (f"h2load -c{os.environ.get('AB_H2_CONNS', '10')} -m{os.environ.get('AB_H2_STREAMS', '10')} HTTPS "
+              if over_h2() else f"wrk -t1 -c{os.environ.get('AB_CONNS', '64')} ")
+             + f"{os.environ.get('AB_PATH', '/small.txt')}, "
              f"RUST_LOG={os.environ.get('AB_RUST_LOG', 'warn')}, pool 8 x 3 nginx backends", "",
              "| revision | instructions per request | vs previous | vs first |", "|---|---:|---:|---:|"]
     for index, (commit, got) in enumerate(zip(revisions, counted)):
