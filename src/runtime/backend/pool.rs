@@ -446,11 +446,14 @@ impl BackendPool {
             // The slot is empty (its connection was closed): open one within it. Holding a slot
             // with nothing idle means fewer than `n` connections exist, because every path
             // uncounts a closed connection before it releases its slot (see `give_back`).
+            // Boxed, these two: rare (a connection to open, a request during a handover), and
+            // their states (a connect, a detour) would otherwise make every request's future as
+            // large as theirs.
             if let Some(reserved) = self.reserve_connection() {
-                return self.open_within(slot, reserved).await;
+                return Box::pin(self.open_within(slot, reserved)).await;
             }
             if self.is_handing_over() && !self.inheriting.load(Ordering::Acquire) {
-                return self.late_request(slot).await;
+                return Box::pin(self.late_request(slot)).await;
             }
             if !self.waits_for_a_connection() {
                 debug_assert!(false, "slot held, nothing idle, yet n connections counted");
