@@ -387,10 +387,8 @@ impl BackendPool {
         let started = Instant::now();
         let shared = self.shared.as_ref().filter(|_| priority != Priority::High);
         let share = shared.and_then(SharedSlots::try_take);
-        if shared.is_none() || share.is_some() {
-            if self.slots.try_take() {
-                return self.fill_slot(started, share).await;
-            }
+        if (shared.is_none() || share.is_some()) && self.slots.try_take() {
+            return self.fill_slot(started, share).await;
         }
         let share = self.wait_for_slot(priority, shared, share).await?;
         self.fill_slot(started, share).await
