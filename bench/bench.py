@@ -35,6 +35,7 @@ from pathlib import Path
 import idle
 import load
 import metrics
+import protect
 import report
 import targets as sides
 import uneven
@@ -49,7 +50,7 @@ BENCH = REPO / "bench"
 class Scenario:
     key: str
     title: str
-    tool: str  # "wrk", "h2load", "idle", "metrics", "upgrade" or "uneven"
+    tool: str  # "wrk", "h2load", "idle", "metrics", "upgrade", "uneven" or "protect"
     path: str = "/small.txt"
     conns: int = 64
     streams: int = 1  # h2load: concurrent streams per connection
@@ -86,9 +87,11 @@ SCENARIOS = [
     Scenario("upgrade", "Upgrade under load: five swaps during a 12 B GET run with 64 connections (wrk)", "upgrade"),
     Scenario("uneven", "Uneven backends: one of three 20x slower, round robin vs least_queued vs least_conn",
              "uneven"),
+    Scenario("protect", "Protecting backends: a hung backend, a 500-only one and an adaptive n, "
+             "against HAProxy and nginx", "protect"),
 ]
-# Run unless BENCH_SCENARIOS names others: upgrade and uneven are studies of their own, with their
-# own tables (about 10 minutes more), run by name.
+# Run unless BENCH_SCENARIOS names others: upgrade, uneven and protect are studies of their own,
+# with their own tables (about 10 minutes more each), run by name.
 DEFAULT_SCENARIOS = ["get12-c64", "get12-c512", "get64k-c64", "post16k-c64", "https-h1-c64", "https-h2",
                      "idle", "idle-16k", "idle-tls", "idle-h2", "metrics"]
 
@@ -254,9 +257,9 @@ def main() -> int:
             idle_conns = max(1, round(scenario.conns * idle_scale))
             title = scenario.title.format(n=f"{idle_conns:,}")
             print(f"\n== {title}", flush=True)
-            if scenario.tool == "uneven":
-                # Backends, targets and ports of its own (bench/uneven.py).
-                table = uneven.run(out, duration, rounds)
+            if scenario.tool in ("uneven", "protect"):
+                # Backends, targets and ports of their own (bench/uneven.py, bench/protect.py).
+                table = (uneven if scenario.tool == "uneven" else protect).run(out, duration, rounds)
                 print("\n" + table, flush=True)
                 tables.append(table)
                 continue

@@ -19,48 +19,22 @@ Settings: BENCH_DURATION (5), BENCH_ROUNDS (3), BENCH_UNEVEN_CONNS (64), BENCH_S
 """
 
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import parse_wrk  # noqa: E402
-from procs import Processes, wait_listening  # noqa: E402
+import study  # noqa: E402
+from procs import Processes  # noqa: E402
+from study import HOST, REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 BACKEND_PORTS = [19201, 19202, 19203]
 DELAYS = ["20ms", "1ms", "1ms"]  # backend 1 is the slow one: 20x
 POOL = 8
 WORKERS = 2
 PORTS = {"juggler-rr": 19211, "juggler-lq": 19212, "nginx": 19213, "haproxy": 19214}
-
-COUNT_ANSWERS = """
--- Counts which backend answered (its body is `server N`), per thread, summed in done(); `counts`
--- is a global so that done() can read each thread's copy with thread:get().
-counts = {}
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args) counts = {} end
-function response(status, headers, body)
-  local key = body:match("server %d") or ("status " .. status)
-  counts[key] = (counts[key] or 0) + 1
-end
-function done(summary, latency, requests)
-  local total = {}
-  for _, thread in ipairs(threads) do
-    local c = thread:get("counts")
-    for k, v in pairs(c) do total[k] = (total[k] or 0) + v end
-  end
-  for k, v in pairs(total) do io.write(string.format("answered %s %d\\n", k, v)) end
-end
-"""
-
 
 def juggler_config(balance: str, port: int) -> tuple[str, str]:
     servers = ", ".join(f'"{HOST}:{p}"' for p in BACKEND_PORTS)
@@ -86,26 +60,8 @@ servers = [{servers}]
 
 
 def build_juggler(name: str, balance: str, out: Path) -> Path:
-    binary = out / name
-    if os.environ.get("BENCH_SKIP_BUILD") == "1" and binary.exists():
-        return binary
-    config = out / f"{name}-config"
-    config.mkdir(parents=True, exist_ok=True)
     lb, routes = juggler_config(balance, PORTS[name])
-    (config / "load_balancer.toml").write_text(lb)
-    (config / "routes.toml").write_text(routes)
-    env = dict(os.environ, JUGGLER_CONFIG=str(config), JUGGLER_ROUTES=str(config / "routes.toml"))
-    log = out / f"{name}-build.log"
-    print(f"building {name} (cargo build --release --bin juggler; log {log}) ...", flush=True)
-    with open(log, "wb") as sink:
-        subprocess.run(["cargo", "build", "--release", "--bin", "juggler"], cwd=REPO, env=env,
-                       stdout=sink, stderr=sink, check=True)
-    target_dir = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    shutil.copy2(target_dir / "release" / "juggler", binary)
-    shown = subprocess.run([str(binary), "--print-routes"], capture_output=True, text=True, check=True)
-    if f"balance {balance}" not in shown.stdout:
-        raise RuntimeError(f"{binary} was not built with balance {balance}:\n{shown.stdout}")
-    return binary
+    return study.build_juggler(name, lb, routes, out, f"balance {balance}")
 
 
 def nginx_conf(workdir: Path) -> str:
@@ -167,63 +123,23 @@ backend uneven
 
 
 def start(procs: Processes, name: str, out: Path, binaries: dict[str, Path]):
-    log = out / "logs" / f"uneven.{name}.log"
     if name.startswith("juggler"):
-        env = dict(os.environ, RUST_LOG="warn")
-        proc = procs.start(name, [str(binaries[name]), "--control-socket", str(out / f"{name}.sock")], log, env)
+        study.start_juggler(procs, name, binaries[name], PORTS[name], out)
     elif name == "nginx":
-        workdir = out / "nginx-uneven"
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "nginx.conf").write_text(nginx_conf(workdir))
-        proc = procs.start(name, ["nginx", "-p", str(workdir), "-c", str(workdir / "nginx.conf")], log)
+        study.start_nginx(procs, name, nginx_conf, PORTS[name], out)
     else:
-        (out / "haproxy-uneven.cfg").write_text(haproxy_conf())
-        proc = procs.start(name, ["haproxy", "-db", "-f", str(out / "haproxy-uneven.cfg")], log)
-    wait_listening(PORTS[name], proc, log)
-
-
-def backend_connections() -> list[int]:
-    """Established connections to each backend port right now (only one balancer runs at a time,
-    and nothing else talks to the backends)."""
-    shown = subprocess.run(["ss", "-Htn", "state", "established"], capture_output=True, text=True)
-    counts = [0, 0, 0]
-    for line in shown.stdout.splitlines():
-        fields = line.split()
-        if len(fields) >= 4:
-            for i, port in enumerate(BACKEND_PORTS):
-                if fields[3].endswith(f":{port}"):
-                    counts[i] += 1
-    return counts
+        study.start_haproxy(procs, name, haproxy_conf(), PORTS[name], out)
 
 
 def run_round(name: str, duration: int, conns: int, out: Path, round_number: int) -> dict:
-    script = out / "count_answers.lua"
-    script.write_text(COUNT_ANSWERS)
-    argv = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "-s", str(script),
-            f"http://{HOST}:{PORTS[name]}/test.txt"]
-    most = [0, 0, 0]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.wait(0.25):
-            most[:] = [max(a, b) for a, b in zip(most, backend_connections())]
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
-    finally:
-        stop.set()
-        sampler.join()
-    output = done.stdout + done.stderr
-    (out / "logs" / f"uneven.{name}.{round_number}.log").write_text(output)
-    result = parse_wrk(output)
-    answered = {key: int(n) for key, n in re.findall(r"^answered (.+) (\d+)$", output, re.M)}
-    total = sum(n for key, n in answered.items() if key.startswith("server")) or 1
-    share = [100.0 * answered.get(f"server {i}", 0) / total for i in (1, 2, 3)]
+    run = study.run_wrk(PORTS[name], "/test.txt", duration, conns, BACKEND_PORTS,
+                        out / "logs" / f"uneven.{name}.{round_number}.log")
+    result = run.result
+    total = sum(n for key, n in run.answered.items() if key.startswith("server")) or 1
+    share = [100.0 * run.answered.get(f"server {i}", 0) / total for i in (1, 2, 3)]
     failed = result.non_2xx + result.errors
     return {"rps": result.rps, "ok": result.rps - failed / duration, "p50": result.p50_ms,
-            "p99": result.p99_ms, "non2xx": failed, "share": share, "conns": most,
+            "p99": result.p99_ms, "non2xx": failed, "share": share, "conns": run.most_conns,
             "problem": result.problem}
 
 
@@ -250,20 +166,13 @@ def run(out_root: Path, duration: int, rounds: int) -> str:
     conns = int(os.environ.get("BENCH_UNEVEN_CONNS", "64"))
     out = out_root / "uneven"
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    test_server = REPO / "bin" / "test_server"
-    if not test_server.exists():
-        subprocess.run(["make", "all"], cwd=REPO, check=True)
     binaries = {"juggler-rr": build_juggler("juggler-rr", "round_robin", out),
                 "juggler-lq": build_juggler("juggler-lq", "least_queued", out)}
     names = [n for n in PORTS if n.startswith("juggler") or shutil.which(n)]
     procs = Processes(out / "pids")
     results: dict[str, list[dict]] = {name: [] for name in names}
     try:
-        for i, (port, delay) in enumerate(zip(BACKEND_PORTS, DELAYS), start=1):
-            log = out / "logs" / f"uneven.backend{i}.log"
-            proc = procs.start(f"backend{i}", [str(test_server), "--port", str(port), "--root",
-                                               str(REPO / f"test_server_root_{i}"), "--delay", delay], log)
-            wait_listening(port, proc, log)
+        study.start_test_servers(procs, out, BACKEND_PORTS, [["--delay", delay] for delay in DELAYS])
         for round_number in range(1, rounds + 1):
             for name in names:
                 start(procs, name, out, binaries)

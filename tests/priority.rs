@@ -1,8 +1,9 @@
 //! Reserved slots and route priorities (`reserved = r`, `priority = "high" | "normal" | "low"`):
 //! with a backend's pool saturated by slow normal requests, a high-priority request is answered at
 //! once from the reserved slot, low requests are refused before normal ones when the queue fills,
-//! clients that go away while queued leave every count exact, and least_queued sends a normal
-//! request where a slot it may take is free, not where only a reserved one is.
+//! queued requests are served high before normal before low (reserved slots or not), clients that
+//! go away while queued leave every count exact, and least_queued sends a normal request where a
+//! slot it may take is free, not where only a reserved one is.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,9 +53,9 @@ async fn request(addr: SocketAddr, method: Method, path: &str) -> Answer {
     send(addr, request).await.unwrap()
 }
 
-/// One backend with `n = 3`, `reserved = 1`, a queue of 4 and a queue timeout long enough that
-/// nothing times out while the test holds the backend.
-fn priority_table(backend: SocketAddr) -> &'static RouteTable {
+/// One backend with `n = pool` of which `reserved` are kept for high routes, a queue of 4 and a
+/// queue timeout long enough that nothing times out while the test holds the backend.
+fn priority_table(backend: SocketAddr, pool: usize, reserved: usize) -> &'static RouteTable {
     let settings = || {
         settings_with(|settings| {
             settings.queue.max_queued_per_server = MAX_QUEUED;
@@ -62,12 +63,12 @@ fn priority_table(backend: SocketAddr) -> &'static RouteTable {
         })
     };
     let protection = Protection {
-        reserved: RESERVED,
+        reserved,
         ..Protection::OFF
     };
     let base = protected_table(
         &[(backend, 1)],
-        POOL,
+        pool,
         BalancePolicy::RoundRobin,
         protection,
         settings(),
@@ -117,7 +118,7 @@ async fn settle(pool: &BackendPool, busy: usize, queued: usize) {
 #[juggler_testkit::test]
 async fn a_high_request_takes_the_reserved_slot_while_normal_ones_queue_and_low_ones_go_first() {
     let backend = TestBackend::start("a").await;
-    let juggler = TestJuggler::start(priority_table(backend.addr)).await;
+    let juggler = TestJuggler::start(priority_table(backend.addr, POOL, RESERVED)).await;
     let pool = Arc::clone(&juggler.proxy.pools[0]);
     assert_eq!(pool.reserved(), RESERVED);
 
@@ -196,7 +197,7 @@ async fn a_high_request_takes_the_reserved_slot_while_normal_ones_queue_and_low_
 #[juggler_testkit::test]
 async fn high_requests_may_use_every_slot_and_wait_only_for_each_other() {
     let backend = TestBackend::start("a").await;
-    let juggler = TestJuggler::start(priority_table(backend.addr)).await;
+    let juggler = TestJuggler::start(priority_table(backend.addr, POOL, RESERVED)).await;
     let pool = Arc::clone(&juggler.proxy.pools[0]);
 
     // Three held high requests take all three slots, the reserved one included.
@@ -271,5 +272,37 @@ async fn least_queued_counts_only_the_slots_a_request_may_take() {
     b.stats.released.send_replace(true);
     assert_eq!(first.await.unwrap(), 200);
     assert_eq!(second.await.unwrap(), 200);
+    juggler.shutdown().await.unwrap();
+}
+
+#[juggler_testkit::test]
+async fn without_reserved_slots_the_queue_still_serves_high_then_normal_then_low() {
+    let backend = TestBackend::start("a").await;
+    let juggler = TestJuggler::start(priority_table(backend.addr, 1, 0)).await;
+    let pool = Arc::clone(&juggler.proxy.pools[0]);
+    assert_eq!(pool.reserved(), 0);
+
+    // A slow normal request holds the only slot; then low, normal and high queue, in that order.
+    let held = spawn(juggler.addr, NORMAL, "/hold");
+    settle(&pool, 1, 0).await;
+    let mut queued = Vec::new();
+    for (count, (method, path)) in [(LOW, "/low"), (NORMAL, "/normal"), (HIGH, "/high")]
+        .into_iter()
+        .enumerate()
+    {
+        queued.push(spawn(juggler.addr, method, path));
+        settle(&pool, 1, count + 1).await;
+    }
+
+    backend.stats.released.send_replace(true);
+    assert_eq!(held.await.unwrap(), 200);
+    for request in queued {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    let served = backend.stats.paths();
+    println!("served in this order: {served:?}");
+    assert_eq!(served, ["/hold", "/high", "/normal", "/low"]);
+    settle(&pool, 0, 0).await;
+    assert!(backend.stats.max_in_flight.get() <= 1);
     juggler.shutdown().await.unwrap();
 }

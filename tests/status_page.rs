@@ -2,6 +2,8 @@
 //! loads it from a Juggler under load twice, about 2 s apart, runs its JavaScript (which polls
 //! `/status.json`) and dumps the rendered DOM. Both dumps must show the three backends, and each
 //! backend's request count must have grown between them: the page draws live data, not a template.
+//! The pools reserve a slot for high-priority routes, and each row must say so where it shows the
+//! pool's size and limit.
 //!
 //! Chromium is required, not optional: without it this test fails and says how to install it
 //! (`.ci/run` installs it on a fresh machine).
@@ -12,14 +14,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use juggler::table::Settings;
-use juggler_testkit::{addrs_of, table, three_backends, Client, TempDir, TestJuggler};
+use juggler::table::{BalancePolicy, Protection, Settings};
+use juggler_testkit::{addrs_of, protected_table, three_backends, Client, TempDir, TestJuggler};
 
 /// The token the mutating admin endpoints want; the page only reads here.
 const TOKEN: &str = "status-page-test-token";
 
 /// Longest one Chromium run may take before it is killed and the test fails.
 const BROWSER_LIMIT: Duration = Duration::from_secs(25);
+
+/// Slots of each backend's pool of 2 kept for high-priority routes: the row must show them.
+const RESERVED: usize = 1;
 
 /// Virtual time Chromium gives the page's scripts before dumping the DOM: enough for the first
 /// poll of `/status.json` and two more.
@@ -30,9 +35,22 @@ async fn the_status_page_shows_the_backends_with_live_numbers_in_a_real_browser(
     let browser = chromium();
     let backends = three_backends().await;
     let addresses: Vec<String> = addrs_of(&backends).iter().map(|a| a.to_string()).collect();
-    let juggler =
-        TestJuggler::start_with_admin(table(&addrs_of(&backends), 2, Settings::DEFAULT), TOKEN)
-            .await;
+    let servers: Vec<_> = addrs_of(&backends)
+        .into_iter()
+        .map(|addr| (addr, 1))
+        .collect();
+    let protection = Protection {
+        reserved: RESERVED,
+        ..Protection::OFF
+    };
+    let routes = protected_table(
+        &servers,
+        2,
+        BalancePolicy::RoundRobin,
+        protection,
+        Settings::DEFAULT,
+    );
+    let juggler = TestJuggler::start_with_admin(routes, TOKEN).await;
     let url = format!("http://{}/status", juggler.admin_addr());
 
     // Background load: four keep-alive clients, a request every few milliseconds each.
@@ -75,6 +93,17 @@ async fn the_status_page_shows_the_backends_with_live_numbers_in_a_real_browser(
         let after = requests_shown(&second, address);
         println!("{address}: the page showed {before} requests, then {after}");
         assert_eq!(backend_state(&second, address), "up", "{address}");
+        assert_eq!(
+            row_attribute(&second, address, "data-reserved"),
+            RESERVED.to_string(),
+            "{address}: the row does not carry the pool's reserved slots"
+        );
+        let shown = format!("open · {RESERVED} reserved");
+        assert!(
+            row_html(&second, address).contains(&shown),
+            "{address}: the row does not show {shown:?}:\n{}",
+            row_html(&second, address)
+        );
         assert!(
             after > before,
             "{address}: the request count did not move between the two loads ({before} → {after})"
@@ -102,6 +131,16 @@ fn row_attribute(dom: &str, address: &str, name: &str) -> String {
         + key.len();
     let value_len = tag[value_start..].find('"').unwrap_or(0);
     tag[value_start..value_start + value_len].to_owned()
+}
+
+/// The backend row for `address`, from its opening tag to its end.
+fn row_html<'a>(dom: &'a str, address: &str) -> &'a str {
+    let marker = format!("data-address=\"{address}\"");
+    let start = dom
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no row for backend {address} in the rendered page:\n{dom}"));
+    let end = start + dom[start..].find("</tr>").unwrap_or(dom.len() - start);
+    &dom[start..end]
 }
 
 fn requests_shown(dom: &str, address: &str) -> u64 {

@@ -7,14 +7,39 @@
 //! One number bounds both requests in progress and open connections, so a lowered limit is a
 //! promise to the backend, not only to the queue.
 //!
-//! The slots are the permits of a FIFO semaphore, which can grow but not shrink. Lowering the limit
-//! therefore takes free permits away at once and records the rest as `debt`: a busy slot given
-//! back while debt is owed pays it off instead of returning its permit.
+//! The slots are the permits of a semaphore ([`Slots`]), which can grow but not shrink. Lowering the
+//! limit therefore takes free permits away at once and records the rest as `debt`: a busy slot
+//! given back while debt is owed pays it off instead of returning its permit.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::Semaphore;
+
+/// Free slots as a [`SlotLimit`] moves them: a plain semaphore's permits, or a pool's own slots,
+/// which hand a freed slot to the waiting request of the highest priority first (see `ranked`).
+pub(crate) trait Slots {
+    /// Frees `n` slots: to whoever waits for one, else as free permits.
+    fn free(&self, n: usize);
+    /// Takes a free slot, if there is one.
+    fn try_take(&self) -> bool;
+    /// Free slots right now.
+    fn available(&self) -> usize;
+}
+
+impl Slots for Semaphore {
+    fn free(&self, n: usize) {
+        self.add_permits(n);
+    }
+
+    fn try_take(&self) -> bool {
+        self.try_acquire().map(|permit| permit.forget()).is_ok()
+    }
+
+    fn available(&self) -> usize {
+        self.available_permits()
+    }
+}
 
 /// Why a pool runs below its configured `n`; each source sets its own cap and the lowest wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +91,7 @@ impl SlotLimit {
 
     /// Sets `source`'s cap (`None` lifts it) and moves `slots`' permits to the new limit.
     /// Returns the limit now in force.
-    pub(crate) fn set(&self, source: LimitSource, cap: Option<usize>, slots: &Semaphore) -> usize {
+    pub(crate) fn set(&self, source: LimitSource, cap: Option<usize>, slots: &impl Slots) -> usize {
         let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
         self.caps[source as usize].store(cap.unwrap_or(usize::MAX), Ordering::Release);
         let new = self
@@ -84,7 +109,7 @@ impl SlotLimit {
     }
 
     /// Pays off debt first; only what is left becomes new permits.
-    fn grow(&self, by: usize, slots: &Semaphore) {
+    fn grow(&self, by: usize, slots: &impl Slots) {
         let owed = self
             .debt
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
@@ -93,21 +118,15 @@ impl SlotLimit {
             .unwrap_or(0);
         let new_permits = by - owed.min(by);
         if new_permits > 0 {
-            slots.add_permits(new_permits);
+            slots.free(new_permits);
         }
     }
 
     /// Takes free permits away now; the ones held by requests are owed until given back.
-    fn shrink(&self, by: usize, slots: &Semaphore) {
+    fn shrink(&self, by: usize, slots: &impl Slots) {
         let mut taken = 0;
-        while taken < by {
-            match slots.try_acquire() {
-                Ok(permit) => {
-                    permit.forget();
-                    taken += 1;
-                }
-                Err(_) => break,
-            }
+        while taken < by && slots.try_take() {
+            taken += 1;
         }
         if taken < by {
             self.debt.fetch_add(by - taken, Ordering::AcqRel);
@@ -116,7 +135,7 @@ impl SlotLimit {
 
     /// A slot given back: pays one permit of debt if any is owed (returns true), else returns
     /// the permit to the semaphore.
-    pub(crate) fn give_back(&self, slots: &Semaphore) -> bool {
+    pub(crate) fn give_back(&self, slots: &impl Slots) -> bool {
         let paid = self
             .debt
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
@@ -124,7 +143,7 @@ impl SlotLimit {
             })
             .is_ok();
         if !paid {
-            slots.add_permits(1);
+            slots.free(1);
         }
         paid
     }
@@ -135,9 +154,8 @@ impl SlotLimit {
     }
 
     /// Slots held by requests right now, given the semaphore's free permits.
-    pub(crate) fn busy(&self, slots: &Semaphore) -> usize {
-        (self.current() + self.debt.load(Ordering::Acquire))
-            .saturating_sub(slots.available_permits())
+    pub(crate) fn busy(&self, slots: &impl Slots) -> usize {
+        (self.current() + self.debt.load(Ordering::Acquire)).saturating_sub(slots.available())
     }
 }
 

@@ -2,6 +2,7 @@
 //! and Juggler's own HTTP/1.1 client on those connections.
 //!
 //! - [`pool`]: the `n` slots, the queue, health, refill.
+//! - `ranked`: the pool's slots with its queue in priority order (high, normal, low).
 //! - `limit`: how many of the `n` slots may be used now (fleet share, slow start, adaptive limit).
 //! - [`health`]: active checks, ejection on `5xx`, slow start: what takes a backend out of
 //!   rotation besides failed connects, and how it comes back.
@@ -23,6 +24,7 @@ mod head;
 pub mod health;
 mod limit;
 pub mod pool;
+mod ranked;
 pub mod spool;
 
 pub use body::ResponseBody;

@@ -4,8 +4,10 @@
 //! request takes a slot, uses the slot's connection (opening it if the slot is empty) and gives the
 //! slot back with the connection still open. Because a connection is only ever opened by the holder
 //! of a slot, a backend never sees more than `n` connections from Juggler, not even briefly.
-//! Requests that find every slot busy wait on the semaphore, whose waiters are served first come,
-//! first served: that wait list *is* the bounded FIFO queue of the original design.
+//! Requests that find every slot busy wait for one, in priority order and first come, first served
+//! within a priority ([`PrioritySlots`]): normal requests on the semaphore, whose wait list *is*
+//! the bounded FIFO queue of the original design, and high and low ones in lists of their own that
+//! a freed slot is handed from, high before normal before low.
 //!
 //! An upstream with `reserved = r` keeps r of the slots for `priority = "high"` routes: normal and
 //! low requests first take a share from a second, smaller semaphore ([`SharedSlots`], the limit
@@ -23,7 +25,8 @@ use tokio::time::Instant;
 use super::conn::BackendConn;
 use super::health::BackendProtection;
 pub use super::limit::LimitSource;
-use super::limit::SlotLimit;
+use super::limit::{SlotLimit, Slots};
+use super::ranked::PrioritySlots;
 
 use crate::metrics::BackendCounters;
 use crate::table::{BackendSpec, Priority, Protection, Settings};
@@ -59,8 +62,8 @@ pub(crate) struct HandoverSink {
 #[derive(Debug)]
 pub struct BackendPool {
     pub spec: &'static BackendSpec,
-    /// One permit per usable connection slot; its FIFO wait list is the request queue.
-    slots: Semaphore,
+    /// One per usable connection slot; its waiters are the request queue, in priority order.
+    slots: PrioritySlots,
     /// How many of the `n` slots may be used now, kept in step with `slots`' permits.
     limit: SlotLimit,
     /// The slots normal and low requests may hold (`None` when the upstream reserves none).
@@ -218,7 +221,7 @@ impl BackendPool {
     ) -> BackendPool {
         BackendPool {
             spec,
-            slots: Semaphore::new(spec.pool_size),
+            slots: PrioritySlots::new(spec.pool_size),
             limit: SlotLimit::new(spec.pool_size),
             shared: SharedSlots::new(spec.pool_size, protection.reserved),
             idle: Mutex::new(Vec::with_capacity(spec.pool_size)),
@@ -305,8 +308,7 @@ impl BackendPool {
 
     /// Whether a new request would be refused by this backend's queue.
     pub fn is_full(&self) -> bool {
-        self.slots.available_permits() == 0
-            && self.queued.load(Ordering::Relaxed) >= self.max_queued
+        self.slots.available() == 0 && self.queued.load(Ordering::Relaxed) >= self.max_queued
     }
 
     /// Open connections right now (idle or busy).
@@ -357,12 +359,12 @@ impl BackendPool {
     /// Slots no request holds: a request arriving now would not wait. The semaphore hands a
     /// freed permit to a waiter first, so this is 0 whenever anyone is queued.
     pub fn free_slots(&self) -> usize {
-        self.slots.available_permits()
+        self.slots.available()
     }
 
     /// Slots a request of `priority` may take now: normal and low traffic never the reserved ones.
     pub fn free_slots_for(&self, priority: Priority) -> usize {
-        let free = self.slots.available_permits();
+        let free = self.slots.available();
         match &self.shared {
             Some(shared) if priority != Priority::High => {
                 free.min(shared.slots.available_permits())
@@ -395,12 +397,9 @@ impl BackendPool {
     ) -> Result<PooledConn, CheckoutError> {
         let shared = self.shared.as_ref().filter(|_| priority != Priority::High);
         let share = shared.and_then(SharedSlots::try_take);
-        if shared.is_none() || share.is_some() {
-            if let Ok(permit) = self.slots.try_acquire() {
-                permit.forget();
-                // A free slot at once: no time queued, and no clock to read for it.
-                return self.fill_slot(None, share).await;
-            }
+        if (shared.is_none() || share.is_some()) && self.slots.try_take() {
+            // A free slot at once: no time queued, and no clock to read for it.
+            return self.fill_slot(None, share).await;
         }
         let queued_at = Instant::now();
         let share = self.wait_for_slot(priority, shared, share).await?;
@@ -412,7 +411,7 @@ impl BackendPool {
     pub(crate) async fn checkout_if_free(
         self: &Arc<Self>,
     ) -> Option<Result<PooledConn, CheckoutError>> {
-        self.slots.try_acquire().ok()?.forget();
+        self.slots.try_take().then_some(())?;
         Some(self.fill_slot(None, None).await)
     }
 
@@ -619,7 +618,7 @@ impl BackendPool {
                 }
                 (_, share) => share,
             };
-            self.slots.acquire().await.ok()?.forget();
+            self.slots.wait(priority).await?;
             Some(share)
         };
         let acquire = tokio::time::timeout(self.queue_timeout, both);
@@ -811,11 +810,10 @@ impl BackendPool {
                     break;
                 }
                 // Only a free slot may be filled; busy slots reconnect on demand when used.
-                let Ok(permit) = self.slots.try_acquire() else {
-                    break;
-                };
                 // Given back through `release_slot`, so a limit lowered meanwhile is paid.
-                permit.forget();
+                if !self.slots.try_take() {
+                    break;
+                }
                 let Some(reserved) = self.reserve_connection() else {
                     self.release_slot();
                     break;
