@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use juggler::metrics::ListenerKind;
 use juggler::table::{IpNetwork, Settings};
 use juggler_testkit::raw::read_until_close;
 use juggler_testkit::tls::client_config;
@@ -230,4 +231,67 @@ async fn the_named_client_stays_with_its_connection_through_an_upgrade() {
     assert_eq!(answer.status, 200);
     assert_eq!(forwarded_for(&backend), "192.0.2.7");
     drop(second);
+}
+
+/// Every refusal is counted by listener and reason (`juggler_proxy_protocol_refused_total`), so
+/// that an operator can tell a misconfigured L4 balancer (malformed, timeout) from spoofing
+/// (untrusted); accepted headers and plain requests from untrusted peers count nothing.
+#[juggler_testkit::test]
+async fn refusals_are_counted_by_reason() {
+    const TOKEN: &str = "test-token-0123456789";
+    let backend = TestBackend::start("server").await;
+    let trusting = settings_with(|settings| {
+        settings.listen.proxy_protocol_from = LOOPBACK;
+        settings.limits.header_read_timeout = Duration::from_millis(300);
+    });
+    let juggler = TestJuggler::start_with_admin(table(&[backend.addr], 1, trusting), TOKEN).await;
+    for malformed in [
+        b"PROXY TCP4 192.0.2 127.0.0.1 1 2\r\n".to_vec(),
+        v2_header(5, 0x11, &[0; 12]),
+    ] {
+        let (_, closed) = exchange(juggler.addr, &malformed, REQUEST).await;
+        assert!(closed);
+    }
+    let mut slow = TcpStream::connect(juggler.addr).await.unwrap();
+    slow.write_all(b"PROXY TCP4 192.0.2.7").await.unwrap();
+    let (_, closed) = read_until_close(&mut slow, WAIT).await;
+    assert!(closed);
+    let good = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 8080\r\n";
+    let (answer, _) = exchange(juggler.addr, good, REQUEST).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let counted = |juggler: &TestJuggler| {
+        let metrics = &juggler.proxy.metrics;
+        metrics.listener_snapshot(ListenerKind::Http).proxy_refused
+    };
+    assert_eq!(
+        counted(&juggler),
+        [0, 2, 1],
+        "untrusted, malformed, timeout"
+    );
+    let exposed = get(juggler.admin_addr(), "/metrics").await.unwrap().text();
+    for line in [
+        r#"juggler_proxy_protocol_refused_total{listener="http",reason="malformed"} 2"#,
+        r#"juggler_proxy_protocol_refused_total{listener="http",reason="timeout"} 1"#,
+        r#"juggler_proxy_protocol_refused_total{listener="http",reason="untrusted"} 0"#,
+    ] {
+        assert!(
+            exposed.lines().any(|exposed| exposed == line),
+            "{line} in\n{exposed}"
+        );
+    }
+    juggler.shutdown().await.unwrap();
+
+    let juggler =
+        TestJuggler::start_with_admin(table(&[backend.addr], 1, settings(ELSEWHERE)), TOKEN).await;
+    let spoofed = b"PROXY TCP4 192.0.2.7 127.0.0.1 1 2\r\n";
+    let (_, closed) = exchange(juggler.addr, spoofed, REQUEST).await;
+    assert!(closed);
+    let (answer, _) = exchange(juggler.addr, b"", REQUEST).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        counted(&juggler),
+        [1, 0, 0],
+        "untrusted, malformed, timeout"
+    );
+    juggler.shutdown().await.unwrap();
 }

@@ -15,7 +15,7 @@ use super::report::state_name;
 use crate::backend::pool::BackendPool;
 use crate::metrics::{
     BackendSnapshot, Histogram, ListenerKind, ListenerSnapshot, BUCKET_BOUNDS_MICROS, PROTOCOLS,
-    STATUS_CLASSES,
+    PROXY_REFUSALS, STATUS_CLASSES,
 };
 use crate::proxy::Proxy;
 
@@ -240,6 +240,13 @@ impl ProxyCollector {
             "juggler_tls_handshake_failures",
             "TLS handshakes that failed or timed out",
             &each(|counted| counted.tls_handshake_failures),
+        )?;
+        let refused = by("reason", &PROXY_REFUSALS, |counted| &counted.proxy_refused);
+        counter(
+            encoder,
+            "juggler_proxy_protocol_refused",
+            "Client connections closed over their PROXY-protocol header, by listener and reason",
+            &refused,
         )
     }
 

@@ -105,7 +105,8 @@ pub(super) async fn serve_plain(
     let _ = stream.set_nodelay(true);
     let metrics = &shared.proxy.metrics;
     metrics.listener(ListenerKind::Http).connection_accepted();
-    let Some(ip) = client_address(&mut stream, peer, &shared, &phase).await else {
+    let Some(ip) = client_address(&mut stream, peer, &shared, &phase, ListenerKind::Http).await
+    else {
         return;
     };
     let client = ClientInfo { ip, https: false };
@@ -174,7 +175,8 @@ pub(super) async fn serve_tls(
         .listener(ListenerKind::Https)
         .connection_opened();
     // The PROXY header comes before the TLS handshake.
-    let Some(ip) = client_address(&mut stream, peer, &shared, &phase).await else {
+    let Some(ip) = client_address(&mut stream, peer, &shared, &phase, ListenerKind::Https).await
+    else {
         return;
     };
     let Some(stream) = Box::pin(handshake(stream, peer, &tls, &shared)).await else {
@@ -197,6 +199,7 @@ async fn client_address(
     peer: SocketAddr,
     shared: &Shared,
     phase: &PhaseSignal,
+    kind: ListenerKind,
 ) -> Option<IpAddr> {
     let trusted = shared.proxy.table.settings.listen.proxy_protocol_from;
     if trusted.is_empty() {
@@ -219,6 +222,9 @@ async fn client_address(
         Ok(source) => Some(source.unwrap_or(peer.ip())),
         Err(error) => {
             tracing::debug!(%peer, %error, "closing a connection before its first request");
+            if let Some(reason) = error.counted_as() {
+                shared.proxy.metrics.listener(kind).proxy_refused(reason);
+            }
             None
         }
     }

@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use crate::metrics::ProxyRefusal;
+
 const V1_PREFIX: &[u8] = b"PROXY ";
 /// The longest v1 header the specification allows, CRLF included.
 const V1_MAX: usize = 107;
@@ -195,6 +197,19 @@ pub(super) enum Refused {
     Closed,
     #[error("socket error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl Refused {
+    /// The reason counted in `juggler_proxy_protocol_refused`; `None` for a connection that
+    /// merely went away or stayed silent, as any connection may.
+    pub(super) fn counted_as(&self) -> Option<ProxyRefusal> {
+        match self {
+            Refused::Untrusted => Some(ProxyRefusal::Untrusted),
+            Refused::Malformed(_) => Some(ProxyRefusal::Malformed),
+            Refused::TooSlow => Some(ProxyRefusal::Timeout),
+            Refused::Idle | Refused::Closed | Refused::Io(_) => None,
+        }
+    }
 }
 
 /// Reads the PROXY header a trusted peer must open its connection with, consuming exactly its

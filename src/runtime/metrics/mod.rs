@@ -232,6 +232,8 @@ struct ListenerCells {
     responses: [AtomicU64; 5],
     tls_handshakes: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    /// By [`ProxyRefusal`].
+    proxy_refused: [AtomicU64; 3],
 }
 
 /// A listener's counters summed over the shards at one moment.
@@ -246,7 +248,24 @@ pub struct ListenerSnapshot {
     pub responses: [u64; 5],
     pub tls_handshakes: u64,
     pub tls_handshake_failures: u64,
+    /// Connections closed over their PROXY-protocol header, by [`PROXY_REFUSALS`] reason.
+    pub proxy_refused: [u64; 3],
 }
+
+/// Why a connection was closed over the PROXY protocol (`listen.proxy_protocol_from`) before any
+/// request: what an operator needs to tell an attack or a misconfigured L4 balancer apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyRefusal {
+    /// A PROXY header from a peer not trusted to send one (a spoofed client address).
+    Untrusted,
+    /// A trusted peer's header did not parse.
+    Malformed,
+    /// A trusted peer sent no whole header within the header read timeout.
+    Timeout,
+}
+
+/// The `reason` labels of [`ListenerSnapshot::proxy_refused`], in [`ProxyRefusal`] order.
+pub const PROXY_REFUSALS: [&str; 3] = ["untrusted", "malformed", "timeout"];
 
 /// The protocols requests are counted by, in [`ListenerSnapshot::requests`] order.
 pub const PROTOCOLS: [&str; 2] = ["http1", "http2"];
@@ -299,6 +318,12 @@ impl ListenerCounters {
         }
     }
 
+    pub(crate) fn proxy_refused(&self, reason: ProxyRefusal) {
+        if self.enabled {
+            add(&self.cells.local().proxy_refused[reason as usize], 1);
+        }
+    }
+
     pub(crate) fn answered(&self, version: Version, status: StatusCode) {
         if self.enabled {
             let cells = self.cells.local();
@@ -321,6 +346,9 @@ impl ListenerCounters {
             }
             sum.tls_handshakes += cells.tls_handshakes.load(Relaxed);
             sum.tls_handshake_failures += cells.tls_handshake_failures.load(Relaxed);
+            for (total, cell) in sum.proxy_refused.iter_mut().zip(&cells.proxy_refused) {
+                *total += cell.load(Relaxed);
+            }
         }
         sum.connections_open = sum.connections_total.saturating_sub(closed);
         sum
