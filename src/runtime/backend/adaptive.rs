@@ -9,7 +9,12 @@
 //! [`GROW_BELOW`]×) and with every usable slot busy, the backend has room: the limit grows by an
 //! eighth (at least 1). Well above it ([`SHRINK_ABOVE`]×), requests are queueing inside the backend:
 //! the limit shrinks by a quarter of the excess share (at least 1), and does not grow again for 1 s
-//! (each probe above the capacity slows every request of its window). In between, or without enough
+//! (each probe above the capacity slows every request of its window). A backend one or two above
+//! its capacity slows only the requests that find it full, a minority the median cannot see. So each
+//! growth is a probe: if the share of answers beyond [`GROW_BELOW`]× the least time rises by more
+//! than [`SLOWED_SHARE`] in the window after it, the growth is taken back and growth pauses as after
+//! a shrink. The rise, not the share: a loaded machine slows a steady share of answers whatever
+//! the limit. In between, or without enough
 //! answers to judge, it stays. The limit starts at `min`, so a backend that was just deployed
 //! is never hit with `max` at once. Only successful answers count: failures are ejection's business.
 
@@ -25,6 +30,10 @@ const MIN_SAMPLES: u64 = 5;
 const GROW_BELOW: f64 = 2.0;
 /// Average beyond this factor: the backend queues internally, shrink.
 const SHRINK_ABOVE: f64 = 3.0;
+/// Rise in the share of a window's answers beyond `GROW_BELOW`× the least time, after a growth,
+/// that takes the growth back: a backend one above its capacity slows about 1 answer in
+/// `capacity + 1`.
+const SLOWED_SHARE: f64 = 0.08;
 /// Windows without growth after a shrink: each probe above the backend's capacity costs every
 /// request of that window the backend's queueing, so it probes once a second, not constantly.
 const PAUSE_AFTER_SHRINK: u32 = 4;
@@ -67,6 +76,10 @@ struct State {
     no_load_micros: f64,
     /// Windows left before the limit may grow again (after a shrink).
     pause: u32,
+    /// The last window's share of slowed answers.
+    slowed_share: f64,
+    /// The limit before the growth of the last window, while that growth is on probation.
+    grown_from: Option<f64>,
 }
 
 impl AdaptiveLimit {
@@ -82,6 +95,8 @@ impl AdaptiveLimit {
                 limit: min as f64,
                 no_load_micros: 0.0,
                 pause: 0,
+                slowed_share: 0.0,
+                grown_from: None,
             }),
         }
     }
@@ -128,6 +143,16 @@ impl AdaptiveLimit {
             (state.no_load_micros * DRIFT).min(median)
         };
         let ratio = median / state.no_load_micros.max(1.0);
+        let slow_from = state.no_load_micros * GROW_BELOW;
+        let slowed: u64 = counts
+            .iter()
+            .enumerate()
+            .filter(|&(bucket, _)| micros_of(bucket) > slow_from)
+            .map(|(_, &count)| u64::from(count))
+            .sum();
+        let slowed_share = slowed as f64 / total as f64;
+        let rise = slowed_share - std::mem::replace(&mut state.slowed_share, slowed_share);
+        let grown_from = state.grown_from.take();
         let limit = state.limit;
         // The answer that came back had given its slot back already: `peak + 1` were busy.
         let saturated = peak + 1 >= limit.floor() as usize;
@@ -135,9 +160,13 @@ impl AdaptiveLimit {
             let excess = limit * (1.0 - GROW_BELOW / ratio) / 4.0;
             state.limit = limit - excess.max(1.0);
             state.pause = PAUSE_AFTER_SHRINK;
+        } else if let Some(before) = grown_from.filter(|_| rise > SLOWED_SHARE) {
+            state.limit = before;
+            state.pause = PAUSE_AFTER_SHRINK;
         } else if state.pause > 0 {
             state.pause -= 1;
         } else if ratio <= GROW_BELOW && saturated {
+            state.grown_from = Some(limit);
             state.limit = limit + (limit / 8.0).max(1.0);
         }
         state.limit = state.limit.clamp(self.min as f64, self.max as f64);
@@ -173,6 +202,36 @@ mod tests {
         assert!(
             path[10..].iter().all(|&at| (4..=8).contains(&at)),
             "{path:?}"
+        );
+    }
+
+    /// A backend like `test_server --capacity`: requests that find it full wait 20 ms more per
+    /// request beyond `capacity`, the others are answered in 5 ms.
+    fn window_slowing_the_excess(limit: &AdaptiveLimit, capacity: usize) -> usize {
+        let at_once = limit.limit();
+        for index in 0..(at_once * 4).max(20) {
+            let excess = (index % at_once + 1).saturating_sub(capacity) as u64;
+            limit.record(Duration::from_millis(5 + 20 * excess), at_once - 1);
+        }
+        limit.update()
+    }
+
+    #[test]
+    fn a_minority_slowed_past_the_capacity_stops_the_growth() {
+        let limit = AdaptiveLimit::new(1, 32);
+        let path: Vec<usize> = (0..60)
+            .map(|_| window_slowing_the_excess(&limit, 6))
+            .collect();
+        println!("capacity 6 slowing only the excess, min 1, max 32: {path:?}");
+        assert!(path[..10].contains(&6), "reached 6: {path:?}");
+        let above = path[10..].iter().filter(|&&at| at > 6).count();
+        assert!(
+            path[10..].iter().all(|&at| (5..=7).contains(&at)),
+            "{path:?}"
+        );
+        assert!(
+            above * 4 <= path.len() - 10,
+            "above capacity too often: {path:?}"
         );
     }
 
