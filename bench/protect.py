@@ -13,7 +13,9 @@ Three studies, each balancer started fresh for every run, one at a time, all on 
   adaptive one `test_server --capacity 6 --delay 5ms` (5 ms per answer up to 6 at once, 20 ms
            more per request beyond), wrk -c32: Juggler's adaptive limit { min = 1, max = 32 }
            against fixed n = 6 and n = 32, HAProxy maxconn 6 and 32 (it queues the rest), and
-           nginx without a bound (open-source nginx has no queue: max_conns would answer 502).
+           nginx without a bound (open-source nginx has no queue: max_conns would answer 502);
+           every target gets 3 s of the same load, unmeasured, first (the adaptive limit's ramp
+           from min = 1 is not what the issue's target is about).
 
 Protection as each balancer offers it, set alike where they can be:
   Juggler  health_check every 100 ms (timeout 500 ms, fails 2, passes 2), slow_start 2 s,
@@ -49,6 +51,10 @@ POOL = 8
 CONNS = 16
 ADAPTIVE_CONNS = 32
 CAPACITY_ARGS = ["--capacity", "6", "--delay", "5ms"]
+# Seconds of the same load before each measured adaptive run: the target is where the
+# adaptive limit settles, not its ramp from min = 1 (about a second and a half), which the fixed
+# limits do not have.
+ADAPTIVE_WARM_UP = 3
 PATH = "/test.txt"
 
 # Protection shared by the three balancers of the hung and 500 studies (see the module doc).
@@ -197,11 +203,15 @@ def signal_backend(procs: Processes, sig: int) -> None:
 
 
 def measure(procs: Processes, name: str, port: int, out: Path, binaries: dict[str, Path], study_name: str,
-            duration: int, round_number: int, conns: int, events=()) -> study.WrkRun:
+            duration: int, round_number: int, conns: int, events=(), warm_up: int = 0) -> study.WrkRun:
     start(procs, name, port, out, binaries)
     try:
         # Pools filled and first checks passed, so start-up is not what is measured.
         time.sleep(1.0)
+        if warm_up:
+            # The same load, unmeasured, for every target of the study alike.
+            study.run_wrk(port, PATH, warm_up, conns, BACKEND_PORTS,
+                          out / "logs" / f"{study_name}.{name}.{round_number}.warm-up.log")
         return study.run_wrk(port, PATH, duration, conns, BACKEND_PORTS,
                              out / "logs" / f"{study_name}.{name}.{round_number}.log", events)
     finally:
@@ -339,7 +349,7 @@ def run(out_root: Path, duration: int, rounds: int) -> str:
                 events = [(duration - 0.5, lambda: read_limit(ADAPTIVE[name], limits))] \
                     if name.startswith("juggler") else []
                 run_ = measure(procs, name, ADAPTIVE[name], out, binaries, "adaptive", duration, round_number,
-                               ADAPTIVE_CONNS, events)
+                               ADAPTIVE_CONNS, events, warm_up=ADAPTIVE_WARM_UP)
                 adaptive[name].append(adaptive_row(run_, limits))
                 report_line("adaptive", round_number, name, adaptive[name][-1])
             procs.stop(["backend1"])

@@ -12,9 +12,10 @@
 //! (each probe above the capacity slows every request of its window). A backend one or two above
 //! its capacity slows only the requests that find it full, a minority the median cannot see. So each
 //! growth is a probe: if the share of answers beyond [`GROW_BELOW`]× the least time rises by more
-//! than [`SLOWED_SHARE`] in the window after it, the growth is taken back and growth pauses as after
-//! a shrink. The rise, not the share: a loaded machine slows a steady share of answers whatever
-//! the limit. In between, or without enough
+//! than [`SLOWED_SHARE`] in the window after it, the growth is taken back and growth pauses, twice
+//! as long after each probe taken back in a row (up to [`MAX_PROBE_PAUSE`]): at its capacity the
+//! backend is probed rarely, so the requests a probe slows stay out of the tail. The rise, not the
+//! share: a loaded machine slows a steady share of answers whatever the limit. In between, or without enough
 //! answers to judge, it stays. The limit starts at `min`, so a backend that was just deployed
 //! is never hit with `max` at once. Only successful answers count: failures are ejection's business.
 
@@ -37,6 +38,8 @@ const SLOWED_SHARE: f64 = 0.08;
 /// Windows without growth after a shrink: each probe above the backend's capacity costs every
 /// request of that window the backend's queueing, so it probes once a second, not constantly.
 const PAUSE_AFTER_SHRINK: u32 = 4;
+/// The longest pause after probes taken back in a row (windows: 5 s).
+const MAX_PROBE_PAUSE: u32 = 20;
 /// Response-time buckets: bucket k holds times around `BUCKET_GROWTH^k` µs (10 % apart), up to
 /// about an hour.
 const BUCKETS: usize = 240;
@@ -80,6 +83,8 @@ struct State {
     slowed_share: f64,
     /// The limit before the growth of the last window, while that growth is on probation.
     grown_from: Option<f64>,
+    /// The pause after the next probe taken back.
+    probe_pause: u32,
 }
 
 impl AdaptiveLimit {
@@ -97,6 +102,7 @@ impl AdaptiveLimit {
                 pause: 0,
                 slowed_share: 0.0,
                 grown_from: None,
+                probe_pause: PAUSE_AFTER_SHRINK,
             }),
         }
     }
@@ -162,10 +168,15 @@ impl AdaptiveLimit {
             state.pause = PAUSE_AFTER_SHRINK;
         } else if let Some(before) = grown_from.filter(|_| rise > SLOWED_SHARE) {
             state.limit = before;
-            state.pause = PAUSE_AFTER_SHRINK;
+            state.pause = state.probe_pause;
+            state.probe_pause = (state.probe_pause * 2).min(MAX_PROBE_PAUSE);
         } else if state.pause > 0 {
             state.pause -= 1;
         } else if ratio <= GROW_BELOW && saturated {
+            if grown_from.is_some() {
+                // The last growth held: the backend had room, probe at the usual pace again.
+                state.probe_pause = PAUSE_AFTER_SHRINK;
+            }
             state.grown_from = Some(limit);
             state.limit = limit + (limit / 8.0).max(1.0);
         }
