@@ -13,7 +13,8 @@
 //! its capacity slows only the requests that find it full, a minority the median cannot see. So each
 //! growth is a probe: if the share of answers beyond [`GROW_BELOW`]× the least time rises by more
 //! than [`SLOWED_SHARE`] in the window after it, the growth is taken back and growth pauses, twice
-//! as long after each probe taken back in a row (up to [`MAX_PROBE_PAUSE`]): at its capacity the
+//! as long after each probe taken back in a row (up to [`MAX_PROBE_PAUSE`]; a growth that makes the
+//! median cross [`SHRINK_ABOVE`] counts as a probe taken back too, back to where it was): at its capacity the
 //! backend is probed rarely, so the requests a probe slows stay out of the tail. The rise, not the
 //! share: a loaded machine slows a steady share of answers whatever the limit. In between, or without enough
 //! answers to judge, it stays. The limit starts at `min`, so a backend that was just deployed
@@ -38,8 +39,8 @@ const SLOWED_SHARE: f64 = 0.08;
 /// Windows without growth after a shrink: each probe above the backend's capacity costs every
 /// request of that window the backend's queueing, so it probes once a second, not constantly.
 const PAUSE_AFTER_SHRINK: u32 = 4;
-/// The longest pause after probes taken back in a row (windows: 5 s).
-const MAX_PROBE_PAUSE: u32 = 20;
+/// The longest pause after probes taken back in a row (windows: 30 s).
+const MAX_PROBE_PAUSE: u32 = 120;
 /// Response-time buckets: bucket k holds times around `BUCKET_GROWTH^k` µs (10 % apart), up to
 /// about an hour.
 const BUCKETS: usize = 240;
@@ -162,14 +163,17 @@ impl AdaptiveLimit {
         let limit = state.limit;
         // The answer that came back had given its slot back already: `peak + 1` were busy.
         let saturated = peak + 1 >= limit.floor() as usize;
-        if ratio > SHRINK_ABOVE {
-            let excess = limit * (1.0 - GROW_BELOW / ratio) / 4.0;
-            state.limit = limit - excess.max(1.0);
-            state.pause = PAUSE_AFTER_SHRINK;
-        } else if let Some(before) = grown_from.filter(|_| rise > SLOWED_SHARE) {
+        let probe_failed = ratio > SHRINK_ABOVE || rise > SLOWED_SHARE;
+        if let Some(before) = grown_from.filter(|_| probe_failed) {
+            // The growth just made did it (a backend with a cliff at its capacity slows every
+            // answer at once): back to where it was, not below.
             state.limit = before;
             state.pause = state.probe_pause;
             state.probe_pause = (state.probe_pause * 2).min(MAX_PROBE_PAUSE);
+        } else if ratio > SHRINK_ABOVE {
+            let excess = limit * (1.0 - GROW_BELOW / ratio) / 4.0;
+            state.limit = limit - excess.max(1.0);
+            state.pause = PAUSE_AFTER_SHRINK;
         } else if state.pause > 0 {
             state.pause -= 1;
         } else if ratio <= GROW_BELOW && saturated {
