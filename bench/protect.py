@@ -148,27 +148,7 @@ def guarded_nginx() -> Callable[[Path], str]:
 
 
 def haproxy_cfg(port: int, servers: str, backend_lines: str = "") -> str:
-    return f"""global
-    nbthread {WORKERS}
-    maxconn 9000
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 300s
-    timeout server 60s
-    timeout http-keep-alive 300s
-    timeout queue 10s
-
-frontend protect
-    bind {HOST}:{port} backlog 4096
-    default_backend protect
-
-backend protect
-    balance roundrobin
-{backend_lines}{servers}"""
+    return study.haproxy_cfg("protect", port, "roundrobin", servers, backend_lines, WORKERS)
 
 
 def guarded_haproxy() -> str:

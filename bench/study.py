@@ -206,3 +206,21 @@ def run_wrk(port: int, path: str, duration: int, conns: int, backend_ports: list
     answered = {key: int(n) for key, n in re.findall(r"^answered (.+) (\d+)$", output, re.M)}
     buckets = {int(b): int(n) for b, n in re.findall(r"^bucket (\d+) (\d+)$", output, re.M)}
     return WrkRun(parse_wrk(output), answered, buckets, most, marks)
+
+
+def haproxy_cfg(name: str, port: int, balance: str, servers: str, backend_lines: str = "",
+                workers: int = 2) -> str:
+    """A study's HAProxy: one frontend on `port`, one backend `name` with `servers` lines."""
+    from targets import HAPROXY_DEFAULTS
+    return f"""global
+    nbthread {workers}
+    maxconn 9000
+
+{HAPROXY_DEFAULTS}
+frontend {name}
+    bind {HOST}:{port} backlog 4096
+    default_backend {name}
+
+backend {name}
+    balance {balance}
+{backend_lines}{servers}"""

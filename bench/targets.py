@@ -193,6 +193,20 @@ def nginx_balancer_conf(workdir: Path, target: Target, certs: "Certs | None", ma
 # HAProxy
 
 
+# Every HAProxy this bench starts (the make bench peer and the studies' ones): keep-alive both
+# ways, connections reused across clients, and the timeouts of the other balancers.
+HAPROXY_DEFAULTS = """defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 300s
+    timeout server 60s
+    timeout http-keep-alive 300s
+    timeout queue 10s
+"""
+
+
 def haproxy_conf(target: Target, certs: "Certs | None", workdir: Path, reloadable: bool = False) -> str:
     """reloadable: master-worker mode (`-W` on the command line) with the listeners exposed on the
     stats socket, so a SIGUSR2 to the master re-executes it and the new worker takes the old one's
@@ -214,16 +228,7 @@ def haproxy_conf(target: Target, certs: "Certs | None", workdir: Path, reloadabl
     no strict-limits
     tune.ssl.default-dh-param 2048
 {stats}
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 300s
-    timeout server 60s
-    timeout http-keep-alive 300s
-    timeout queue 10s
-
+{HAPROXY_DEFAULTS}
 frontend bench
     bind {HOST}:{target.http_port} backlog 4096
 {tls}    maxconn {MAX_CLIENT_CONNS}

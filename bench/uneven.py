@@ -99,27 +99,7 @@ http {{
 
 def haproxy_conf() -> str:
     servers = "".join(f"    server s{i + 1} {HOST}:{p} maxconn {POOL}\n" for i, p in enumerate(BACKEND_PORTS))
-    return f"""global
-    nbthread {WORKERS}
-    maxconn 9000
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 300s
-    timeout server 60s
-    timeout http-keep-alive 300s
-    timeout queue 10s
-
-frontend uneven
-    bind {HOST}:{PORTS["haproxy"]} backlog 4096
-    default_backend uneven
-
-backend uneven
-    balance leastconn
-{servers}"""
+    return study.haproxy_cfg("uneven", PORTS["haproxy"], "leastconn", servers, workers=WORKERS)
 
 
 def start(procs: Processes, name: str, out: Path, binaries: dict[str, Path]):
