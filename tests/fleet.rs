@@ -527,8 +527,9 @@ async fn the_fleet_shares_n_through_load_kill_and_join() {
         loads[2].failed(),
         most.most()
     );
+    // At least one: a sampler that reads nothing would pass the bound.
     assert!(
-        most.most() <= N,
+        (1..=N).contains(&most.most()),
         "a backend saw {} connections",
         most.most()
     );

@@ -222,7 +222,8 @@ async fn a_stopped_backend_is_marked_down_and_comes_back_through_slow_start() {
          backend {most:?} (n = {N})",
         seen.len()
     );
-    assert!(most.iter().all(|&most| most <= N), "{most:?}");
+    // At least one: a sampler that reads nothing would pass the bound.
+    assert!(most.iter().all(|&most| (1..=N).contains(&most)), "{most:?}");
     assert!(pool.protection.checks_failed() >= u64::from(check.fails));
     juggler.shutdown().await.unwrap();
 }
