@@ -90,6 +90,8 @@ pub struct BackendProtection {
     pub(crate) gone: Notify,
     /// `connections_per_server = { min, max }`: the limit from response times.
     adaptive: Option<AdaptiveLimit>,
+    /// Wakes the protection task when the adaptive limit's growth on probation failed early.
+    probe_failed: Notify,
 }
 
 impl BackendProtection {
@@ -114,6 +116,7 @@ impl BackendProtection {
             adaptive: config
                 .adaptive_min
                 .map(|min| AdaptiveLimit::new(min, pool_size)),
+            probe_failed: Notify::new(),
         }
     }
 
@@ -129,7 +132,9 @@ impl BackendProtection {
     /// limit, if there is one.
     pub fn record_response_time(&self, took: Duration, busy: usize) {
         if let Some(adaptive) = &self.adaptive {
-            adaptive.record(took, busy);
+            if adaptive.record(took, busy) {
+                self.probe_failed.notify_one();
+            }
         }
     }
 
@@ -380,7 +385,10 @@ pub async fn protect(pool: Arc<BackendPool>) {
             );
         }
         if let Some(adaptive) = &protection.adaptive {
-            if now >= next_window {
+            if adaptive.probe_failed() {
+                adaptive.take_back_probe();
+                next_window = now + WINDOW;
+            } else if now >= next_window {
                 next_window = now + WINDOW;
                 adaptive.update();
             }
@@ -402,7 +410,10 @@ pub async fn protect(pool: Arc<BackendPool>) {
             Some(_) => next_check.min(soon),
             None => soon,
         };
-        tokio::time::sleep_until(wake).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            () = protection.probe_failed.notified() => {}
+        }
     }
 }
 
