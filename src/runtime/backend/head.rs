@@ -94,6 +94,10 @@ fn parse_with<const FIELDS: usize>(
     let keep_alive = scan.keeps_alive && framing != Framing::UntilClose;
     // A length goes only with a body framed by that length (HEAD and 304 keep the backend's).
     let length_is_stale = matches!(framing, Framing::Chunked | Framing::UntilClose);
+    let kept = match length_is_stale {
+        true => scan.end_to_end & !scan.content_lengths,
+        false => scan.end_to_end,
+    };
     let base = buf.as_ptr() as usize;
     let offset = |bytes: &[u8]| -> (u32, u32) {
         // A head is at most 64 KiB, so its offsets fit.
@@ -102,13 +106,11 @@ fn parse_with<const FIELDS: usize>(
     let forwarded = response
         .headers
         .iter()
-        .filter(|field| {
-            let stale_length = length_is_stale && is_content_length(field.name);
-            !stale_length
-                && hop_by_hop::kind(field.name).is_none()
-                && !scan.connection_named.names(field.name)
+        .enumerate()
+        .filter(|&(index, field)| {
+            kept & (1 << index) != 0 && !scan.connection_named.names(field.name)
         })
-        .map(|field| FieldSpan {
+        .map(|(_, field)| FieldSpan {
             name: offset(field.name.as_bytes()),
             value: offset(field.value),
         })
@@ -150,17 +152,30 @@ struct FieldScan<'h> {
     keep_alive_timeout: Option<u64>,
     /// What `Connection` names besides the fixed hop-by-hop fields.
     connection_named: ConnectionNamed<'h>,
+    /// Bit k: field k is no fixed hop-by-hop field; and which of those are `Content-Length`.
+    /// The forwarded fields are picked from these, so each name is classified once.
+    end_to_end: FieldSet,
+    content_lengths: FieldSet,
 }
+
+/// One bit per field of a head.
+type FieldSet = u128;
+const _: () = assert!(MAX_RESPONSE_HEADERS <= FieldSet::BITS as usize);
 
 impl<'h> FieldScan<'h> {
     fn of(version: Version, fields: &'h [httparse::Header<'h>]) -> FieldScan<'h> {
         let mut scan = FieldScan::default();
         let (mut close, mut keep_alive) = (false, false);
-        for field in fields {
-            let value = std::str::from_utf8(field.value).unwrap_or("");
-            match hop_by_hop::kind(field.name) {
+        // Only the values Juggler reads are decoded: the others are forwarded as bytes.
+        let text = |field: &httparse::Header<'h>| std::str::from_utf8(field.value).unwrap_or("");
+        for (index, field) in fields.iter().enumerate() {
+            let kind = hop_by_hop::kind(field.name);
+            if kind.is_none() {
+                scan.end_to_end |= 1 << index;
+            }
+            match kind {
                 Some(HopByHop::Connection) => {
-                    for token in tokens(value) {
+                    for token in tokens(text(field)) {
                         if token.eq_ignore_ascii_case("close") {
                             close = true;
                         } else if token.eq_ignore_ascii_case("keep-alive") {
@@ -171,14 +186,15 @@ impl<'h> FieldScan<'h> {
                     }
                 }
                 Some(HopByHop::KeepAlive) if scan.keep_alive_timeout.is_none() => {
-                    scan.keep_alive_timeout = parse_keep_alive_timeout(value);
+                    scan.keep_alive_timeout = parse_keep_alive_timeout(text(field));
                 }
                 Some(HopByHop::TransferEncoding) => {
-                    scan.last_coding = Some(tokens(value).last().unwrap_or(""));
+                    scan.last_coding = Some(tokens(text(field)).last().unwrap_or(""));
                 }
                 Some(_) => {}
                 None if is_content_length(field.name) => {
-                    for piece in tokens(value) {
+                    scan.content_lengths |= 1 << index;
+                    for piece in tokens(text(field)) {
                         scan.content_length = Some(match (scan.content_length, piece.parse()) {
                             (Some(Err(why)), _) => Err(why),
                             (_, Err(_)) => Err("bad Content-Length"),
@@ -348,6 +364,25 @@ mod tests {
             .map(|v| v.as_bytes())
             .collect();
         assert_eq!(cookies, [b"a=1".as_slice(), b"b=2"]);
+    }
+
+    #[test]
+    fn the_last_field_a_head_may_have_is_classified_like_the_first() {
+        let fields: String = (0..MAX_RESPONSE_HEADERS - 2)
+            .map(|index| format!("x-{index}: 1\n"))
+            .collect();
+        let (head, bytes) = final_head(&format!(
+            "HTTP/1.1 200 OK\n{fields}transfer-encoding: chunked\ncontent-length: 5\n\n"
+        ))
+        .unwrap();
+        assert_eq!(head.framing, Framing::Chunked);
+        let headers = head.headers(&bytes).unwrap();
+        assert_eq!(
+            headers.len(),
+            MAX_RESPONSE_HEADERS - 2,
+            "both hop fields dropped"
+        );
+        assert!(!headers.contains_key("content-length"));
     }
 
     #[test]
