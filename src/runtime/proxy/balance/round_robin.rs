@@ -10,7 +10,9 @@
 use std::cmp::Reverse;
 use std::sync::{Mutex, PoisonError};
 
-use super::{BackendState, Policy};
+use smallvec::SmallVec;
+
+use super::{BackendOrder, BackendState, Policy};
 use crate::table::BackendId;
 
 #[derive(Debug)]
@@ -29,7 +31,7 @@ impl SmoothWeighted {
 }
 
 impl Policy for SmoothWeighted {
-    fn order(&self, backends: &[BackendState], order: &mut Vec<BackendId>) {
+    fn order(&self, backends: &[BackendState], order: &mut BackendOrder) {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let mut total = 0;
         let mut best: Option<usize> = None;
@@ -51,13 +53,15 @@ impl Policy for SmoothWeighted {
         // Fallbacks: the backends that would be chosen next, i.e. by current weight; among equals
         // the ones after the chosen one first (with equal weights: the next ones in turn).
         let count = backends.len();
-        let mut rest: Vec<usize> = (1..count)
+        let mut rest: SmallVec<[(Reverse<i64>, BackendId); 8]> = (1..count)
             .map(|offset| (best + offset) % count)
             .filter(|&index| backends[index].available)
+            .map(|index| (Reverse(current[index]), backends[index].id))
             .collect();
-        rest.sort_by_key(|&index| Reverse(current[index]));
+        // Stable, on the weight alone: among equals the turn order stays.
+        rest.sort_by_key(|&(weight, _)| weight);
         order.push(backends[best].id);
-        order.extend(rest.into_iter().map(|index| backends[index].id));
+        order.extend(rest.into_iter().map(|(_, id)| id));
     }
 }
 
@@ -72,7 +76,7 @@ mod tests {
         let backends = idle(&[1, 1, 1]);
         let orders: Vec<Vec<u16>> = (0..4)
             .map(|_| {
-                let mut order = Vec::new();
+                let mut order = BackendOrder::new();
                 policy.order(&backends, &mut order);
                 order.iter().map(|id| id.0).collect()
             })
@@ -108,7 +112,7 @@ mod tests {
             (0, 300, 200, 100)
         );
         // And the order of one request never names the down backend.
-        let mut order = Vec::new();
+        let mut order = BackendOrder::new();
         policy.order(&backends, &mut order);
         assert_eq!(order.len(), 3);
         assert!(!order.contains(&BackendId(0)));
@@ -131,7 +135,7 @@ mod tests {
         let mut backends = idle(&[1, 1]);
         backends[0].available = false;
         backends[1].available = false;
-        let mut order = Vec::new();
+        let mut order = BackendOrder::new();
         policy.order(&backends, &mut order);
         assert!(order.is_empty());
     }
