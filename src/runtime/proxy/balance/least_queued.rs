@@ -23,9 +23,8 @@
 use std::cmp::Ordering as Order;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use smallvec::SmallVec;
-
-use super::{BackendOrder, BackendState, Policy};
+use super::{BackendState, Policy};
+use crate::table::BackendId;
 
 #[derive(Debug, Default)]
 pub(crate) struct LeastQueued {
@@ -33,13 +32,10 @@ pub(crate) struct LeastQueued {
     turn: AtomicUsize,
 }
 
-/// Backends of one upstream, by reference, inline for the usual few.
-type Refs<'a> = SmallVec<[&'a BackendState; 8]>;
-
 impl Policy for LeastQueued {
-    fn order(&self, backends: &[BackendState], order: &mut BackendOrder) {
+    fn order(&self, backends: &[BackendState], order: &mut Vec<BackendId>) {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let (mut free, mut busy): (Refs, Refs) = backends
+        let (mut free, mut busy): (Vec<&BackendState>, Vec<&BackendState>) = backends
             .iter()
             .filter(|backend| backend.available)
             .partition(|backend| backend.free > 0);
@@ -57,11 +53,11 @@ impl Policy for LeastQueued {
         }
         // busy[0] is the busy backend that serves a request soonest (hold times known: sorted by
         // them). A free backend slower than that goes after the busy ones.
-        let (free, slow): (Refs, Refs) = match busy.first() {
+        let (free, slow): (Vec<&BackendState>, Vec<&BackendState>) = match busy.first() {
             Some(soonest) if !soonest.hold.is_zero() => free
                 .into_iter()
                 .partition(|free| free.hold.is_zero() || !finishes_sooner(soonest, free)),
-            _ => (free, Refs::new()),
+            _ => (free, Vec::new()),
         };
         order.extend(
             free.into_iter()
@@ -103,7 +99,6 @@ mod tests {
 
     use super::super::tests::{firsts, idle};
     use super::*;
-    use crate::table::BackendId;
 
     fn busy(backend: &mut BackendState, connections: usize, queued: usize) {
         backend.connections = connections;
@@ -127,9 +122,9 @@ mod tests {
         busy(&mut backends[0], 4, 8); // 9 / 4 per connection
         busy(&mut backends[1], 4, 2); // 3 / 4
         busy(&mut backends[2], 2, 2); // 3 / 2
-        let mut order = BackendOrder::new();
+        let mut order = Vec::new();
         policy.order(&backends, &mut order);
-        assert_eq!(order[..], [BackendId(1), BackendId(2), BackendId(0)]);
+        assert_eq!(order, [BackendId(1), BackendId(2), BackendId(0)]);
     }
 
     #[test]
@@ -166,9 +161,9 @@ mod tests {
         busy(&mut backends[2], 8, 40); // 1 ms × (8 + 41) / 8 ≈ 6.1 ms
         backends[1].hold = Duration::from_millis(1);
         backends[2].hold = Duration::from_millis(1);
-        let mut order = BackendOrder::new();
+        let mut order = Vec::new();
         policy.order(&backends, &mut order);
-        assert_eq!(order[..], [BackendId(1), BackendId(2), BackendId(0)]);
+        assert_eq!(order, [BackendId(1), BackendId(2), BackendId(0)]);
         // Once the queues are long enough, the free slow one is the sooner again.
         backends[1].queued = 200; // 1 ms × 209 / 8 ≈ 26 ms
         backends[2].queued = 200;
@@ -195,8 +190,8 @@ mod tests {
         backends[1].available = false;
         busy(&mut backends[2], 1, 100);
         backends[2].available = false;
-        let mut order = BackendOrder::new();
+        let mut order = Vec::new();
         policy.order(&backends, &mut order);
-        assert_eq!(order[..], [BackendId(0)]);
+        assert_eq!(order, [BackendId(0)]);
     }
 }

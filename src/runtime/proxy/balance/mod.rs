@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::backend::pool::BackendPool;
@@ -94,19 +93,12 @@ struct Observed {
     last_back_micros: AtomicU64,
 }
 
-/// The backends a request tries, in order. Inline up to a size that covers the usual upstream
-/// (a few backends, each once more per re-send allowed): a choice is made for every request.
-pub(crate) type BackendOrder = SmallVec<[BackendId; 16]>;
-
-/// A snapshot of an upstream's backends, inline for the usual few.
-type Snapshot = SmallVec<[BackendState; 8]>;
-
 /// A way of choosing among an upstream's backends, one request at a time.
 pub(crate) trait Policy: fmt::Debug + Send + Sync {
     /// Appends to `order` the backends this request should try, best first: only available ones,
     /// each at most once. `backends` is the upstream's backends in config order, always the same
     /// length for one policy instance.
-    fn order(&self, backends: &[BackendState], order: &mut BackendOrder);
+    fn order(&self, backends: &[BackendState], order: &mut Vec<BackendId>);
 
     /// Whether a request that finds no free connection at its first choice should wait in the
     /// second one's queue as well and take whichever slot frees first.
@@ -188,9 +180,9 @@ impl Balancer {
         upstream: UpstreamId,
         priority: Priority,
         passes: usize,
-    ) -> BackendOrder {
+    ) -> Vec<BackendId> {
         let now = self.micros_at(Instant::now());
-        let snapshot: Snapshot = table
+        let snapshot: Vec<BackendState> = table
             .upstream(upstream)
             .backends
             .iter()
@@ -199,14 +191,11 @@ impl Balancer {
                 BackendState::of(id, &pools[index], &self.observed[index], priority, now)
             })
             .collect();
-        let mut order = BackendOrder::new();
+        let mut order = Vec::with_capacity(snapshot.len() * passes.max(1));
         self.policies[usize::from(upstream.0)].order(&snapshot, &mut order);
         let once = order.len();
-        order.reserve(once * passes.saturating_sub(1));
         for _ in 1..passes {
-            for at in 0..once {
-                order.push(order[at]);
-            }
+            order.extend_from_within(..once);
         }
         order
     }
@@ -241,7 +230,7 @@ pub(crate) mod tests {
     ) -> String {
         (0..requests)
             .map(|_| {
-                let mut order = BackendOrder::new();
+                let mut order = Vec::new();
                 policy.order(backends, &mut order);
                 order
                     .first()

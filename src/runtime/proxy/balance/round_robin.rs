@@ -10,9 +10,7 @@
 use std::cmp::Reverse;
 use std::sync::{Mutex, PoisonError};
 
-use smallvec::SmallVec;
-
-use super::{BackendOrder, BackendState, Policy};
+use super::{BackendState, Policy};
 use crate::table::BackendId;
 
 #[derive(Debug)]
@@ -31,7 +29,7 @@ impl SmoothWeighted {
 }
 
 impl Policy for SmoothWeighted {
-    fn order(&self, backends: &[BackendState], order: &mut BackendOrder) {
+    fn order(&self, backends: &[BackendState], order: &mut Vec<BackendId>) {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let mut total = 0;
         let mut best: Option<usize> = None;
@@ -53,15 +51,13 @@ impl Policy for SmoothWeighted {
         // Fallbacks: the backends that would be chosen next, i.e. by current weight; among equals
         // the ones after the chosen one first (with equal weights: the next ones in turn).
         let count = backends.len();
-        let mut rest: SmallVec<[(Reverse<i64>, BackendId); 8]> = (1..count)
+        let mut rest: Vec<usize> = (1..count)
             .map(|offset| (best + offset) % count)
             .filter(|&index| backends[index].available)
-            .map(|index| (Reverse(current[index]), backends[index].id))
             .collect();
-        // Stable, on the weight alone: among equals the turn order stays.
-        rest.sort_by_key(|&(weight, _)| weight);
+        rest.sort_by_key(|&index| Reverse(current[index]));
         order.push(backends[best].id);
-        order.extend(rest.into_iter().map(|(_, id)| id));
+        order.extend(rest.into_iter().map(|index| backends[index].id));
     }
 }
 
@@ -76,7 +72,7 @@ mod tests {
         let backends = idle(&[1, 1, 1]);
         let orders: Vec<Vec<u16>> = (0..4)
             .map(|_| {
-                let mut order = BackendOrder::new();
+                let mut order = Vec::new();
                 policy.order(&backends, &mut order);
                 order.iter().map(|id| id.0).collect()
             })
@@ -112,7 +108,7 @@ mod tests {
             (0, 300, 200, 100)
         );
         // And the order of one request never names the down backend.
-        let mut order = BackendOrder::new();
+        let mut order = Vec::new();
         policy.order(&backends, &mut order);
         assert_eq!(order.len(), 3);
         assert!(!order.contains(&BackendId(0)));
@@ -135,7 +131,7 @@ mod tests {
         let mut backends = idle(&[1, 1]);
         backends[0].available = false;
         backends[1].available = false;
-        let mut order = BackendOrder::new();
+        let mut order = Vec::new();
         policy.order(&backends, &mut order);
         assert!(order.is_empty());
     }
