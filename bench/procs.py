@@ -149,7 +149,9 @@ _PID = re.compile(r"pid=(\d+)")
 
 
 def established_by_pid(ports: list[int]) -> list[tuple[int, set[int]]]:
-    """For each established TCP connection to one of `ports`: that port, and the pids holding it."""
+    """For each established TCP connection to one of `ports`: that port, and the pids holding it.
+    Each address pair once: a netlink dump is read in batches while sockets come and go, and can
+    list one twice (see EstablishedCounter in upgrade.py)."""
     expr = " or ".join(f"dport = :{p}" for p in ports)
     out = subprocess.run(
         ["ss", "-Htnp", "state", "established", f"( {expr} )"],
@@ -158,11 +160,13 @@ def established_by_pid(ports: list[int]) -> list[tuple[int, set[int]]]:
         timeout=20,
     ).stdout
     connections = []
+    seen = set()
     for line in out.splitlines():
         # Columns: Recv-Q Send-Q Local:port Peer:port users:((...)) — the state column is omitted.
         fields = line.split()
-        if len(fields) < 4:
+        if len(fields) < 4 or (fields[2], fields[3]) in seen:
             continue
+        seen.add((fields[2], fields[3]))
         peer_port = int(fields[3].rsplit(":", 1)[1])
         connections.append((peer_port, {int(pid) for pid in _PID.findall(line)}))
     return connections
