@@ -3,8 +3,6 @@
 //! Shared by the request head written to backends (`proxy::headers`) and the response head read
 //! from them (`backend::head`).
 
-use http::header::{self, HeaderMap, HeaderValue};
-
 /// The fixed hop-by-hop fields, by what Juggler does with each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HopByHop {
@@ -42,25 +40,13 @@ pub(crate) fn kind(name: &str) -> Option<HopByHop> {
 pub(crate) struct ConnectionNamed<'a>(Vec<&'a str>);
 
 impl<'a> ConnectionNamed<'a> {
-    /// Collects the names from the values of every `Connection` header.
-    pub(crate) fn from_values(values: impl Iterator<Item = &'a [u8]>) -> ConnectionNamed<'a> {
-        let mut named = ConnectionNamed::default();
-        for value in values.filter_map(|value| std::str::from_utf8(value).ok()) {
+    /// Adds the names one `Connection` line lists.
+    pub(crate) fn add_line(&mut self, value: &'a [u8]) {
+        if let Ok(value) = std::str::from_utf8(value) {
             for token in value.split(',') {
-                named.add(token.trim());
+                self.add(token.trim());
             }
         }
-        named
-    }
-
-    /// The names the `Connection` headers of `headers` list.
-    pub(crate) fn of(headers: &'a HeaderMap) -> ConnectionNamed<'a> {
-        Self::from_values(
-            headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .map(HeaderValue::as_bytes),
-        )
     }
 
     /// Adds one element of a `Connection` value (trimmed); options and fixed hop-by-hop names
@@ -122,8 +108,9 @@ mod tests {
 
     #[test]
     fn connection_names_other_fields_but_not_its_options() {
-        let values: [&[u8]; 2] = [b"close, X-Secret", b" keep-alive ,upgrade,x-other"];
-        let named = ConnectionNamed::from_values(values.into_iter());
+        let mut named = ConnectionNamed::default();
+        named.add_line(b"close, X-Secret");
+        named.add_line(b" keep-alive ,upgrade,x-other");
         assert_eq!(named.0, ["X-Secret", "x-other"]);
         assert!(named.is_hop_by_hop("x-secret") && named.is_hop_by_hop("X-OTHER"));
         assert!(named.is_hop_by_hop("upgrade"));

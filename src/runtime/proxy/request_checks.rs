@@ -4,22 +4,33 @@
 //! control characters); `tests/smuggling.rs` proves each. What they let through and the service can
 //! still see is refused here, before routing, so none of it reaches a backend.
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderValue};
 use http::{Request, Version};
 
-/// Why a request is refused with `400` and the connection closed, or `None` if it is fine.
+/// Why a request is refused with `400` and the connection closed, or `None` if it is fine. One
+/// pass over the header fields: a lookup by name costs a hash each, and most requests carry only
+/// a few fields.
 pub(crate) fn ambiguity<B>(request: &Request<B>) -> Option<&'static str> {
-    let headers = request.headers();
-    if request.version() <= Version::HTTP_11 {
-        if let Some(reason) = transfer_coding_problem(headers) {
-            return Some(reason);
+    let checks_codings = request.version() <= Version::HTTP_11;
+    let mut hosts = 0;
+    let mut codings = TransferCodings::default();
+    for (name, value) in request.headers() {
+        if *name == header::HOST {
+            hosts += 1;
+        } else if checks_codings && *name == header::TRANSFER_ENCODING {
+            if let Err(reason) = codings.add(value) {
+                return Some(reason);
+            }
         }
     }
-    if request.version() == Version::HTTP_11 && !headers.contains_key(header::HOST) {
+    if let Some(reason) = codings.problem() {
+        return Some(reason);
+    }
+    if request.version() == Version::HTTP_11 && hosts == 0 {
         // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without Host.
         return Some("HTTP/1.1 request without a Host header\n");
     }
-    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+    if hosts > 1 {
         // RFC 9112 §3.2: two Host lines leave the target authority for each hop to pick.
         return Some("more than one Host header\n");
     }
@@ -30,20 +41,30 @@ pub(crate) fn ambiguity<B>(request: &Request<B>) -> Option<&'static str> {
 /// once. `gzip, chunked` or `chunked` on two lines would reach us with the body still encoded but
 /// the header gone (it is hop-by-hop), so the backend would take encoded bytes as the content.
 /// Juggler implements no coding but `chunked`: anything else is refused.
-fn transfer_coding_problem(headers: &HeaderMap) -> Option<&'static str> {
-    let mut codings = 0usize;
-    for line in headers.get_all(header::TRANSFER_ENCODING) {
-        let Ok(line) = line.to_str() else {
-            return Some("unreadable Transfer-Encoding\n");
-        };
+#[derive(Debug, Default)]
+struct TransferCodings {
+    chunked: usize,
+}
+
+impl TransferCodings {
+    /// Takes one `Transfer-Encoding` line: the reason to refuse the request at once, if it gives one.
+    fn add(&mut self, line: &HeaderValue) -> Result<(), &'static str> {
+        let line = line
+            .to_str()
+            .map_err(|_| "unreadable Transfer-Encoding\n")?;
         for coding in line.split(',').map(str::trim).filter(|c| !c.is_empty()) {
             if !coding.eq_ignore_ascii_case("chunked") {
-                return Some("unsupported Transfer-Encoding (only chunked is accepted)\n");
+                return Err("unsupported Transfer-Encoding (only chunked is accepted)\n");
             }
-            codings += 1;
+            self.chunked += 1;
         }
+        Ok(())
     }
-    (codings > 1).then_some("Transfer-Encoding applies chunked more than once\n")
+
+    /// Once every line is in: what their sum gives to refuse.
+    fn problem(&self) -> Option<&'static str> {
+        (self.chunked > 1).then_some("Transfer-Encoding applies chunked more than once\n")
+    }
 }
 
 #[cfg(test)]
