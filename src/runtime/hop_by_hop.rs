@@ -59,6 +59,11 @@ impl<'a> ConnectionNamed<'a> {
         }
     }
 
+    /// Whether `Connection` names no field at all (as it nearly always does).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether `Connection` names the field `name`.
     pub(crate) fn names(&self, name: &str) -> bool {
         self.0.iter().any(|named| name.eq_ignore_ascii_case(named))

@@ -45,8 +45,16 @@ pub(super) struct FinalHead {
 
 #[derive(Debug, Clone, Copy)]
 struct FieldSpan {
+    /// (offset, length) in the head's bytes.
     name: (u32, u32),
     value: (u32, u32),
+    /// A `Content-Length` field: dropped when the body is not framed by it.
+    content_length: bool,
+}
+
+/// The bytes an (offset, length) pair of a [`FieldSpan`] covers.
+fn range((start, len): (u32, u32)) -> std::ops::Range<usize> {
+    start as usize..(start + len) as usize
 }
 
 /// Parses the head at the front of `buf`.
@@ -89,32 +97,21 @@ fn parse_with<const FIELDS: usize>(
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let scan = FieldScan::of(version, response.headers);
+    let mut scan = FieldScan::of(version, response.headers, buf);
     let framing = scan.framing(status, request_was_head)?;
     let keep_alive = scan.keeps_alive && framing != Framing::UntilClose;
+    let mut forwarded = std::mem::take(&mut scan.forwarded);
     // A length goes only with a body framed by that length (HEAD and 304 keep the backend's).
-    let length_is_stale = matches!(framing, Framing::Chunked | Framing::UntilClose);
-    let kept = match length_is_stale {
-        true => scan.end_to_end & !scan.content_lengths,
-        false => scan.end_to_end,
-    };
-    let base = buf.as_ptr() as usize;
-    let offset = |bytes: &[u8]| -> (u32, u32) {
-        // A head is at most 64 KiB, so its offsets fit.
-        ((bytes.as_ptr() as usize - base) as u32, bytes.len() as u32)
-    };
-    let forwarded = response
-        .headers
-        .iter()
-        .enumerate()
-        .filter(|&(index, field)| {
-            kept & (1 << index) != 0 && !scan.connection_named.names(field.name)
-        })
-        .map(|(_, field)| FieldSpan {
-            name: offset(field.name.as_bytes()),
-            value: offset(field.value),
-        })
-        .collect();
+    if matches!(framing, Framing::Chunked | Framing::UntilClose) {
+        forwarded.retain(|span| !span.content_length);
+    }
+    // Rare: a `Connection` line naming an end-to-end field makes it hop-by-hop.
+    if !scan.connection_named.is_empty() {
+        forwarded.retain(|span| {
+            let name = std::str::from_utf8(&buf[range(span.name)]).unwrap_or("");
+            !scan.connection_named.names(name)
+        });
+    }
     Ok(Parsed::Final(FinalHead {
         len,
         status,
@@ -128,7 +125,6 @@ fn parse_with<const FIELDS: usize>(
 impl FinalHead {
     /// The client's fields, sliced out of `head` (the bytes this head was parsed from).
     pub(super) fn headers(&self, head: &Bytes) -> Result<HeaderMap, HeadError> {
-        let range = |(start, len): (u32, u32)| start as usize..(start + len) as usize;
         let mut headers = HeaderMap::with_capacity(self.forwarded.len());
         for span in &self.forwarded {
             let name = HeaderName::from_bytes(&head[range(span.name)])
@@ -152,26 +148,35 @@ struct FieldScan<'h> {
     keep_alive_timeout: Option<u64>,
     /// What `Connection` names besides the fixed hop-by-hop fields.
     connection_named: ConnectionNamed<'h>,
-    /// Bit k: field k is no fixed hop-by-hop field; and which of those are `Content-Length`.
-    /// The forwarded fields are picked from these, so each name is classified once.
-    end_to_end: FieldSet,
-    content_lengths: FieldSet,
+    /// The fields that are no fixed hop-by-hop field, in the backend's order: the client's, but
+    /// for what the framing and `Connection` then take out.
+    forwarded: Vec<FieldSpan>,
 }
 
-/// One bit per field of a head.
-type FieldSet = u128;
-const _: () = assert!(MAX_RESPONSE_HEADERS <= FieldSet::BITS as usize);
-
 impl<'h> FieldScan<'h> {
-    fn of(version: Version, fields: &'h [httparse::Header<'h>]) -> FieldScan<'h> {
-        let mut scan = FieldScan::default();
+    /// `fields` as httparse found them in `head`.
+    fn of(version: Version, fields: &'h [httparse::Header<'h>], head: &[u8]) -> FieldScan<'h> {
+        let mut scan = FieldScan {
+            forwarded: Vec::with_capacity(fields.len()),
+            ..FieldScan::default()
+        };
         let (mut close, mut keep_alive) = (false, false);
         // Only the values Juggler reads are decoded: the others are forwarded as bytes.
         let text = |field: &httparse::Header<'h>| std::str::from_utf8(field.value).unwrap_or("");
-        for (index, field) in fields.iter().enumerate() {
+        let base = head.as_ptr() as usize;
+        let offset = |bytes: &[u8]| -> (u32, u32) {
+            // A head is at most 64 KiB, so its offsets fit.
+            ((bytes.as_ptr() as usize - base) as u32, bytes.len() as u32)
+        };
+        for field in fields {
             let kind = hop_by_hop::kind(field.name);
+            let content_length = kind.is_none() && is_content_length(field.name);
             if kind.is_none() {
-                scan.end_to_end |= 1 << index;
+                scan.forwarded.push(FieldSpan {
+                    name: offset(field.name.as_bytes()),
+                    value: offset(field.value),
+                    content_length,
+                });
             }
             match kind {
                 Some(HopByHop::Connection) => {
@@ -192,8 +197,7 @@ impl<'h> FieldScan<'h> {
                     scan.last_coding = Some(tokens(text(field)).last().unwrap_or(""));
                 }
                 Some(_) => {}
-                None if is_content_length(field.name) => {
-                    scan.content_lengths |= 1 << index;
+                None if content_length => {
                     for piece in tokens(text(field)) {
                         scan.content_length = Some(match (scan.content_length, piece.parse()) {
                             (Some(Err(why)), _) => Err(why),
