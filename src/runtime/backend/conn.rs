@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::chunked::{ChunkedDecoder, Decoded};
-use super::head::{self, Parsed, MAX_RESPONSE_HEADERS};
+use super::head::{self, KnownNames, Parsed, MAX_RESPONSE_HEADERS};
 use super::spool::RequestBody;
 
 /// The largest response head accepted from a backend.
@@ -52,6 +52,8 @@ pub struct BackendConn {
     /// Set when the backend announced `Keep-Alive: timeout=N`: the connection is retired before the
     /// backend would close it under us.
     retire_at: Option<Instant>,
+    /// The field names of the last response, in order (see [`head::KnownNames`]).
+    known_names: KnownNames,
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
@@ -105,6 +107,7 @@ impl BackendConn {
             stream,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             retire_at: None,
+            known_names: KnownNames::default(),
         })
     }
 
@@ -130,6 +133,7 @@ impl BackendConn {
             stream: TcpStream::from_std(stream)?,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             retire_at: retire_in.map(|rest| Instant::now() + rest),
+            known_names: KnownNames::default(),
         })
     }
 
@@ -312,7 +316,7 @@ impl BackendConn {
             let head_bytes = self.read_buf.split_to(head.len).freeze();
             return Ok(Some(ResponseHead {
                 status: head.status,
-                headers: head.headers(&head_bytes)?,
+                headers: head.headers(&head_bytes, &mut self.known_names)?,
                 framing: head.framing,
                 keep_alive: head.keep_alive,
             }));

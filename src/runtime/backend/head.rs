@@ -122,13 +122,45 @@ fn parse_with<const FIELDS: usize>(
     }))
 }
 
+/// The field names of a connection's responses by place (each place as the latest response with
+/// that many fields left it), as spelt and as parsed. A backend sends the same names, spelt the
+/// same way, in the same order response after response; a name spelt exactly as the one at its
+/// place is taken as is rather than parsed again (`HeaderName::from_bytes` lowercases and matches
+/// it against every standard name: the larger part of a field's cost).
+#[derive(Debug, Default)]
+pub(crate) struct KnownNames(Vec<(Box<[u8]>, HeaderName)>);
+
+impl KnownNames {
+    /// The name of the `index`th forwarded field, spelt `bytes`.
+    fn name(&mut self, index: usize, bytes: &[u8]) -> Result<HeaderName, HeadError> {
+        if let Some((spelt, known)) = self.0.get(index) {
+            if **spelt == *bytes {
+                return Ok(known.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(bytes)
+            .map_err(|_| HeadError::Invalid("bad response header name"))?;
+        let entry = (Box::from(bytes), name.clone());
+        if index < self.0.len() {
+            self.0[index] = entry;
+        } else if index == self.0.len() {
+            self.0.push(entry);
+        }
+        Ok(name)
+    }
+}
+
 impl FinalHead {
-    /// The client's fields, sliced out of `head` (the bytes this head was parsed from).
-    pub(super) fn headers(&self, head: &Bytes) -> Result<HeaderMap, HeadError> {
+    /// The client's fields, sliced out of `head` (the bytes this head was parsed from); `known`:
+    /// the names of the connection's last response, updated to this one's.
+    pub(super) fn headers(
+        &self,
+        head: &Bytes,
+        known: &mut KnownNames,
+    ) -> Result<HeaderMap, HeadError> {
         let mut headers = HeaderMap::with_capacity(self.forwarded.len());
-        for span in &self.forwarded {
-            let name = HeaderName::from_bytes(&head[range(span.name)])
-                .map_err(|_| HeadError::Invalid("bad response header name"))?;
+        for (index, span) in self.forwarded.iter().enumerate() {
+            let name = known.name(index, &head[range(span.name)])?;
             let value = HeaderValue::from_maybe_shared(head.slice(range(span.value)))
                 .map_err(|_| HeadError::Invalid("bad response header value"))?;
             headers.append(name, value);
@@ -359,7 +391,7 @@ mod tests {
              Set-Cookie: a=1\nSet-Cookie: b=2\nDate: today\n\n",
         )
         .unwrap();
-        let headers = head.headers(&bytes).unwrap();
+        let headers = head.headers(&bytes, &mut KnownNames::default()).unwrap();
         let names: Vec<&str> = headers.keys().map(|name| name.as_str()).collect();
         assert_eq!(names, ["server", "set-cookie", "date"]);
         let cookies: Vec<&[u8]> = headers
@@ -380,7 +412,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(head.framing, Framing::Chunked);
-        let headers = head.headers(&bytes).unwrap();
+        let headers = head.headers(&bytes, &mut KnownNames::default()).unwrap();
         assert_eq!(
             headers.len(),
             MAX_RESPONSE_HEADERS - 2,
@@ -390,13 +422,41 @@ mod tests {
     }
 
     #[test]
+    fn names_known_from_the_last_response_are_reused_only_where_they_match() {
+        let mut known = KnownNames::default();
+        let names = |text: &str, known: &mut KnownNames| -> Vec<String> {
+            let (head, bytes) = final_head(text).unwrap();
+            let headers = head.headers(&bytes, known).unwrap();
+            headers.keys().map(|name| name.to_string()).collect()
+        };
+        let first = names(
+            "HTTP/1.1 200 OK\nServer: a\nX-One: 1\ncontent-length: 0\n\n",
+            &mut known,
+        );
+        assert_eq!(first, ["server", "x-one", "content-length"]);
+        // The same names in another case, then a different name at a known place, then more.
+        let second = names(
+            "HTTP/1.1 200 OK\nSERVER: b\nX-Two: 2\nContent-Length: 0\nX-Three: 3\n\n",
+            &mut known,
+        );
+        assert_eq!(second, ["server", "x-two", "content-length", "x-three"]);
+        let third = names("HTTP/1.1 200 OK\nx-two: 2\n\n", &mut known);
+        assert_eq!(third, ["x-two"]);
+    }
+
+    #[test]
     fn a_head_with_many_fields_is_parsed_again_with_room_for_them_all() {
         let fields: String = (0..100)
             .map(|index| format!("x-field-{index}: {index}\n"))
             .collect();
         let (head, bytes) =
             final_head(&format!("HTTP/1.1 200 OK\n{fields}content-length: 0\n\n")).unwrap();
-        assert_eq!(head.headers(&bytes).unwrap().len(), 101);
+        assert_eq!(
+            head.headers(&bytes, &mut KnownNames::default())
+                .unwrap()
+                .len(),
+            101
+        );
         let too_many: String = (0..MAX_RESPONSE_HEADERS)
             .map(|index| format!("x-{index}: 1\n"))
             .collect();
