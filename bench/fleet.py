@@ -135,7 +135,8 @@ def start_etcd(procs: Processes, out: Path) -> None:
     for port in ETCD_PORTS:
         with socket.socket() as probe:
             if probe.connect_ex((HOST, port)) == 0:
-                raise RuntimeError(f"{HOST}:{port} is taken: the fleet study's etcd needs it (bench/fleet.py ETCD_PORTS)")
+                raise RuntimeError(f"{HOST}:{port} is taken: the fleet study's etcd needs it "
+                                   "(bench/fleet.py ETCD_PORTS)")
     data = out / "etcd-data"
     shutil.rmtree(data, ignore_errors=True)
     client, peer = (f"http://{HOST}:{port}" for port in ETCD_PORTS)
@@ -292,10 +293,15 @@ def measure(procs: Processes, kind: str, out: Path, binaries: dict[str, Path], n
             "limits": [r.limits for r in instances], "problems": problems}
 
 
+def slots(limits: list[list[int] | None]) -> str:
+    """Each instance's slots per backend: `4/4/4 | 1/1/1 | 1/1/1` (`?`: not read)."""
+    return " | ".join("/".join(map(str, per_backend)) if per_backend else "?" for per_backend in limits)
+
+
 def describe(row: dict) -> str:
     limits = ""
     if any(row["limits"]):
-        limits = "  slots held at the end " + " | ".join("/".join(map(str, l)) if l else "?" for l in row["limits"])
+        limits = "  slots held at the end " + slots(row["limits"])
     return (f"{row['total_rps']:>8,.0f} req/s ("
             + " + ".join(f"{r:,.0f}" for r in row["rps"]) + ")  p99 "
             + " / ".join(f"{p:.2f}" for p in row["p99"]) + f" ms, all {row['total_p99']:.2f} ms  "
@@ -332,8 +338,7 @@ def table(results: dict[str, list[dict]], n: int, conns: list[int], duration: in
     fleet_limits = [r["limits"] for r in results.get("fleet", []) if any(r["limits"])]
     if fleet_limits:
         lines.append("Fleet slots held per backend half a second before the end (busy | quiet | quiet), by round: "
-                     + "; ".join(" | ".join("/".join(map(str, l)) if l else "?" for l in limits)
-                                 for limits in fleet_limits) + ".")
+                     + "; ".join(slots(limits) for limits in fleet_limits) + ".")
     if "fleet" in results and "static" in results:
         ratio = (statistics.median(r["total_rps"] for r in results["fleet"])
                  / (statistics.median(r["total_rps"] for r in results["static"]) or 1))
