@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import fleet
 import idle
 import load
 import metrics
@@ -50,7 +51,7 @@ BENCH = REPO / "bench"
 class Scenario:
     key: str
     title: str
-    tool: str  # "wrk", "h2load", "idle", "metrics", "upgrade", "uneven" or "protect"
+    tool: str  # "wrk", "h2load", "idle", "metrics", "upgrade", "uneven", "protect" or "fleet"
     path: str = "/small.txt"
     conns: int = 64
     streams: int = 1  # h2load: concurrent streams per connection
@@ -89,9 +90,13 @@ SCENARIOS = [
              "uneven"),
     Scenario("protect", "Protecting backends: a hung backend, a 500-only one and an adaptive n, "
              "against HAProxy and nginx", "protect"),
+    Scenario("fleet", "Fleet: three instances, load 80/10/10, a fleet-shared n against a static split and HAProxy",
+             "fleet"),
 ]
-# Run unless BENCH_SCENARIOS names others: upgrade, uneven and protect are studies of their own,
-# with their own tables (about 10 minutes more each), run by name.
+# The studies with backends, targets and tables of their own, by tool.
+STUDIES = {"uneven": uneven, "protect": protect, "fleet": fleet}
+# Run unless BENCH_SCENARIOS names others: upgrade, uneven, protect and fleet are studies of their own,
+# with their own tables (about 10 minutes more each; fleet about 2), run by name.
 DEFAULT_SCENARIOS = ["get12-c64", "get12-c512", "get64k-c64", "post16k-c64", "https-h1-c64", "https-h2",
                      "idle", "idle-16k", "idle-tls", "idle-h2", "metrics"]
 
@@ -257,9 +262,9 @@ def main() -> int:
             idle_conns = max(1, round(scenario.conns * idle_scale))
             title = scenario.title.format(n=f"{idle_conns:,}")
             print(f"\n== {title}", flush=True)
-            if scenario.tool in ("uneven", "protect"):
-                # Backends, targets and ports of their own (bench/uneven.py, bench/protect.py).
-                table = (uneven if scenario.tool == "uneven" else protect).run(out, duration, rounds)
+            if scenario.tool in STUDIES:
+                # Backends, targets and ports of their own (bench/uneven.py, protect.py, fleet.py).
+                table = STUDIES[scenario.tool].run(out, duration, rounds)
                 print("\n" + table, flush=True)
                 tables.append(table)
                 continue

@@ -10,6 +10,10 @@ command -v haproxy >/dev/null || missing+=(haproxy)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v ss >/dev/null || missing+=(iproute2)
+# The fleet study (BENCH_SCENARIOS=fleet, bench/fleet.py) starts an etcd of its own.
+if [[ ",${BENCH_SCENARIOS:-}," == *,fleet,* ]]; then
+    command -v etcd >/dev/null || missing+=(etcd-server)
+fi
 # Pingora's build (bench/pingora) compiles zlib-ng with cmake.
 command -v cmake >/dev/null || missing+=(cmake)
 if ((${#missing[@]})); then

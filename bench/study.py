@@ -1,9 +1,11 @@
-"""What the studies with backends of their own share (bench/uneven.py, bench/protect.py):
+"""What the studies with backends of their own share (bench/uneven.py, protect.py, fleet.py):
 `bin/test_server` backends, Juggler built with the study's config baked in, HAProxy and nginx
-started from a config text, and wrk with a Lua script that counts who answered and when.
+started from a config text, wrk with a Lua script that counts who answered and when, and a
+sampler of the established connections to the backends.
 
-Only one balancer runs at a time and nothing else talks to a study's backends, so counting the
-established connections to a backend port counts that balancer's.
+Only one balancer (in the fleet study: one kind, three instances) runs at a time and nothing else
+talks to a study's backends, so counting the established connections to a backend port counts
+that balancer's.
 """
 
 import math
@@ -103,10 +105,12 @@ def build_juggler(name: str, lb: str, routes: str, out: Path, shows: str) -> Pat
     return binary
 
 
-def start_juggler(procs: Processes, name: str, binary: Path, port: int, out: Path) -> None:
+def start_juggler(procs: Processes, name: str, binary: Path, port: int, out: Path,
+                  extra_args: list[str] = ()) -> None:
+    """extra_args: flags after --control-socket (a fleet instance's --instance, --listen-http, --admin)."""
     log = out / "logs" / f"{name}.log"
     env = dict(os.environ, RUST_LOG="warn")
-    proc = procs.start(name, [str(binary), "--control-socket", str(out / f"{name}.sock")], log, env)
+    proc = procs.start(name, [str(binary), "--control-socket", str(out / f"{name}.sock"), *extra_args], log, env)
     wait_listening(port, proc, log)
 
 
@@ -148,6 +152,38 @@ def backend_connections(ports: list[int]) -> list[int]:
     return counts
 
 
+class ConnectionSampler:
+    """The most established connections seen on each backend port (backend_connections), sampled
+    every `interval` seconds on a thread of its own while the `with` block runs."""
+
+    def __init__(self, ports: list[int], interval: float):
+        self.ports = ports
+        self.interval = interval
+        self.most = [0] * len(ports)
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample)
+
+    def __enter__(self) -> "ConnectionSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.most[:] = [max(a, b) for a, b in zip(self.most, backend_connections(self.ports))]
+            self.samples += 1
+
+
+def wrk_argv(port: int, path: str, duration: float, conns: int, script: Path, threads: int = 2) -> list[str]:
+    """wrk against 127.0.0.1:port with --latency, a 5 s timeout and a Lua script."""
+    return ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "5s",
+            "-s", str(script), f"http://{HOST}:{port}{path}"]
+
+
 @dataclass
 class WrkRun:
     result: RoundResult
@@ -183,15 +219,9 @@ def run_wrk(port: int, path: str, duration: int, conns: int, backend_ports: list
     sampling the backend connections; `events`: (seconds after the start, what to do then)."""
     script = log.parent / "count_answers.lua"
     script.write_text(COUNT_ANSWERS)
-    argv = ["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "5s", "-s", str(script),
-            f"http://{HOST}:{port}{path}"]
-    most = [0] * len(backend_ports)
+    argv = wrk_argv(port, path, duration, conns, script)
     marks: list[float] = []
     stop = threading.Event()
-
-    def sample():
-        while not stop.wait(0.25):
-            most[:] = [max(a, b) for a, b in zip(most, backend_connections(backend_ports))]
 
     def act(started: float):
         for at, action in sorted(events, key=lambda e: e[0]):
@@ -200,20 +230,19 @@ def run_wrk(port: int, path: str, duration: int, conns: int, backend_ports: list
             action()
             marks.append(time.time())
 
-    helpers = [threading.Thread(target=sample), threading.Thread(target=act, args=(time.monotonic(),))]
-    for helper in helpers:
-        helper.start()
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
-    finally:
-        stop.set()
-        for helper in helpers:
-            helper.join()
+    actor = threading.Thread(target=act, args=(time.monotonic(),))
+    with ConnectionSampler(backend_ports, 0.25) as sampler:
+        actor.start()
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+        finally:
+            stop.set()
+            actor.join()
     output = done.stdout + done.stderr
     log.write_text(output)
     answered = {key: int(n) for key, n in re.findall(r"^answered (.+) (\d+)$", output, re.M)}
     buckets = {int(b): int(n) for b, n in re.findall(r"^bucket (\d+) (\d+)$", output, re.M)}
-    return WrkRun(parse_wrk(output), answered, buckets, most, marks)
+    return WrkRun(parse_wrk(output), answered, buckets, sampler.most, marks)
 
 
 def haproxy_cfg(name: str, port: int, balance: str, servers: str, backend_lines: str = "",
