@@ -148,13 +148,16 @@ def rss_kib(pids: set[int]) -> int:
 _PID = re.compile(r"pid=(\d+)")
 
 
-def established_by_pid(ports: list[int]) -> list[tuple[int, set[int]]]:
-    """For each established TCP connection to one of `ports`: that port, and the pids holding it.
-    Each address pair once: a netlink dump is read in batches while sockets come and go, and can
-    list one twice (see EstablishedCounter in upgrade.py)."""
+def established_to(ports: list[int], owners: bool = False) -> list[tuple[int, set[int]]]:
+    """For each established TCP connection to one of `ports`, seen from the side that connected
+    (`ss` prints local, then peer: the peer is the port): that port, and with `owners` the pids
+    holding it (empty otherwise; asking costs `ss` a walk over every process's descriptors).
+    Each address pair once: a dump of the kernel's table is read in batches while sockets come
+    and go and can list one twice, and a sampler reporting the most it saw over many dumps would
+    read that as a broken bound (the same lesson as tests/support/tcp_table.rs)."""
     expr = " or ".join(f"dport = :{p}" for p in ports)
     out = subprocess.run(
-        ["ss", "-Htnp", "state", "established", f"( {expr} )"],
+        ["ss", "-Htnp" if owners else "-Htn", "state", "established", f"( {expr} )"],
         capture_output=True,
         text=True,
         timeout=20,
@@ -170,6 +173,11 @@ def established_by_pid(ports: list[int]) -> list[tuple[int, set[int]]]:
         peer_port = int(fields[3].rsplit(":", 1)[1])
         connections.append((peer_port, {int(pid) for pid in _PID.findall(line)}))
     return connections
+
+
+def established_by_pid(ports: list[int]) -> list[tuple[int, set[int]]]:
+    """established_to with the pids holding each connection."""
+    return established_to(ports, owners=True)
 
 
 def count_owned(connections: list[tuple[int, set[int]]], owners: set[int]) -> int:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from load import RoundResult, parse_wrk
-from procs import Processes, wait_listening
+from procs import Processes, established_to, wait_listening
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -132,24 +132,12 @@ def start_haproxy(procs: Processes, name: str, cfg: str, port: int, out: Path) -
 
 
 def backend_connections(ports: list[int]) -> list[int]:
-    """Established connections to each of these ports right now, counted on the balancer's side
-    (`ss` prints local, then peer: the peer is the backend's port), each address pair once. A
-    dump of the kernel's table is no snapshot: it is read in batches while connections open and
-    close, and a socket can come twice (the same lesson as tests/support/tcp_table.rs); the most
-    sampled in a run is the maximum over many dumps, so one doubled entry would show as a
-    broken bound."""
-    shown = subprocess.run(["ss", "-Htn", "state", "established"], capture_output=True, text=True)
-    counts = [0] * len(ports)
-    seen = set()
-    for line in shown.stdout.splitlines():
-        fields = line.split()
-        if len(fields) < 4 or (fields[2], fields[3]) in seen:
-            continue
-        seen.add((fields[2], fields[3]))
-        for i, port in enumerate(ports):
-            if fields[3].endswith(f":{port}"):
-                counts[i] += 1
-    return counts
+    """Established connections to each of these ports right now, counted on the balancer's side,
+    each address pair once (procs.established_to)."""
+    counts = dict.fromkeys(ports, 0)
+    for port, _owners in established_to(ports):
+        counts[port] += 1
+    return [counts[port] for port in ports]
 
 
 class ConnectionSampler:
