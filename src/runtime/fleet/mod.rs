@@ -411,6 +411,9 @@ impl Coordinator {
                     self.standing = Standing::Registered;
                     self.floors = self.floors_for(&self.recorded);
                     self.apply_caps(self.recorded.clone());
+                    // The shares may be above the targets now (the fleet changed meanwhile):
+                    // look again even if no record changes from here on.
+                    self.dirty = true;
                 }
             }
             Err(StoreError::LeaseGone) => {
