@@ -45,7 +45,7 @@ pub struct Store {
 }
 
 /// [`View`] plus what a transaction compares against.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Snapshot {
     pub view: View,
     /// The version key's modification revision at the read (0: never written).
@@ -53,6 +53,20 @@ pub struct Snapshot {
     /// Leases of this instance's own records, when they exist (an upgrade takes them over).
     pub my_leases: (Option<i64>, Option<i64>),
     /// The etcd revision the read saw: a watch from the next one keeps the snapshot current.
+    pub revision: i64,
+    /// The revision of this instance's last write noted here (its member record and the
+    /// version key), and of the last one that wrote its floor: see [`Snapshot::take`].
+    own_write: i64,
+    own_floor_write: i64,
+}
+
+/// One key's change as etcd reports it: a watch event, or a key found by a read.
+pub struct Change<'a> {
+    pub key: &'a str,
+    /// The new value; `None`: the key is gone (revoked, or its lease expired).
+    pub value: Option<&'a [u8]>,
+    pub lease: i64,
+    /// The revision of the change (a put's mod revision, or the delete's).
     pub revision: i64,
 }
 
@@ -69,11 +83,81 @@ impl Snapshot {
         floor: Option<(FloorRecord, i64)>,
     ) {
         self.version = revision;
+        self.own_write = revision;
         self.view.members.insert(me.to_owned(), member.0);
         self.my_leases.0 = Some(member.1);
         if let Some((floor, lease)) = floor {
+            self.own_floor_write = revision;
             self.view.floors.insert(me.to_owned(), floor);
             self.my_leases.1 = Some(lease);
+        }
+    }
+
+    /// Takes in one change of a key under `prefix` (`<prefix>/members/<name>` and so on).
+    ///
+    /// A change of this instance's own records, or of the version key, at or before its own
+    /// write noted here is that write's echo or an earlier one: the watch delivers it after the
+    /// write's answer, and the snapshot already holds what came after. Taken in, it rolled the
+    /// shares and the version back to an earlier write's: the next round then believed etcd
+    /// held those old shares, lowered the pools to them, and wrote a release nobody wanted
+    /// (or none at all, its compare-and-swap against an old version bound to fail). Other
+    /// instances' records change only through the watch, in order: each change is news.
+    pub fn take(&mut self, prefix: &str, me: &str, change: Change<'_>) {
+        let Some(rest) = change
+            .key
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('/'))
+        else {
+            return;
+        };
+        let record = rest.split_once('/');
+        let noted = match record {
+            Some(("members", name)) if name == me => self.own_write,
+            Some(("floors", name)) if name == me => self.own_floor_write,
+            None if rest == "version" => self.own_write,
+            _ => 0,
+        };
+        if change.revision <= noted {
+            return;
+        }
+        let view = &mut self.view;
+        let parsed = match (record, change.value) {
+            (Some(("members", name)), None) => {
+                view.members.remove(name);
+                if name == me {
+                    self.my_leases.0 = None;
+                }
+                Ok(())
+            }
+            (Some(("floors", name)), None) => {
+                view.floors.remove(name);
+                if name == me {
+                    self.my_leases.1 = None;
+                }
+                Ok(())
+            }
+            (Some(("members", name)), Some(value)) => serde_json::from_slice::<MemberRecord>(value)
+                .map(|record| {
+                    if name == me {
+                        self.my_leases.0 = Some(change.lease);
+                    }
+                    view.members.insert(name.to_owned(), record);
+                }),
+            (Some(("floors", name)), Some(value)) => serde_json::from_slice::<FloorRecord>(value)
+                .map(|record| {
+                    if name == me {
+                        self.my_leases.1 = Some(change.lease);
+                    }
+                    view.floors.insert(name.to_owned(), record);
+                }),
+            (None, Some(_)) if rest == "version" => {
+                self.version = change.revision;
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(error) = parsed {
+            tracing::warn!(key = change.key, %error, "fleet: unreadable record ignored");
         }
     }
 }
@@ -151,13 +235,13 @@ impl Store {
         let options = GetOptions::new().with_prefix();
         let response = bounded(self.timeout, self.client.get(prefix, Some(options))).await?;
         let mut snapshot = Snapshot {
-            view: View::default(),
-            version: 0,
-            my_leases: (None, None),
             revision: response.header().map_or(0, |header| header.revision()),
+            ..Snapshot::default()
         };
         for kv in response.kvs() {
-            self.absorb(&mut snapshot, me, kv, EventType::Put);
+            if let Some(change) = change(kv, EventType::Put) {
+                snapshot.take(&self.prefix, me, change);
+            }
         }
         Ok(snapshot)
     }
@@ -170,63 +254,13 @@ impl Store {
         }
         for event in response.events() {
             if let Some(kv) = event.kv() {
-                self.absorb(snapshot, me, kv, event.event_type());
+                if let Some(change) = change(kv, event.event_type()) {
+                    snapshot.take(&self.prefix, me, change);
+                }
                 snapshot.revision = snapshot.revision.max(kv.mod_revision());
             }
         }
         Applied::Current
-    }
-
-    /// One key's record (`Put`) or its removal (`Delete`: a revoke or an expired lease).
-    fn absorb(&self, snapshot: &mut Snapshot, me: &str, kv: &KeyValue, event: EventType) {
-        let Ok(key) = kv.key_str() else { return };
-        let Some(rest) = key
-            .strip_prefix(self.prefix.as_str())
-            .and_then(|rest| rest.strip_prefix('/'))
-        else {
-            return;
-        };
-        let view = &mut snapshot.view;
-        let parsed = match (rest.split_once('/'), event) {
-            (Some(("members", name)), EventType::Delete) => {
-                view.members.remove(name);
-                if name == me {
-                    snapshot.my_leases.0 = None;
-                }
-                Ok(())
-            }
-            (Some(("floors", name)), EventType::Delete) => {
-                view.floors.remove(name);
-                if name == me {
-                    snapshot.my_leases.1 = None;
-                }
-                Ok(())
-            }
-            (Some(("members", name)), EventType::Put) => {
-                serde_json::from_slice::<MemberRecord>(kv.value()).map(|record| {
-                    if name == me {
-                        snapshot.my_leases.0 = Some(kv.lease());
-                    }
-                    view.members.insert(name.to_owned(), record);
-                })
-            }
-            (Some(("floors", name)), EventType::Put) => {
-                serde_json::from_slice::<FloorRecord>(kv.value()).map(|record| {
-                    if name == me {
-                        snapshot.my_leases.1 = Some(kv.lease());
-                    }
-                    view.floors.insert(name.to_owned(), record);
-                })
-            }
-            (None, EventType::Put) if rest == "version" => {
-                snapshot.version = kv.mod_revision();
-                Ok(())
-            }
-            _ => Ok(()),
-        };
-        if let Err(error) = parsed {
-            tracing::warn!(key, %error, "fleet: unreadable record ignored");
-        }
     }
 
     /// Writes this instance's records if nobody wrote since `version` (the snapshot's); the floor
@@ -274,6 +308,16 @@ impl Store {
     }
 }
 
+/// A key's change as [`Snapshot::take`] takes it; `None` for a key that is not UTF-8 (not ours).
+fn change(kv: &KeyValue, event: EventType) -> Option<Change<'_>> {
+    Some(Change {
+        key: kv.key_str().ok()?,
+        value: matches!(event, EventType::Put).then(|| kv.value()),
+        lease: kv.lease(),
+        revision: kv.mod_revision(),
+    })
+}
+
 async fn bounded<T>(
     timeout: Duration,
     call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -281,5 +325,106 @@ async fn bounded<T>(
     match tokio::time::timeout(timeout, call).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(StoreError::Timeout(timeout)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PREFIX: &str = "/fleet";
+
+    fn member(shares: &[usize]) -> MemberRecord {
+        MemberRecord {
+            shares: shares.to_vec(),
+            demand: vec![0; shares.len()],
+            owner: 7,
+        }
+    }
+
+    /// A put of `record` to `key`, as the watch reports it.
+    fn put(snapshot: &mut Snapshot, key: &str, record: &MemberRecord, revision: i64) {
+        let value = serde_json::to_vec(record).unwrap();
+        let key = format!("{PREFIX}/{key}");
+        let change = Change {
+            key: &key,
+            value: Some(&value),
+            lease: 1,
+            revision,
+        };
+        snapshot.take(PREFIX, "a", change);
+    }
+
+    /// The version key's put that every transaction makes.
+    fn bump(snapshot: &mut Snapshot, revision: i64) {
+        let key = format!("{PREFIX}/version");
+        let change = Change {
+            key: &key,
+            value: Some(b""),
+            lease: 0,
+            revision,
+        };
+        snapshot.take(PREFIX, "a", change);
+    }
+
+    fn delete(snapshot: &mut Snapshot, key: &str, revision: i64) {
+        let key = format!("{PREFIX}/{key}");
+        let change = Change {
+            key: &key,
+            value: None,
+            lease: 0,
+            revision,
+        };
+        snapshot.take(PREFIX, "a", change);
+    }
+
+    fn shares_of(snapshot: &Snapshot, name: &str) -> Option<Vec<usize>> {
+        snapshot
+            .view
+            .members
+            .get(name)
+            .map(|record| record.shares.clone())
+    }
+
+    /// The order seen in a failing run of tests/fleet.rs: "a" registers (revision 2), takes
+    /// all of n (3), and only then does the watch deliver the registration's events.
+    #[test]
+    fn the_echo_of_an_earlier_own_write_does_not_roll_the_snapshot_back() {
+        let mut snapshot = Snapshot::default();
+        snapshot.note_own_write("a", 2, (member(&[0, 0]), 1), None);
+        snapshot.note_own_write("a", 3, (member(&[6, 6]), 1), None);
+        put(&mut snapshot, "members/a", &member(&[0, 0]), 2);
+        bump(&mut snapshot, 2);
+        assert_eq!(shares_of(&snapshot, "a"), Some(vec![6, 6]));
+        assert_eq!(
+            snapshot.version, 3,
+            "the transaction compares against the newest"
+        );
+        put(&mut snapshot, "members/a", &member(&[6, 6]), 3);
+        bump(&mut snapshot, 3);
+        assert_eq!(shares_of(&snapshot, "a"), Some(vec![6, 6]));
+        // Another instance's write, after: taken in as always.
+        put(&mut snapshot, "members/b", &member(&[0, 0]), 4);
+        bump(&mut snapshot, 4);
+        assert_eq!(shares_of(&snapshot, "b"), Some(vec![0, 0]));
+        assert_eq!(snapshot.version, 4);
+    }
+
+    #[test]
+    fn an_old_delete_of_an_own_record_does_not_remove_the_newer_one() {
+        let mut snapshot = Snapshot::default();
+        put(&mut snapshot, "members/b", &member(&[1, 1]), 2);
+        // "a" registers again after its lease expired (revision 4), and writes (5): the
+        // expiry's delete arrives after. Another instance's expiry at 4 is news all the same.
+        snapshot.note_own_write("a", 5, (member(&[1, 1]), 9), None);
+        delete(&mut snapshot, "members/a", 4);
+        delete(&mut snapshot, "members/b", 4);
+        assert_eq!(shares_of(&snapshot, "a"), Some(vec![1, 1]));
+        assert_eq!(snapshot.my_leases.0, Some(9));
+        assert_eq!(shares_of(&snapshot, "b"), None);
+        // A later delete of its own record (its lease gone) is news.
+        delete(&mut snapshot, "members/a", 6);
+        assert_eq!(shares_of(&snapshot, "a"), None);
+        assert_eq!(snapshot.my_leases.0, None);
     }
 }
