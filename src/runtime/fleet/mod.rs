@@ -284,7 +284,12 @@ impl Coordinator {
             // at the next point the clock lowers them; a write cut off after etcd applied it
             // only ever over-reserves, and the next read corrects what this process believes.
             let deadline = self.next_deadline();
-            let _ = tokio::time::timeout_at(deadline, self.etcd_work(&mut rounds, changed)).await;
+            let work = tokio::time::timeout_at(deadline, self.etcd_work(&mut rounds, changed));
+            if work.await.is_err() {
+                // Cut off, perhaps after the round cleared `dirty` and before it wrote: with
+                // nothing else changing, a share it was about to take would wait for good.
+                self.dirty = true;
+            }
             self.follow_the_clock(Instant::now());
             self.publish_report();
         }
