@@ -35,6 +35,12 @@ fn fleet_instance() {
     let Ok(spec) = std::env::var("FLEET_INSTANCE") else {
         return;
     };
+    if let Ok(filter) = std::env::var("FLEET_INSTANCE_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     // name;etcd endpoint;fallback lease secs;backend,backend,...;control socket;upgrade
     let parts: Vec<&str> = spec.split(';').collect();
     let control = std::path::PathBuf::from(parts[4]);

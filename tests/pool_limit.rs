@@ -131,3 +131,76 @@ async fn a_lowered_limit_bounds_connections_and_requests_and_a_raised_one_reopen
     assert!(backend.accepted() >= 6);
     juggler.shutdown().await.unwrap();
 }
+
+/// The refill opens a connection, and the limit is lowered before the connect completes (too late
+/// for `set_limit` to find it idle and close it): once open, the connection must be closed, or the
+/// pool stays above its limit for good (and a fleet instance, which records a share it gives up
+/// only once its pool is down to it, never gives the share up). The backend's accept queue is
+/// kept full, so the kernel drops the pool's SYN and the connect completes only when the SYN is
+/// sent again, a second later, after the limit was lowered and the queue emptied.
+#[juggler_testkit::test]
+async fn a_connection_still_opening_when_the_limit_is_lowered_is_closed_once_open() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Fill the accept queue: the first connect that does not complete at once found it full.
+    let mut queued = Vec::new();
+    while queued.len() < 16 {
+        let connect = tokio::net::TcpStream::connect(addr);
+        match tokio::time::timeout(Duration::from_millis(200), connect).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            _ => break,
+        }
+    }
+    assert!(queued.len() < 16, "the accept queue never filled");
+
+    let juggler = TestJuggler::start(table(&[addr], 2, Settings::DEFAULT)).await;
+    let pool = Arc::clone(&juggler.proxy.pools[0]);
+    let opening = settles(Duration::from_secs(2), || pool.open_connections() == 1).await;
+    assert!(opening.is_some(), "the refill did not start a connection");
+    assert_eq!(pool.set_limit(LimitSource::FleetShare, Some(0)), 0);
+    assert_eq!(
+        pool.open_connections(),
+        1,
+        "the connection is still opening: nothing idle to close yet"
+    );
+
+    // Empty the queue (and keep accepting): the pool's connect completes at its SYN's resend.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acceptor = tokio::spawn({
+        let accepted = Arc::clone(&accepted);
+        async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let expected = queued.len() + 1;
+    let connected = settles(Duration::from_secs(5), || {
+        accepted.load(Ordering::Relaxed) == expected
+    })
+    .await;
+    assert!(connected.is_some(), "the pool's connect never completed");
+    let closed = settles(Duration::from_secs(2), || pool.open_connections() == 0).await;
+    println!("the pool's connect completed after {connected:?}; closed after {closed:?}");
+    assert!(
+        closed.is_some(),
+        "limit 0, yet the pool keeps {} connection(s) open ({} idle)",
+        pool.open_connections(),
+        pool.idle_connections()
+    );
+
+    // Raised again, the pool opens its connections.
+    assert_eq!(pool.set_limit(LimitSource::FleetShare, None), 2);
+    let reopened = settles(Duration::from_secs(5), || pool.open_connections() == 2).await;
+    assert!(
+        reopened.is_some(),
+        "the pool did not open its connections again"
+    );
+    acceptor.abort();
+    drop(queued);
+    juggler.shutdown().await.unwrap();
+}

@@ -665,10 +665,7 @@ impl BackendPool {
         match conn {
             Some(member) if reusable && !self.closes_when_free() && !self.above_limit() => {
                 if let Some(member) = self.try_hand_over(member) {
-                    self.idle
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(member);
+                    self.park_within_limit(member);
                 }
             }
             closed => {
@@ -685,6 +682,23 @@ impl BackendPool {
             // A slot holder may be waiting for the connection this one closed or idled (see
             // `waits_for_a_connection`).
             self.adopted.notify_waiters();
+        }
+    }
+
+    /// Puts an open connection in the idle list, or closes it if more are open than the limit
+    /// allows. Looked at under the list's lock: `set_limit` lowers the limit *before* it takes
+    /// that lock to close idle connections, so either it finds this one in the list or this
+    /// finds the lower limit. Nothing else closes an idle connection above the limit: one left
+    /// there keeps the pool above it for good (and a fleet instance, which records a share it
+    /// gives up only once its pool is down to it, from ever giving the share up).
+    fn park_within_limit(&self, member: Member) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.above_limit() {
+            drop(member);
+            drop(idle);
+            self.refill.notify_one();
+        } else {
+            idle.push(member);
         }
     }
 
@@ -821,14 +835,14 @@ impl BackendPool {
                 match self.connect().await {
                     Ok(conn) => {
                         backoff.reset();
-                        self.idle
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .push(Member {
-                                conn,
-                                _counted: reserved,
-                            });
-                        self.release_slot();
+                        // The limit may have been lowered while this one was connecting, too
+                        // late for `set_limit` to find it idle and close it: kept only within
+                        // the limit, like a connection a request gives back (with the slot).
+                        let member = Member {
+                            conn,
+                            _counted: reserved,
+                        };
+                        self.give_back(Some(member), true);
                     }
                     Err(_) => {
                         // Uncounted before the slot is free again (see `give_back`).

@@ -9,7 +9,7 @@
 //! - **Giving up** slots lowers the pool first and is written only once its open connections are
 //!   down to the new share (idle ones close at once, busy ones when their request ends).
 //! - Shares follow demand (busy + queued, smoothed, published in the record): every instance
-//!   computes the same targets from the same records ([`shares::View::targets`]) and moves
+//!   computes the same targets from the same records ([`shares::Tally::target`]) and moves
 //!   towards its own, so none has to instruct another.
 //!
 //! **Failures.** Outsiders cannot tell a dead instance from one cut off from etcd, and the cut-off
@@ -47,12 +47,13 @@ use tokio::time::Instant;
 use crate::admin::{FleetBackendReport, FleetReport};
 use crate::backend::pool::{BackendPool, LimitSource};
 use crate::table::FleetSettings;
-use shares::{FloorRecord, MemberRecord, View};
-use store::{Snapshot, Store, StoreError};
+use shares::{FloorRecord, MemberRecord, Tally, View};
+use store::{Applied, Snapshot, Store, StoreError};
 
 /// How often demand is sampled and the timers looked at.
 const TICK: Duration = Duration::from_millis(250);
-/// How often the records are read and shares moved ("every second or so").
+/// How often this instance's own demand and pending releases are looked at ("every second or
+/// so"); the others' records are looked at as soon as the watch brings a change.
 const REBALANCE_EVERY: Duration = Duration::from_secs(1);
 /// Smoothing of demand per tick: about a second's memory.
 const DEMAND_WEIGHT: f64 = 0.25;
@@ -165,10 +166,20 @@ impl Fleet {
             members_seen: 0,
             fleet_totals: vec![0; count],
             adopt: upgrading,
+            cache: None,
+            dirty: true,
             report: Arc::clone(&report),
         };
         let task = tokio::spawn(coordinator.run(stopped));
         Fleet { stop, task, report }
+    }
+
+    /// This instance's place in the fleet now: what `/status` shows.
+    pub fn report(&self) -> FleetReport {
+        self.report
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Waits up to `within` for this instance to hold recorded shares; `false` if it does not
@@ -176,13 +187,7 @@ impl Fleet {
     pub async fn wait_registered(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            let state = self
-                .report
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .state
-                .clone();
-            if state == Standing::Registered.name() {
+            if self.report().state == Standing::Registered.name() {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -204,7 +209,7 @@ struct Rounds {
     next_renewal: Instant,
     next_rebalance: Instant,
     warned_unreachable: bool,
-    /// Wakes a round as soon as any record changes; `None` until (re)established.
+    /// Keeps [`Coordinator::cache`] current; `None` until (re)established with it.
     watch: Option<etcd_client::WatchStream>,
 }
 
@@ -240,6 +245,13 @@ struct Coordinator {
     fleet_totals: Vec<usize>,
     /// Take over this instance's records (an upgrade) instead of waiting for them to expire.
     adopt: bool,
+    /// The fleet's records as of the last watch event: read once, then fed by the watch (see
+    /// `store`). An `Arc` so that a round can look at it while changing the rest of `self`.
+    cache: Option<Arc<Snapshot>>,
+    /// Something changed (a record, or a write of ours failed) that the shares were not yet
+    /// moved for: without it, and with this instance's own demand and pools steady, a round
+    /// has nothing to compute.
+    dirty: bool,
     report: Shared,
 }
 
@@ -258,11 +270,10 @@ impl Coordinator {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stopped.changed() => break,
-                event = next_change(&mut rounds.watch) => match event {
-                    Ok(Some(_)) => changed = true,
-                    // Broken or cancelled: watch anew on the next round.
-                    _ => rounds.watch = None,
-                },
+                event = next_change(&mut rounds.watch) => {
+                    changed = true;
+                    self.absorb(event, &mut rounds);
+                }
             }
             if !changed {
                 self.sample_demand();
@@ -273,7 +284,12 @@ impl Coordinator {
             // at the next point the clock lowers them; a write cut off after etcd applied it
             // only ever over-reserves, and the next read corrects what this process believes.
             let deadline = self.next_deadline();
-            let _ = tokio::time::timeout_at(deadline, self.etcd_work(&mut rounds, changed)).await;
+            let work = tokio::time::timeout_at(deadline, self.etcd_work(&mut rounds, changed));
+            if work.await.is_err() {
+                // Cut off, perhaps after the round cleared `dirty` and before it wrote: with
+                // nothing else changing, a share it was about to take would wait for good.
+                self.dirty = true;
+            }
             self.follow_the_clock(Instant::now());
             self.publish_report();
         }
@@ -297,6 +313,45 @@ impl Coordinator {
         }
     }
 
+    /// Takes one watch response into the cache; a broken or cancelled watch (or one whose
+    /// revision was compacted) drops both, and the next round reads and watches anew.
+    fn absorb(
+        &mut self,
+        event: Result<Option<etcd_client::WatchResponse>, etcd_client::Error>,
+        rounds: &mut Rounds,
+    ) {
+        let applied = match (event, self.store.as_ref(), self.cache.as_mut()) {
+            (Ok(Some(response)), Some(store), Some(cache)) => {
+                store.apply(Arc::make_mut(cache), &self.instance, &response)
+            }
+            _ => Applied::Lost,
+        };
+        match applied {
+            Applied::Current => self.dirty = true,
+            Applied::Lost => {
+                tracing::debug!("fleet: watch ended; reading the records again");
+                rounds.watch = None;
+                self.cache = None;
+            }
+        }
+    }
+
+    /// Reads the records once and watches them from there on, unless already watching.
+    async fn follow_records(&mut self, rounds: &mut Rounds) -> Result<(), StoreError> {
+        if rounds.watch.is_some() && self.cache.is_some() {
+            return Ok(());
+        }
+        let Some(store) = self.store.as_mut() else {
+            return Ok(());
+        };
+        let snapshot = store.read(&self.instance).await?;
+        rounds.watch = Some(store.watch_from(snapshot.revision).await?);
+        self.last_contact = Some(SystemTime::now());
+        self.cache = Some(Arc::new(snapshot));
+        self.dirty = true;
+        Ok(())
+    }
+
     /// One round's etcd calls: connect, watch, renew, read and move shares, as each is due.
     async fn etcd_work(&mut self, rounds: &mut Rounds, changed: bool) {
         let now = Instant::now();
@@ -316,14 +371,14 @@ impl Coordinator {
             rounds.next_renewal = now + self.settings.lease / 4;
             self.renew(now).await;
         }
-        if rounds.watch.is_none() {
-            if let Some(store) = self.store.as_mut() {
-                rounds.watch = store.watch().await.ok();
-            }
+        if let Err(error) = self.follow_records(rounds).await {
+            tracing::debug!(%error, "fleet: cannot read or watch the records");
+            return;
         }
         if (changed || now >= rounds.next_rebalance) && self.standing != Standing::HandedOver {
             rounds.next_rebalance = now + REBALANCE_EVERY;
             if let Err(error) = self.rebalance().await {
+                self.dirty = true;
                 tracing::debug!(%error, "fleet: rebalance round failed");
             }
         }
@@ -361,6 +416,9 @@ impl Coordinator {
                     self.standing = Standing::Registered;
                     self.floors = self.floors_for(&self.recorded);
                     self.apply_caps(self.recorded.clone());
+                    // The shares may be above the targets now (the fleet changed meanwhile):
+                    // look again even if no record changes from here on.
+                    self.dirty = true;
                 }
             }
             Err(StoreError::LeaseGone) => {
@@ -437,16 +495,29 @@ impl Coordinator {
         }
     }
 
-    /// Reads the records, registers if needed, and moves this instance's shares towards its
-    /// targets: giving up what is closed, taking what is free.
+    /// Registers if needed, and moves this instance's shares towards its targets (giving up
+    /// what is closed, taking what is free), from the watched records: no read.
     async fn rebalance(&mut self) -> Result<(), StoreError> {
-        let Some(store) = self.store.as_mut() else {
+        let Some(snapshot) = self.cache.clone() else {
             return Ok(());
         };
+        // Before any lease is granted: its expiry counts from no earlier than this.
         let sent = Instant::now();
-        let snapshot = store.read(&self.instance).await?;
-        self.last_contact = Some(SystemTime::now());
-        self.note_totals(&snapshot.view);
+        let releasing = self
+            .caps
+            .iter()
+            .zip(&self.recorded)
+            .any(|(cap, share)| cap < share);
+        if self.standing == Standing::Registered
+            && !self.dirty
+            && !releasing
+            && !self.demand_moved()
+        {
+            return Ok(());
+        }
+        self.dirty = false;
+        let tally = snapshot.view.tally(self.pools.len());
+        self.note_totals(&snapshot.view, &tally);
         if let Some(mine) = snapshot.view.members.get(&self.instance) {
             if self.leases.is_some() && mine.owner != self.owner {
                 tracing::info!("fleet: the new process of this instance took the shares over");
@@ -467,29 +538,33 @@ impl Coordinator {
             }
         }
         match self.standing {
-            Standing::Registered => self.move_shares(snapshot).await,
-            Standing::Unregistered => self.register(snapshot, sent).await,
+            Standing::Registered => self.move_shares(&snapshot, &tally).await,
+            Standing::Unregistered => self.register(&snapshot, &tally, sent).await,
             // Waiting for renewals to succeed again.
             Standing::Fallback | Standing::Stopped | Standing::HandedOver => Ok(()),
         }
     }
 
-    fn note_totals(&mut self, view: &View) {
+    fn note_totals(&mut self, view: &View, tally: &Tally) {
         self.members_seen = view.members.len();
+        let mine = view.members.get(&self.instance);
         for (backend, total) in self.fleet_totals.iter_mut().enumerate() {
-            let mine = view
-                .members
-                .get(&self.instance)
+            let share = mine
                 .and_then(|record| record.shares.get(backend).copied())
                 .unwrap_or(0);
-            *total = view.used_by_others(backend, &self.instance) + mine;
+            *total = tally.used_by_others(backend, &self.instance) + share;
         }
     }
 
     /// Gets leases and writes this instance's records: with the shares it holds now (its floor
     /// after losing its lease, nothing at start), or, taking over from a predecessor, with the
     /// predecessor's shares and leases.
-    async fn register(&mut self, snapshot: Snapshot, sent: Instant) -> Result<(), StoreError> {
+    async fn register(
+        &mut self,
+        snapshot: &Snapshot,
+        tally: &Tally<'_>,
+        sent: Instant,
+    ) -> Result<(), StoreError> {
         let existing = snapshot.view.members.get(&self.instance);
         let (leases, shares) = match (existing, snapshot.my_leases) {
             (Some(record), (Some(short), Some(long)))
@@ -524,7 +599,7 @@ impl Coordinator {
             .map(|(share, n)| (*share).min(*n))
             .collect();
         shares.resize(sizes.len(), 0);
-        if !snapshot.view.fits(&self.instance, &shares, &sizes) {
+        if !tally.fits(&self.instance, &shares, &sizes) {
             // Only possible when adopting records that the fleet since outgrew; start empty.
             self.apply_caps(vec![0; self.pools.len()]);
             return Ok(());
@@ -541,12 +616,13 @@ impl Coordinator {
                 &self.instance,
                 snapshot.version,
                 (&member, leases.0),
-                (&floor, leases.1),
+                Some((&floor, leases.1)),
             )
             .await?;
-        if !written {
+        let Some(revision) = written else {
             return Ok(());
-        }
+        };
+        self.note_own_write(revision, (&member, leases.0), Some((&floor, leases.1)));
         tracing::info!(instance = self.instance, shares = ?shares, "fleet: registered");
         // Only now: a write that lost the race reads the predecessor's records again.
         self.adopt = false;
@@ -561,17 +637,16 @@ impl Coordinator {
     }
 
     /// One step towards this instance's targets.
-    async fn move_shares(&mut self, snapshot: Snapshot) -> Result<(), StoreError> {
+    async fn move_shares(
+        &mut self,
+        snapshot: &Snapshot,
+        tally: &Tally<'_>,
+    ) -> Result<(), StoreError> {
         let sizes = self.sizes();
-        let view = &snapshot.view;
         let mut wanted = self.recorded.clone();
         let mut caps = self.caps.clone();
         for (backend, &n) in sizes.iter().enumerate() {
-            let target = view
-                .targets(backend, n)
-                .get(self.instance.as_str())
-                .copied()
-                .unwrap_or(0);
+            let target = tally.target(backend, n, &self.instance);
             let share = self.recorded[backend];
             if target < share && share - target >= (share / 8).max(1) {
                 // Give up: lower the pool now, record it once the connections are closed.
@@ -579,7 +654,7 @@ impl Coordinator {
             } else if target > share {
                 // A release still waiting for its connections is called off: the share is ours.
                 caps[backend] = share;
-                let free = n.saturating_sub(view.used_by_others(backend, &self.instance) + share);
+                let free = n.saturating_sub(tally.used_by_others(backend, &self.instance) + share);
                 wanted[backend] = share + free.min(target - share);
             }
             // Closed means closed in both processes during an upgrade: the predecessor's
@@ -594,18 +669,13 @@ impl Coordinator {
         }
         // Lowering is always safe, and calling a release off keeps within the recorded share.
         self.apply_caps(caps);
-        let demand = self.demand_tenths();
-        let demand_moved = demand.iter().zip(&self.published).any(|(now, then)| {
-            let (now, then) = (i64::from(*now), i64::from(*then));
-            (now - then).abs() >= 10.max(then / 4)
-        });
-        if wanted == self.recorded && !demand_moved {
+        if wanted == self.recorded && !self.demand_moved() {
             return Ok(());
         }
         let Some((short, long)) = self.leases else {
             return Ok(());
         };
-        if !view.fits(&self.instance, &wanted, &sizes) {
+        if !tally.fits(&self.instance, &wanted, &sizes) {
             return Ok(());
         }
         let floors = self.floors_for(&wanted);
@@ -616,17 +686,18 @@ impl Coordinator {
         let floor = FloorRecord {
             floors: floors.clone(),
         };
+        // Most moves leave the floor (at most `fallback_share`) as it was: one value less.
+        let floor = (floors != self.floors).then_some((&floor, long));
         let written = store
-            .write(
-                &self.instance,
-                snapshot.version,
-                (&member, short),
-                (&floor, long),
-            )
+            .write(&self.instance, snapshot.version, (&member, short), floor)
             .await;
         match written {
-            Ok(true) => {}
-            Ok(false) => return Ok(()),
+            Ok(Some(revision)) => self.note_own_write(revision, (&member, short), floor),
+            Ok(None) => {
+                // Someone wrote first: the watch is bringing it, recompute then.
+                self.dirty = true;
+                return Ok(());
+            }
             Err(StoreError::LeaseGone) => {
                 self.forget_registration();
                 return Ok(());
@@ -647,6 +718,33 @@ impl Coordinator {
         self.published = member.demand;
         self.apply_caps(caps);
         Ok(())
+    }
+
+    /// Whether this instance's demand moved enough since it was last published to be worth a
+    /// write (hysteresis: a whole request, or a quarter).
+    fn demand_moved(&self) -> bool {
+        let demand = self.demand_tenths();
+        demand.iter().zip(&self.published).any(|(now, then)| {
+            let (now, then) = (i64::from(*now), i64::from(*then));
+            (now - then).abs() >= 10.max(then / 4)
+        })
+    }
+
+    /// Puts a write of ours into the cache at once (see [`Snapshot::note_own_write`]).
+    fn note_own_write(
+        &mut self,
+        revision: i64,
+        member: (&MemberRecord, i64),
+        floor: Option<(&FloorRecord, i64)>,
+    ) {
+        if let Some(cache) = self.cache.as_mut() {
+            Arc::make_mut(cache).note_own_write(
+                &self.instance,
+                revision,
+                (member.0.clone(), member.1),
+                floor.map(|(floor, lease)| (floor.clone(), lease)),
+            );
+        }
     }
 
     fn sizes(&self) -> Vec<usize> {
