@@ -92,27 +92,35 @@ impl AccessLine<'_> {
         );
     }
 
-    /// The line's fields in order; `client` is the client's address as text.
-    fn fields<'a>(&'a self, client: &'a str) -> [(&'static str, Value<'a>); 10] {
+    /// The line's fields in order, each with its name as the text and the JSON format write it.
+    fn fields(&self) -> [Field<'_>; 10] {
+        /// `(" name=", ",\"name\":", value)`: the name once, both formats' separators.
+        macro_rules! field {
+            ($name:literal, $value:expr) => {
+                Field {
+                    text: concat!(" ", $name, "="),
+                    json: concat!(",\"", $name, "\":"),
+                    value: $value,
+                }
+            };
+        }
         [
-            ("request_id", Value::Str(self.request_id)),
-            ("client", Value::Shown(client)),
-            ("method", Value::Shown(self.method.as_str())),
-            ("path", Value::Str(self.path)),
-            ("status", Value::Number(u64::from(self.status))),
-            ("backend", Value::Str(self.backend)),
-            ("backend_limit", Value::Number(self.backend_limit as u64)),
-            ("queued_us", Value::Number(self.queued_us)),
-            ("total_us", Value::Number(self.total_us)),
-            ("bytes", Value::Number(self.bytes)),
+            field!("request_id", Value::Str(self.request_id)),
+            field!("client", Value::Ip(self.client)),
+            field!("method", Value::Shown(self.method.as_str())),
+            field!("path", Value::Str(self.path)),
+            field!("status", Value::Number(u64::from(self.status))),
+            field!("backend", Value::Str(self.backend)),
+            field!("backend_limit", Value::Number(self.backend_limit as u64)),
+            field!("queued_us", Value::Number(self.queued_us)),
+            field!("total_us", Value::Number(self.total_us)),
+            field!("bytes", Value::Number(self.bytes)),
         ]
     }
 
     /// The whole line, as `tracing_subscriber`'s default text format or its flattened JSON
     /// format writes the event of [`AccessLine::emit_event`].
     fn write(&self, style: Style, out: &mut Vec<u8>) {
-        let client = IpText::of(self.client);
-        let fields = self.fields(client.as_str());
         match style {
             Style::Text => {
                 // `2026-12-06T03:46:54.761215Z  INFO juggler::access: request_id="…" client=…`
@@ -120,20 +128,10 @@ impl AccessLine<'_> {
                 // The level right-aligned in five columns, as `{:>5}`.
                 out.extend_from_slice(b"  INFO ");
                 out.extend_from_slice(ACCESS_LOG.as_bytes());
-                out.extend_from_slice(b": ");
-                for (n, (name, value)) in fields.iter().enumerate() {
-                    if n > 0 {
-                        out.push(b' ');
-                    }
-                    out.extend_from_slice(name.as_bytes());
-                    out.push(b'=');
-                    match *value {
-                        Value::Str(text) => debug_string(out, text),
-                        Value::Shown(text) => out.extend_from_slice(text.as_bytes()),
-                        Value::Number(number) => {
-                            out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes())
-                        }
-                    }
+                out.extend_from_slice(b":");
+                for field in self.fields() {
+                    out.extend_from_slice(field.text.as_bytes());
+                    field.value.write_text(out);
                 }
                 out.push(b'\n');
             }
@@ -142,16 +140,9 @@ impl AccessLine<'_> {
                 out.extend_from_slice(b"{\"timestamp\":\"");
                 timestamp(out);
                 out.extend_from_slice(b"\",\"level\":\"INFO\"");
-                for (name, value) in fields {
-                    out.extend_from_slice(b",\"");
-                    out.extend_from_slice(name.as_bytes());
-                    out.extend_from_slice(b"\":");
-                    match value {
-                        Value::Str(text) | Value::Shown(text) => json_string(out, text),
-                        Value::Number(number) => {
-                            out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes())
-                        }
-                    }
+                for field in self.fields() {
+                    out.extend_from_slice(field.json.as_bytes());
+                    field.value.write_json(out);
                 }
                 out.extend_from_slice(b",\"target\":");
                 json_string(out, ACCESS_LOG);
@@ -161,6 +152,13 @@ impl AccessLine<'_> {
     }
 }
 
+/// One field of the line: its name with the separator before it, in each format, and its value.
+struct Field<'a> {
+    text: &'static str,
+    json: &'static str,
+    value: Value<'a>,
+}
+
 /// A field's value, as the formatters tell them apart.
 #[derive(Clone, Copy)]
 enum Value<'a> {
@@ -168,51 +166,56 @@ enum Value<'a> {
     Str(&'a str),
     /// A `%value` field's `Display` text: bare in text, a JSON string in JSON.
     Shown(&'a str),
+    /// The client's address, a `%value` field too.
+    Ip(IpAddr),
     /// Bare in both.
     Number(u64),
 }
 
-/// The client's address as `IpAddr`'s `Display` writes it, on the stack; an IPv4 address by
-/// `itoa` rather than `core::fmt`'s four calls, one per octet (a thousand instructions a line).
-struct IpText {
-    /// Long enough for any IPv6 address with an embedded IPv4 one.
-    text: [u8; 45],
-    len: usize,
-}
-
-impl IpText {
-    fn of(ip: IpAddr) -> IpText {
-        let mut shown = IpText {
-            text: [0; 45],
-            len: 0,
-        };
-        match ip {
-            IpAddr::V4(v4) => {
-                for (n, octet) in v4.octets().into_iter().enumerate() {
-                    if n > 0 {
-                        shown.push(b".");
-                    }
-                    shown.push(itoa::Buffer::new().format(octet).as_bytes());
-                }
-            }
-            IpAddr::V6(v6) => {
-                let mut cursor = std::io::Cursor::new(&mut shown.text[..]);
-                // 45 bytes hold the longest form; a failure would only shorten the text.
-                let _ = write!(cursor, "{v6}");
-                shown.len = cursor.position() as usize;
+impl Value<'_> {
+    fn write_text(self, out: &mut Vec<u8>) {
+        match self {
+            Value::Str(text) => debug_string(out, text),
+            Value::Shown(text) => out.extend_from_slice(text.as_bytes()),
+            Value::Ip(ip) => write_ip(out, ip),
+            Value::Number(number) => {
+                out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes())
             }
         }
-        shown
     }
 
-    fn push(&mut self, bytes: &[u8]) {
-        self.text[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
+    fn write_json(self, out: &mut Vec<u8>) {
+        match self {
+            Value::Str(text) | Value::Shown(text) => json_string(out, text),
+            // Digits, dots, hex digits and colons: nothing to escape.
+            Value::Ip(ip) => {
+                out.push(b'"');
+                write_ip(out, ip);
+                out.push(b'"');
+            }
+            Value::Number(number) => {
+                out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes())
+            }
+        }
     }
+}
 
-    fn as_str(&self) -> &str {
-        // Digits, dots, hex digits and colons only.
-        std::str::from_utf8(&self.text[..self.len]).unwrap_or_default()
+/// The client's address as `IpAddr`'s `Display` writes it; an IPv4 address by `itoa` rather than
+/// `core::fmt`'s four calls, one per octet (a thousand instructions a line).
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            let mut digits = itoa::Buffer::new();
+            out.extend_from_slice(digits.format(a).as_bytes());
+            for octet in [b, c, d] {
+                out.push(b'.');
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -346,12 +349,29 @@ fn write_date_time(out: &mut String, seconds: u64) -> fmt::Result {
     )
 }
 
+/// For each byte, whether a string holding it is written as it is: by `Debug` (printable ASCII
+/// but `"` and `\\`) and by JSON (anything from space up but `"` and `\\`). One lookup a byte
+/// rather than four comparisons: the path is scanned on every line.
+const PLAIN: [u8; 256] = {
+    let mut plain = [0; 256];
+    let mut byte = 0x20;
+    while byte < 256 {
+        if byte != b'"' as usize && byte != b'\\' as usize {
+            plain[byte] = JSON_PLAIN | if byte < 0x7f { DEBUG_PLAIN } else { 0 };
+        }
+        byte += 1;
+    }
+    plain
+};
+const DEBUG_PLAIN: u8 = 1;
+const JSON_PLAIN: u8 = 2;
+
 /// `text` as Rust's `Debug` writes a string (the text format's string fields): quoted, escaped
 /// only where a byte is not plain printable ASCII.
 fn debug_string(out: &mut Vec<u8>, text: &str) {
     if text
         .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        .all(|b| PLAIN[usize::from(b)] & DEBUG_PLAIN != 0)
     {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
@@ -363,7 +383,10 @@ fn debug_string(out: &mut Vec<u8>, text: &str) {
 
 /// `text` as a JSON string, escaped as `serde_json` escapes it.
 fn json_string(out: &mut Vec<u8>, text: &str) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if text
+        .bytes()
+        .all(|b| PLAIN[usize::from(b)] & JSON_PLAIN != 0)
+    {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');
@@ -426,7 +449,9 @@ mod tests {
             "::ffff:255.255.255.255",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(IpText::of(ip).as_str(), ip.to_string());
+            let mut shown = Vec::new();
+            write_ip(&mut shown, ip);
+            assert_eq!(String::from_utf8(shown).unwrap(), ip.to_string());
         }
     }
 
@@ -569,6 +594,24 @@ mod tests {
         buffer.flush();
         assert!(by_hand);
         assert_eq!(filtered.text().lines().count(), 1, "{}", filtered.text());
+    }
+
+    #[test]
+    fn strings_are_escaped_as_debug_and_serde_json_escape_them() {
+        let mut texts: Vec<String> = (0..=0x7fu8)
+            .map(|b| format!("a{}z", char::from(b)))
+            .collect();
+        texts.extend(["", "plain/path?x=1", "ünïcode", "\u{80}\u{a0}\u{2028}"].map(String::from));
+        for text in texts {
+            let (mut debug, mut json) = (Vec::new(), Vec::new());
+            debug_string(&mut debug, &text);
+            json_string(&mut json, &text);
+            assert_eq!(String::from_utf8(debug).unwrap(), format!("{text:?}"));
+            assert_eq!(
+                String::from_utf8(json).unwrap(),
+                serde_json::to_string(&text).unwrap()
+            );
+        }
     }
 
     #[test]
