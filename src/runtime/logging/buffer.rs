@@ -2,7 +2,8 @@
 //! flush=`: with the access log on, one `write(2)` per request cost more than the rest of the
 //! logging together.
 //!
-//! [`LogBuffer`] is the writer `tracing_subscriber::fmt` formats every event into. Each thread
+//! [`LogBuffer`] is the writer `tracing_subscriber::fmt` formats every event into, and the
+//! buffer the access log formats its lines into without an event (`AccessLine`). Each thread
 //! appends whole lines to a buffer of its own, behind a lock only a flush ever contends. A
 //! thread's buffer is written when the next line would not fit (`[log] buffer`), by a thread of
 //! its own every `[log] flush` interval (so lines show up when traffic stops), at once when the
