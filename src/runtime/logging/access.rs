@@ -1,76 +1,246 @@
-//! The access-log line, formatted without the general formatter's machinery.
+//! The access-log line: one per request, formatted straight into the thread's log buffer.
 //!
-//! Measured with callgrind (issue 18), `tracing_subscriber`'s formatter spent about 15,000
-//! instructions on each access line, a third of everything Juggler did for the request: a
-//! `core::fmt` call per field and per styled fragment, the timestamp's calendar arithmetic on
-//! every line, serde for JSON. [`AccessFormat`] writes the same bytes for the access log's event
-//! directly: field names and strings copied, numbers by `itoa`, the date part of the timestamp
-//! reused within its second; [`ClientIp`] does the same for the client's address. Every other
-//! event, and every event when colours are on, goes to the general formatter it wraps. The tests
-//! compare both formatters' output byte for byte.
+//! Measured with callgrind (issue 18), the access log cost about 4,300 instructions per request
+//! even with the line formatted by hand: the `tracing` event around it (dispatch, a visitor call
+//! per field, the formatter's own line buffer, a copy into the log buffer). [`AccessLine::log`]
+//! skips all of that where the subscriber is the binary's: when the thread's `tracing`
+//! subscriber formats events with [`AccessFormat`] (colourless) and writes them to a
+//! [`LogBuffer`], the line is written into that thread's buffer directly, numbers by `itoa`, the
+//! timestamp's date and time to the second reused within its second. Under any other subscriber
+//! (colours on, a test's own formatter) the line goes out as the `tracing` event it always was,
+//! so the general formatter writes it. The tests compare both ways byte for byte.
+//!
+//! Whether a line is written at all is `RUST_LOG`'s decision, as for any event:
+//! [`AccessLine::enabled`] asks `tracing`, whose per-callsite cache answers from the filter
+//! without consulting it again until the set of subscribers changes.
 
 use std::cell::RefCell;
-use std::fmt::{self, Write};
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::Writer;
+use tracing::{Dispatch, Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::{Format, Full, Json, Writer};
+use tracing_subscriber::fmt::time::SystemTime as SystemClock;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-/// The `tracing` target of the one-line-per-request access log.
+use super::LogBuffer;
+
+/// The `tracing` target of the one-line-per-request access log: `RUST_LOG` turns it on and off
+/// (`juggler::access=off`), and lines written without an event still carry it.
 pub const ACCESS_LOG: &str = "juggler::access";
 
-/// The client's address in the access line, as `IpAddr`'s `Display` writes it: an IPv4 address
-/// without `core::fmt`'s four calls, one per octet (a thousand instructions a line).
-pub struct ClientIp(pub IpAddr);
+/// What the access log says about one request, in the order its line says it.
+pub struct AccessLine<'a> {
+    pub request_id: &'a str,
+    pub client: IpAddr,
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    pub status: u16,
+    /// The backend's `host:port`, empty when none was tried.
+    pub backend: &'a str,
+    /// The backend's usable slots when it answered: n, or less during slow start or under the
+    /// adaptive limit.
+    pub backend_limit: usize,
+    pub queued_us: u64,
+    pub total_us: u64,
+    /// The response body's length, 0 when not known in advance.
+    pub bytes: u64,
+}
 
-impl fmt::Display for ClientIp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let IpAddr::V4(v4) = self.0 else {
-            return fmt::Display::fmt(&self.0, f);
-        };
-        let mut text = [0u8; 15];
-        let mut len = 0;
-        for (n, octet) in v4.octets().into_iter().enumerate() {
-            if n > 0 {
-                text[len] = b'.';
-                len += 1;
-            }
-            let mut digits = itoa::Buffer::new();
-            let digits = digits.format(octet).as_bytes();
-            text[len..len + digits.len()].copy_from_slice(digits);
-            len += digits.len();
+impl AccessLine<'_> {
+    /// Whether `RUST_LOG` lets the access log through: asked once per request, before anything
+    /// is gathered for its line.
+    pub fn enabled() -> bool {
+        tracing::enabled!(target: ACCESS_LOG, Level::INFO)
+    }
+
+    /// Writes the line where this thread's subscriber writes its events (the caller has asked
+    /// [`AccessLine::enabled`]).
+    pub fn log(&self) {
+        let written = tracing::dispatcher::get_default(|dispatch| {
+            let (Some(style), Some(buffer)) =
+                (direct_style(dispatch), dispatch.downcast_ref::<LogBuffer>())
+            else {
+                return false;
+            };
+            buffer.append_line(|out| self.write(style, out));
+            true
+        });
+        if !written {
+            self.emit_event();
         }
-        // Digits and dots only.
-        f.write_str(std::str::from_utf8(&text[..len]).unwrap_or_default())
+    }
+
+    /// The line as a `tracing` event, for a subscriber this module does not write for. Its
+    /// fields are [`AccessLine::fields`], in the same order.
+    fn emit_event(&self) {
+        tracing::info!(
+            target: ACCESS_LOG,
+            request_id = self.request_id,
+            client = %self.client,
+            method = %self.method,
+            path = self.path,
+            status = self.status,
+            backend = self.backend,
+            backend_limit = self.backend_limit,
+            queued_us = self.queued_us,
+            total_us = self.total_us,
+            bytes = self.bytes,
+        );
+    }
+
+    /// The line's fields in order, each with its name as the text and the JSON format write it.
+    fn fields(&self) -> [Field<'_>; 10] {
+        /// `(" name=", ",\"name\":", value)`: the name once, both formats' separators.
+        macro_rules! field {
+            ($name:literal, $value:expr) => {
+                Field {
+                    text: concat!(" ", $name, "="),
+                    json: concat!(",\"", $name, "\":"),
+                    value: $value,
+                }
+            };
+        }
+        [
+            field!("request_id", Value::Str(self.request_id)),
+            field!("client", Value::Ip(self.client)),
+            field!("method", Value::Shown(self.method.as_str())),
+            field!("path", Value::Str(self.path)),
+            field!("status", Value::Number(u64::from(self.status))),
+            field!("backend", Value::Str(self.backend)),
+            field!("backend_limit", Value::Number(self.backend_limit as u64)),
+            field!("queued_us", Value::Number(self.queued_us)),
+            field!("total_us", Value::Number(self.total_us)),
+            field!("bytes", Value::Number(self.bytes)),
+        ]
+    }
+
+    /// The whole line, as `tracing_subscriber`'s default text format or its flattened JSON
+    /// format writes the event of [`AccessLine::emit_event`].
+    fn write(&self, style: Style, out: &mut Vec<u8>) {
+        match style {
+            Style::Text => {
+                // `2026-12-06T03:46:54.761215Z  INFO juggler::access: request_id="…" client=…`
+                timestamp(out);
+                // The level right-aligned in five columns, as `{:>5}`.
+                out.extend_from_slice(b"  INFO ");
+                out.extend_from_slice(ACCESS_LOG.as_bytes());
+                out.extend_from_slice(b":");
+                for field in self.fields() {
+                    out.extend_from_slice(field.text.as_bytes());
+                    field.value.write_text(out);
+                }
+                out.push(b'\n');
+            }
+            Style::Json => {
+                // `{"timestamp":"…","level":"INFO","request_id":"…",…,"target":"juggler::access"}`
+                out.extend_from_slice(b"{\"timestamp\":\"");
+                timestamp(out);
+                out.extend_from_slice(b"\",\"level\":\"INFO\"");
+                for field in self.fields() {
+                    out.extend_from_slice(field.json.as_bytes());
+                    field.value.write_json(out);
+                }
+                out.extend_from_slice(b",\"target\":");
+                json_string(out, ACCESS_LOG);
+                out.extend_from_slice(b"}\n");
+            }
+        }
     }
 }
 
-/// The event formatter for `tracing_subscriber::fmt`: the access line by hand, everything else
-/// by `general`, which must be the default `Full` text or the flattened JSON format (`style`
-/// says which), so that both write the same bytes.
+/// One field of the line: its name with the separator before it, in each format, and its value.
+struct Field<'a> {
+    text: &'static str,
+    json: &'static str,
+    value: Value<'a>,
+}
+
+/// A field's value, as the formatters tell them apart.
+#[derive(Clone, Copy)]
+enum Value<'a> {
+    /// A string: quoted and escaped as `Debug` escapes it in text, a JSON string in JSON.
+    Str(&'a str),
+    /// A `%value` field's `Display` text: bare in text, a JSON string in JSON.
+    Shown(&'a str),
+    /// The client's address, a `%value` field too.
+    Ip(IpAddr),
+    /// Bare in both.
+    Number(u64),
+}
+
+impl Value<'_> {
+    fn write_text(self, out: &mut Vec<u8>) {
+        match self {
+            Value::Str(text) => debug_string(out, text),
+            Value::Shown(text) => out.extend_from_slice(text.as_bytes()),
+            Value::Ip(ip) => write_ip(out, ip),
+            Value::Number(number) => {
+                out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes())
+            }
+        }
+    }
+
+    fn write_json(self, out: &mut Vec<u8>) {
+        match self {
+            Value::Str(text) | Value::Shown(text) => json_string(out, text),
+            // Digits, dots, hex digits and colons: nothing to escape.
+            Value::Ip(ip) => {
+                out.push(b'"');
+                write_ip(out, ip);
+                out.push(b'"');
+            }
+            Value::Number(number) => {
+                out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes())
+            }
+        }
+    }
+}
+
+/// The client's address as `IpAddr`'s `Display` writes it; an IPv4 address by `itoa` rather than
+/// `core::fmt`'s four calls, one per octet (a thousand instructions a line).
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            let mut digits = itoa::Buffer::new();
+            out.extend_from_slice(digits.format(a).as_bytes());
+            for octet in [b, c, d] {
+                out.push(b'.');
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// The event formatter for `tracing_subscriber::fmt` in the binary (and in tests that log as it
+/// does): it formats every event as the `general` format it wraps, which must be the default
+/// `Full` text format or the JSON format with `flatten_event(true)`; finding it in the
+/// subscriber, [`AccessLine::log`] writes access lines itself, the same bytes.
 pub struct AccessFormat<F> {
     general: F,
-    style: Style,
+    /// How access lines are written without an event; `None` leaves them to `general` (colours).
+    direct: Option<Style>,
 }
 
 #[derive(Clone, Copy)]
 enum Style {
-    /// `2026-12-06T03:46:54.761215Z  INFO juggler::access: request_id="…" client=127.0.0.1 …`
     Text,
-    /// `{"timestamp":"…","level":"INFO","request_id":"…",…,"target":"juggler::access"}`
     Json,
 }
 
 impl<F> AccessFormat<F> {
-    /// Wraps `tracing_subscriber`'s default text format.
+    /// Wraps `tracing_subscriber`'s default text format, without colours (see [`Self::with_ansi`]).
     pub fn text(general: F) -> AccessFormat<F> {
         AccessFormat {
             general,
-            style: Style::Text,
+            direct: Some(Style::Text),
         }
     }
 
@@ -78,7 +248,18 @@ impl<F> AccessFormat<F> {
     pub fn json(general: F) -> AccessFormat<F> {
         AccessFormat {
             general,
-            style: Style::Json,
+            direct: Some(Style::Json),
+        }
+    }
+
+    /// Whether the subscriber writes colour codes (its own `with_ansi`): then text access lines
+    /// are left to the general formatter, which colours them.
+    pub fn with_ansi(self, ansi: bool) -> AccessFormat<F> {
+        AccessFormat {
+            direct: self
+                .direct
+                .filter(|style| !ansi || matches!(style, Style::Json)),
+            ..self
         }
     }
 }
@@ -92,65 +273,34 @@ where
     fn format_event(
         &self,
         ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
+        writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let metadata = event.metadata();
-        // Only the access log's own line (fields, no message: the general formatter writes a
-        // message its own way), never inside a span (it would print the span), never in colour.
-        let by_hand = metadata.target() == ACCESS_LOG
-            && metadata.fields().field("message").is_none()
-            && !writer.has_ansi_escapes()
-            && ctx.lookup_current().is_none();
-        if !by_hand {
-            return self.general.format_event(ctx, writer, event);
-        }
-        let mut line = LINE.with_borrow_mut(std::mem::take);
-        line.clear();
-        match self.style {
-            Style::Text => {
-                timestamp(&mut line);
-                // The level right-aligned in five columns, as `{:>5}`.
-                let level = metadata.level().as_str();
-                line.push_str(&"      "[..6 - level.len()]);
-                line.push_str(level);
-                line.push(' ');
-                line.push_str(metadata.target());
-                line.push_str(": ");
-                event.record(&mut TextFields {
-                    line: &mut line,
-                    first: true,
-                });
-                line.push('\n');
-            }
-            Style::Json => {
-                line.push_str("{\"timestamp\":\"");
-                timestamp(&mut line);
-                line.push_str("\",\"level\":\"");
-                line.push_str(metadata.level().as_str());
-                line.push('"');
-                event.record(&mut JsonFields { line: &mut line });
-                line.push_str(",\"target\":");
-                json_string(&mut line, metadata.target());
-                line.push_str("}\n");
-            }
-        }
-        let written = writer.write_str(&line);
-        LINE.with_borrow_mut(|kept| *kept = line);
-        written
+        self.general.format_event(ctx, writer, event)
     }
 }
 
+/// How this subscriber would format the access event, when [`AccessLine::write`] can write the
+/// same bytes: it formats with an [`AccessFormat`] around one of the two formats `main` uses.
+/// (Juggler opens no spans, so no line is inside one, where the general formatter would add the
+/// span.)
+fn direct_style(dispatch: &Dispatch) -> Option<Style> {
+    if let Some(format) = dispatch.downcast_ref::<AccessFormat<Format<Full, SystemClock>>>() {
+        return format.direct;
+    }
+    dispatch
+        .downcast_ref::<AccessFormat<Format<Json, SystemClock>>>()
+        .and_then(|format| format.direct)
+}
+
 thread_local! {
-    /// The line being formatted: one buffer per thread, kept between lines.
-    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
     /// The timestamp's date and time to the second (`2026-12-06T03:46:54`) and the second it is
-    /// for: the calendar arithmetic runs once a second rather than once a line.
+    /// for: the calendar arithmetic runs once a second per thread rather than once a line.
     static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
 /// `2026-12-06T03:46:54.761215Z`, as `tracing_subscriber`'s `SystemTime` writes it.
-fn timestamp(line: &mut String) {
+fn timestamp(out: &mut Vec<u8>) {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -161,15 +311,15 @@ fn timestamp(line: &mut String) {
             let _ = write_date_time(text, seconds);
             *cached = seconds;
         }
-        line.push_str(text);
+        out.extend_from_slice(text.as_bytes());
     });
     let micros = since_epoch.subsec_micros();
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(micros);
-    line.push('.');
-    line.push_str(&"000000"[digits.len()..]);
-    line.push_str(digits);
-    line.push('Z');
+    out.push(b'.');
+    out.extend_from_slice(&b"000000"[digits.len()..]);
+    out.extend_from_slice(digits.as_bytes());
+    out.push(b'Z');
 }
 
 /// `seconds` since the Unix epoch as `YYYY-MM-DDTHH:MM:SS` (UTC), by the days-to-civil
@@ -199,105 +349,49 @@ fn write_date_time(out: &mut String, seconds: u64) -> fmt::Result {
     )
 }
 
-/// The text format's fields: `name=value`, separated by spaces; strings quoted and escaped as
-/// Rust's `Debug` does, numbers bare, `%value` fields as their `Display` text.
-struct TextFields<'a> {
-    line: &'a mut String,
-    first: bool,
-}
-
-impl TextFields<'_> {
-    fn name(&mut self, field: &Field) {
-        if !self.first {
-            self.line.push(' ');
+/// For each byte, whether a string holding it is written as it is: by `Debug` (printable ASCII
+/// but `"` and `\\`) and by JSON (anything from space up but `"` and `\\`). One lookup a byte
+/// rather than four comparisons: the path is scanned on every line.
+const PLAIN: [u8; 256] = {
+    let mut plain = [0; 256];
+    let mut byte = 0x20;
+    while byte < 256 {
+        if byte != b'"' as usize && byte != b'\\' as usize {
+            plain[byte] = JSON_PLAIN | if byte < 0x7f { DEBUG_PLAIN } else { 0 };
         }
-        self.first = false;
-        self.line.push_str(field.name());
-        self.line.push('=');
+        byte += 1;
     }
-}
+    plain
+};
+const DEBUG_PLAIN: u8 = 1;
+const JSON_PLAIN: u8 = 2;
 
-impl Visit for TextFields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.name(field);
-        // `Debug` of a string: quoted, and escaped only where a byte is not plain printable ASCII.
-        if value
-            .bytes()
-            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-        {
-            self.line.push('"');
-            self.line.push_str(value);
-            self.line.push('"');
-        } else {
-            let _ = write!(self.line, "{value:?}");
-        }
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.name(field);
-        self.line.push_str(itoa::Buffer::new().format(value));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.name(field);
-        self.line.push_str(itoa::Buffer::new().format(value));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.name(field);
-        let _ = write!(self.line, "{value:?}");
-    }
-}
-
-/// The flattened JSON format's fields: `,"name":value` each, strings JSON-escaped, numbers bare,
-/// `%value` fields as strings of their `Display` text.
-struct JsonFields<'a> {
-    line: &'a mut String,
-}
-
-impl JsonFields<'_> {
-    fn name(&mut self, field: &Field) {
-        self.line.push(',');
-        json_string(self.line, field.name());
-        self.line.push(':');
-    }
-}
-
-impl Visit for JsonFields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.name(field);
-        json_string(self.line, value);
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.name(field);
-        self.line.push_str(itoa::Buffer::new().format(value));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.name(field);
-        self.line.push_str(itoa::Buffer::new().format(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.name(field);
-        self.line.push_str(if value { "true" } else { "false" });
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.name(field);
-        json_string(self.line, &format!("{value:?}"));
+/// `text` as Rust's `Debug` writes a string (the text format's string fields): quoted, escaped
+/// only where a byte is not plain printable ASCII.
+fn debug_string(out: &mut Vec<u8>, text: &str) {
+    if text
+        .bytes()
+        .all(|b| PLAIN[usize::from(b)] & DEBUG_PLAIN != 0)
+    {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = write!(out, "{text:?}");
     }
 }
 
 /// `text` as a JSON string, escaped as `serde_json` escapes it.
-fn json_string(line: &mut String, text: &str) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        line.push('"');
-        line.push_str(text);
-        line.push('"');
-    } else if let Ok(escaped) = serde_json::to_string(text) {
-        line.push_str(&escaped);
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    if text
+        .bytes()
+        .all(|b| PLAIN[usize::from(b)] & JSON_PLAIN != 0)
+    {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(out, text);
     }
 }
 
@@ -305,6 +399,7 @@ fn json_string(line: &mut String, text: &str) {
 mod tests {
     use std::io;
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use tracing_subscriber::fmt::MakeWriter;
 
@@ -336,6 +431,11 @@ mod tests {
         }
     }
 
+    /// A buffer over `sink` that writes only when flushed.
+    fn buffer_over(sink: &Captured) -> LogBuffer {
+        LogBuffer::new(sink.clone(), usize::MAX, 1 << 16, Duration::from_secs(3600)).unwrap()
+    }
+
     #[test]
     fn client_addresses_are_displayed_as_ip_addr_displays_them() {
         for ip in [
@@ -345,33 +445,47 @@ mod tests {
             "127.0.0.1",
             "::1",
             "fe80::1:2",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(ClientIp(ip).to_string(), ip.to_string());
+            let mut shown = Vec::new();
+            write_ip(&mut shown, ip);
+            assert_eq!(String::from_utf8(shown).unwrap(), ip.to_string());
         }
     }
 
-    /// The access event as `Proxy::handle` logs it, with awkward strings in it.
-    fn log_access_lines() {
-        let ip = ClientIp(IpAddr::from([10, 1, 2, 3]));
-        for (id, path) in [
-            ("abc123", "/plain/path?x=1"),
-            ("quo\"te", "/tab\there/ünïcode/\u{7f}/back\\slash"),
+    /// Access lines as `Proxy::handle` logs them, with awkward strings in some, each way the
+    /// thread's subscriber has it written; whether this subscriber has them written directly.
+    fn log_access_lines() -> bool {
+        for (request_id, client, path, backend) in [
+            ("abc123", "10.1.2.3", "/plain/path?x=1", "localhost:6901"),
+            (
+                "quo\"te",
+                "fe80::1:2",
+                "/tab\there/ünïcode/\u{7f}/back\\slash",
+                "",
+            ),
         ] {
-            tracing::info!(
-                target: ACCESS_LOG,
-                request_id = id,
-                client = %ip,
-                method = %http::Method::GET,
-                path,
-                status = 200u16,
-                backend = "localhost:6901",
-                queued_us = 0u64,
-                total_us = 1_234_567u64,
-                bytes = 12u64,
-            );
+            if AccessLine::enabled() {
+                AccessLine {
+                    request_id,
+                    client: client.parse().unwrap(),
+                    method: &http::Method::GET,
+                    path,
+                    status: 200,
+                    backend,
+                    backend_limit: 8,
+                    queued_us: 0,
+                    total_us: 1_234_567,
+                    bytes: 12,
+                }
+                .log();
+            }
         }
-        tracing::info!(target: ACCESS_LOG, "a message, not an access line");
+        tracing::dispatcher::get_default(|dispatch| {
+            direct_style(dispatch).is_some() && dispatch.downcast_ref::<LogBuffer>().is_some()
+        })
     }
 
     /// The lines without their timestamps, which differ between two formatters' runs.
@@ -398,46 +512,106 @@ mod tests {
 
     #[test]
     fn text_lines_are_the_general_formatters_byte_for_byte() {
-        let (general, fast) = (Captured::default(), Captured::default());
+        let (general, direct) = (Captured::default(), Captured::default());
         let subscriber = tracing_subscriber::fmt()
             .with_writer(general.clone())
             .with_ansi(false)
             .finish();
-        tracing::subscriber::with_default(subscriber, log_access_lines);
+        let by_event = tracing::subscriber::with_default(subscriber, log_access_lines);
+        let buffer = buffer_over(&direct);
         let subscriber = tracing_subscriber::fmt()
-            .with_writer(fast.clone())
+            .with_writer(buffer.clone())
             .with_ansi(false)
             .map_event_format(AccessFormat::text)
             .finish();
-        tracing::subscriber::with_default(subscriber, log_access_lines);
-        println!("{}", fast.text());
+        let by_hand = tracing::subscriber::with_default(subscriber, log_access_lines);
+        buffer.flush();
+        println!("{}", direct.text());
+        assert!(!by_event && by_hand);
+        assert_eq!(direct.text().lines().count(), 2);
         assert_eq!(
-            without_timestamps(&fast.text()),
+            without_timestamps(&direct.text()),
             without_timestamps(&general.text())
         );
     }
 
     #[test]
     fn json_lines_are_the_general_formatters_byte_for_byte() {
-        let (general, fast) = (Captured::default(), Captured::default());
+        let (general, direct) = (Captured::default(), Captured::default());
         let subscriber = tracing_subscriber::fmt()
             .with_writer(general.clone())
             .json()
             .flatten_event(true)
             .finish();
-        tracing::subscriber::with_default(subscriber, log_access_lines);
+        let by_event = tracing::subscriber::with_default(subscriber, log_access_lines);
+        let buffer = buffer_over(&direct);
         let subscriber = tracing_subscriber::fmt()
-            .with_writer(fast.clone())
+            .with_writer(buffer.clone())
             .json()
             .flatten_event(true)
             .map_event_format(AccessFormat::json)
             .finish();
-        tracing::subscriber::with_default(subscriber, log_access_lines);
-        println!("{}", fast.text());
+        let by_hand = tracing::subscriber::with_default(subscriber, log_access_lines);
+        buffer.flush();
+        println!("{}", direct.text());
+        assert!(!by_event && by_hand);
+        assert_eq!(direct.text().lines().count(), 2);
         assert_eq!(
-            without_timestamps(&fast.text()),
+            without_timestamps(&direct.text()),
             without_timestamps(&general.text())
         );
+    }
+
+    /// With colours on, or the access target filtered out, no line is written by hand: the
+    /// general formatter colours it, the filter drops it.
+    #[test]
+    fn colours_and_the_filter_are_left_to_the_subscriber() {
+        let coloured = Captured::default();
+        let buffer = buffer_over(&coloured);
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(buffer.clone())
+            .with_ansi(true)
+            .map_event_format(|general| AccessFormat::text(general).with_ansi(true))
+            .finish();
+        let by_hand = tracing::subscriber::with_default(subscriber, log_access_lines);
+        buffer.flush();
+        assert!(!by_hand);
+        assert!(coloured.text().contains("\x1b["), "{}", coloured.text());
+        assert_eq!(coloured.text().lines().count(), 2);
+
+        let filtered = Captured::default();
+        let buffer = buffer_over(&filtered);
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("info,juggler::access=off")
+            .with_writer(buffer.clone())
+            .with_ansi(false)
+            .map_event_format(AccessFormat::text)
+            .finish();
+        let by_hand = tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("not an access line");
+            log_access_lines()
+        });
+        buffer.flush();
+        assert!(by_hand);
+        assert_eq!(filtered.text().lines().count(), 1, "{}", filtered.text());
+    }
+
+    #[test]
+    fn strings_are_escaped_as_debug_and_serde_json_escape_them() {
+        let mut texts: Vec<String> = (0..=0x7fu8)
+            .map(|b| format!("a{}z", char::from(b)))
+            .collect();
+        texts.extend(["", "plain/path?x=1", "ünïcode", "\u{80}\u{a0}\u{2028}"].map(String::from));
+        for text in texts {
+            let (mut debug, mut json) = (Vec::new(), Vec::new());
+            debug_string(&mut debug, &text);
+            json_string(&mut json, &text);
+            assert_eq!(String::from_utf8(debug).unwrap(), format!("{text:?}"));
+            assert_eq!(
+                String::from_utf8(json).unwrap(),
+                serde_json::to_string(&text).unwrap()
+            );
+        }
     }
 
     #[test]
@@ -456,13 +630,14 @@ mod tests {
         // Against the general formatter's clock, to the second (a tick may fall between).
         let mut general = String::new();
         tracing_subscriber::fmt::time::FormatTime::format_time(
-            &tracing_subscriber::fmt::time::SystemTime,
+            &SystemClock,
             &mut Writer::new(&mut general),
         )
         .unwrap();
-        let mut fast = String::new();
-        timestamp(&mut fast);
-        assert_eq!(fast.len(), general.len());
-        assert_eq!(fast[..16], general[..16], "{fast} vs {general}");
+        let mut direct = Vec::new();
+        timestamp(&mut direct);
+        let direct = String::from_utf8(direct).unwrap();
+        assert_eq!(direct.len(), general.len());
+        assert_eq!(direct[..16], general[..16], "{direct} vs {general}");
     }
 }

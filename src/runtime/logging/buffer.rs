@@ -2,7 +2,8 @@
 //! flush=`: with the access log on, one `write(2)` per request cost more than the rest of the
 //! logging together.
 //!
-//! [`LogBuffer`] is the writer `tracing_subscriber::fmt` formats every event into. Each thread
+//! [`LogBuffer`] is the writer `tracing_subscriber::fmt` formats every event into, and the
+//! buffer the access log formats its lines into without an event (`AccessLine`). Each thread
 //! appends whole lines to a buffer of its own, behind a lock only a flush ever contends. A
 //! thread's buffer is written when the next line would not fit (`[log] buffer`), by a thread of
 //! its own every `[log] flush` interval (so lines show up when traffic stops), at once when the
@@ -109,6 +110,19 @@ impl LogBuffer {
         FlushOnDrop(self.clone())
     }
 
+    /// Formats one line straight into this thread's buffer: the access log, which has no event
+    /// to go through the subscriber with. Batched, flushed and kept whole as any other line.
+    pub(super) fn append_line(&self, format: impl FnOnce(&mut Vec<u8>)) {
+        let mut line = self.line(false);
+        format(&mut line.lines);
+        // The line's length is known only now: if it did not fit, the whole lines before it go
+        // out and it moves to the front (a few hundred bytes; the buffer's allocation grows past
+        // `capacity` once per thread, when the first line overflows it).
+        if line.start > 0 && line.lines.len() > self.shared.capacity {
+            line.write_out_earlier();
+        }
+    }
+
     fn line(&self, urgent: bool) -> LineWriter<'_> {
         let shared = &*self.shared;
         let mine = shared
@@ -163,9 +177,7 @@ impl Write for LineWriter<'_> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         if self.start > 0 && self.lines.len() + bytes.len() > self.shared.capacity {
             // This event would not fit: the whole lines before it go first.
-            self.shared.write_out(&self.lines[..self.start]);
-            self.lines.drain(..self.start);
-            self.start = 0;
+            self.write_out_earlier();
         }
         self.lines.extend_from_slice(bytes);
         Ok(bytes.len())
@@ -173,6 +185,15 @@ impl Write for LineWriter<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+impl LineWriter<'_> {
+    /// Writes the whole lines before this event's bytes, which move to the front.
+    fn write_out_earlier(&mut self) {
+        self.shared.write_out(&self.lines[..self.start]);
+        self.lines.drain(..self.start);
+        self.start = 0;
     }
 }
 
@@ -294,6 +315,38 @@ mod tests {
         );
         buffer.flush();
         assert_eq!(writes.taken().len(), 1);
+    }
+
+    /// Lines formatted straight into the buffer (the access log's) batch as written ones do.
+    #[test]
+    fn appended_lines_are_batched_as_written_ones() {
+        let writes = Writes::default();
+        let buffer = LogBuffer::new(writes.clone(), usize::MAX, 100, HOUR).unwrap();
+        let append = |line: &str| buffer.append_line(|out| out.extend_from_slice(line.as_bytes()));
+        for n in 0..9 {
+            append(&format!("line {n:04}\n"));
+        }
+        assert!(writes.taken().is_empty(), "90 bytes fit in 100");
+        append("line 0009\n");
+        assert_eq!(
+            writes.taken().iter().map(Vec::len).collect::<Vec<_>>(),
+            [100]
+        );
+        // One that does not fit pushes out the lines before it, not itself.
+        append(&format!("{}\n", "x".repeat(59)));
+        log(&buffer, &format!("{}\n", "y".repeat(30)));
+        append(&format!("{}\n", "z".repeat(59)));
+        let x_and_y = format!("{}\n{}\n", "x".repeat(59), "y".repeat(30));
+        assert_eq!(writes.taken(), vec![x_and_y.into_bytes()]);
+        buffer.flush();
+        assert_eq!(
+            writes.taken(),
+            vec![format!("{}\n", "z".repeat(59)).into_bytes()]
+        );
+        // Unbuffered, each goes at once.
+        let buffer = LogBuffer::new(writes.clone(), usize::MAX, 0, HOUR).unwrap();
+        buffer.append_line(|out| out.extend_from_slice(b"one\n"));
+        assert_eq!(writes.taken(), vec![b"one\n".to_vec()]);
     }
 
     #[test]

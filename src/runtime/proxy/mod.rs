@@ -34,7 +34,7 @@ mod contain;
 pub mod headers;
 pub(crate) mod request_checks;
 
-use crate::logging::ClientIp;
+use crate::logging::AccessLine;
 pub use crate::logging::ACCESS_LOG;
 
 /// Bodies up to this size are sent in the same write as the request head.
@@ -178,7 +178,7 @@ impl Proxy {
         // (reference-counted copies, not new strings).
         let (method, uri) = (request.method().clone(), request.uri().clone());
         let version = request.version();
-        let logged = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO);
+        let logged = AccessLine::enabled();
         let sent = self.settings().proxy.request_id_header;
         let request_id = (logged || sent).then(|| self.request_ids.name(request.headers()));
         let log_started = logged.then(Instant::now);
@@ -213,22 +213,20 @@ impl Proxy {
             pool.counters.answered(status);
             response.body_mut().count_relayed(pool);
         }
-        if let (Some(started), Some(request_id)) = (log_started, request_id) {
-            tracing::info!(
-                target: ACCESS_LOG,
+        if let (Some(started), Some(request_id)) = (log_started, request_id.as_deref()) {
+            AccessLine {
                 request_id,
-                client = %ClientIp(client.ip),
-                %method,
-                path = uri.path(),
-                status = status.as_u16(),
-                backend = backend.map_or("", |pool| pool.spec.address),
-                // The backend's usable slots when it answered: n, or less during slow start or
-                // under the adaptive limit.
-                backend_limit = backend.map_or(0, |pool| pool.limit()),
-                queued_us = outcome.queued.as_micros() as u64,
-                total_us = started.elapsed().as_micros() as u64,
-                bytes = body_bytes,
-            );
+                client: client.ip,
+                method: &method,
+                path: uri.path(),
+                status: status.as_u16(),
+                backend: backend.map_or("", |pool| pool.spec.address),
+                backend_limit: backend.map_or(0, |pool| pool.limit()),
+                queued_us: outcome.queued.as_micros() as u64,
+                total_us: started.elapsed().as_micros() as u64,
+                bytes: body_bytes,
+            }
+            .log();
         }
         response
     }
