@@ -96,28 +96,9 @@ etcd = ["http://{HOST}:{ETCD_PORTS[0]}"]
 lease = "3s"
 fallback_lease = "12s"
 """
-    lb = f"""# Written by bench/fleet.py.
-[listen]
-http = "{HOST}:{first}"
-https = "off"
-tls = "off"
-
-[admin]
-listen = "{HOST}:{first + ADMIN_OFFSET}"
-
-[queue]
-max_queued_per_server = 4096
-
-[proxy]
-worker_threads = {WORKERS}
-{fleet}
-[upstreams.{kind}]
-balance = "round_robin"
-connections_per_server = {pool(n)[kind]}
-servers = [{servers}]
-"""
-    routes = f'[[route]]\nmethods = "*"\npaths = ["/*"]\nupstream = "{kind}"\n'
-    return lb, routes
+    keys = f'balance = "round_robin"\nconnections_per_server = {pool(n)[kind]}\nservers = [{servers}]\n'
+    return study.juggler_config("bench/fleet.py", first, kind, keys, WORKERS,
+                                admin=f"{HOST}:{first + ADMIN_OFFSET}", sections=fleet)
 
 
 def build_jugglers(out: Path, n: int) -> dict[str, Path]:
@@ -373,14 +354,5 @@ def run(out_root: Path, duration: int, rounds: int) -> str:
     return text
 
 
-def main() -> int:
-    os.chdir(study.REPO)
-    duration = int(os.environ.get("BENCH_DURATION", "8"))
-    rounds = int(os.environ.get("BENCH_ROUNDS", "2"))
-    out_root = Path(os.environ.get("BENCH_OUT", study.REPO / "bench" / "out")).resolve()
-    print("\n" + run(out_root, duration, rounds), flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(study.main(run, duration=8, rounds=2))

@@ -78,28 +78,9 @@ def admin_port(port: int) -> int:
 def juggler_config(upstream: str, port: int, pool: str, servers: list[int], protection: str = "",
                    admin: bool = False) -> tuple[str, str]:
     listed = ", ".join(f'"{HOST}:{p}"' for p in servers)
-    lb = f"""# Written by bench/protect.py.
-[listen]
-http = "{HOST}:{port}"
-https = "off"
-tls = "off"
-
-[admin]
-listen = "{f'{HOST}:{admin_port(port)}' if admin else 'off'}"
-
-[queue]
-max_queued_per_server = 4096
-
-[proxy]
-worker_threads = {WORKERS}
-
-[upstreams.{upstream}]
-balance = "round_robin"
-connections_per_server = {pool}
-servers = [{listed}]
-{protection}"""
-    routes = f'[[route]]\nmethods = "*"\npaths = ["/*"]\nupstream = "{upstream}"\n'
-    return lb, routes
+    keys = f'balance = "round_robin"\nconnections_per_server = {pool}\nservers = [{listed}]\n{protection}'
+    return study.juggler_config("bench/protect.py", port, upstream, keys, WORKERS,
+                                admin=f"{HOST}:{admin_port(port)}" if admin else "off")
 
 
 def build_jugglers(out: Path) -> dict[str, Path]:
@@ -348,14 +329,5 @@ def report_line(study_name: str, round_number: int, name: str, row: dict) -> Non
           + (f"  ({row['problem']})" if row["problem"] else ""), flush=True)
 
 
-def main() -> int:
-    os.chdir(study.REPO)
-    duration = int(os.environ.get("BENCH_DURATION", "6"))
-    rounds = int(os.environ.get("BENCH_ROUNDS", "2"))
-    out_root = Path(os.environ.get("BENCH_OUT", study.REPO / "bench" / "out")).resolve()
-    print("\n" + run(out_root, duration, rounds), flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(study.main(run, duration=6, rounds=2))

@@ -81,6 +81,41 @@ def start_test_servers(procs: Processes, out: Path, ports: list[int], extra_args
         wait_listening(port, proc, log)
 
 
+def juggler_config(written_by: str, port: int, upstream: str, upstream_keys: str, workers: int,
+                   admin: str | None = None, sections: str = "") -> tuple[str, str]:
+    """A study's load_balancer.toml and routes.toml: one HTTP listener on `port`, `[admin]`
+    listening on `admin` when given, any further `sections` (e.g. `[fleet]`), and one upstream
+    with `upstream_keys` (balance, pool, servers, protection) that every path goes to."""
+    admin_section = f'[admin]\nlisten = "{admin}"\n\n' if admin is not None else ""
+    lb = f"""# Written by {written_by}.
+[listen]
+http = "{HOST}:{port}"
+https = "off"
+tls = "off"
+
+{admin_section}[queue]
+max_queued_per_server = 4096
+
+[proxy]
+worker_threads = {workers}
+{sections}
+[upstreams.{upstream}]
+{upstream_keys}"""
+    routes = f'[[route]]\nmethods = "*"\npaths = ["/*"]\nupstream = "{upstream}"\n'
+    return lb, routes
+
+
+def main(run: Callable[[Path, int, int], str], duration: int, rounds: int) -> int:
+    """A study run as a script: `run(out_root, duration, rounds)` with BENCH_DURATION,
+    BENCH_ROUNDS and BENCH_OUT from the environment (`duration` and `rounds` the defaults)."""
+    os.chdir(REPO)
+    duration = int(os.environ.get("BENCH_DURATION", str(duration)))
+    rounds = int(os.environ.get("BENCH_ROUNDS", str(rounds)))
+    out_root = Path(os.environ.get("BENCH_OUT", REPO / "bench" / "out")).resolve()
+    print("\n" + run(out_root, duration, rounds), flush=True)
+    return 0
+
+
 def build_juggler(name: str, lb: str, routes: str, out: Path, shows: str) -> Path:
     """Compiles Juggler with this load_balancer.toml and routes.toml baked in, into out/<name>;
     `shows`: a line `juggler --print-routes` must print, proving the config took."""

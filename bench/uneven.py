@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study  # noqa: E402
 from procs import Processes  # noqa: E402
-from study import HOST, REPO  # noqa: E402
+from study import HOST  # noqa: E402
 
 BACKEND_PORTS = [19201, 19202, 19203]
 DELAYS = ["20ms", "1ms", "1ms"]  # backend 1 is the slow one: 20x
@@ -38,25 +38,8 @@ PORTS = {"juggler-rr": 19211, "juggler-lq": 19212, "nginx": 19213, "haproxy": 19
 
 def juggler_config(balance: str, port: int) -> tuple[str, str]:
     servers = ", ".join(f'"{HOST}:{p}"' for p in BACKEND_PORTS)
-    lb = f"""# Written by bench/uneven.py.
-[listen]
-http = "{HOST}:{port}"
-https = "off"
-tls = "off"
-
-[queue]
-max_queued_per_server = 4096
-
-[proxy]
-worker_threads = {WORKERS}
-
-[upstreams.uneven]
-balance = "{balance}"
-connections_per_server = {POOL}
-servers = [{servers}]
-"""
-    routes = '[[route]]\nmethods = "*"\npaths = ["/*"]\nupstream = "uneven"\n'
-    return lb, routes
+    keys = f'balance = "{balance}"\nconnections_per_server = {POOL}\nservers = [{servers}]\n'
+    return study.juggler_config("bench/uneven.py", port, "uneven", keys, WORKERS)
 
 
 def build_juggler(name: str, balance: str, out: Path) -> Path:
@@ -172,14 +155,5 @@ def run(out_root: Path, duration: int, rounds: int) -> str:
     return text
 
 
-def main() -> int:
-    os.chdir(REPO)
-    duration = int(os.environ.get("BENCH_DURATION", "5"))
-    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
-    out_root = Path(os.environ.get("BENCH_OUT", REPO / "bench" / "out")).resolve()
-    print("\n" + run(out_root, duration, rounds), flush=True)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(study.main(run, duration=5, rounds=3))
