@@ -101,10 +101,7 @@ pub(super) async fn serve_plain(
     phase: PhaseSignal,
     permit: OwnedSemaphorePermit,
 ) {
-    // Responses are complete writes; Nagle would only hold back their last segment.
-    let _ = stream.set_nodelay(true);
-    let metrics = &shared.proxy.metrics;
-    metrics.listener(ListenerKind::Http).connection_accepted();
+    plain_connection_accepted(&stream, &shared);
     let Some(ip) = client_address(&mut stream, peer, &shared, &phase, ListenerKind::Http).await
     else {
         return;
@@ -123,14 +120,23 @@ pub(super) async fn serve_adopted(
     phase: PhaseSignal,
     permit: OwnedSemaphorePermit,
 ) {
-    let _ = stream.set_nodelay(true);
-    let metrics = &shared.proxy.metrics;
-    metrics.listener(ListenerKind::Http).connection_accepted();
+    plain_connection_accepted(&stream, &shared);
     let client = ClientInfo {
         ip: client_ip,
         https: false,
     };
     serve_plain_http1(stream, client, shared, phase, permit, Bytes::new()).await;
+}
+
+/// What every plain connection gets first, new or handed over: no Nagle (responses are complete
+/// writes; it would only hold back their last segment), and a count.
+fn plain_connection_accepted(stream: &TcpStream, shared: &Shared) {
+    let _ = stream.set_nodelay(true);
+    shared
+        .proxy
+        .metrics
+        .listener(ListenerKind::Http)
+        .connection_accepted();
 }
 
 /// Serves a plain HTTP/1.1 connection; `unread`: what its client already sent (the first bytes of a

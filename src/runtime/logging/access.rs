@@ -369,29 +369,27 @@ const JSON_PLAIN: u8 = 2;
 /// `text` as Rust's `Debug` writes a string (the text format's string fields): quoted, escaped
 /// only where a byte is not plain printable ASCII.
 fn debug_string(out: &mut Vec<u8>, text: &str) {
-    if text
-        .bytes()
-        .all(|b| PLAIN[usize::from(b)] & DEBUG_PLAIN != 0)
-    {
-        out.push(b'"');
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
-    } else {
+    quoted(out, text, DEBUG_PLAIN, |out, text| {
         let _ = write!(out, "{text:?}");
-    }
+    });
 }
 
 /// `text` as a JSON string, escaped as `serde_json` escapes it.
 fn json_string(out: &mut Vec<u8>, text: &str) {
-    if text
-        .bytes()
-        .all(|b| PLAIN[usize::from(b)] & JSON_PLAIN != 0)
-    {
+    quoted(out, text, JSON_PLAIN, |out, text| {
+        let _ = serde_json::to_writer(out, text);
+    });
+}
+
+/// `text` in quotes as it is when every byte is plain for the format (`plain`, one bit of
+/// [`PLAIN`]), else as `escaped` writes it.
+fn quoted(out: &mut Vec<u8>, text: &str, plain: u8, escaped: impl FnOnce(&mut Vec<u8>, &str)) {
+    if text.bytes().all(|b| PLAIN[usize::from(b)] & plain != 0) {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');
     } else {
-        let _ = serde_json::to_writer(out, text);
+        escaped(out, text);
     }
 }
 
