@@ -9,7 +9,8 @@ else on the machine's loopback shares its ports or its connection tables.
 
 Each revision is exported with `git archive` (a clean tree: nothing uncommitted leaks in) and built
 like `make all` builds the shipped binary (static, release profile of that revision), with the
-bench's config compiled in (pool of 8 per backend, 2 worker threads). Binaries are cached by commit
+bench's config compiled in (pool of 8 per backend, 2 worker threads; AB_WORKERS, AB_WORKERS_A,
+AB_WORKERS_B change that). Binaries are cached by commit
 under bench/out/ab/bin, so bisecting builds each commit once.
 
 Settings (environment): AB_ROUNDS pairs of rounds (default 6), AB_DURATION seconds per round
@@ -56,7 +57,8 @@ def over_h2() -> bool:
 
 def build(commit: str, port: int) -> Path:
     """The release binary of `commit` with the bench's config, built once and cached."""
-    binary = OUT / "bin" / f"juggler-{commit}-{port}{'-tls' if over_h2() else ''}"
+    workers = worker_threads(port)
+    binary = OUT / "bin" / f"juggler-{commit}-{port}{'-tls' if over_h2() else ''}{'' if workers == sides.WORKERS else f'-w{workers}'}"
     if binary.exists():
         return binary
     source = OUT / "src" / commit
@@ -87,7 +89,7 @@ def build(commit: str, port: int) -> Path:
         certs, problem = sides.make_certs(REPO, OUT)
         if problem:
             sys.exit(f"bench-ab: {problem}")
-    lb, routes = sides.juggler_config(certs, target, admin)
+    lb, routes = sides.juggler_config(certs, target, admin, workers)
     (config / "load_balancer.toml").write_text(lb)
     (config / "routes.toml").write_text(routes)
     log = OUT / "logs" / f"build-{commit}.log"
@@ -209,6 +211,14 @@ def count_series(revisions: list[str], binaries: list[Path]) -> None:
     (OUT / f"{revisions[0]}-{revisions[-1]}-callgrind.md").write_text(text)
 
 
+def worker_threads(port: int) -> int:
+    """Runtime threads of the build on `port`: AB_WORKERS_A / AB_WORKERS_B (the first and second
+    revision), else AB_WORKERS, else the bench's 2. One revision against itself on one thread and
+    on two: A=HEAD B=HEAD AB_WORKERS_B=1 (issue 18's thread layout)."""
+    side = "A" if port == 18080 else "B"
+    return int(os.environ.get(f"AB_WORKERS_{side}") or os.environ.get("AB_WORKERS", str(sides.WORKERS)))
+
+
 def rust_log(side: str) -> str:
     """RUST_LOG for one side: AB_RUST_LOG_A / AB_RUST_LOG_B, else AB_RUST_LOG, else warn (no access
     log). One revision against itself with the log off and on: A=HEAD B=HEAD AB_RUST_LOG_B=info."""
@@ -278,7 +288,8 @@ def report(a: str, b: str, results: dict[str, list[dict]]) -> None:
         "",
         f"{len(results['A'])} alternating rounds of wrk -t1 -c{os.environ.get('AB_CONNS', '64')} "
         f"-d{os.environ.get('AB_DURATION', '8')}s {os.environ.get('AB_PATH', '/small.txt')}, "
-        f"RUST_LOG A={rust_log('A')} B={rust_log('B')}, pool 8 x 3 nginx backends, "
+        f"RUST_LOG A={rust_log('A')} B={rust_log('B')}, worker threads A={worker_threads(18080)} "
+        f"B={worker_threads(18180)}, pool 8 x 3 nginx backends, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         "| | req/s median (min - max) | req per CPU-s median (min - max) | p99 ms median | backend conns |",

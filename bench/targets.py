@@ -288,7 +288,8 @@ def supports_admin(source: Path) -> bool:
     return shipped.exists() and "\n[admin]" in shipped.read_text()
 
 
-def juggler_config(certs: "Certs | None", target: Target, admin_listen: str | None = None) -> tuple[str, str]:
+def juggler_config(certs: "Certs | None", target: Target, admin_listen: str | None = None,
+                   workers: int = WORKERS) -> tuple[str, str]:
     """(load_balancer.toml, routes.toml) for a Juggler built for these backends.
 
     admin_listen: the `[admin] listen` value ("127.0.0.1:port" or "off"); None leaves the section
@@ -316,7 +317,7 @@ client_idle_timeout = "300s"
 max_client_connections = {MAX_CLIENT_CONNS}
 
 [proxy]
-worker_threads = {WORKERS}
+worker_threads = {workers}
 
 [upstreams.bench]
 connections_per_server = {POOL_PER_BACKEND}
