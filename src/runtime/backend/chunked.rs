@@ -112,11 +112,17 @@ impl ChunkedDecoder {
     }
 }
 
-/// Position of the first `\r\n` in `buf`, refusing lines longer than `limit` and bare `\n`s.
+/// Position of the first `\r\n` in `buf`, refusing lines longer than `limit` and a bare `\n` or
+/// `\r` (one reader's line end where another sees none: the root of chunk smuggling).
 fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, ChunkedError> {
     match buf.iter().position(|&byte| byte == b'\n') {
         Some(0) => Err(ChunkedError("bare LF")),
-        Some(newline) if buf[newline - 1] == b'\r' => Ok(Some(newline - 1)),
+        Some(newline) if buf[newline - 1] == b'\r' => {
+            if buf[..newline - 1].contains(&b'\r') {
+                return Err(ChunkedError("bare CR"));
+            }
+            Ok(Some(newline - 1))
+        }
         Some(_) => Err(ChunkedError("bare LF")),
         None if buf.len() > limit => Err(ChunkedError("line too long")),
         None => Ok(None),
@@ -187,5 +193,9 @@ mod tests {
         assert!(decode_all(b"5\nhello\r\n0\r\n\r\n", 64).is_err());
         assert!(decode_all(b"fffffffffffffffff\r\n", 64).is_err());
         assert!(decode_all(b"\r\n", 64).is_err());
+        for split in [1, 64] {
+            assert!(decode_all(b"5;a\rb\r\nhello\r\n0\r\n\r\n", split).is_err());
+            assert!(decode_all(b"5\r\nhello\r\n0\r\nx: a\rb\r\n\r\n", split).is_err());
+        }
     }
 }
