@@ -125,7 +125,7 @@ bench-ab:
 ## fuzz: each fuzz target of tests/fuzz for FUZZ_SECONDS (60) under libFuzzer + ASan; a crash fails
 ## it and lands in tests/fuzz/artifacts/<target>/ (installs cargo-fuzz if missing)
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := chunked request_head response_head route_match
+FUZZ_TARGETS := chunked request_head response_head route_match head_vs_hyper
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	@# cargo-fuzz needs nightly flags (-Z sanitizer, sancov); stable accepts them this way.

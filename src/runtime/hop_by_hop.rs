@@ -33,6 +33,11 @@ pub(crate) fn kind(name: &str) -> Option<HopByHop> {
     }
 }
 
+/// The comma-separated elements of a field value, trimmed.
+pub(crate) fn tokens(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim)
+}
+
 /// The header names one message's `Connection` header lists (`Connection: close, x-secret`): they
 /// are hop-by-hop for that message. Empty, without allocating, when it lists only connection
 /// options (`close`, `keep-alive`) or fixed hop-by-hop names, as it nearly always does.

@@ -51,30 +51,4 @@ pub use client::{run, run_with, tls, Listeners};
 /// Entry points for the fuzz targets (`tests/fuzz`) and their regression tests: the parsers that
 /// face the network are crate-private, these thin wrappers over them are not. Not an API.
 #[doc(hidden)]
-pub mod fuzzing {
-    use crate::backend::chunked::{ChunkedDecoder, Decoded};
-
-    /// Feeds `pieces` to one chunked decoder in turn, as reads from a socket would arrive:
-    /// the body bytes and whether the last chunk ended it, or the decoder's error.
-    pub fn decode_chunked(pieces: &[&[u8]]) -> Result<(Vec<u8>, bool), &'static str> {
-        let mut decoder = ChunkedDecoder::default();
-        let mut buf = bytes::BytesMut::new();
-        let mut body = Vec::new();
-        for piece in pieces {
-            buf.extend_from_slice(piece);
-            loop {
-                match decoder.decode(&mut buf).map_err(|error| error.0)? {
-                    Decoded::Data(data) => body.extend_from_slice(&data),
-                    Decoded::NeedMore => break,
-                    Decoded::Done => return Ok((body, true)),
-                }
-            }
-        }
-        Ok((body, false))
-    }
-
-    /// Why Juggler refuses `request` with `400` before routing it, if it does.
-    pub fn request_ambiguity<B>(request: &http::Request<B>) -> Option<&'static str> {
-        crate::proxy::request_checks::ambiguity(request)
-    }
-}
+pub mod fuzzing;

@@ -212,7 +212,7 @@ impl<'h> FieldScan<'h> {
             }
             match kind {
                 Some(HopByHop::Connection) => {
-                    for token in tokens(text(field)) {
+                    for token in hop_by_hop::tokens(text(field)) {
                         if token.eq_ignore_ascii_case("close") {
                             close = true;
                         } else if token.eq_ignore_ascii_case("keep-alive") {
@@ -226,11 +226,11 @@ impl<'h> FieldScan<'h> {
                     scan.keep_alive_timeout = parse_keep_alive_timeout(text(field));
                 }
                 Some(HopByHop::TransferEncoding) => {
-                    scan.last_coding = Some(tokens(text(field)).last().unwrap_or(""));
+                    scan.last_coding = Some(hop_by_hop::tokens(text(field)).last().unwrap_or(""));
                 }
                 Some(_) => {}
                 None if content_length => {
-                    for piece in tokens(text(field)) {
+                    for piece in hop_by_hop::tokens(text(field)) {
                         scan.content_length = Some(match (scan.content_length, piece.parse()) {
                             (Some(Err(why)), _) => Err(why),
                             (_, Err(_)) => Err("bad Content-Length"),
@@ -277,11 +277,6 @@ impl<'h> FieldScan<'h> {
 
 fn is_content_length(name: &str) -> bool {
     name.len() == "content-length".len() && name.eq_ignore_ascii_case("content-length")
-}
-
-/// The comma-separated elements of a field value, trimmed.
-fn tokens(value: &str) -> impl Iterator<Item = &str> {
-    value.split(',').map(str::trim)
 }
 
 /// `timeout=5, max=100` → `Some(5)`.

@@ -1,9 +1,9 @@
 //! What a plain HTTP/1.1 client connection is doing, as far as its timers need to know: idle
 //! between requests, part-way through sending a request head, or waiting for a response.
 //!
-//! hyper's own header timeout closes a slow client without an answer, and cannot tell an idle
-//! keep-alive connection from one trickling a request head (slowloris). The connection task reads
-//! these counters instead, so a slow head gets `408` and an idle connection is closed quietly.
+//! An idle keep-alive connection and one trickling a request head (slowloris) look alike from the
+//! socket; the connection task reads these counters to tell them apart, so a slow head gets `408`
+//! and an idle connection is closed quietly.
 
 use std::io;
 use std::pin::Pin;
@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -21,7 +20,7 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub(crate) struct ConnActivity {
     epoch: Instant,
-    /// Requests whose response has not been fully handed to hyper yet.
+    /// Requests whose response has not been fully written yet.
     in_flight: AtomicU32,
     /// When the connection last went idle (milliseconds since `epoch`).
     idle_since_ms: AtomicU64,
@@ -31,7 +30,7 @@ pub(crate) struct ConnActivity {
     /// progress.
     socket_io: AtomicU64,
     /// How often the last request in flight has ended: the connection task compares it across its
-    /// poll of hyper to decide promptly whether to park.
+    /// poll of the connection to decide promptly whether to park.
     times_went_idle: AtomicU64,
 }
 
@@ -96,8 +95,8 @@ impl ConnActivity {
         }
     }
 
-    /// Called when hyper hands over a complete request head; the returned guard ends the request
-    /// when dropped (with the response body, once hyper has written it).
+    /// Called when a complete request head is handed to the service; the returned guard ends the
+    /// request when dropped (with the response body, once it is written).
     pub(crate) fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_started_ms.store(0, Ordering::Relaxed);
@@ -178,30 +177,20 @@ impl Drop for InFlight {
     }
 }
 
-/// The client stream, reporting bytes moving on it to its [`ConnActivity`]. It can first replay
-/// `unread`: bytes read from the stream earlier that a new HTTP session must see (see `park`).
-/// Replayed bytes are not reported: whoever carried them over has already accounted for them
-/// ([`ConnActivity::head_carried_over`]).
+/// The client stream, reporting bytes moving on it to its [`ConnActivity`].
 #[derive(Debug)]
 pub(crate) struct WatchedIo<S> {
     inner: S,
     activity: Arc<ConnActivity>,
-    unread: Bytes,
 }
 
 impl<S> WatchedIo<S> {
-    /// Reads yield `unread` before anything from `inner`.
-    pub(crate) fn replaying(unread: Bytes, inner: S, activity: Arc<ConnActivity>) -> WatchedIo<S> {
-        WatchedIo {
-            inner,
-            activity,
-            unread,
-        }
+    pub(crate) fn new(inner: S, activity: Arc<ConnActivity>) -> WatchedIo<S> {
+        WatchedIo { inner, activity }
     }
 
-    /// The stream and whatever of `unread` has not been read yet.
-    pub(crate) fn into_parts(self) -> (Bytes, S) {
-        (self.unread, self.inner)
+    pub(crate) fn into_inner(self) -> S {
+        self.inner
     }
 
     fn report_sent(&self, written: &Poll<io::Result<usize>>) {
@@ -275,12 +264,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.unread.is_empty() {
-            let take = self.unread.len().min(buf.remaining());
-            buf.put_slice(&self.unread[..take]);
-            self.unread.advance(take);
-            return Poll::Ready(Ok(()));
-        }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -327,19 +310,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn unread_bytes_are_replayed_before_the_stream() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut client, server) = tokio::io::duplex(64);
-        client.write_all(b" world").await.unwrap();
-        drop(client);
-        let activity = ConnActivity::new();
-        let mut stream = WatchedIo::replaying(Bytes::from_static(b"hello"), server, activity);
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await.unwrap();
-        assert_eq!(text, "hello world");
-    }
 
     #[test]
     fn stall_guard_trips_only_after_turns_without_progress() {

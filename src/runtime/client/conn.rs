@@ -15,15 +15,15 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulConnection;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
-use super::activity::{ConnActivity, StallGuard, Verdict, WatchedIo};
+use super::activity::{ConnActivity, StallGuard, Verdict};
+use super::http1::Http1Connection;
 use super::listener::{HandedOver, Phase};
-use super::park::{carry_over, ParkingLot, PARK_AFTER};
+use super::park::{ParkingLot, PARK_AFTER};
 use super::phase::PhaseFollower;
 use super::proxy_protocol;
 use super::response::TrackedBody;
@@ -31,7 +31,6 @@ use super::tls::TlsAcceptor;
 use crate::metrics::ListenerKind;
 use crate::proxy::headers::ClientInfo;
 use crate::proxy::Proxy;
-use crate::table::Limits;
 use juggler_config::network::any_contains;
 
 /// The client side's phase (serving, handing over, draining), as each connection watches it.
@@ -282,11 +281,16 @@ async fn serve_http1<S: ClientStream>(
     let mut parks = StallGuard::new(0);
     let mut stream = stream;
     loop {
-        let io = TokioIo::new(WatchedIo::replaying(unread, stream, Arc::clone(&activity)));
-        let conn = Box::pin(http1_builder(limits).serve_connection(io, service.clone()));
-        // Boxed: the timer loop's state exists only while hyper serves, not while parked.
+        let conn = Http1Connection::new(
+            stream,
+            unread,
+            Arc::clone(&activity),
+            service.clone(),
+            limits.max_header_bytes,
+        );
+        // Boxed: the timer loop's state exists only while serving, not while parked.
         let serving = drive(
-            conn,
+            Box::pin(conn),
             &activity,
             shared,
             client,
@@ -296,25 +300,22 @@ async fn serve_http1<S: ClientStream>(
                 movable: S::MOVABLE,
             },
         );
-        let mut conn = match Box::pin(serving).await {
+        let conn = match Box::pin(serving).await {
             Ended::Finished => return,
             Ended::HeadTooSlow(conn) => {
-                let io = Pin::into_inner(conn).into_parts().io;
-                return answer_request_timeout(client_stream(io)).await;
+                return Pin::into_inner(conn).answer_request_timeout().await
             }
             Ended::Park(conn) => conn,
         };
         if parks.turn(&activity, "park").is_err() {
             return;
         }
-        // Let hyper finish with the connection (nothing is in flight) and hand the stream back.
-        conn.as_mut().graceful_shutdown();
-        let Ok(parts) = Pin::into_inner(conn).without_shutdown().await else {
+        // Nothing is in flight: the connection hands the stream back with what it read of the
+        // next request head.
+        let Some((socket, carried)) = Pin::into_inner(conn).into_idle().await else {
             return;
         };
-
-        let (old_unread, socket) = parts.io.into_inner().into_parts();
-        unread = carry_over(&old_unread, &parts.read_buf);
+        unread = carried;
         stream = socket;
         if !unread.is_empty() {
             // A pipelining client had already sent part of its next request head: serve it at
@@ -373,22 +374,6 @@ async fn read_first_byte<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Bytes> 
     }
 }
 
-/// The client's own stream under hyper's IO wrappers, to answer it directly.
-fn client_stream<S>(io: TokioIo<WatchedIo<S>>) -> S {
-    io.into_inner().into_parts().1
-}
-
-fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .keep_alive(true)
-        .header_read_timeout(None)
-        .max_header_size(limits.max_header_bytes)
-        // hyper refuses a read buffer below 8 KiB; the header limit above still applies.
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-}
-
 /// One HTTP/2 client connection: every stream goes through the same routing, queues and pools.
 async fn serve_http2<S>(stream: S, client: ClientInfo, shared: &Shared, phase: PhaseSignal)
 where
@@ -432,21 +417,27 @@ where
 /// successor (TLS): while handing over, each of its responses says `Connection: close`, so the
 /// client learns it at the end of a response rather than finding an idle connection closed under
 /// a request it is sending.
-fn request_service(
+fn request_service<B>(
     shared: &Shared,
     client: ClientInfo,
     activity: &Arc<ConnActivity>,
     redirect_port: Option<u16>,
     closes_on_handover: Option<PhaseSignal>,
 ) -> impl hyper::service::Service<
-    Request<Incoming>,
+    Request<B>,
     Response = http::Response<TrackedBody>,
     Error = std::convert::Infallible,
     Future = impl Future<Output = Result<http::Response<TrackedBody>, std::convert::Infallible>> + Send,
-> + Clone {
+> + Clone
+       + Send
+       + 'static
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let proxy = Arc::clone(&shared.proxy);
     let activity = Arc::clone(activity);
-    service_fn(move |request: Request<Incoming>| {
+    service_fn(move |request: Request<B>| {
         let proxy = Arc::clone(&proxy);
         let in_flight = activity.request_started();
         let phase = closes_on_handover.clone();
@@ -466,6 +457,37 @@ fn request_service(
             Ok(response.map(|body| TrackedBody::new(body, in_flight)))
         }
     })
+}
+
+/// A connection [`drive`] serves: Juggler's own HTTP/1.1 one or hyper's HTTP/2 one.
+trait Served: Future<Output = Result<(), Self::Error>> {
+    type Error: std::fmt::Display;
+    /// Finish what is in flight, then close.
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<S: Unpin> Served for Http1Connection<S> {
+    type Error = std::convert::Infallible;
+
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        Http1Connection::graceful_shutdown(&self);
+    }
+}
+
+impl<I, S, B, E> Served for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    type Error = hyper::Error;
+
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self);
+    }
 }
 
 /// How a connection's serving ended.
@@ -510,8 +532,7 @@ async fn drive<C>(
     parking: Parking,
 ) -> Ended<Pin<Box<C>>>
 where
-    C: GracefulConnection,
-    C::Error: std::fmt::Display,
+    C: Served,
 {
     let limits = &shared.proxy.table.settings.limits;
     let mut closing = false;
@@ -612,15 +633,4 @@ where
             () = std::future::poll_fn(|cx| phase.poll_changed(cx)), if !closing => {}
         }
     }
-}
-
-/// `408` for a client that took too long to send its request head, then close.
-async fn answer_request_timeout<S: AsyncWrite + Unpin>(mut io: S) {
-    const RESPONSE: &[u8] =
-        b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
-    let write = async {
-        io.write_all(RESPONSE).await?;
-        io.shutdown().await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`listener`]: accept (connection cap, backoff), a task per active connection, drain on shutdown.
 //! - `conn`: one connection: HTTP/1.1 or HTTP/2, the client timeouts, parking.
+//! - `http1`: HTTP/1.1 itself (parsing, body, response writing); hyper serves HTTP/2.
 //! - `activity`, `park`: what a connection is doing as its timers see it; idle plain connections
 //!   wait without a task in one shared epoll set (the parking lot), idle TLS ones as bare streams
 //!   in their task.
@@ -13,6 +14,7 @@
 
 mod activity;
 mod conn;
+pub(crate) mod http1;
 pub mod listener;
 mod park;
 mod phase;

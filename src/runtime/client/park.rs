@@ -1,12 +1,12 @@
 //! Parking idle keep-alive connections.
 //!
-//! hyper keeps a read buffer (8 KiB and up), a write buffer and its connection state for as long
-//! as a connection lives. Most keep-alive clients are idle most of the time, so an HTTP/1.1
-//! connection (plain or TLS) that has been idle for [`PARK_AFTER`] is handed back by hyper, and only
-//! the stream is kept until the client sends again; then a fresh hyper connection takes over. Bytes
-//! hyper had already read are replayed to the new connection (`WatchedIo::replaying`), so nothing
-//! is lost: they are the start of a pipelined request head, which goes on at once under the
-//! header timeout (`ConnActivity::head_carried_over`) rather than being parked again.
+//! A served HTTP/1.1 connection keeps a read buffer (8 KiB), a write buffer and its state for as
+//! long as it is served. Most keep-alive clients are idle most of the time, so a connection (plain
+//! or TLS) that has been idle for [`PARK_AFTER`] hands its stream back (`http1`), and only the
+//! stream is kept until the client sends again; then a fresh connection takes over. Bytes it had
+//! already read are carried over to the new one, so nothing is lost: they are the start of a
+//! pipelined request head, which goes on at once under the header timeout
+//! (`ConnActivity::head_carried_over`) rather than being parked again.
 //!
 //! A plain connection parks in its server's [`ParkingLot`]: its task ends, its socket leaves
 //! tokio's IO driver for one epoll set (mio) that all parked sockets share, and its idle deadline
@@ -37,24 +37,14 @@ use crate::proxy::headers::ClientInfo;
 
 /// Idle time after which a connection is parked. Long enough that a client sending requests back
 /// to back never pays for re-creating its HTTP state, short enough that thousands of idle clients
-/// do not hold hyper's buffers.
+/// do not hold buffers.
 pub(crate) const PARK_AFTER: Duration = Duration::from_millis(50);
-
-/// Joins what was left of an old prefix with the bytes hyper had buffered but not used. The
-/// result is always a fresh copy (usually empty): a slice of hyper's buffer, even an empty one,
-/// would keep its whole 8 KiB allocation alive while the connection is parked.
-pub(crate) fn carry_over(unread_prefix: &[u8], hyper_buffered: &[u8]) -> Bytes {
-    if unread_prefix.is_empty() && hyper_buffered.is_empty() {
-        return Bytes::new();
-    }
-    [unread_prefix, hyper_buffered].concat().into()
-}
 
 /// Readiness events taken from the lot's epoll set per system call.
 const EVENTS_AT_ONCE: usize = 256;
 
-/// The most bytes a waking connection's first read takes; hyper reads the rest. A request head
-/// usually fits, which spares hyper a read that would only find the socket empty.
+/// The most bytes a waking connection's first read takes; the connection reads the rest. A
+/// request head usually fits, which spares it a read that would only find the socket empty.
 const FIRST_READ: usize = 2048;
 
 /// Where one server's parked plain connections wait; started with the first park.
@@ -391,16 +381,5 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn carried_bytes_are_a_fresh_copy() {
-        assert_eq!(carry_over(b"a", b"b"), Bytes::from_static(b"ab"));
-        assert!(carry_over(b"", b"").is_empty());
     }
 }

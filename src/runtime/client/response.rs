@@ -1,5 +1,5 @@
-//! The body hyper writes to a client: the proxy's response body with the request's [`InFlight`]
-//! guard attached. The guard drops with the body, when hyper has finished with it (written or
+//! The body written to a client: the proxy's response body with the request's [`InFlight`]
+//! guard attached. The guard drops with the body, when the connection has finished with it (written or
 //! abandoned): that is how the connection's timers learn the request is over.
 
 use std::pin::Pin;

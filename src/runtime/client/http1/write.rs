@@ -1,0 +1,233 @@
+//! A response head as HTTP/1.1 bytes (RFC 9112 §4-§6): the status line, the proxy's fields as they
+//! are, then what this hop's framing and connection need (`Content-Length` or chunked,
+//! `Connection`, and `Date` when the response has none).
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE};
+use http::response::Parts;
+use http::{StatusCode, Version};
+use http_body::SizeHint;
+
+use crate::hop_by_hop;
+
+/// How the response body is delimited on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body is sent (a `HEAD` request, `1xx`, `204`, `304`).
+    None,
+    Length(u64),
+    Chunked,
+    /// An HTTP/1.0 client of a body of unknown length: the close ends it.
+    UntilClose,
+}
+
+/// What the request decided about its response.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Exchange {
+    /// The client's HTTP version: an HTTP/1.0 client gets HTTP/1.0 back.
+    pub(super) version: Version,
+    pub(super) is_head: bool,
+    /// Whether the connection may carry another request afterwards, as far as the client and
+    /// the connection are concerned; the response may still close it.
+    pub(super) keep_alive: bool,
+}
+
+/// Appends the head of a response with `parts` and a body of `size` to `out`; returns its
+/// framing and whether the connection stays open after it.
+pub(super) fn encode_head(
+    parts: &Parts,
+    size: &SizeHint,
+    exchange: Exchange,
+    out: &mut Vec<u8>,
+) -> (Framing, bool) {
+    let http10 = exchange.version == Version::HTTP_10;
+    let mut keep_alive = exchange.keep_alive;
+    let (mut said_close, mut said_keep_alive) = (false, false);
+    for value in parts.headers.get_all(CONNECTION) {
+        for token in hop_by_hop::tokens(value.to_str().unwrap_or("")) {
+            said_close |= token.eq_ignore_ascii_case("close");
+            said_keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+        }
+    }
+    keep_alive &= !said_close;
+    let status = parts.status;
+    let bodiless = exchange.is_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let declared = parts.headers.get(CONTENT_LENGTH);
+    let framing = match (bodiless, declared, size.exact()) {
+        (true, _, _) => Framing::None,
+        (false, Some(value), _) => match value.to_str().ok().and_then(|text| text.parse().ok()) {
+            Some(len) => Framing::Length(len),
+            None => Framing::UntilClose,
+        },
+        (false, None, Some(len)) => Framing::Length(len),
+        (false, None, None) if http10 => Framing::UntilClose,
+        (false, None, None) => Framing::Chunked,
+    };
+    keep_alive &= framing != Framing::UntilClose;
+
+    out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(len) if declared.is_none() => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if http10 && keep_alive && !said_keep_alive {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    } else if !http10 && !keep_alive && !said_close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if !parts.headers.contains_key(DATE) {
+        out.extend_from_slice(b"date: ");
+        push_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    (framing, keep_alive)
+}
+
+/// The line in front of one chunk of `len` bytes.
+pub(super) fn chunk_size_line(len: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+}
+
+/// The current time as an HTTP date, formatted once a second per thread.
+fn push_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static FORMATTED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    FORMATTED.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Response;
+
+    fn head(response: Response<()>, size: SizeHint, exchange: Exchange) -> (String, Framing, bool) {
+        let (parts, ()) = response.into_parts();
+        let mut out = Vec::new();
+        let (framing, keep_alive) = encode_head(&parts, &size, exchange, &mut out);
+        (String::from_utf8(out).unwrap(), framing, keep_alive)
+    }
+
+    const KEEP: Exchange = Exchange {
+        version: Version::HTTP_11,
+        is_head: false,
+        keep_alive: true,
+    };
+
+    #[test]
+    fn a_known_size_gets_a_length_and_an_unknown_one_is_chunked() {
+        let response = Response::builder().header("x-a", "1").body(()).unwrap();
+        let (text, framing, keep_alive) = head(response, SizeHint::with_exact(12), KEEP);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 12\r\ndate: "),
+            "{text}"
+        );
+        assert!(text.ends_with(" GMT\r\n\r\n"), "{text}");
+        assert_eq!((framing, keep_alive), (Framing::Length(12), true));
+
+        let response = Response::builder().header("date", "then").body(()).unwrap();
+        let (text, framing, _) = head(response, SizeHint::default(), KEEP);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\ndate: then\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        assert_eq!(framing, Framing::Chunked);
+    }
+
+    #[test]
+    fn connection_fields_follow_the_version_and_the_decision() {
+        let with_date = || Response::builder().header("date", "d");
+        let closing = Exchange {
+            keep_alive: false,
+            ..KEEP
+        };
+        let (text, _, keep_alive) = head(
+            with_date().body(()).unwrap(),
+            SizeHint::with_exact(0),
+            closing,
+        );
+        assert!(
+            text.contains("connection: close\r\n") && !keep_alive,
+            "{text}"
+        );
+
+        let said = with_date().header("connection", "close").body(()).unwrap();
+        let (text, _, keep_alive) = head(said, SizeHint::with_exact(0), KEEP);
+        assert_eq!(text.matches("close").count(), 1, "{text}");
+        assert!(!keep_alive);
+
+        let old = Exchange {
+            version: Version::HTTP_10,
+            ..KEEP
+        };
+        let (text, _, keep_alive) =
+            head(with_date().body(()).unwrap(), SizeHint::with_exact(2), old);
+        assert!(
+            text.starts_with("HTTP/1.0 200 OK\r\n") && text.contains("connection: keep-alive\r\n"),
+            "{text}"
+        );
+        assert!(keep_alive);
+        let (_, framing, keep_alive) =
+            head(with_date().body(()).unwrap(), SizeHint::default(), old);
+        assert_eq!((framing, keep_alive), (Framing::UntilClose, false));
+    }
+
+    #[test]
+    fn head_requests_and_bodiless_statuses_send_no_body() {
+        let head_request = Exchange {
+            is_head: true,
+            ..KEEP
+        };
+        let response = Response::builder()
+            .header("content-length", "5")
+            .header("date", "d")
+            .body(())
+            .unwrap();
+        let (text, framing, _) = head(response, SizeHint::with_exact(0), head_request);
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ndate: d\r\n\r\n"
+        );
+        assert_eq!(framing, Framing::None);
+        let not_modified = Response::builder()
+            .status(304)
+            .header("date", "d")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            head(not_modified, SizeHint::default(), KEEP).1,
+            Framing::None
+        );
+    }
+}

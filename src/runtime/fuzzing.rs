@@ -1,0 +1,207 @@
+//! Entry points for the fuzz targets (`tests/fuzz`) and their regression tests.
+
+use crate::backend::chunked::{ChunkedDecoder, Decoded};
+
+/// Feeds `pieces` to one chunked decoder in turn, as reads from a socket would arrive:
+/// the body bytes and whether the last chunk ended it, or the decoder's error.
+pub fn decode_chunked(pieces: &[&[u8]]) -> Result<(Vec<u8>, bool), &'static str> {
+    let mut decoder = ChunkedDecoder::default();
+    let mut buf = bytes::BytesMut::new();
+    let mut body = Vec::new();
+    for piece in pieces {
+        buf.extend_from_slice(piece);
+        loop {
+            match decoder.decode(&mut buf).map_err(|error| error.0)? {
+                Decoded::Data(data) => body.extend_from_slice(&data),
+                Decoded::NeedMore => break,
+                Decoded::Done => return Ok((body, true)),
+            }
+        }
+    }
+    Ok((body, false))
+}
+
+/// A client's request head as Juggler's HTTP/1.1 server parses it from `input`: the request
+/// and its body framing, `Ok(None)` for an incomplete head, or the status it is refused with.
+/// `max_head`: the header size limit.
+pub fn parse_request_head(
+    input: &[u8],
+    max_head: usize,
+) -> Result<Option<(http::Request<()>, RequestFraming)>, http::StatusCode> {
+    use crate::client::http1::{parse_head, BodyFraming};
+    let mut buf = bytes::BytesMut::from(input);
+    let head = parse_head(&mut buf, max_head).map_err(|error| error.status())?;
+    Ok(head.map(|head| {
+        let framing = match head.framing {
+            BodyFraming::Empty => RequestFraming::Empty,
+            BodyFraming::Length(len) => RequestFraming::Length(len),
+            BodyFraming::Chunked => RequestFraming::Chunked,
+        };
+        (head.request, framing)
+    }))
+}
+
+/// How a parsed request's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// Why Juggler refuses `request` with `400` before routing it, if it does.
+pub fn request_ambiguity<B>(request: &http::Request<B>) -> Option<&'static str> {
+    crate::proxy::request_checks::ambiguity(request)
+}
+
+/// What a server made of a request head.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadVerdict {
+    /// Accepted: method, target, version, fields (in order, names lowercase) and framing.
+    Accepted {
+        method: String,
+        target: String,
+        version: http::Version,
+        fields: Vec<(String, Vec<u8>)>,
+        framing: RequestFraming,
+    },
+    /// Refused with this status.
+    Refused(u16),
+    /// Incomplete: the server is still waiting for the rest of the head.
+    Incomplete,
+}
+
+impl HeadVerdict {
+    fn accepted(request: &http::Request<()>, framing: RequestFraming) -> HeadVerdict {
+        HeadVerdict::Accepted {
+            method: request.method().to_string(),
+            target: request.uri().to_string(),
+            version: request.version(),
+            fields: request
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+                .collect(),
+            framing,
+        }
+    }
+}
+
+/// Juggler's verdict on `input` as a request head (`max_head`: the header size limit).
+pub fn juggler_verdict(input: &[u8], max_head: usize) -> HeadVerdict {
+    match parse_request_head(input, max_head) {
+        Ok(Some((request, framing))) => HeadVerdict::accepted(&request, framing),
+        Ok(None) => HeadVerdict::Incomplete,
+        Err(status) => HeadVerdict::Refused(status.as_u16()),
+    }
+}
+
+/// hyper's HTTP/1.1 server's verdict on `input`, configured as Juggler configured it before it
+/// parsed requests itself: what [`juggler_verdict`] is compared with. Needs a tokio runtime.
+pub async fn hyper_verdict(input: &[u8], max_head: usize) -> HeadVerdict {
+    use std::sync::{Arc, Mutex};
+
+    use http_body::Body as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let seen: Arc<Mutex<Option<HeadVerdict>>> = Arc::default();
+    let recorder = Arc::clone(&seen);
+    let service =
+        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let framing = if request.body().is_end_stream() {
+                RequestFraming::Empty
+            } else {
+                match request.body().size_hint().exact() {
+                    Some(len) => RequestFraming::Length(len),
+                    None => RequestFraming::Chunked,
+                }
+            };
+            let (parts, _body) = request.into_parts();
+            let head = http::Request::from_parts(parts, ());
+            *recorder.lock().unwrap() = Some(HeadVerdict::accepted(&head, framing));
+            async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                    bytes::Bytes,
+                >::new()))
+            }
+        });
+    let (mut client, server) = tokio::io::duplex(input.len() + 64 * 1024);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_header_size(max_head)
+        .max_buf_size(max_head.max(8192));
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(server), service);
+    let served = tokio::spawn(conn);
+    let _ = client.write_all(input).await;
+    let _ = client.shutdown().await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.read_to_end(&mut answer),
+    )
+    .await;
+    served.abort();
+    if let Some(accepted) = seen.lock().unwrap().take() {
+        return accepted;
+    }
+    let status = read
+        .ok()
+        .and_then(|_| answer.get(9..12))
+        .and_then(|code| std::str::from_utf8(code).ok()?.parse().ok());
+    match status {
+        Some(status) => HeadVerdict::Refused(status),
+        None => HeadVerdict::Incomplete,
+    }
+}
+
+/// Compares Juggler's and hyper's verdicts on `input`; `Err` says how they differ where they must
+/// not. Juggler refuses on purpose what hyper lets through: `Content-Length` with
+/// `Transfer-Encoding`, and bare-LF line ends (see `client::http1::head`).
+pub async fn compare_with_hyper(input: &[u8], max_head: usize) -> Result<(), String> {
+    let ours = juggler_verdict(input, max_head);
+    let theirs = hyper_verdict(input, max_head).await;
+    if ours == theirs {
+        return Ok(());
+    }
+    let deliberate = matches!(ours, HeadVerdict::Refused(400))
+        && matches!(theirs, HeadVerdict::Accepted { .. })
+        && (has_bare_lf_line_end(input) || has_length_and_coding(input));
+    // hyper reads a head only once the client stops sending or its buffer is full; a head hyper
+    // still waits for may already be refused by Juggler (never the other way round).
+    let sooner = theirs == HeadVerdict::Incomplete && matches!(ours, HeadVerdict::Refused(_));
+    // Past the size limit, which refusal a malformed head gets depends on how its bytes arrived
+    // (hyper parses again only once a read brings the head's end).
+    let both_refused_oversized = input.len() >= max_head
+        && matches!(ours, HeadVerdict::Refused(_))
+        && matches!(theirs, HeadVerdict::Refused(_));
+    if deliberate || sooner || both_refused_oversized {
+        return Ok(());
+    }
+    Err(format!("juggler: {ours:?}\nhyper:   {theirs:?}"))
+}
+
+fn head_part(input: &[u8]) -> &[u8] {
+    let end = input
+        .windows(2)
+        .position(|pair| pair == b"\n\n")
+        .into_iter()
+        .chain(input.windows(3).position(|three| three == b"\n\r\n"))
+        .min()
+        .map_or(input.len(), |at| at + 2);
+    &input[..end]
+}
+
+fn has_bare_lf_line_end(input: &[u8]) -> bool {
+    let head = head_part(input);
+    head.iter()
+        .enumerate()
+        .any(|(at, &byte)| byte == b'\n' && (at == 0 || head[at - 1] != b'\r'))
+}
+
+fn has_length_and_coding(input: &[u8]) -> bool {
+    let head = String::from_utf8_lossy(head_part(input)).to_ascii_lowercase();
+    let field = |name: &str| head.lines().any(|line| line.trim_start().starts_with(name));
+    field("content-length:") && field("transfer-encoding:")
+}
