@@ -275,7 +275,8 @@ async fn serve_http1<S: ClientStream>(
         activity.bytes_arrived();
     }
     let closes_on_handover = (!S::MOVABLE).then(|| phase.clone());
-    let service = request_service(shared, client, &activity, redirect_port, closes_on_handover);
+    let answerer = Answerer::new(shared, client, &activity, redirect_port, closes_on_handover);
+    let service = service_fn(move |request| answerer.answer(request));
     // Every park must follow bytes moving on the socket: parking again over the same bytes is
     // a loop that never waits.
     let mut parks = StallGuard::new(0);
@@ -384,7 +385,7 @@ where
     // idle timeout is closed too (with GOAWAY). Request heads arrive in frames hyper has already
     // bounded, so no byte-level watch is needed here.
     let activity = ConnActivity::new();
-    let service = request_service(shared, client, &activity, None, None);
+    let service = Answerer::new(shared, client, &activity, None, None).boxed();
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -411,43 +412,64 @@ where
     .await;
 }
 
-/// The per-request service of a connection: proxy the request (or redirect it to HTTPS), and
-/// tie the request's end to the response body so the connection's timers know when it is idle.
-/// `closes_on_handover`: the connection's phase, for an HTTP/1.1 connection that cannot move to a
-/// successor (TLS): while handing over, each of its responses says `Connection: close`, so the
+/// An answer's future, boxed for hyper's HTTP/2 (see [`Answerer::answer`]).
+type BoxedAnswer = Pin<
+    Box<dyn Future<Output = Result<http::Response<TrackedBody>, std::convert::Infallible>> + Send>,
+>;
+
+/// What answering a request on one connection takes: proxy the request (or redirect it to HTTPS),
+/// and tie the request's end to the response body so the connection's timers know when it is
+/// idle. `closes_on_handover`: the connection's phase, for an HTTP/1.1 connection that cannot move
+/// to a successor (TLS): while handing over, each of its responses says `Connection: close`, so the
 /// client learns it at the end of a response rather than finding an idle connection closed under
 /// a request it is sending.
-fn request_service<B>(
-    shared: &Shared,
+#[derive(Clone)]
+struct Answerer {
+    proxy: Arc<Proxy>,
+    activity: Arc<ConnActivity>,
     client: ClientInfo,
-    activity: &Arc<ConnActivity>,
     redirect_port: Option<u16>,
     closes_on_handover: Option<PhaseSignal>,
-) -> impl hyper::service::Service<
-    Request<B>,
-    Response = http::Response<TrackedBody>,
-    Error = std::convert::Infallible,
-    Future = impl Future<Output = Result<http::Response<TrackedBody>, std::convert::Infallible>> + Send,
-> + Clone
-       + Send
-       + 'static
-where
-    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    let proxy = Arc::clone(&shared.proxy);
-    let activity = Arc::clone(activity);
-    service_fn(move |request: Request<B>| {
-        let proxy = Arc::clone(&proxy);
-        let in_flight = activity.request_started();
-        let phase = closes_on_handover.clone();
+}
+
+impl Answerer {
+    fn new(
+        shared: &Shared,
+        client: ClientInfo,
+        activity: &Arc<ConnActivity>,
+        redirect_port: Option<u16>,
+        closes_on_handover: Option<PhaseSignal>,
+    ) -> Answerer {
+        Answerer {
+            proxy: Arc::clone(&shared.proxy),
+            activity: Arc::clone(activity),
+            client,
+            redirect_port,
+            closes_on_handover,
+        }
+    }
+
+    /// The answer to `request`. Its future is the request's whole state machine (routing,
+    /// queueing, the exchange): kilobytes. Juggler's HTTP/1.1 connection keeps it in place; hyper's
+    /// HTTP/2 moves it into a task per stream, so that service boxes it ([`Answerer::boxed`]).
+    fn answer<B>(
+        &self,
+        request: Request<B>,
+    ) -> impl Future<Output = Result<http::Response<TrackedBody>, std::convert::Infallible>>
+           + Send
+           + 'static
+    where
+        B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let proxy = Arc::clone(&self.proxy);
+        let in_flight = self.activity.request_started();
+        let phase = self.closes_on_handover.clone();
+        let (client, redirect_port) = (self.client, self.redirect_port);
         async move {
             let mut response = match redirect_port {
                 Some(port) => super::redirect::https_redirect(&request, port),
-                // Boxed: the request's whole state machine (routing, queueing, the exchange) is
-                // kilobytes, and hyper moves the service's future by value: HTTP/2 into a task of
-                // its own per stream, HTTP/1.1 into the connection's slot per request.
-                None => Box::pin(proxy.handle(request, client)).await,
+                None => proxy.handle(request, client).await,
             };
             if phase.is_some_and(|phase| *phase.borrow() != Phase::Serving) {
                 response
@@ -456,7 +478,19 @@ where
             }
             Ok(response.map(|body| TrackedBody::new(body, in_flight)))
         }
-    })
+    }
+
+    /// The service of an HTTP/2 connection: each answer boxed, so hyper moves a pointer.
+    fn boxed(
+        self,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = http::Response<TrackedBody>,
+        Error = std::convert::Infallible,
+        Future = BoxedAnswer,
+    > + Clone {
+        service_fn(move |request: Request<Incoming>| Box::pin(self.answer(request)) as BoxedAnswer)
+    }
 }
 
 /// A connection [`drive`] serves: Juggler's own HTTP/1.1 one or hyper's HTTP/2 one.
@@ -561,7 +595,7 @@ where
         };
         // Handing over: HTTP/2 sends GOAWAY and finishes its streams. HTTP/1.1 stays open: a
         // plain connection moves to the successor when idle, a TLS one closes with its next
-        // response (see `request_service`), never while a request may be on its way.
+        // response (see `Answerer`), never while a request may be on its way.
         let must_close = match now {
             Phase::Serving => false,
             Phase::Draining => true,

@@ -43,44 +43,50 @@ pub(super) fn encode_head(
     out: &mut Vec<u8>,
 ) -> (Framing, bool) {
     let http10 = exchange.version == Version::HTTP_10;
-    let mut keep_alive = exchange.keep_alive;
-    let (mut said_close, mut said_keep_alive) = (false, false);
-    for value in parts.headers.get_all(CONNECTION) {
-        for token in hop_by_hop::tokens(value.to_str().unwrap_or("")) {
-            said_close |= token.eq_ignore_ascii_case("close");
-            said_keep_alive |= token.eq_ignore_ascii_case("keep-alive");
-        }
-    }
-    keep_alive &= !said_close;
     let status = parts.status;
-    let bodiless = exchange.is_head
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let declared = parts.headers.get(CONTENT_LENGTH);
-    let framing = match (bodiless, declared, size.exact()) {
-        (true, _, _) => Framing::None,
-        (false, Some(value), _) => match value.to_str().ok().and_then(|text| text.parse().ok()) {
-            Some(len) => Framing::Length(len),
-            None => Framing::UntilClose,
-        },
-        (false, None, Some(len)) => Framing::Length(len),
-        (false, None, None) if http10 => Framing::UntilClose,
-        (false, None, None) => Framing::Chunked,
-    };
-    keep_alive &= framing != Framing::UntilClose;
-
+    out.reserve(64 + 48 * parts.headers.len());
     out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // The fields as they are, noting on the way what this hop's framing and connection need.
+    let (mut said_close, mut said_keep_alive, mut has_date) = (false, false, false);
+    let mut declared = None;
     for (name, value) in &parts.headers {
+        if *name == CONNECTION {
+            for token in hop_by_hop::tokens(value.to_str().unwrap_or("")) {
+                said_close |= token.eq_ignore_ascii_case("close");
+                said_keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+            }
+        } else if *name == CONTENT_LENGTH && declared.is_none() {
+            declared = Some(
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|text| text.parse::<u64>().ok()),
+            );
+        } else if *name == DATE {
+            has_date = true;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    let bodiless = exchange.is_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = match (bodiless, declared, size.exact()) {
+        (true, _, _) => Framing::None,
+        (false, Some(Some(len)), _) => Framing::Length(len),
+        (false, Some(None), _) => Framing::UntilClose,
+        (false, None, Some(len)) => Framing::Length(len),
+        (false, None, None) if http10 => Framing::UntilClose,
+        (false, None, None) => Framing::Chunked,
+    };
+    let keep_alive = exchange.keep_alive && !said_close && framing != Framing::UntilClose;
     match framing {
         Framing::Length(len) if declared.is_none() => {
             out.extend_from_slice(b"content-length: ");
@@ -95,7 +101,7 @@ pub(super) fn encode_head(
     } else if !http10 && !keep_alive && !said_close {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    if !parts.headers.contains_key(DATE) {
+    if !has_date {
         out.extend_from_slice(b"date: ");
         push_date(out);
         out.extend_from_slice(b"\r\n");
@@ -106,7 +112,10 @@ pub(super) fn encode_head(
 
 /// The line in front of one chunk of `len` bytes.
 pub(super) fn chunk_size_line(len: usize, out: &mut Vec<u8>) {
-    out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.max(1).leading_zeros()).div_ceil(4);
+    out.extend((0..digits).rev().map(|at| HEX[(len >> (4 * at)) & 0xf]));
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The current time as an HTTP date, formatted once a second per thread.
@@ -201,6 +210,20 @@ mod tests {
         let (_, framing, keep_alive) =
             head(with_date().body(()).unwrap(), SizeHint::default(), old);
         assert_eq!((framing, keep_alive), (Framing::UntilClose, false));
+    }
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        for (len, line) in [
+            (0, "0\r\n"),
+            (1, "1\r\n"),
+            (255, "ff\r\n"),
+            (4096, "1000\r\n"),
+        ] {
+            let mut out = Vec::new();
+            chunk_size_line(len, &mut out);
+            assert_eq!(out, line.as_bytes());
+        }
     }
 
     #[test]
