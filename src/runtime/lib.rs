@@ -43,6 +43,7 @@ mod hop_by_hop;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+mod socket_read;
 pub mod systemd;
 pub mod upgrade;
 

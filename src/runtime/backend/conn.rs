@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::chunked::{ChunkedDecoder, Decoded};
 use super::head::{self, KnownNames, Parsed, MAX_RESPONSE_HEADERS};
 use super::spool::RequestBody;
+use crate::socket_read::poll_read_draining;
 
 /// The largest response head accepted from a backend.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -344,7 +345,7 @@ impl BackendConn {
             // Never past the body's end: what follows belongs to the connection, not the body.
             let room = len - body.len();
             let mut rest = (&mut body).limit(room);
-            body_progress(poll_fn(|cx| poll_read_into(&self.stream, &mut rest, cx)).await)?;
+            body_progress(poll_fn(|cx| poll_read_draining(&self.stream, &mut rest, cx)).await)?;
         }
         Ok(body.freeze())
     }
@@ -408,7 +409,7 @@ impl BackendConn {
         if self.read_buf.capacity() - self.read_buf.len() < 1024 {
             self.read_buf.reserve(READ_CHUNK);
         }
-        poll_read_into(&self.stream, &mut self.read_buf, cx)
+        poll_read_draining(&self.stream, &mut self.read_buf, cx)
     }
 }
 
@@ -418,21 +419,6 @@ fn body_progress(read: io::Result<usize>) -> Result<(), BodyError> {
         Ok(0) => Err(BodyError::Truncated),
         Ok(_) => Ok(()),
         Err(error) => Err(BodyError::Io(error)),
-    }
-}
-
-/// Reads whatever `stream` has into `buf`, as far as `buf` takes; `Ok(0)` means the peer closed.
-fn poll_read_into<B: BufMut>(
-    stream: &TcpStream,
-    buf: &mut B,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(stream.poll_read_ready(cx))?;
-        match stream.try_read_buf(buf) {
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-            result => return Poll::Ready(result),
-        }
     }
 }
 

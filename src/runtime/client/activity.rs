@@ -193,6 +193,22 @@ impl<S> WatchedIo<S> {
         self.inner
     }
 
+    /// Reads into the connection's buffer (see `http1::BufferedRead`), reporting what arrived.
+    pub(crate) fn poll_read_buffered(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut bytes::BytesMut,
+    ) -> Poll<io::Result<usize>>
+    where
+        S: super::http1::BufferedRead,
+    {
+        let read = self.inner.poll_read_buffered(cx, buf);
+        if matches!(read, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.bytes_arrived();
+        }
+        read
+    }
+
     fn report_sent(&self, written: &Poll<io::Result<usize>>) {
         if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
             self.activity.bytes_sent();

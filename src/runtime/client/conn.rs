@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
 use super::activity::{ConnActivity, StallGuard, Verdict};
-use super::http1::Http1Connection;
+use super::http1::{BufferedRead, Http1Connection};
 use super::listener::{HandedOver, Phase};
 use super::park::{ParkingLot, PARK_AFTER};
 use super::phase::PhaseFollower;
@@ -53,9 +53,7 @@ pub(super) struct Shared {
 
 /// A client stream as the connection code needs it; plain TCP can be handed to another process,
 /// TLS cannot (its session state lives in this one).
-pub(super) trait ClientStream:
-    AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static
-{
+pub(super) trait ClientStream: BufferedRead + Sized {
     /// Whether [`ClientStream::into_socket`] can hand this kind of stream over.
     const MOVABLE: bool;
     /// The socket, to hand to another process.

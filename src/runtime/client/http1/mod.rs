@@ -28,6 +28,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::service::Service;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_util::io::poll_read_buf;
 
 pub(crate) use body::ClientBody;
@@ -37,6 +39,32 @@ use write::{Exchange, Framing};
 
 use super::activity::{ConnActivity, WatchedIo};
 use super::response::TrackedBody;
+use crate::socket_read::poll_read_draining;
+
+/// A client stream as the connection reads it: into its buffer, a plain socket without the read
+/// that only finds it empty (`socket_read`); a TLS stream as any reader (its records are read
+/// and decrypted in its own buffer first).
+pub(crate) trait BufferedRead: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn poll_read_buffered(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        poll_read_buf(Pin::new(self), cx, buf)
+    }
+}
+
+impl BufferedRead for TcpStream {
+    fn poll_read_buffered(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        poll_read_draining(self, buf, cx)
+    }
+}
+
+impl BufferedRead for Box<TlsStream<TcpStream>> {}
 
 /// Reads take at least this much room in the buffer.
 const READ_CHUNK: usize = 8 * 1024;
@@ -74,10 +102,7 @@ pub(super) struct Http1Connection<S> {
     left: Option<Left<S>>,
 }
 
-impl<S> Http1Connection<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+impl<S: BufferedRead> Http1Connection<S> {
     /// Serves `stream`, whose client already sent `unread`, with `service`; `max_head`: the
     /// most bytes a request head may take.
     pub(super) fn new<Svc>(
@@ -177,10 +202,7 @@ enum Waited {
     Refused(StatusCode),
 }
 
-impl<S> Connection<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+impl<S: BufferedRead> Connection<S> {
     async fn serve<Svc>(mut self, service: Svc) -> Left<S>
     where
         Svc: Service<Request<ClientBody>, Response = Response<TrackedBody>, Error = Infallible>,
@@ -286,7 +308,7 @@ where
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_CHUNK);
         }
-        poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        self.io.poll_read_buffered(cx, &mut self.buf)
     }
 
     /// Drives the service to its response while feeding it the request body and watching the
