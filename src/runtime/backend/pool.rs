@@ -1080,6 +1080,100 @@ mod tests {
         assert_eq!(shared.slots.available(), 3);
     }
 
+    /// A pool of one slot to an address nothing listens on, with that slot taken: every
+    /// request queues. Nothing here opens a connection.
+    fn busy_pool(queue_timeout: Duration) -> Arc<BackendPool> {
+        let spec: &'static BackendSpec = Box::leak(Box::new(BackendSpec {
+            address: "127.0.0.1:9",
+            pool_size: 1,
+            upstream: crate::table::UpstreamId(0),
+            weight: 1,
+        }));
+        let mut settings = Settings::DEFAULT;
+        settings.queue.timeout = queue_timeout;
+        settings.queue.max_queued_per_server = 16;
+        let pool = Arc::new(BackendPool::new(spec, &settings));
+        assert!(pool.slots.try_take());
+        pool
+    }
+
+    /// Queues a normal request now; its outcome comes back with how long it waited.
+    fn queue_one(
+        pool: &Arc<BackendPool>,
+    ) -> tokio::task::JoinHandle<(Result<(), CheckoutError>, Duration)> {
+        let pool = Arc::clone(pool);
+        tokio::spawn(async move {
+            let queued_at = Instant::now();
+            let outcome = pool
+                .wait_for_slot(Priority::Normal, queued_at, None, None)
+                .await
+                .map(|_share| ());
+            (outcome, queued_at.elapsed())
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_requests_time_out_at_their_deadline_by_one_task_that_ends_when_idle() {
+        let timeout = Duration::from_secs(1);
+        let pool = busy_pool(timeout);
+        let mut waiting = Vec::new();
+        for _ in 0..3 {
+            waiting.push(queue_one(&pool));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert_eq!(pool.queued(), 3);
+        assert!(pool.expiring.load(Ordering::SeqCst), "the expiry task runs");
+        for task in waiting {
+            let (outcome, waited) = task.await.unwrap();
+            assert!(matches!(outcome, Err(CheckoutError::QueueTimeout)));
+            assert_eq!(waited, timeout, "at the deadline, not before nor after");
+        }
+        assert_eq!(pool.queued(), 0);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(
+            !pool.expiring.load(Ordering::SeqCst),
+            "nobody waits: the task ended"
+        );
+        // The next request to queue starts it again.
+        let (outcome, waited) = queue_one(&pool).await.unwrap();
+        assert!(matches!(outcome, Err(CheckoutError::QueueTimeout)));
+        assert_eq!(waited, timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_freed_in_time_is_handed_over_and_leaving_rotation_ends_the_rest() {
+        let pool = busy_pool(Duration::from_secs(1));
+        let waiting: Vec<_> = (0..3).map(|_| queue_one(&pool)).collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        pool.release_slot();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        pool.leave_rotation();
+        let outcomes: Vec<_> = outcomes_of(waiting).await;
+        assert!(
+            matches!(outcomes[0], (Ok(()), _)),
+            "first come, first served"
+        );
+        for (outcome, waited) in &outcomes[1..] {
+            assert!(matches!(outcome, Err(CheckoutError::Down)));
+            assert!(
+                *waited < Duration::from_secs(1),
+                "ended when the backend left"
+            );
+        }
+        assert_eq!(pool.queued(), 0);
+        assert_eq!(pool.free_slots(), 0, "the first one holds the slot");
+    }
+
+    async fn outcomes_of(
+        tasks: Vec<tokio::task::JoinHandle<(Result<(), CheckoutError>, Duration)>>,
+    ) -> Vec<(Result<(), CheckoutError>, Duration)> {
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        outcomes
+    }
+
     #[test]
     fn backoff_grows_to_its_cap_with_jitter() {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
