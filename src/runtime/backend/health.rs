@@ -86,8 +86,6 @@ pub struct BackendProtection {
     ejections: AtomicU64,
     /// When the backend last came back (µs since `epoch` + 1; 0: never went away).
     back_since: AtomicU64,
-    /// Wakes the requests queued for this backend when it leaves rotation.
-    pub(crate) gone: Notify,
     /// `connections_per_server = { min, max }`: the limit from response times.
     adaptive: Option<AdaptiveLimit>,
     /// Wakes the protection task when the adaptive limit's growth on probation failed early.
@@ -112,7 +110,6 @@ impl BackendProtection {
             eject_level: AtomicU32::new(0),
             ejections: AtomicU64::new(0),
             back_since: AtomicU64::new(0),
-            gone: Notify::new(),
             adaptive: config
                 .adaptive_min
                 .map(|min| AdaptiveLimit::new(min, pool_size)),
@@ -234,8 +231,8 @@ impl BackendProtection {
 
     /// Ejects the backend (the caller checked it is not the upstream's last healthy one) and
     /// returns for how long: 10 s, doubling for each ejection since the last healthy spell of at
-    /// least [`EJECT_MAX`].
-    pub fn eject(&self) -> Duration {
+    /// least [`EJECT_MAX`]. Called by [`BackendPool::eject`], which also ends the queue.
+    pub(crate) fn eject(&self) -> Duration {
         let now = self.now();
         let back = self.back_since.load(Ordering::Acquire);
         if back != 0 && now.saturating_sub(back - 1) > EJECT_MAX.as_micros() as u64 {
@@ -248,7 +245,6 @@ impl BackendProtection {
         self.consecutive_5xx.store(0, Ordering::Relaxed);
         self.passes_in_row.store(0, Ordering::Relaxed);
         self.ejections.fetch_add(1, Ordering::Relaxed);
-        self.gone.notify_waiters();
         length
     }
 
@@ -302,7 +298,10 @@ impl BackendProtection {
             .map_or(1000, |share| ((share * 1000.0) as u32).max(1))
     }
 
-    fn record_check(&self, outcome: CheckOutcome, check: &HealthCheck, backend: &str) {
+    /// Records a check's outcome; returns whether the backend has just been marked down by it
+    /// (its queue is then to be ended: see [`BackendPool::leave_rotation`]).
+    #[must_use]
+    fn record_check(&self, outcome: CheckOutcome, check: &HealthCheck, backend: &str) -> bool {
         let packed = match outcome {
             CheckOutcome::None => 0,
             CheckOutcome::Timeout => 1,
@@ -317,7 +316,7 @@ impl BackendProtection {
             self.fails_in_row.store(0, Ordering::Relaxed);
             let passes = self.passes_in_row.fetch_add(1, Ordering::Relaxed) + 1;
             if passes < check.passes {
-                return;
+                return false;
             }
             if self.check_down.swap(false, Ordering::AcqRel) {
                 tracing::warn!(backend, passes, "backend is up again: health checks pass");
@@ -339,9 +338,10 @@ impl BackendProtection {
                     ?outcome,
                     "backend marked down: health checks fail"
                 );
-                self.gone.notify_waiters();
+                return true;
             }
         }
+        false
     }
 
     /// Whether every slot of `pool` has been busy with nothing sent and no answer back for longer
@@ -374,7 +374,9 @@ pub async fn protect(pool: Arc<BackendPool>) {
             if now >= next_check {
                 next_check = now + check.interval;
                 if let Some(outcome) = run_check(&pool, check).await {
-                    protection.record_check(outcome, check, pool.spec.address);
+                    if protection.record_check(outcome, check, pool.spec.address) {
+                        pool.leave_rotation();
+                    }
                 }
             }
         }

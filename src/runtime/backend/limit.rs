@@ -7,38 +7,22 @@
 //! One number bounds both requests in progress and open connections, so a lowered limit is a
 //! promise to the backend, not only to the queue.
 //!
-//! The slots are the permits of a semaphore ([`Slots`]), which can grow but not shrink. Lowering the
-//! limit therefore takes free permits away at once and records the rest as `debt`: a busy slot
-//! given back while debt is owed pays it off instead of returning its permit.
+//! The slots ([`Slots`]) can be freed and taken but not destroyed while a request holds one.
+//! Lowering the limit therefore takes free slots away at once and records the rest as `debt`: a
+//! busy slot given back while debt is owed pays it off instead of becoming free.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use tokio::sync::Semaphore;
-
-/// Free slots as a [`SlotLimit`] moves them: a plain semaphore's permits, or a pool's own slots,
-/// which hand a freed slot to the waiting request of the highest priority first (see `ranked`).
+/// Free slots as a [`SlotLimit`] moves them: a pool's slots (or its shared ones), which hand a
+/// freed slot to the waiting request of the highest priority first (see `ranked`).
 pub(crate) trait Slots {
-    /// Frees `n` slots: to whoever waits for one, else as free permits.
+    /// Frees `n` slots: to whoever waits for one, else as free ones.
     fn free(&self, n: usize);
     /// Takes a free slot, if there is one.
     fn try_take(&self) -> bool;
     /// Free slots right now.
     fn available(&self) -> usize;
-}
-
-impl Slots for Semaphore {
-    fn free(&self, n: usize) {
-        self.add_permits(n);
-    }
-
-    fn try_take(&self) -> bool {
-        self.try_acquire().map(|permit| permit.forget()).is_ok()
-    }
-
-    fn available(&self) -> usize {
-        self.available_permits()
-    }
 }
 
 /// Why a pool runs below its configured `n`; each source sets its own cap and the lowest wins.
@@ -52,7 +36,7 @@ pub enum LimitSource {
 
 const SOURCES: usize = 2;
 
-/// The usable slot count of one pool, kept in step with its semaphore.
+/// The usable slot count of one pool, kept in step with its free slots.
 #[derive(Debug)]
 pub(crate) struct SlotLimit {
     /// The configured `n`: no source raises the limit above it.
@@ -61,9 +45,9 @@ pub(crate) struct SlotLimit {
     caps: [AtomicUsize; SOURCES],
     /// The limit in force: `min(ceiling, caps)`, read on every connection opened.
     current: AtomicUsize,
-    /// Permits owed back to the semaphore after a lowering that found too few free ones.
+    /// Slots owed back after a lowering that found too few free ones.
     debt: AtomicUsize,
-    /// Serialises changes of the limit, so each one moves the permits from a known count.
+    /// Serialises changes of the limit, so each one moves the slots from a known count.
     changing: Mutex<()>,
 }
 
@@ -89,7 +73,7 @@ impl SlotLimit {
         (cap != usize::MAX).then_some(cap)
     }
 
-    /// Sets `source`'s cap (`None` lifts it) and moves `slots`' permits to the new limit.
+    /// Sets `source`'s cap (`None` lifts it) and moves `slots`' free slots to the new limit.
     /// Returns the limit now in force.
     pub(crate) fn set(&self, source: LimitSource, cap: Option<usize>, slots: &impl Slots) -> usize {
         let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
@@ -108,7 +92,7 @@ impl SlotLimit {
         new
     }
 
-    /// Pays off debt first; only what is left becomes new permits.
+    /// Pays off debt first; only what is left becomes new free slots.
     fn grow(&self, by: usize, slots: &impl Slots) {
         let owed = self
             .debt
@@ -122,7 +106,7 @@ impl SlotLimit {
         }
     }
 
-    /// Takes free permits away now; the ones held by requests are owed until given back.
+    /// Takes free slots away now; the ones held by requests are owed until given back.
     fn shrink(&self, by: usize, slots: &impl Slots) {
         let mut taken = 0;
         while taken < by && slots.try_take() {
@@ -133,8 +117,7 @@ impl SlotLimit {
         }
     }
 
-    /// A slot given back: pays one permit of debt if any is owed (returns true), else returns
-    /// the permit to the semaphore.
+    /// A slot given back: pays one slot of debt if any is owed (returns true), else frees it.
     pub(crate) fn give_back(&self, slots: &impl Slots) -> bool {
         let paid = self
             .debt
@@ -153,7 +136,7 @@ impl SlotLimit {
         self.debt.load(Ordering::Acquire) > 0
     }
 
-    /// Slots held by requests right now, given the semaphore's free permits.
+    /// Slots held by requests right now, given the free ones.
     pub(crate) fn busy(&self, slots: &impl Slots) -> usize {
         (self.current() + self.debt.load(Ordering::Acquire)).saturating_sub(slots.available())
     }
@@ -161,60 +144,61 @@ impl SlotLimit {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ranked::PrioritySlots;
     use super::*;
 
     #[test]
     fn lowering_takes_free_permits_and_owes_the_busy_ones() {
-        let slots = Semaphore::new(8);
+        let slots = PrioritySlots::new(8);
         let limit = SlotLimit::new(8);
         // Six requests hold a slot each.
         for _ in 0..6 {
-            slots.try_acquire().unwrap().forget();
+            assert!(slots.try_take());
         }
         assert_eq!(limit.set(LimitSource::FleetShare, Some(3), &slots), 3);
-        assert_eq!(slots.available_permits(), 0, "both free permits taken");
+        assert_eq!(slots.available(), 0, "both free slots taken");
         assert_eq!(limit.busy(&slots), 6);
         // Three come back: they pay the debt of three.
         for _ in 0..3 {
             limit.give_back(&slots);
         }
-        assert_eq!(slots.available_permits(), 0);
+        assert_eq!(slots.available(), 0);
         assert_eq!(limit.busy(&slots), 3);
         // The rest come back as free slots again, never more than the limit.
         for _ in 0..3 {
             limit.give_back(&slots);
         }
-        assert_eq!(slots.available_permits(), 3);
+        assert_eq!(slots.available(), 3);
         assert_eq!(limit.busy(&slots), 0);
     }
 
     #[test]
     fn the_lowest_source_wins_and_nothing_exceeds_the_ceiling() {
-        let slots = Semaphore::new(8);
+        let slots = PrioritySlots::new(8);
         let limit = SlotLimit::new(8);
         assert_eq!(limit.set(LimitSource::Protection, Some(2), &slots), 2);
         assert_eq!(limit.set(LimitSource::FleetShare, Some(5), &slots), 2);
         assert_eq!(limit.set(LimitSource::Protection, None, &slots), 5);
-        assert_eq!(slots.available_permits(), 5);
+        assert_eq!(slots.available(), 5);
         assert_eq!(limit.set(LimitSource::FleetShare, Some(100), &slots), 8);
-        assert_eq!(slots.available_permits(), 8);
+        assert_eq!(slots.available(), 8);
         assert_eq!(limit.cap(LimitSource::FleetShare), Some(100));
         assert_eq!(limit.cap(LimitSource::Protection), None);
     }
 
     #[test]
     fn raising_while_owed_pays_the_debt_before_adding_permits() {
-        let slots = Semaphore::new(4);
+        let slots = PrioritySlots::new(4);
         let limit = SlotLimit::new(4);
         for _ in 0..4 {
-            slots.try_acquire().unwrap().forget();
+            assert!(slots.try_take());
         }
         limit.set(LimitSource::FleetShare, Some(1), &slots); // owes 3
         limit.set(LimitSource::FleetShare, Some(2), &slots); // owes 2
-        assert_eq!(slots.available_permits(), 0);
+        assert_eq!(slots.available(), 0);
         for _ in 0..4 {
             limit.give_back(&slots);
         }
-        assert_eq!(slots.available_permits(), 2);
+        assert_eq!(slots.available(), 2);
     }
 }

@@ -1,32 +1,33 @@
 //! The fixed pool of keep-alive connections to one backend, and its request queue.
 //!
-//! A pool has `n` slots (`connections_per_server`), modelled as the permits of a semaphore. A
-//! request takes a slot, uses the slot's connection (opening it if the slot is empty) and gives the
-//! slot back with the connection still open. Because a connection is only ever opened by the holder
-//! of a slot, a backend never sees more than `n` connections from Juggler, not even briefly.
-//! Requests that find every slot busy wait for one, in priority order and first come, first served
-//! within a priority ([`PrioritySlots`]): normal requests on the semaphore, whose wait list *is*
-//! the bounded FIFO queue of the original design, and high and low ones in lists of their own that
-//! a freed slot is handed from, high before normal before low.
+//! A pool has `n` slots (`connections_per_server`). A request takes a slot, uses the slot's
+//! connection (opening it if the slot is empty) and gives the slot back with the connection still
+//! open. Because a connection is only ever opened by the holder of a slot, a backend never sees
+//! more than `n` connections from Juggler, not even briefly. Requests that find every slot busy
+//! wait for one in the pool's queue ([`PrioritySlots`]): in priority order, first come, first
+//! served within a priority, each until its deadline (the queue timeout after it arrived). One
+//! task per pool, running only while anyone waits, ends the waits whose deadline passed
+//! ([`BackendPool::expire_queue`]); the backend leaving rotation ends them all
+//! ([`BackendPool::leave_rotation`]). No queued request arms a timer of its own.
 //!
 //! An upstream with `reserved = r` keeps r of the slots for `priority = "high"` routes: normal and
-//! low requests first take a share from a second, smaller semaphore ([`SharedSlots`], the limit
+//! low requests first take a share from a second, smaller set of slots ([`SharedSlots`], the limit
 //! less r) and queue there, so they never hold more than that many slots and a high request waits
-//! only for other high requests. Without `reserved` there is no second semaphore at all.
+//! only for other high requests. Without `reserved` there is no second set at all.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::conn::BackendConn;
 use super::health::BackendProtection;
 pub use super::limit::LimitSource;
 use super::limit::{SlotLimit, Slots};
-use super::ranked::PrioritySlots;
+use super::ranked::{Ending, PrioritySlots};
 
 use crate::metrics::BackendCounters;
 use crate::table::{BackendSpec, Priority, Protection, Settings};
@@ -64,7 +65,7 @@ pub struct BackendPool {
     pub spec: &'static BackendSpec,
     /// One per usable connection slot; its waiters are the request queue, in priority order.
     slots: PrioritySlots,
-    /// How many of the `n` slots may be used now, kept in step with `slots`' permits.
+    /// How many of the `n` slots may be used now, kept in step with `slots`' free ones.
     limit: SlotLimit,
     /// The slots normal and low requests may hold (`None` when the upstream reserves none).
     shared: Option<SharedSlots>,
@@ -73,6 +74,8 @@ pub struct BackendPool {
     idle: Mutex<Vec<Member>>,
     /// Requests waiting for a slot, bounded by `max_queued`.
     queued: AtomicUsize,
+    /// Whether a task ends the waits whose deadline passed (see [`Self::expire_queue`]).
+    expiring: AtomicBool,
     /// Connections open or being opened, idle or carrying a request; never above the limit in
     /// force once requests that held a slot before it was lowered have given theirs back.
     /// Only [`Counted`] changes it, so it stays exact however a request ends (including a client
@@ -107,12 +110,12 @@ pub struct BackendPool {
 /// The part of a pool's slots that normal and low requests share: the limit less the reserved
 /// slots, but at least one while the limit is above zero (so slow start, which ramps from one
 /// slot, or an adaptive limit at its floor, does not starve all but high traffic). A second
-/// [`SlotLimit`] keeps its permits in step with the pool's limit, lowered and raised alike.
+/// [`SlotLimit`] keeps its free slots in step with the pool's limit, lowered and raised alike.
 #[derive(Debug)]
 struct SharedSlots {
     reserved: usize,
-    /// One permit per slot normal and low requests may hold; its wait list is where they queue.
-    slots: Semaphore,
+    /// One per slot normal and low requests may hold; its queue is where they wait for one.
+    slots: PrioritySlots,
     limit: SlotLimit,
 }
 
@@ -122,7 +125,7 @@ impl SharedSlots {
             let size = shared_part(pool_size, reserved);
             SharedSlots {
                 reserved,
-                slots: Semaphore::new(size),
+                slots: PrioritySlots::new(size),
                 limit: SlotLimit::new(size),
             }
         })
@@ -135,8 +138,8 @@ impl SharedSlots {
     }
 
     fn try_take(&self) -> Option<Share<'_>> {
-        self.slots.try_acquire().ok()?.forget();
-        Some(Share(self))
+        // Built only once taken: a `Share` dropped gives a slot back.
+        self.slots.try_take().then(|| Share(self))
     }
 }
 
@@ -226,6 +229,7 @@ impl BackendPool {
             shared: SharedSlots::new(spec.pool_size, protection.reserved),
             idle: Mutex::new(Vec::with_capacity(spec.pool_size)),
             queued: AtomicUsize::new(0),
+            expiring: AtomicBool::new(false),
             open: Arc::new(AtomicUsize::new(0)),
             health: Health {
                 consecutive_failures: AtomicU32::new(0),
@@ -356,8 +360,8 @@ impl BackendPool {
         self.limit.busy(&self.slots)
     }
 
-    /// Slots no request holds: a request arriving now would not wait. The semaphore hands a
-    /// freed permit to a waiter first, so this is 0 whenever anyone is queued.
+    /// Slots no request holds: a request arriving now would not wait. A freed slot goes to a
+    /// waiter first, so this is 0 whenever anyone is queued.
     pub fn free_slots(&self) -> usize {
         self.slots.available()
     }
@@ -366,9 +370,7 @@ impl BackendPool {
     pub fn free_slots_for(&self, priority: Priority) -> usize {
         let free = self.slots.available();
         match &self.shared {
-            Some(shared) if priority != Priority::High => {
-                free.min(shared.slots.available_permits())
-            }
+            Some(shared) if priority != Priority::High => free.min(shared.slots.available()),
             _ => free,
         }
     }
@@ -402,7 +404,9 @@ impl BackendPool {
             return self.fill_slot(None, share).await;
         }
         let queued_at = Instant::now();
-        let share = self.wait_for_slot(priority, shared, share).await?;
+        let share = self
+            .wait_for_slot(priority, queued_at, shared, share)
+            .await?;
         self.fill_slot(Some(queued_at), share).await
     }
 
@@ -582,11 +586,13 @@ impl BackendPool {
     }
 
     /// Queues for a slot, and for a share of the unreserved ones first if `shared` is given and
-    /// `share` not yet taken. A low request queues only while fewer than half of `max_queued`
-    /// wait, so that when the queue fills, low traffic is the first refused.
+    /// `share` not yet taken, until the queue timeout after `queued_at`. A low request queues only
+    /// while fewer than half of `max_queued` wait, so that when the queue fills, low traffic is
+    /// the first refused.
     async fn wait_for_slot<'a>(
-        &self,
+        self: &Arc<Self>,
         priority: Priority,
+        queued_at: Instant,
         shared: Option<&'a SharedSlots>,
         share: Option<Share<'a>>,
     ) -> Result<Option<Share<'a>>, CheckoutError> {
@@ -599,37 +605,92 @@ impl BackendPool {
             return Err(CheckoutError::QueueFull);
         }
         // Counted out again however the wait ends, including the client going away (this future
-        // is then dropped, which also removes it from the semaphore's queue).
+        // is then dropped, which also takes it off the queue it is on).
         let _in_queue = QueuedGuard(&self.queued);
-        // A backend leaving rotation wakes its queue: those requests were not sent and may go
-        // elsewhere (armed before the look, so a departure in between still wakes this one).
-        let gone = self.protection.gone.notified();
-        tokio::pin!(gone);
-        gone.as_mut().enable();
+        // One deadline for the whole wait, for a share and then for the slot. A share taken here
+        // is dropped (given back) if the wait ends before the slot is taken.
+        let deadline = queued_at + self.queue_timeout;
+        let share = match (shared, share) {
+            (Some(shared), None) => {
+                self.queue_on(&shared.slots, priority, deadline).await?;
+                Some(Share(shared))
+            }
+            (_, share) => share,
+        };
+        self.queue_on(&self.slots, priority, deadline).await?;
+        Ok(share)
+    }
+
+    /// Waits in `slots`' queue (the pool's, or its shared slots') until a slot is handed over,
+    /// `deadline` passes or the backend leaves rotation.
+    async fn queue_on(
+        self: &Arc<Self>,
+        slots: &PrioritySlots,
+        priority: Priority,
+        deadline: Instant,
+    ) -> Result<(), CheckoutError> {
+        let wait = slots.enqueue(priority, deadline);
+        self.arm_expiry();
+        // Listed before the look: a departure after it ends the wait (see `leave_rotation`).
         if self.protection.out_of_rotation() {
             return Err(CheckoutError::Down);
         }
-        // A share taken here is dropped (given back) if the wait ends before the slot is taken.
-        let both = async {
-            let share = match (shared, share) {
-                (Some(shared), None) => {
-                    shared.slots.acquire().await.ok()?.forget();
-                    Some(Share(shared))
-                }
-                (_, share) => share,
-            };
-            self.slots.wait(priority).await?;
-            Some(share)
-        };
-        let acquire = tokio::time::timeout(self.queue_timeout, both);
-        tokio::select! {
-            acquired = acquire => match acquired {
-                Ok(Some(share)) => Ok(share),
-                // The semaphores are never closed; treat it like a timeout rather than panic.
-                Ok(None) | Err(_) => Err(CheckoutError::QueueTimeout),
-            },
-            () = gone => Err(CheckoutError::Down),
+        match wait.await {
+            Ending::Granted => Ok(()),
+            Ending::TimedOut => Err(CheckoutError::QueueTimeout),
+            Ending::Down => Err(CheckoutError::Down),
         }
+    }
+
+    /// Starts the task that ends expired waits, unless it runs. Called after a request is
+    /// listed: the task, before it ends for want of waiters, looks at `waiting` once more after
+    /// clearing `expiring`, so either it sees the request or the request sees `expiring` clear.
+    fn arm_expiry(self: &Arc<Self>) {
+        if self.expiring.load(Ordering::SeqCst) || self.expiring.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tokio::spawn(Arc::clone(self).expire_queue());
+    }
+
+    /// The queues' one timer: sleeps until the earliest deadline listed, ends the waits whose
+    /// deadline passed, and again, until nobody waits. Every waiter of a pool has the same queue
+    /// timeout, so the timer fires about once per timeout while the queue is busy, however many
+    /// requests pass through it; it is never re-armed when a request arrives or leaves.
+    async fn expire_queue(self: Arc<Self>) {
+        loop {
+            let now = Instant::now();
+            let next = self.queues().filter_map(|slots| slots.expire(now)).min();
+            if let Some(next) = next {
+                tokio::time::sleep_until(next).await;
+                continue;
+            }
+            self.expiring.store(false, Ordering::SeqCst);
+            let waiting = self.queues().any(|slots| slots.waiting() > 0);
+            if !waiting || self.expiring.swap(true, Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    /// The queues requests wait in: the pool's, and its shared slots' if it reserves some.
+    fn queues(&self) -> impl Iterator<Item = &PrioritySlots> {
+        std::iter::once(&self.slots).chain(self.shared.as_ref().map(|shared| &shared.slots))
+    }
+
+    /// The backend left rotation (health checks fail, or ejected): the requests queued for it
+    /// were not sent, and may go elsewhere.
+    pub(crate) fn leave_rotation(&self) {
+        for slots in self.queues() {
+            slots.end_all(Ending::Down);
+        }
+    }
+
+    /// Ejects the backend after `5xx`s (the caller checked it is not the upstream's last healthy
+    /// one), ending its queue; returns for how long (see [`BackendProtection::eject`]).
+    pub fn eject(&self) -> Duration {
+        let length = self.protection.eject();
+        self.leave_rotation();
+        length
     }
 
     fn pop_idle(&self) -> Option<Member> {
@@ -1003,7 +1064,7 @@ mod tests {
     fn shares_follow_the_pool_limit_and_come_back_on_drop() {
         assert!(
             SharedSlots::new(4, 0).is_none(),
-            "no reserve, no second semaphore"
+            "no reserve, no second set of slots"
         );
         let shared = SharedSlots::new(4, 1).unwrap();
         let held: Vec<Share<'_>> = (0..3).map_while(|_| shared.try_take()).collect();
@@ -1016,7 +1077,101 @@ mod tests {
         assert_eq!(again.len(), 1, "limit 2 less 1 reserved");
         drop(again);
         shared.follow(LimitSource::Protection, None);
-        assert_eq!(shared.slots.available_permits(), 3);
+        assert_eq!(shared.slots.available(), 3);
+    }
+
+    /// A pool of one slot to an address nothing listens on, with that slot taken: every
+    /// request queues. Nothing here opens a connection.
+    fn busy_pool(queue_timeout: Duration) -> Arc<BackendPool> {
+        let spec: &'static BackendSpec = Box::leak(Box::new(BackendSpec {
+            address: "127.0.0.1:9",
+            pool_size: 1,
+            upstream: crate::table::UpstreamId(0),
+            weight: 1,
+        }));
+        let mut settings = Settings::DEFAULT;
+        settings.queue.timeout = queue_timeout;
+        settings.queue.max_queued_per_server = 16;
+        let pool = Arc::new(BackendPool::new(spec, &settings));
+        assert!(pool.slots.try_take());
+        pool
+    }
+
+    /// Queues a normal request now; its outcome comes back with how long it waited.
+    fn queue_one(
+        pool: &Arc<BackendPool>,
+    ) -> tokio::task::JoinHandle<(Result<(), CheckoutError>, Duration)> {
+        let pool = Arc::clone(pool);
+        tokio::spawn(async move {
+            let queued_at = Instant::now();
+            let outcome = pool
+                .wait_for_slot(Priority::Normal, queued_at, None, None)
+                .await
+                .map(|_share| ());
+            (outcome, queued_at.elapsed())
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_requests_time_out_at_their_deadline_by_one_task_that_ends_when_idle() {
+        let timeout = Duration::from_secs(1);
+        let pool = busy_pool(timeout);
+        let mut waiting = Vec::new();
+        for _ in 0..3 {
+            waiting.push(queue_one(&pool));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert_eq!(pool.queued(), 3);
+        assert!(pool.expiring.load(Ordering::SeqCst), "the expiry task runs");
+        for task in waiting {
+            let (outcome, waited) = task.await.unwrap();
+            assert!(matches!(outcome, Err(CheckoutError::QueueTimeout)));
+            assert_eq!(waited, timeout, "at the deadline, not before nor after");
+        }
+        assert_eq!(pool.queued(), 0);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(
+            !pool.expiring.load(Ordering::SeqCst),
+            "nobody waits: the task ended"
+        );
+        // The next request to queue starts it again.
+        let (outcome, waited) = queue_one(&pool).await.unwrap();
+        assert!(matches!(outcome, Err(CheckoutError::QueueTimeout)));
+        assert_eq!(waited, timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_freed_in_time_is_handed_over_and_leaving_rotation_ends_the_rest() {
+        let pool = busy_pool(Duration::from_secs(1));
+        let waiting: Vec<_> = (0..3).map(|_| queue_one(&pool)).collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        pool.release_slot();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        pool.leave_rotation();
+        let outcomes: Vec<_> = outcomes_of(waiting).await;
+        assert!(
+            matches!(outcomes[0], (Ok(()), _)),
+            "first come, first served"
+        );
+        for (outcome, waited) in &outcomes[1..] {
+            assert!(matches!(outcome, Err(CheckoutError::Down)));
+            assert!(
+                *waited < Duration::from_secs(1),
+                "ended when the backend left"
+            );
+        }
+        assert_eq!(pool.queued(), 0);
+        assert_eq!(pool.free_slots(), 0, "the first one holds the slot");
+    }
+
+    async fn outcomes_of(
+        tasks: Vec<tokio::task::JoinHandle<(Result<(), CheckoutError>, Duration)>>,
+    ) -> Vec<(Result<(), CheckoutError>, Duration)> {
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        outcomes
     }
 
     #[test]

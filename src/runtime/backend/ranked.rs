@@ -1,219 +1,320 @@
-//! A pool's slots with its queue in priority order: high before normal before low.
+//! A pool's slots and its request queue: high before normal before low, first come, first served
+//! within a priority, and each wait ended in one of three ways by the queue itself.
 //!
-//! The slots are the permits of a FIFO semaphore, and normal requests queue on it as they always
-//! have. High and low requests that must wait queue here instead, each with a one-shot channel, and
-//! a slot that is freed (given back, or added when the limit grows) is handed over directly: to the
-//! first high waiter, else to the semaphore while normal requests wait on it, else to the first low
-//! waiter. The order is decided in one place, [`PrioritySlots::free`].
+//! A free slot is one unit of `free`, taken with a compare-and-swap: a request that finds one takes
+//! no lock and allocates nothing. One that finds none is listed here with its deadline
+//! ([`PrioritySlots::enqueue`]) and its wait ends when
+//! - a freed slot is handed to it ([`Ending::Granted`]): the order is decided in one place,
+//!   [`PrioritySlots::hand_out`];
+//! - its deadline passes ([`Ending::TimedOut`]): [`PrioritySlots::expire`], called by one task per
+//!   pool at the earliest deadline, instead of a timer per queued request;
+//! - the backend leaves rotation ([`Ending::Down`]): [`PrioritySlots::end_all`], instead of a
+//!   `Notify` every queued request registers with.
 //!
-//! While no high or low request waits (always, when every route is normal) a freed slot goes to the
-//! semaphore as before: the request path takes no lock and allocates nothing for the ranking, it
-//! reads `ranked` twice around a fence. The fence closes a race with a high or low request that
-//! registers just as a slot is freed: either it sees the slot on its second look, or the freeing
-//! side sees it registered and hands the slot over (see [`PrioritySlots::wait_ranked`]).
+//! A waiter's state is a cell of a slab under the queue's lock, reused from one waiter to the next,
+//! so once the queue has been as long before, a queued request allocates nothing either.
+//!
+//! While nobody waits, a freed slot goes back to `free` without the lock: the freeing side reads
+//! `waiting` around a fence. The fence closes a race with a request that lists itself just as a
+//! slot is freed: either it sees the slot on its look after listing, or the freeing side sees it
+//! listed and hands the slot over (see [`PrioritySlots::enqueue`] and [`Slots::free`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::{oneshot, Semaphore};
+use tokio::time::Instant;
 
 use super::limit::Slots;
 use crate::table::Priority;
 
+/// How a request's wait in the queue ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// A slot was handed to it: it holds the slot now.
+    Granted,
+    /// Its deadline passed first.
+    TimedOut,
+    /// The backend left rotation while it waited.
+    Down,
+}
+
 #[derive(Debug)]
 pub(crate) struct PrioritySlots {
-    /// One permit per free slot; its FIFO wait list is the normal requests' queue.
-    permits: Semaphore,
-    /// High and low requests waiting in `waiters`, readable without its lock.
-    ranked: AtomicUsize,
-    /// Normal requests waiting on `permits`: a freed slot goes to them before any low request.
-    normal_waiting: AtomicUsize,
-    waiters: Mutex<Waiters>,
-    next_ticket: AtomicU64,
+    /// Free slots. Zero whenever anyone waits, but for the moment of the race the fence closes.
+    free: AtomicUsize,
+    /// Requests listed in `queue`, readable without its lock.
+    waiting: AtomicUsize,
+    queue: Mutex<Queue>,
 }
 
 #[derive(Debug, Default)]
-struct Waiters {
-    high: VecDeque<Waiter>,
-    low: VecDeque<Waiter>,
+struct Queue {
+    /// Listed requests of each priority in arrival order: high, normal, low.
+    classes: [VecDeque<Listed>; 3],
+    /// Each waiter's state, at the index its [`Wait`] holds.
+    cells: Vec<Cell>,
+    /// Indices of `cells` free for the next waiter.
+    vacant: Vec<usize>,
 }
 
-/// A high or low request waiting for a slot to be handed to it.
+/// A request in the queue: its cell, and when it stops waiting.
+#[derive(Debug, Clone, Copy)]
+struct Listed {
+    cell: usize,
+    deadline: Instant,
+}
+
 #[derive(Debug)]
-struct Waiter {
-    ticket: u64,
-    handoff: oneshot::Sender<()>,
+enum Cell {
+    Vacant,
+    /// Listed; the waker of the task that last polled its [`Wait`].
+    Waiting(Option<Waker>),
+    /// Taken off the list; read by its [`Wait`]'s next poll, or by its drop.
+    Ended(Ending),
+}
+
+impl Queue {
+    fn occupy(&mut self) -> usize {
+        match self.vacant.pop() {
+            Some(cell) => {
+                self.cells[cell] = Cell::Waiting(None);
+                cell
+            }
+            None => {
+                self.cells.push(Cell::Waiting(None));
+                self.cells.len() - 1
+            }
+        }
+    }
+
+    fn vacate(&mut self, cell: usize) {
+        self.cells[cell] = Cell::Vacant;
+        self.vacant.push(cell);
+    }
+
+    /// Ends a listed request's wait (already taken off its list): returns the waker to wake.
+    fn end(&mut self, cell: usize, ending: Ending) -> Option<Waker> {
+        match std::mem::replace(&mut self.cells[cell], Cell::Ended(ending)) {
+            Cell::Waiting(waker) => waker,
+            Cell::Vacant | Cell::Ended(_) => None,
+        }
+    }
+}
+
+fn class(priority: Priority) -> usize {
+    match priority {
+        Priority::High => 0,
+        Priority::Normal => 1,
+        Priority::Low => 2,
+    }
 }
 
 impl PrioritySlots {
     pub(crate) fn new(size: usize) -> PrioritySlots {
         PrioritySlots {
-            permits: Semaphore::new(size),
-            ranked: AtomicUsize::new(0),
-            normal_waiting: AtomicUsize::new(0),
-            waiters: Mutex::new(Waiters::default()),
-            next_ticket: AtomicU64::new(0),
+            free: AtomicUsize::new(size),
+            waiting: AtomicUsize::new(0),
+            queue: Mutex::new(Queue::default()),
         }
     }
 
-    /// Waits for a slot in `priority`'s place in the queue; `None` only if the semaphore was
-    /// closed (it never is). Cancel-safe: a request dropped while waiting leaves its place, and a
-    /// slot handed to it meanwhile is freed again.
-    pub(crate) async fn wait(&self, priority: Priority) -> Option<()> {
-        match priority {
-            Priority::Normal => {
-                self.normal_waiting.fetch_add(1, Ordering::SeqCst);
-                let _waiting = Waiting(self);
-                self.permits.acquire().await.ok()?.forget();
-                Some(())
-            }
-            Priority::High | Priority::Low => self.wait_ranked(priority == Priority::High).await,
-        }
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn wait_ranked(&self, high: bool) -> Option<()> {
-        let (handoff, handed) = oneshot::channel();
-        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut waiters = self.lock();
-            let queue = if high {
-                &mut waiters.high
-            } else {
-                &mut waiters.low
-            };
-            queue.push_back(Waiter { ticket, handoff });
-            self.ranked.fetch_add(1, Ordering::SeqCst);
-        }
-        let mut place = Place {
-            slots: self,
-            ticket,
-            handed,
-            served: false,
+    /// Lists a request that found no free slot, in `priority`'s place, until `deadline`; the
+    /// returned [`Wait`] completes with how its wait ended. Cancel-safe: a `Wait` dropped before
+    /// it completed leaves the queue, and a slot handed to it meanwhile is freed again.
+    pub(crate) fn enqueue(&self, priority: Priority, deadline: Instant) -> Wait<'_> {
+        let cell = {
+            let mut queue = self.lock();
+            let cell = queue.occupy();
+            queue.classes[class(priority)].push_back(Listed { cell, deadline });
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            cell
         };
-        // A slot freed before `ranked` counted this request went to the semaphore: take it now.
-        // Paired with the fence in `free`.
+        // A slot freed before `waiting` counted this request went to `free`: hand it out now, in
+        // order (perhaps to this one). Paired with the fence in `free`.
         fence(Ordering::SeqCst);
-        if self.may_take_free_slot(high) && self.permits.try_take() {
-            drop(place); // leaves the queue (and frees a slot handed over meanwhile)
-            return Some(());
+        if self.free.load(Ordering::SeqCst) > 0 {
+            self.hand_out(0);
         }
-        (&mut place.handed).await.ok()?;
-        place.served = true;
-        Some(())
-    }
-
-    /// A low request takes a free slot only while no normal request waits for one.
-    fn may_take_free_slot(&self, high: bool) -> bool {
-        high || self.normal_waiting.load(Ordering::SeqCst) == 0
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Waiters> {
-        self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Hands `n` freed slots, and any that sit free in the semaphore, to the waiters in order; the
-    /// rest go to the semaphore. Only while high or low requests wait.
-    fn rank(&self, n: usize) {
-        let mut waiters = self.lock();
-        let mut n = n;
-        // Free permits while anyone waits: given back by a normal request that left the queue
-        // just as the semaphore chose it, or missed by a request registering (see `free`).
-        while self.permits.try_take() {
-            n += 1;
-        }
-        let left = self.hand_over(&mut waiters, n);
-        drop(waiters);
-        if left > 0 {
-            self.permits.add_permits(left);
+        Wait {
+            slots: self,
+            cell,
+            done: false,
         }
     }
 
-    /// Hands up to `n` slots to high and low waiters in order; returns how many are left.
-    fn hand_over(&self, waiters: &mut Waiters, mut n: usize) -> usize {
-        while n > 0 {
-            let next = match waiters.high.pop_front() {
-                Some(waiter) => waiter,
-                None if self.normal_waiting.load(Ordering::SeqCst) > 0 => break,
-                None => match waiters.low.pop_front() {
-                    Some(waiter) => waiter,
-                    None => break,
-                },
-            };
-            self.ranked.fetch_sub(1, Ordering::SeqCst);
-            // Fails only if the waiter is gone, which it cannot be while it is listed: leaving
-            // takes this lock first. Counted as handed only when it arrived.
-            if next.handoff.send(()).is_ok() {
-                n -= 1;
+    /// Requests listed right now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Ends the wait of every request whose deadline is `now` or earlier; returns the earliest
+    /// deadline still listed, `None` if nobody waits.
+    pub(crate) fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut guard = self.lock();
+        let queue = &mut *guard;
+        let mut expired = Vec::new();
+        let mut next: Option<Instant> = None;
+        for class in &mut queue.classes {
+            class.retain(|listed| {
+                if listed.deadline <= now {
+                    expired.push(listed.cell);
+                    return false;
+                }
+                next = Some(next.map_or(listed.deadline, |next| next.min(listed.deadline)));
+                true
+            });
+        }
+        self.end_listed(&mut guard, expired, Ending::TimedOut);
+        next
+    }
+
+    /// Ends the wait of every listed request with `ending`.
+    pub(crate) fn end_all(&self, ending: Ending) {
+        let mut queue = self.lock();
+        let listed: Vec<usize> = queue
+            .classes
+            .iter_mut()
+            .flat_map(|class| class.drain(..))
+            .map(|listed| listed.cell)
+            .collect();
+        self.end_listed(&mut queue, listed, ending);
+    }
+
+    /// Ends the waits of `cells`, already taken off their lists. Rare (a deadline passed, the
+    /// backend left): the wakers are woken under the lock.
+    fn end_listed(&self, queue: &mut Queue, cells: Vec<usize>, ending: Ending) {
+        if cells.is_empty() {
+            return;
+        }
+        self.waiting.fetch_sub(cells.len(), Ordering::SeqCst);
+        for cell in cells {
+            if let Some(waker) = queue.end(cell, ending) {
+                waker.wake();
             }
         }
-        n
+    }
+
+    /// Hands `n` freed slots, and any that sit in `free`, to the listed requests in order (high,
+    /// normal, low; first come, first served in each); the rest go to `free`.
+    fn hand_out(&self, mut n: usize) {
+        loop {
+            let mut queue = self.lock();
+            n += self.free.swap(0, Ordering::SeqCst);
+            if n == 0 {
+                return;
+            }
+            let Some(next) = queue.classes.iter_mut().find_map(VecDeque::pop_front) else {
+                // Under the lock: a request listing itself after this finds them in `free`.
+                self.free.fetch_add(n, Ordering::SeqCst);
+                return;
+            };
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            n -= 1;
+            let waker = queue.end(next.cell, Ending::Granted);
+            drop(queue);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
     }
 }
 
 impl Slots for PrioritySlots {
     fn free(&self, n: usize) {
-        if self.ranked.load(Ordering::SeqCst) > 0 {
-            self.rank(n);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.hand_out(n);
             return;
         }
-        self.permits.add_permits(n);
-        // A high or low request that registered meanwhile may have missed these permits (see
-        // `wait_ranked`): take back what is still free and hand it over.
+        self.free.fetch_add(n, Ordering::SeqCst);
+        // A request listed meanwhile may have missed these slots (see `enqueue`): take back what
+        // is still free and hand it over.
         fence(Ordering::SeqCst);
-        if self.ranked.load(Ordering::SeqCst) > 0 {
-            self.rank(0);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.hand_out(0);
         }
     }
 
     fn try_take(&self) -> bool {
-        self.permits.try_take()
+        self.free
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
+                free.checked_sub(1)
+            })
+            .is_ok()
     }
 
     fn available(&self) -> usize {
-        self.permits.available_permits()
+        self.free.load(Ordering::Acquire)
     }
 }
 
-/// Counts a normal request out of `normal_waiting` however its wait ends. One that leaves while
-/// low requests wait may leave a slot free that is theirs now.
-struct Waiting<'a>(&'a PrioritySlots);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.normal_waiting.fetch_sub(1, Ordering::SeqCst);
-        if self.0.ranked.load(Ordering::SeqCst) > 0 {
-            self.0.rank(0);
-        }
-    }
-}
-
-/// A high or low request's place in the queue until it is served or leaves.
-struct Place<'a> {
+/// A request's place in the queue until its wait ends (see [`PrioritySlots::enqueue`]).
+#[derive(Debug)]
+pub(crate) struct Wait<'a> {
     slots: &'a PrioritySlots,
-    ticket: u64,
-    handed: oneshot::Receiver<()>,
-    served: bool,
+    cell: usize,
+    /// Completed: the cell is vacant already and a slot granted is the caller's.
+    done: bool,
 }
 
-impl Drop for Place<'_> {
+impl Future for Wait<'_> {
+    type Output = Ending;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ending> {
+        let mut queue = self.slots.lock();
+        let ending = match &mut queue.cells[self.cell] {
+            Cell::Waiting(waker) => {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                return Poll::Pending;
+            }
+            Cell::Ended(ending) => *ending,
+            Cell::Vacant => {
+                // Only this `Wait` vacates its cell, and it is not polled once done.
+                debug_assert!(false, "a queue cell vacated under its waiter");
+                Ending::TimedOut
+            }
+        };
+        queue.vacate(self.cell);
+        drop(queue);
+        self.done = true;
+        Poll::Ready(ending)
+    }
+}
+
+impl Drop for Wait<'_> {
     fn drop(&mut self) {
-        if self.served {
+        if self.done {
             return;
         }
         let mut guard = self.slots.lock();
-        let waiters = &mut *guard;
-        let listed = [&mut waiters.high, &mut waiters.low]
-            .into_iter()
-            .any(|queue| {
-                let at = queue.iter().position(|w| w.ticket == self.ticket);
-                at.map(|at| queue.remove(at)).is_some()
-            });
-        if listed {
-            self.slots.ranked.fetch_sub(1, Ordering::SeqCst);
-        } else if self.handed.try_recv().is_ok() {
-            // Handed a slot (under the lock, so it is here by now) that nobody will use.
-            drop(guard);
+        let queue = &mut *guard;
+        let granted = match queue.cells[self.cell] {
+            Cell::Waiting(_) => {
+                let listed = queue.classes.iter_mut().any(|class| {
+                    let at = class.iter().position(|listed| listed.cell == self.cell);
+                    at.and_then(|at| class.remove(at)).is_some()
+                });
+                if listed {
+                    self.slots.waiting.fetch_sub(1, Ordering::SeqCst);
+                }
+                false
+            }
+            Cell::Ended(ending) => ending == Ending::Granted,
+            Cell::Vacant => false,
+        };
+        queue.vacate(self.cell);
+        drop(guard);
+        if granted {
+            // Handed a slot that nobody will use: to the next in line.
             self.slots.free(1);
         }
     }
@@ -224,6 +325,12 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::Duration;
+
+    const FAR: Duration = Duration::from_secs(3600);
+
+    fn far() -> Instant {
+        Instant::now() + FAR
+    }
 
     #[tokio::test]
     async fn a_freed_slot_goes_to_high_then_normal_then_low() {
@@ -238,7 +345,7 @@ mod tests {
         ] {
             let (slots, order_tx) = (Arc::clone(&slots), order_tx.clone());
             waiting.push(tokio::spawn(async move {
-                slots.wait(priority).await.unwrap();
+                assert_eq!(slots.enqueue(priority, far()).await, Ending::Granted);
                 order_tx.send(name).unwrap();
             }));
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -261,21 +368,92 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_that_leaves_the_queue_passes_a_slot_handed_to_it_on() {
-        let slots = Arc::new(PrioritySlots::new(1));
+        let slots = PrioritySlots::new(1);
         assert!(slots.try_take());
-        let waiting = {
-            let slots = Arc::clone(&slots);
-            tokio::spawn(async move { slots.wait(Priority::Low).await })
-        };
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(slots.ranked.load(Ordering::SeqCst), 1);
-        waiting.abort();
-        let _ = waiting.await;
-        assert_eq!(slots.ranked.load(Ordering::SeqCst), 0);
+        // Listed, never polled: the slot is handed to it, then it goes (the client left).
+        let first = slots.enqueue(Priority::Normal, far());
+        let mut second = Box::pin(slots.enqueue(Priority::Low, far()));
+        assert!(futures_poll(&mut second).is_none());
         slots.free(1);
-        assert_eq!(slots.available(), 1, "the slot went back to the semaphore");
-        // Without any ranked waiter, freeing is the plain semaphore's.
+        assert_eq!(slots.waiting(), 1, "the first was handed the slot");
+        drop(first);
+        assert_eq!(
+            futures_poll(&mut second),
+            Some(Ending::Granted),
+            "the slot the first was handed went on to the second"
+        );
+        drop(second);
+        assert_eq!(slots.available(), 0, "the second holds it");
+        // Left while still listed: nothing to pass on, and the queue is empty again.
+        let third = slots.enqueue(Priority::High, far());
+        drop(third);
+        assert_eq!(slots.waiting(), 0);
+        slots.free(1);
+        assert_eq!(slots.available(), 1, "with nobody waiting the slot is free");
         assert!(slots.try_take());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_time_out_at_their_deadline_and_not_before_in_order() {
+        let slots = PrioritySlots::new(0);
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut waits: Vec<_> = (1..=3)
+            .map(|at| Box::pin(slots.enqueue(Priority::Normal, start + second * at)))
+            .collect();
+        let mut high = Box::pin(slots.enqueue(Priority::High, start + second * 2));
+        assert_eq!(slots.expire(start), Some(start + second));
+        tokio::time::advance(second - Duration::from_millis(1)).await;
+        assert_eq!(slots.expire(Instant::now()), Some(start + second));
+        assert!(futures_poll(&mut waits[0]).is_none(), "not before");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(slots.expire(Instant::now()), Some(start + second * 2));
+        assert_eq!(futures_poll(&mut waits[0]), Some(Ending::TimedOut), "at");
+        assert!(futures_poll(&mut waits[1]).is_none());
+        tokio::time::advance(second).await;
+        assert_eq!(slots.expire(Instant::now()), Some(start + second * 3));
+        assert_eq!(futures_poll(&mut waits[1]), Some(Ending::TimedOut));
+        assert_eq!(futures_poll(&mut high), Some(Ending::TimedOut));
+        // A slot freed now goes to the one still waiting, not to those that timed out.
+        slots.free(1);
+        assert_eq!(futures_poll(&mut waits[2]), Some(Ending::Granted));
+        assert_eq!(slots.expire(Instant::now() + FAR), None, "nobody waits");
+        assert_eq!(slots.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_backend_leaving_ends_every_wait() {
+        let slots = Arc::new(PrioritySlots::new(0));
+        let waiting: Vec<_> = [
+            Priority::High,
+            Priority::Normal,
+            Priority::Low,
+            Priority::Normal,
+        ]
+        .into_iter()
+        .map(|priority| {
+            let slots = Arc::clone(&slots);
+            tokio::spawn(async move { slots.enqueue(priority, far()).await })
+        })
+        .collect();
+        while slots.waiting() < 4 {
+            tokio::task::yield_now().await;
+        }
+        slots.end_all(Ending::Down);
+        assert_eq!(slots.waiting(), 0);
+        for task in waiting {
+            assert_eq!(task.await.unwrap(), Ending::Down);
+        }
+        // Ended, not granted: no slot appeared out of nowhere.
         assert_eq!(slots.available(), 0);
+    }
+
+    /// Polls `wait` once with a waker that does nothing.
+    fn futures_poll(wait: &mut Pin<Box<Wait<'_>>>) -> Option<Ending> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match wait.as_mut().poll(&mut cx) {
+            Poll::Ready(ending) => Some(ending),
+            Poll::Pending => None,
+        }
     }
 }

@@ -524,7 +524,7 @@ impl Proxy {
                 .iter()
                 .any(|&other| other != backend && !self.pools[usize::from(other.0)].is_down());
             if others_in {
-                let length = pool.protection.eject();
+                let length = pool.eject();
                 tracing::warn!(
                     backend = pool.spec.address,
                     seconds = length.as_secs(),
