@@ -15,6 +15,7 @@ under bench/out/ab/bin, so bisecting builds each commit once.
 
 Settings (environment): AB_ROUNDS pairs of rounds (default 6), AB_DURATION seconds per round
 (default 8), AB_CONNS wrk connections (default 64), AB_PATH (default /small.txt, 12 B),
+AB_SCRIPT (a wrk Lua script: AB_PATH=/post AB_SCRIPT=bench/post16k.lua is the bench's 16 KiB POST),
 AB_RUST_LOG (default warn: no access log; `info` measures it on; AB_RUST_LOG_A / AB_RUST_LOG_B for
 one side, e.g. A=HEAD B=HEAD AB_RUST_LOG_B=info: the access log's cost); AB_TOOL=callgrind counts
 instructions per request instead (one window each, under valgrind: exact, not timed); with
@@ -122,7 +123,7 @@ def run_round(name: str, port: int, pid: int, log: Path) -> dict:
     path = os.environ.get("AB_PATH", "/small.txt")
     measured = process_tree(pid)
     before = cpu_seconds(measured)
-    argv = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "5s",
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "5s", *wrk_script(),
             f"http://{sides.HOST}:{port}{path}"]
     output = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
     cpu = cpu_seconds(measured) - before
@@ -159,7 +160,8 @@ def count_instructions(name: str, binary: Path, port: int, procs: Processes) -> 
     else:
         conns = os.environ.get("AB_CONNS", "64")
         url = f"http://{sides.HOST}:{port}{path}"
-        load_for = lambda seconds: ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s", url]  # noqa: E731
+        load_for = lambda seconds: ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s",  # noqa: E731
+                                    *wrk_script(), url]
     subprocess.run(load_for(3), capture_output=True, timeout=120)
     subprocess.run(["callgrind_control", "--zero", str(proc.pid)], capture_output=True, timeout=60)
     output = subprocess.run(load_for(duration), capture_output=True, text=True, timeout=300).stdout
@@ -209,6 +211,13 @@ def count_series(revisions: list[str], binaries: list[Path]) -> None:
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     (OUT / f"{revisions[0]}-{revisions[-1]}-callgrind.md").write_text(text)
+
+
+def wrk_script() -> list[str]:
+    """AB_SCRIPT: a wrk Lua script for every round, e.g. AB_PATH=/post AB_SCRIPT=bench/post16k.lua
+    (the bench's 16 KiB POST)."""
+    script = os.environ.get("AB_SCRIPT")
+    return ["-s", str(Path(script).resolve())] if script else []
 
 
 def worker_threads(port: int) -> int:
