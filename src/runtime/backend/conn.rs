@@ -6,7 +6,7 @@
 //! response bodies come out as zero-copy slices of the read buffer.
 
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSlice};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -195,10 +195,19 @@ impl BackendConn {
         };
         loop {
             let result = if progress.head < head.len() {
-                self.try_write_ready(cx, &head[progress.head..])
-                    .map_ok(|n| progress.head += n)
+                // The head and the body's in-memory part in one system call, without copying
+                // the body behind the head first.
+                let parts = [
+                    IoSlice::new(&head[progress.head..]),
+                    IoSlice::new(&memory[progress.memory..]),
+                ];
+                self.try_write_ready(cx, &parts).map_ok(|n| {
+                    let into_head = n.min(head.len() - progress.head);
+                    progress.head += into_head;
+                    progress.memory += n - into_head;
+                })
             } else if progress.memory < memory.len() {
-                self.try_write_ready(cx, &memory[progress.memory..])
+                self.try_write_ready(cx, &[IoSlice::new(&memory[progress.memory..])])
                     .map_ok(|n| progress.memory += n)
             } else if let (Some(file), true) = (file, progress.file < file_len) {
                 let count = usize::try_from(file_len - progress.file)
@@ -233,11 +242,15 @@ impl BackendConn {
         }
     }
 
-    /// One non-blocking write of `bytes` once the socket is writable.
-    fn try_write_ready(&mut self, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+    /// One non-blocking (vectored) write of `parts` once the socket is writable.
+    fn try_write_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        parts: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write(bytes) {
+            match self.stream.try_write_vectored(parts) {
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 result => return Poll::Ready(result),

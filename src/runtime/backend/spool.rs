@@ -155,11 +155,6 @@ impl RequestBody {
     pub(crate) fn spilled(&self) -> Option<(&File, u64)> {
         self.spill.as_ref().map(|spill| (&*spill.file, spill.len))
     }
-
-    /// Whether part of the body is in a spill file.
-    pub fn is_spilled(&self) -> bool {
-        self.spill.is_some()
-    }
 }
 
 /// A request body being received: bytes go to memory up to the per-request part, then to a spill

@@ -37,9 +37,6 @@ pub(crate) mod request_checks;
 use crate::logging::AccessLine;
 pub use crate::logging::ACCESS_LOG;
 
-/// Bodies up to this size are sent in the same write as the request head.
-const COALESCE_BODY_LIMIT: usize = 16 * 1024;
-
 /// Everything requests share: the table, the pools and the balancing policies' state.
 #[derive(Debug)]
 pub struct Proxy {
@@ -273,22 +270,15 @@ impl Proxy {
             Err(response) => return response,
         };
         let body_len = usize::try_from(body.len()).unwrap_or(usize::MAX);
-        let coalesce = !body.is_spilled() && body_len <= COALESCE_BODY_LIMIT;
-        let mut head = Vec::with_capacity(512 + if coalesce { body_len } else { 0 });
+        let mut head = Vec::with_capacity(512);
         headers::encode_request_head(&parts, body_len, added, &mut head);
-        let empty = RequestBody::default();
-        let separate_body = if coalesce {
-            head.extend_from_slice(body.in_memory());
-            &empty
-        } else {
-            &body
-        };
+        // The body's in-memory part goes out with the head in one vectored write.
         let request = OutgoingRequest {
             head: &head,
-            body: separate_body,
+            body: &body,
             is_head: parts.method == Method::HEAD,
         };
-        let bytes_sent = head.len() as u64 + separate_body.len();
+        let bytes_sent = head.len() as u64 + body.len();
         let idempotent = is_idempotent(&parts.method);
         match self
             .forward(route, &request, bytes_sent, idempotent, outcome)

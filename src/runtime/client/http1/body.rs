@@ -143,6 +143,15 @@ impl BodyFeed {
         }
     }
 
+    /// How many more bytes of the body the socket should bring, as far as known (a chunked body
+    /// says nothing: 0).
+    pub(crate) fn expected(&self) -> u64 {
+        match self.decoder {
+            Decoder::Length(left) => left,
+            Decoder::Chunked(_) | Decoder::Done => 0,
+        }
+    }
+
     /// The socket failed or closed before the body's end.
     pub(crate) fn fail(&mut self, error: BodyError) {
         self.decoder = Decoder::Done;

@@ -290,9 +290,9 @@ impl<S: BufferedRead> Connection<S> {
                 Err(error) => return Waited::Refused(error.status()),
             }
             let read = poll_fn(|cx| match self.asked() {
-                Asked::Serve => self.poll_read(cx).map(Some),
+                Asked::Serve => self.poll_read(cx, 0).map(Some),
                 // A close waits for a head already arriving; parking and 408 do not.
-                Asked::Close if !self.buf.is_empty() => self.poll_read(cx).map(Some),
+                Asked::Close if !self.buf.is_empty() => self.poll_read(cx, 0).map(Some),
                 _ => Poll::Ready(None),
             })
             .await;
@@ -304,11 +304,23 @@ impl<S: BufferedRead> Connection<S> {
         }
     }
 
-    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_CHUNK);
+    /// Reads what the socket has, with room for at least `READ_CHUNK`, or for `expected` bytes
+    /// (the rest of a body) up to the read-ahead limit: one read, not several, for a body that
+    /// is already there.
+    fn poll_read(&mut self, cx: &mut Context<'_>, expected: u64) -> Poll<io::Result<usize>> {
+        let spare = self.buf.capacity() - self.buf.len();
+        let wanted = usize::try_from(expected)
+            .unwrap_or(usize::MAX)
+            .min(self.read_ahead());
+        if spare < 1024 || spare < wanted {
+            self.buf.reserve(wanted.max(READ_CHUNK));
         }
         self.io.poll_read_buffered(cx, &mut self.buf)
+    }
+
+    /// How far the buffer reads ahead of what is being handled.
+    fn read_ahead(&self) -> usize {
+        self.max_head.max(READ_CHUNK)
     }
 
     /// Drives the service to its response while feeding it the request body and watching the
@@ -322,7 +334,7 @@ impl<S: BufferedRead> Connection<S> {
         F: Future<Output = Result<Response<TrackedBody>, Infallible>>,
     {
         // Read ahead of a pipelining client only this far while a request is in progress.
-        let read_ahead = self.max_head.max(READ_CHUNK);
+        let read_ahead = self.read_ahead();
         let mut interim: &'static [u8] = b"";
         poll_fn(|cx| loop {
             if let Poll::Ready(Ok(response)) = responding.as_mut().poll(cx) {
@@ -350,7 +362,8 @@ impl<S: BufferedRead> Connection<S> {
                 Fed::Done if self.buf.len() >= read_ahead => return Poll::Pending,
                 Fed::NeedMore | Fed::Done => {}
             }
-            match std::task::ready!(self.poll_read(cx)) {
+            let expected = feed.as_ref().map_or(0, BodyFeed::expected);
+            match std::task::ready!(self.poll_read(cx, expected)) {
                 Ok(0) if fed == Fed::NeedMore => {
                     if let Some(body) = feed.as_mut() {
                         body.fail(BodyError::Incomplete);
