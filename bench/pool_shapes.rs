@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use juggler::backend::conn::BackendConn;
+use juggler::backend::conn::{BackendConn, FieldsWanted};
 use juggler::backend::pool::BackendPool;
 use juggler::table::{BackendSpec, Priority, Settings, UpstreamId};
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -64,7 +64,7 @@ fn start_backend() -> std::net::SocketAddr {
 async fn exchange(conn: &mut BackendConn) -> Option<(bool, Bytes)> {
     let no_body = juggler::backend::spool::RequestBody::default();
     conn.write_request(REQUEST, &no_body).await.ok()?;
-    let head = conn.read_head(false).await.ok()?;
+    let head = conn.read_head(false, FieldsWanted::HeaderMap).await.ok()?;
     let length = match head.framing {
         juggler::backend::conn::Framing::Length(length) => length as usize,
         _ => 0,

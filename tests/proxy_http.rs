@@ -327,6 +327,25 @@ async fn response_hop_by_hop_headers_do_not_reach_the_client() {
     juggler.shutdown().await.unwrap();
 }
 
+/// Over HTTP/1.1 the backend's end-to-end fields reach the client spelt as the backend spelt them
+/// and in its order, repeated names interleaved as sent: they are written as they came, not
+/// rebuilt from a header map (which would lower-case them and group repeats).
+#[juggler_testkit::test]
+async fn response_fields_keep_their_spelling_and_order_over_http1() {
+    let (_backend, juggler) = behind_raw_backend().await;
+    let request = b"GET /hop-by-hop HTTP/1.1\r\nHost: juggler.test\r\nConnection: close\r\n\r\n";
+    let (answer, closed) =
+        juggler_testkit::raw::exchange(juggler.addr, request, Duration::from_secs(3)).await;
+    println!("{answer}");
+    assert!(closed);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let sent_on = "\r\nX-Kept: 1\r\nSet-Cookie: a=1\r\nX-Kept: 2\r\nSet-Cookie: b=2\r\n\
+                   Content-Type: text/plain\r\nContent-Length: 2\r\n";
+    assert!(answer.contains(sent_on), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+    juggler.shutdown().await.unwrap();
+}
+
 /// Sends GET `/x` with `x_forwarded_for` values and an `X-Forwarded-Proto: https` claim, and
 /// returns the backend's `X-Forwarded-For` / `X-Forwarded-Proto` values.
 async fn forwarded_seen(

@@ -17,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
 use super::conn::{BodyError, BodyState};
+use super::head::ForwardedFields;
 use super::pool::{BackendPool, PooledConn};
 use super::spool::{SpoolRead, SpooledBody};
 
@@ -27,6 +28,10 @@ pub struct ResponseBody {
     /// The backend whose relayed-bytes counter each data frame goes to as it passes: set for a
     /// body whose length was not known when it was handed on (see [`ResponseBody::count_relayed`]).
     relayed_from: Option<Arc<BackendPool>>,
+    /// The backend's end-to-end fields as it sent them, for an HTTP/1.1 client, which writes them
+    /// ahead of the response's header map: they travel with the body so the head needs no map
+    /// of its own for them (see `conn::FieldsWanted`).
+    forwarded: Option<ForwardedFields>,
 }
 
 #[derive(Debug)]
@@ -71,7 +76,19 @@ impl ResponseBody {
         ResponseBody {
             kind,
             relayed_from: None,
+            forwarded: None,
         }
+    }
+
+    /// This body with the backend's fields as it sent them (see the field).
+    pub(crate) fn with_forwarded(mut self, fields: Option<ForwardedFields>) -> ResponseBody {
+        self.forwarded = fields;
+        self
+    }
+
+    /// The backend's end-to-end fields as it sent them, if they came that way.
+    pub(crate) fn forwarded(&self) -> Option<&ForwardedFields> {
+        self.forwarded.as_ref()
     }
 
     /// Counts this body's bytes as relayed from `pool`'s backend: all at once when its length is

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::chunked::{ChunkedDecoder, Decoded};
-use super::head::{self, KnownNames, Parsed, MAX_RESPONSE_HEADERS};
+use super::head::{self, ForwardedFields, KnownNames, Parsed, MAX_RESPONSE_HEADERS};
 use super::spool::RequestBody;
 use crate::socket_read::poll_read_draining;
 
@@ -71,10 +71,32 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
+    /// The end-to-end fields, when they were not asked for as they came (see `read_head`).
     pub headers: HeaderMap,
+    /// The end-to-end fields as the backend sent them, when asked for (then `headers` is empty).
+    pub forwarded: Option<ForwardedFields>,
     pub framing: Framing,
     /// Whether the connection may carry another request after this response.
     pub keep_alive: bool,
+}
+
+/// How a response head's end-to-end fields are handed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldsWanted {
+    /// As a header map (an HTTP/2 client; Juggler's own checks).
+    HeaderMap,
+    /// As the backend sent them ([`ResponseHead::forwarded`]): an HTTP/1.1 client.
+    AsSent,
+}
+
+impl ResponseHead {
+    /// Whether the response has a field named `name`, however its fields are held.
+    pub fn has_field(&self, name: &http::HeaderName) -> bool {
+        match &self.forwarded {
+            Some(fields) => fields.contains(name.as_str()),
+            None => self.headers.contains_key(name),
+        }
+    }
 }
 
 /// Why reading a response head failed, split by whether the backend had started answering.
@@ -280,11 +302,15 @@ impl BackendConn {
         }
     }
 
-    /// Reads the final response head, skipping `1xx` interim responses.
-    pub async fn read_head(&mut self, request_was_head: bool) -> Result<ResponseHead, HeadError> {
+    /// Reads the final response head, skipping `1xx` interim responses; its fields as `fields`.
+    pub async fn read_head(
+        &mut self,
+        request_was_head: bool,
+        fields: FieldsWanted,
+    ) -> Result<ResponseHead, HeadError> {
         let mut received_any = false;
         loop {
-            if let Some(head) = self.parse_head(request_was_head)? {
+            if let Some(head) = self.parse_head(request_was_head, fields)? {
                 return Ok(head);
             }
             if self.read_buf.len() >= MAX_RESPONSE_HEAD {
@@ -312,9 +338,13 @@ impl BackendConn {
     }
 
     /// Parses a complete head from the front of the read buffer, if one is there.
-    fn parse_head(&mut self, request_was_head: bool) -> Result<Option<ResponseHead>, HeadError> {
+    fn parse_head(
+        &mut self,
+        request_was_head: bool,
+        fields: FieldsWanted,
+    ) -> Result<Option<ResponseHead>, HeadError> {
         loop {
-            let head = match head::parse(&self.read_buf, request_was_head)? {
+            let mut head = match head::parse(&self.read_buf, request_was_head)? {
                 Parsed::Partial => return Ok(None),
                 Parsed::Interim(len) => {
                     let _ = self.read_buf.split_to(len);
@@ -328,9 +358,16 @@ impl BackendConn {
                 self.retire_at = Some(Instant::now() + timeout - margin);
             }
             let head_bytes = self.read_buf.split_to(head.len).freeze();
+            let (headers, forwarded) = match fields {
+                FieldsWanted::HeaderMap => {
+                    (head.headers(&head_bytes, &mut self.known_names)?, None)
+                }
+                FieldsWanted::AsSent => (HeaderMap::new(), Some(head.forwarded(head_bytes))),
+            };
             return Ok(Some(ResponseHead {
                 status: head.status,
-                headers: head.headers(&head_bytes, &mut self.known_names)?,
+                headers,
+                forwarded,
                 framing: head.framing,
                 keep_alive: head.keep_alive,
             }));
@@ -480,7 +517,10 @@ mod tests {
             .await
             .unwrap();
         for expected in [vec![b'x'; LARGE], b"ok".to_vec()] {
-            let head = conn.read_head(false).await.unwrap();
+            let head = conn
+                .read_head(false, FieldsWanted::HeaderMap)
+                .await
+                .unwrap();
             assert_eq!(head.framing, Framing::Length(expected.len() as u64));
             let body = conn.read_exact_body(expected.len()).await.unwrap();
             assert!(body == expected, "a body of {} B changed", expected.len());

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use juggler_config::table::Limits;
 
 use super::body::{ResponseBody, StreamingBody};
-use super::conn::{BodyError, BodyState, Framing, HeadError, ResponseHead, Sent};
+use super::conn::{BodyError, BodyState, FieldsWanted, Framing, HeadError, ResponseHead, Sent};
 use super::pool::PooledConn;
 use super::spool::{spool_response, Budget, RequestBody, SpoolJob};
 use crate::deadline::within;
@@ -20,12 +20,15 @@ use crate::error::ProxyError;
 /// The request as it goes to a backend, encoded once and re-sent as is.
 #[derive(Debug)]
 pub struct OutgoingRequest<'a> {
-    /// Request line and headers, with the body appended when it is small.
+    /// Request line and headers.
     pub head: &'a [u8],
-    /// The body when it is sent in a write of its own (in memory, or partly in a spill file).
+    /// The body (in memory, or partly in a spill file).
     pub body: &'a RequestBody,
     /// A `HEAD` request: the response has no body whatever its headers say.
     pub is_head: bool,
+    /// How the client wants the response's fields: an HTTP/1.1 client takes them as the backend
+    /// sent them.
+    pub fields: FieldsWanted,
 }
 
 /// Sends `request` on `slot` and reads the answer. The slot goes back to its pool when the body
@@ -56,7 +59,7 @@ pub async fn exchange(
             Duration::ZERO,
         ),
     };
-    let read_head = conn.read_head(request.is_head);
+    let read_head = conn.read_head(request.is_head, request.fields);
     let mut head = match within(head_timeout, read_head).await {
         None => return Err(timed_out()),
         Some(Ok(head)) => head,

@@ -150,7 +150,56 @@ impl KnownNames {
     }
 }
 
+/// A response's end-to-end fields as its backend sent them: the head's bytes and where each field
+/// sits in them, in the backend's order. An HTTP/1.1 client gets them written as they are
+/// (`client::http1::write`), without a header map built and walked again in between; an HTTP/2
+/// client gets a header map ([`FinalHead::headers`]).
+#[derive(Debug, Clone)]
+pub struct ForwardedFields {
+    head: Bytes,
+    spans: Vec<FieldSpan>,
+}
+
+impl ForwardedFields {
+    /// Each field's name (as spelt) and value, and whether it is the `Content-Length` that
+    /// frames the body.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
+        self.spans.iter().map(|span| {
+            (
+                &self.head[range(span.name)],
+                &self.head[range(span.value)],
+                span.content_length,
+            )
+        })
+    }
+
+    /// Whether a field named `name` (lowercase) is among them.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.iter()
+            .any(|(spelt, _, _)| spelt.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+/// The forwarded fields of a complete response head `text`, for tests elsewhere.
+#[cfg(test)]
+pub(crate) fn forwarded_of(text: &str) -> ForwardedFields {
+    let bytes = Bytes::copy_from_slice(text.as_bytes());
+    match parse(&bytes, false) {
+        Ok(Parsed::Final(mut head)) => head.forwarded(bytes),
+        other => panic!("not a final head: {other:?}"),
+    }
+}
+
 impl FinalHead {
+    /// The client's fields as the backend sent them, out of `head` (the bytes this head was
+    /// parsed from).
+    pub(super) fn forwarded(&mut self, head: Bytes) -> ForwardedFields {
+        ForwardedFields {
+            head,
+            spans: std::mem::take(&mut self.forwarded),
+        }
+    }
+
     /// The client's fields, sliced out of `head` (the bytes this head was parsed from); `known`:
     /// the names of the connection's last response, updated to this one's.
     pub(super) fn headers(

@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::adaptive::{AdaptiveLimit, WINDOW};
-use super::conn::{Framing, HeadError};
+use super::conn::{FieldsWanted, Framing, HeadError};
 use super::pool::{BackendPool, CheckoutError, LimitSource, PooledConn};
 use super::spool::RequestBody;
 use crate::table::{HealthCheck, Protection};
@@ -480,7 +480,7 @@ async fn exchange_check(slot: &mut PooledConn, head: &[u8]) -> Result<u16, Check
             CheckError::Failed
         });
     }
-    let response = match conn.read_head(false).await {
+    let response = match conn.read_head(false, FieldsWanted::HeaderMap).await {
         Ok(response) => response,
         Err(HeadError::NothingReceived(_)) if reused => return Err(CheckError::Stale),
         Err(_) => return Err(CheckError::Failed),

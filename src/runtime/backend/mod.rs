@@ -20,7 +20,7 @@ pub mod body;
 pub(crate) mod chunked;
 pub mod conn;
 mod exchange;
-mod head;
+pub(crate) mod head;
 pub mod health;
 mod limit;
 pub mod pool;

@@ -26,6 +26,13 @@ impl TrackedBody {
     }
 }
 
+impl TrackedBody {
+    /// The backend's end-to-end fields as it sent them, if they came that way.
+    pub(crate) fn forwarded(&self) -> Option<&crate::backend::head::ForwardedFields> {
+        self.body.forwarded()
+    }
+}
+
 impl Body for TrackedBody {
     type Data = Bytes;
     type Error = <ResponseBody as Body>::Error;

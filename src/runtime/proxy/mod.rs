@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use crate::backend::conn::ResponseHead;
+use crate::backend::conn::{FieldsWanted, ResponseHead};
 use crate::backend::pool::{BackendPool, CheckoutError, Drain};
 use crate::backend::spool::{BodyIntake, Budget, RequestBody};
 use crate::backend::{self, OutgoingRequest, ResponseBody};
@@ -277,6 +277,10 @@ impl Proxy {
             head: &head,
             body: &body,
             is_head: parts.method == Method::HEAD,
+            fields: match parts.version {
+                Version::HTTP_2 | Version::HTTP_3 => FieldsWanted::HeaderMap,
+                _ => FieldsWanted::AsSent,
+            },
         };
         let bytes_sent = head.len() as u64 + body.len();
         let idempotent = is_idempotent(&parts.method);
@@ -500,7 +504,7 @@ impl Proxy {
         exchanged: &Result<(ResponseHead, ResponseBody), ProxyError>,
     ) -> bool {
         let (status, retry_after) = match exchanged {
-            Ok((head, _)) => (head.status, head.headers.contains_key(header::RETRY_AFTER)),
+            Ok((head, _)) => (head.status, head.has_field(&header::RETRY_AFTER)),
             Err(ProxyError::BackendGone { reused: true, .. }) => return false,
             Err(error) => (error.status(), false),
         };
@@ -634,9 +638,12 @@ fn is_idempotent(method: &Method) -> bool {
 /// its body.
 fn into_response(head: ResponseHead, body: ResponseBody) -> Response<ResponseBody> {
     let ResponseHead {
-        status, headers, ..
+        status,
+        headers,
+        forwarded,
+        ..
     } = head;
-    let mut response = Response::new(body);
+    let mut response = Response::new(body.with_forwarded(forwarded));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response

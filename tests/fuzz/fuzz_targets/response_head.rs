@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use juggler::backend::conn::{BackendConn, Framing};
+use juggler::backend::conn::{BackendConn, FieldsWanted, Framing};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -31,6 +31,8 @@ fuzz_target!(|input: &[u8]| {
         return;
     }
     let request_was_head = input[0] & 1 == 1;
+    // Both ways an answer's fields are handed on: as a header map, and as the backend sent them.
+    let fields = if input[0] & 2 == 2 { FieldsWanted::AsSent } else { FieldsWanted::HeaderMap };
     let answer = &input[1..];
     LOOPBACK.with(|lo| {
         lo.runtime.block_on(async {
@@ -42,13 +44,16 @@ fuzz_target!(|input: &[u8]| {
             let (mut conn, (mut backend, _)) = (conn.unwrap(), accepted.unwrap());
             backend.write_all(answer).await.unwrap();
             backend.shutdown().await.unwrap();
-            let head = tokio::time::timeout(Duration::from_secs(5), conn.read_head(request_was_head))
+            let head = tokio::time::timeout(Duration::from_secs(5), conn.read_head(request_was_head, fields))
                 .await
                 .expect("read_head hung on a closed connection");
             if let Ok(head) = head {
                 assert!(!head.status.is_informational(), "interim response returned as final");
                 if head.framing == Framing::UntilClose {
                     assert!(!head.keep_alive, "close-delimited body on a kept connection");
+                }
+                if fields == FieldsWanted::AsSent {
+                    assert!(head.headers.is_empty() && head.forwarded.is_some(), "fields not as sent");
                 }
             }
             // Abort (RST) rather than close: no TIME_WAIT, so millions of runs keep finding ports.

@@ -386,7 +386,8 @@ impl<S: BufferedRead> Connection<S> {
     ) -> io::Result<bool> {
         let (parts, mut body) = response.into_parts();
         out.clear();
-        let (framing, keep_alive) = write::encode_head(&parts, &body.size_hint(), exchange, out);
+        let (framing, keep_alive) =
+            write::encode_head(&parts, body.forwarded(), &body.size_hint(), exchange, out);
         drop(parts);
         // `out` holds the head, and with it what the body had ready, until `head_sent`.
         let mut head_sent = false;
@@ -480,6 +481,7 @@ impl<S: BufferedRead> Connection<S> {
         };
         write::encode_head(
             &parts,
+            None,
             &http_body::SizeHint::with_exact(0),
             exchange,
             &mut answer,

@@ -10,6 +10,7 @@ use http::response::Parts;
 use http::{StatusCode, Version};
 use http_body::SizeHint;
 
+use crate::backend::head::ForwardedFields;
 use crate::hop_by_hop;
 
 /// How the response body is delimited on this connection.
@@ -34,10 +35,12 @@ pub(super) struct Exchange {
     pub(super) keep_alive: bool,
 }
 
-/// Appends the head of a response with `parts` and a body of `size` to `out`; returns its
-/// framing and whether the connection stays open after it.
+/// Appends the head of a response with `parts` (after `forwarded`: the backend's fields as it
+/// sent them, if they came that way) and a body of `size` to `out`; returns its framing and
+/// whether the connection stays open after it.
 pub(super) fn encode_head(
     parts: &Parts,
+    forwarded: Option<&ForwardedFields>,
     size: &SizeHint,
     exchange: Exchange,
     out: &mut Vec<u8>,
@@ -53,6 +56,23 @@ pub(super) fn encode_head(
     // The fields as they are, noting on the way what this hop's framing and connection need.
     let (mut said_close, mut said_keep_alive, mut has_date) = (false, false, false);
     let mut declared = None;
+    // The backend's, spelt as it spelt them; no hop-by-hop field is among them, and a length only
+    // where it frames the body (`backend::head`).
+    for (name, value, frames) in forwarded.into_iter().flat_map(ForwardedFields::iter) {
+        if frames && declared.is_none() {
+            declared = Some(
+                std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|text| text.parse::<u64>().ok()),
+            );
+        } else if name.eq_ignore_ascii_case(b"date") {
+            has_date = true;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in &parts.headers {
         if *name == CONNECTION {
             for token in hop_by_hop::tokens(value.to_str().unwrap_or("")) {
@@ -144,7 +164,7 @@ mod tests {
     fn head(response: Response<()>, size: SizeHint, exchange: Exchange) -> (String, Framing, bool) {
         let (parts, ()) = response.into_parts();
         let mut out = Vec::new();
-        let (framing, keep_alive) = encode_head(&parts, &size, exchange, &mut out);
+        let (framing, keep_alive) = encode_head(&parts, None, &size, exchange, &mut out);
         (String::from_utf8(out).unwrap(), framing, keep_alive)
     }
 
@@ -210,6 +230,33 @@ mod tests {
         let (_, framing, keep_alive) =
             head(with_date().body(()).unwrap(), SizeHint::default(), old);
         assert_eq!((framing, keep_alive), (Framing::UntilClose, false));
+    }
+
+    #[test]
+    fn the_backend_s_fields_go_first_as_spelt_and_frame_the_body_as_it_did() {
+        let forwarded = crate::backend::head::forwarded_of(
+            "HTTP/1.1 200 OK\r\nServer: b\r\nDATE: then\r\nContent-Length: 3\r\nx-a: 1\r\n\r\n",
+        );
+        let (parts, ()) = Response::builder()
+            .header("x-own", "2")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut out = Vec::new();
+        let (framing, _) = encode_head(
+            &parts,
+            Some(&forwarded),
+            &SizeHint::with_exact(3),
+            KEEP,
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nServer: b\r\nDATE: then\r\nContent-Length: 3\r\nx-a: 1\r\nx-own: 2\r\n\r\n",
+            "no second length or date"
+        );
+        assert_eq!(framing, Framing::Length(3));
     }
 
     #[test]
