@@ -66,6 +66,12 @@ fn corpus() -> Vec<Vec<u8>> {
         b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc",
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        // Pipelined: the first request is the one compared (found by the fuzz target, where the
+        // comparison had taken hyper's last request instead).
+        b"znPRHHHHHHHI * HTTP/1.1\r\n\r\nSMHHHHHHHHHHI * HTTP/1.1\r\n\r\nSM\n\r\x1e%[",
+        b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: b\r\n\r\n",
+        // Empty lines before the request line, and a head ended by a bare LF (the fuzz target).
+        b"\r\n\r\n\r\n#HHHHHH j~HH HTTP/1.0\r\n\n\n#",
         b"GET / HTTP/1.1\r\nHost: a\r\n",
         b"GET / HTTP/1.1\r\nHost",
         b"GET / HT",

@@ -118,7 +118,11 @@ pub async fn hyper_verdict(input: &[u8], max_head: usize) -> HeadVerdict {
             };
             let (parts, _body) = request.into_parts();
             let head = http::Request::from_parts(parts, ());
-            *recorder.lock().unwrap() = Some(HeadVerdict::accepted(&head, framing));
+            // The first request is the one compared; a pipelined one behind it is hyper's business.
+        recorder
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| HeadVerdict::accepted(&head, framing));
             async {
                 Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
                     bytes::Bytes,
@@ -182,15 +186,13 @@ pub async fn compare_with_hyper(input: &[u8], max_head: usize) -> Result<(), Str
     Err(format!("juggler: {ours:?}\nhyper:   {theirs:?}"))
 }
 
+/// The request head at the front of `input`, as httparse delimits it (leading empty lines and all).
 fn head_part(input: &[u8]) -> &[u8] {
-    let end = input
-        .windows(2)
-        .position(|pair| pair == b"\n\n")
-        .into_iter()
-        .chain(input.windows(3).position(|three| three == b"\n\r\n"))
-        .min()
-        .map_or(input.len(), |at| at + 2);
-    &input[..end]
+    let mut fields = [httparse::EMPTY_HEADER; 128];
+    match httparse::Request::new(&mut fields).parse(input) {
+        Ok(httparse::Status::Complete(len)) => &input[..len],
+        _ => input,
+    }
 }
 
 fn has_bare_lf_line_end(input: &[u8]) -> bool {
