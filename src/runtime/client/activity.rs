@@ -60,7 +60,7 @@ impl ConnActivity {
     }
 
     fn now_ms(&self) -> u64 {
-        millis(self.epoch.elapsed())
+        self.epoch.elapsed().as_millis() as u64
     }
 
     fn instant_at(&self, ms: u64) -> Instant {
@@ -119,7 +119,7 @@ impl ConnActivity {
         }
         let head_started = self.head_started_ms.load(Ordering::Relaxed);
         if head_started != 0 {
-            let deadline = head_started - 1 + millis(header_timeout);
+            let deadline = head_started - 1 + header_timeout.as_millis() as u64;
             return if now >= deadline {
                 Verdict::HeadTooSlow
             } else {
@@ -127,13 +127,13 @@ impl ConnActivity {
             };
         }
         let idle_since = self.idle_since_ms.load(Ordering::Relaxed);
-        let deadline = idle_since + millis(idle_timeout);
+        let deadline = idle_since + idle_timeout.as_millis() as u64;
         if now >= deadline {
             return Verdict::IdleTooLong;
         }
         let mut check_at = self.instant_at(deadline).min(soon);
         if let Some(park_after) = park_after {
-            let park_at = idle_since + millis(park_after);
+            let park_at = idle_since + park_after.as_millis() as u64;
             if now >= park_at {
                 return Verdict::Park;
             }
@@ -159,15 +159,6 @@ impl ConnActivity {
     pub(crate) fn times_went_idle(&self) -> u64 {
         self.times_went_idle.load(Ordering::Relaxed)
     }
-}
-
-/// Whole milliseconds of `duration`, without the 128-bit division of `Duration::as_millis` (this
-/// runs several times per request).
-fn millis(duration: Duration) -> u64 {
-    duration
-        .as_secs()
-        .saturating_mul(1000)
-        .saturating_add(u64::from(duration.subsec_millis()))
 }
 
 /// A request in progress on a connection; dropping it marks the response finished.
@@ -335,20 +326,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn millis_agrees_with_as_millis() {
-        for duration in [
-            Duration::ZERO,
-            Duration::from_micros(999),
-            Duration::from_millis(1),
-            Duration::from_nanos(1_234_567_890),
-            Duration::from_secs(86_400 * 365),
-        ] {
-            assert_eq!(u128::from(millis(duration)), duration.as_millis());
-        }
-        assert_eq!(millis(Duration::MAX), u64::MAX);
-    }
 
     #[test]
     fn stall_guard_trips_only_after_turns_without_progress() {
