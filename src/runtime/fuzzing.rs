@@ -119,10 +119,10 @@ pub async fn hyper_verdict(input: &[u8], max_head: usize) -> HeadVerdict {
             let (parts, _body) = request.into_parts();
             let head = http::Request::from_parts(parts, ());
             // The first request is the one compared; a pipelined one behind it is hyper's business.
-        recorder
-            .lock()
-            .unwrap()
-            .get_or_insert_with(|| HeadVerdict::accepted(&head, framing));
+            recorder
+                .lock()
+                .unwrap()
+                .get_or_insert_with(|| HeadVerdict::accepted(&head, framing));
             async {
                 Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
                     bytes::Bytes,
