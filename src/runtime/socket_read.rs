@@ -51,21 +51,42 @@ mod tests {
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
 
+    /// Both ends of a fresh loopback connection: (client, server).
+    async fn connected() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// Whether tokio still holds `stream` readable: `try_io` runs its closure only then.
+    fn held_readable(stream: &TcpStream) -> bool {
+        let mut ran = false;
+        let _ = stream.try_io(Interest::READABLE, || {
+            ran = true;
+            Err::<(), _>(io::ErrorKind::Other.into())
+        });
+        ran
+    }
+
     /// The read after a draining one waits for the next bytes, and gets them (and then the close)
     /// however they arrive: right after the read, or later.
     #[tokio::test]
     async fn a_drained_socket_still_wakes_for_what_comes_next() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (mut client, server) = connected().await;
         let mut buf = BytesMut::with_capacity(1024);
         client.write_all(b"first").await.unwrap();
         let read = poll_fn(|cx| poll_read_draining(&server, &mut buf, cx))
             .await
             .unwrap();
         assert_eq!((read, &buf[..]), (5, &b"first"[..]));
+        // The point: tokio forgot the readiness, so the next read makes no system call.
+        assert!(
+            !held_readable(&server),
+            "a draining read left the socket readable"
+        );
         // Nothing more yet: the next read is pending, not an error.
         let pending = tokio::time::timeout(
             Duration::from_millis(50),
@@ -97,21 +118,21 @@ mod tests {
     /// A read that fills the buffer leaves the readiness: there may be more.
     #[tokio::test]
     async fn a_full_read_reads_again() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (mut client, server) = connected().await;
         client.write_all(&[7; 100]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         let mut total = 0;
         while total < 100 {
             let mut piece = BytesMut::with_capacity(40).limit(40);
             let read = poll_fn(|cx| poll_read_draining(&server, &mut piece, cx));
-            total += tokio::time::timeout(Duration::from_secs(2), read)
+            let read = tokio::time::timeout(Duration::from_secs(2), read)
                 .await
                 .expect("a full read keeps the socket readable")
                 .unwrap();
+            total += read;
+            if read == 40 {
+                assert!(held_readable(&server), "a full read gave the readiness up");
+            }
         }
         assert_eq!(total, 100);
     }

@@ -282,22 +282,21 @@ mod tests {
     #[test]
     fn framing_follows_rfc_9112_and_refuses_ambiguity() {
         let post = |fields: &str| format!("POST / HTTP/1.1\r\nHost: x\r\n{fields}\r\n");
-        assert_eq!(
-            framing(&post("Content-Length: 5\r\n")),
-            Ok(BodyFraming::Length(5))
-        );
-        assert_eq!(
-            framing(&post("Content-Length: 0\r\n")),
-            Ok(BodyFraming::Empty)
-        );
-        assert_eq!(
-            framing(&post("Content-Length: 5\r\ncontent-length: 5\r\n")),
-            Ok(BodyFraming::Length(5))
-        );
-        assert_eq!(
-            framing(&post("Transfer-Encoding: gzip, chunked\r\n")),
-            Ok(BodyFraming::Chunked)
-        );
+        for (fields, framed) in [
+            ("Content-Length: 5\r\n", BodyFraming::Length(5)),
+            ("Content-Length: 0\r\n", BodyFraming::Empty),
+            (
+                "Content-Length: 000000000000000000000007\r\n",
+                BodyFraming::Length(7),
+            ),
+            (
+                "Content-Length: 5\r\ncontent-length: 5\r\n",
+                BodyFraming::Length(5),
+            ),
+            ("Transfer-Encoding: gzip, chunked\r\n", BodyFraming::Chunked),
+        ] {
+            assert_eq!(framing(&post(fields)), Ok(framed), "{fields:?}");
+        }
         for refused in [
             "Content-Length: 5\r\nContent-Length: 6\r\n",
             "Content-Length: +5\r\n",
