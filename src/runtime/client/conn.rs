@@ -383,8 +383,7 @@ where
     // idle timeout is closed too (with GOAWAY). Request heads arrive in frames hyper has already
     // bounded, so no byte-level watch is needed here.
     let activity = ConnActivity::new();
-    let answerer = Answerer::new(shared, client, &activity, None, None);
-    let service = service_fn(move |request| answerer.answer(request));
+    let service = Answerer::new(shared, client, &activity, None, None).boxed();
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -410,6 +409,11 @@ where
     )
     .await;
 }
+
+/// An answer's future, boxed for hyper's HTTP/2 (see [`Answerer::answer`]).
+type BoxedAnswer = Pin<
+    Box<dyn Future<Output = Result<http::Response<TrackedBody>, std::convert::Infallible>> + Send>,
+>;
 
 /// What answering a request on one connection takes: proxy the request (or redirect it to HTTPS),
 /// and tie the request's end to the response body so the connection's timers know when it is
@@ -443,7 +447,9 @@ impl Answerer {
         }
     }
 
-    /// The answer to `request`; small to move (the request's state machine is boxed inside).
+    /// The answer to `request`. Its future is the request's whole state machine (routing,
+    /// queueing, the exchange): kilobytes. Juggler's HTTP/1.1 connection keeps it in place; hyper's
+    /// HTTP/2 moves it into a task per stream, so that service boxes it ([`Answerer::boxed`]).
     fn answer<B>(
         &self,
         request: Request<B>,
@@ -461,11 +467,7 @@ impl Answerer {
         async move {
             let mut response = match redirect_port {
                 Some(port) => super::redirect::https_redirect(&request, port),
-                // Boxed: the request's state machine (routing, queueing, the exchange) is
-                // kilobytes; inline it made every connection's future that much larger, and the
-                // wall clock paid for it where instructions did not (f6239ce: 0.935 req/s, 8
-                // pairs). hyper's HTTP/2 moves this future into a task per stream, too.
-                None => Box::pin(proxy.handle(request, client)).await,
+                None => proxy.handle(request, client).await,
             };
             if phase.is_some_and(|phase| *phase.borrow() != Phase::Serving) {
                 response
@@ -474,6 +476,18 @@ impl Answerer {
             }
             Ok(response.map(|body| TrackedBody::new(body, in_flight)))
         }
+    }
+
+    /// The service of an HTTP/2 connection: each answer boxed, so hyper moves a pointer.
+    fn boxed(
+        self,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = http::Response<TrackedBody>,
+        Error = std::convert::Infallible,
+        Future = BoxedAnswer,
+    > + Clone {
+        service_fn(move |request: Request<Incoming>| Box::pin(self.answer(request)) as BoxedAnswer)
     }
 }
 
