@@ -14,11 +14,25 @@ RELEASE := target/$(TARGET)/$(PROFILE)
 STATIC  := -C target-feature=+crt-static -C relocation-model=static
 BINS    := juggler test_server ssl_cert
 
-.PHONY: all routes clean ssl_cert test run test_servers bench bench-ab fuzz upgrade soak fleet
+.PHONY: all routes clean ssl_cert test run test_servers bench bench-ab fuzz upgrade soak fleet protoc
+
+# The fleet's etcd client (etcd-client) compiles etcd's .proto files when it is built, which needs
+# `protoc`: every verb that builds the runtime installs it first (Debian's protobuf-compiler, as
+# root) or says what is missing, instead of failing deep in the build with a build-script panic.
+protoc:
+	@command -v protoc >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing protoc (Debian's protobuf-compiler): the etcd client's build needs it"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler) >/dev/null \
+				&& command -v protoc >/dev/null; \
+		else \
+			echo "protoc is missing: install protobuf-compiler (the etcd client's build compiles etcd's .proto files)" >&2; \
+			exit 1; \
+		fi; }
 
 ## all: build bin/juggler (static), bin/test_server and bin/ssl_cert in release mode (thin LTO);
 ## FAST=1 without LTO, for the edit -> binary loop
-all:
+all: protoc
 	RUSTFLAGS="$(STATIC)" $(CARGO) build --profile $(PROFILE) --target $(TARGET) $(addprefix --bin ,$(BINS))
 	@mkdir -p bin
 	@# Each binary is written beside its old self and renamed over it: a running bin/juggler (the one
@@ -40,7 +54,7 @@ clean:
 	rm -rf bin
 
 ## ssl_cert: self-signed certificate and key (mode 0600) for localhost into juggler_config/
-ssl_cert:
+ssl_cert: protoc
 	$(CARGO) run -q --bin ssl_cert -- --dir juggler_config
 	@if git check-ignore -q juggler_config/server.key 2>/dev/null; then \
 		echo "git ignores juggler_config/server.key and server.crt (.gitignore): they stay out of commits"; \
@@ -49,7 +63,7 @@ ssl_cert:
 	fi
 
 ## test: every test of the workspace (unit, codegen, integration over loopback)
-test:
+test: protoc
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -126,7 +140,7 @@ bench-ab:
 ## it and lands in tests/fuzz/artifacts/<target>/ (installs cargo-fuzz if missing)
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := chunked request_head response_head route_match head_vs_hyper
-fuzz:
+fuzz: protoc
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	@# cargo-fuzz needs nightly flags (-Z sanitizer, sancov); stable accepts them this way.
 	cd tests/fuzz && for target in $(FUZZ_TARGETS); do \
@@ -140,7 +154,7 @@ fuzz:
 ## and RUSTFLAGS as `make all`: its release dependencies are reused and the Juggler under test is
 ## built like the shipped one (the next `make all` relinks bin/juggler with the shipped config).
 SOAK_SECONDS ?= 600
-soak:
+soak: protoc
 	JUGGLER_CONFIG=tests/soak JUGGLER_ROUTES=tests/soak/routes.toml RUSTFLAGS="$(STATIC)" \
 		SOAK_SECONDS=$(SOAK_SECONDS) \
 		$(CARGO) test --release --target $(TARGET) --test soak -- --ignored --nocapture

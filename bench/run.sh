@@ -10,6 +10,8 @@ command -v haproxy >/dev/null || missing+=(haproxy)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
 command -v ss >/dev/null || missing+=(iproute2)
+# Building Juggler needs protoc (the etcd client compiles etcd's .proto files).
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
 # The fleet study (BENCH_SCENARIOS=fleet, bench/fleet.py) starts an etcd of its own.
 if [[ ",${BENCH_SCENARIOS:-}," == *,fleet,* ]]; then
     command -v etcd >/dev/null || missing+=(etcd-server)
