@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::backend::pool::BackendPool;
@@ -26,6 +27,13 @@ mod round_robin;
 
 use least_queued::LeastQueued;
 use round_robin::SmoothWeighted;
+
+/// Upstreams up to this many backends choose without a heap allocation.
+const INLINE_BACKENDS: usize = 8;
+
+/// The backends one request tries, best first: built for every request, so it lives on the
+/// stack for the usual small upstream.
+pub(crate) type Order = SmallVec<[BackendId; INLINE_BACKENDS]>;
 
 /// One backend as a policy sees it at the moment of choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,12 +63,12 @@ impl BackendState {
         pool: &BackendPool,
         observed: &Observed,
         priority: Priority,
-        now: u64,
+        now: &mut impl FnMut() -> u64,
     ) -> BackendState {
         let free = pool.free_slots_for(priority);
         let average = observed.average_micros.load(Ordering::Relaxed);
         let stalled = if free == 0 {
-            now.saturating_sub(observed.last_back_micros.load(Ordering::Relaxed))
+            now().saturating_sub(observed.last_back_micros.load(Ordering::Relaxed))
         } else {
             0
         };
@@ -98,7 +106,7 @@ pub(crate) trait Policy: fmt::Debug + Send + Sync {
     /// Appends to `order` the backends this request should try, best first: only available ones,
     /// each at most once. `backends` is the upstream's backends in config order, always the same
     /// length for one policy instance.
-    fn order(&self, backends: &[BackendState], order: &mut Vec<BackendId>);
+    fn order(&self, backends: &[BackendState], order: &mut Order);
 
     /// Whether a request that finds no free connection at its first choice should wait in the
     /// second one's queue as well and take whichever slot frees first.
@@ -180,22 +188,26 @@ impl Balancer {
         upstream: UpstreamId,
         priority: Priority,
         passes: usize,
-    ) -> Vec<BackendId> {
-        let now = self.micros_at(Instant::now());
-        let snapshot: Vec<BackendState> = table
+    ) -> Order {
+        // The clock is read only if a backend has no free slot (its stall time), and once.
+        let mut now_read = None;
+        let mut now = || *now_read.get_or_insert_with(|| self.micros_at(Instant::now()));
+        let snapshot: SmallVec<[BackendState; INLINE_BACKENDS]> = table
             .upstream(upstream)
             .backends
             .iter()
             .map(|&id| {
                 let index = usize::from(id.0);
-                BackendState::of(id, &pools[index], &self.observed[index], priority, now)
+                BackendState::of(id, &pools[index], &self.observed[index], priority, &mut now)
             })
             .collect();
-        let mut order = Vec::with_capacity(snapshot.len() * passes.max(1));
+        let mut order = Order::new();
         self.policies[usize::from(upstream.0)].order(&snapshot, &mut order);
         let once = order.len();
         for _ in 1..passes {
-            order.extend_from_within(..once);
+            for at in 0..once {
+                order.push(order[at]);
+            }
         }
         order
     }
@@ -230,7 +242,7 @@ pub(crate) mod tests {
     ) -> String {
         (0..requests)
             .map(|_| {
-                let mut order = Vec::new();
+                let mut order = Order::new();
                 policy.order(backends, &mut order);
                 order
                     .first()
