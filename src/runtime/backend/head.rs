@@ -279,10 +279,11 @@ impl<'h> FieldScan<'h> {
                 }
                 Some(_) => {}
                 None if content_length => {
-                    for piece in hop_by_hop::tokens(text(field)) {
-                        scan.content_length = Some(match (scan.content_length, piece.parse()) {
-                            (Some(Err(why)), _) => Err(why),
-                            (_, Err(_)) => Err("bad Content-Length"),
+                    // A list of equal lengths (`5, 5`) is one length (RFC 9110 §8.6).
+                    for piece in field.value.split(|&byte| byte == b',') {
+                        let parsed = decimal(piece.trim_ascii()).ok_or("bad Content-Length");
+                        scan.content_length = Some(match (scan.content_length, parsed) {
+                            (Some(Err(why)), _) | (_, Err(why)) => Err(why),
                             (Some(Ok(known)), Ok(parsed)) if known != parsed => {
                                 Err("conflicting Content-Length values")
                             }
@@ -322,6 +323,18 @@ impl<'h> FieldScan<'h> {
             None => Framing::UntilClose,
         })
     }
+}
+
+/// A `Content-Length` (RFC 9110 §8.6: `1*DIGIT`): decimal digits only, no sign, within u64.
+/// Read from the bytes: `str::parse` would also take a `+` and cost a UTF-8 check first.
+pub(crate) fn decimal(value: &[u8]) -> Option<u64> {
+    if value.is_empty() {
+        return None;
+    }
+    value.iter().try_fold(0u64, |len, &byte| {
+        let digit = byte.checked_sub(b'0').filter(|digit| *digit <= 9)?;
+        len.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 fn is_content_length(name: &str) -> bool {
@@ -388,7 +401,21 @@ mod tests {
         );
         assert_eq!(framing(&format!("{ok}\n")).unwrap(), Framing::UntilClose);
         assert!(framing(&format!("{ok}content-length: 5\ncontent-length: 6\n\n")).is_err());
-        assert!(framing(&format!("{ok}content-length: five\n\n")).is_err());
+        for bad in [
+            "five",
+            "+5",
+            "-5",
+            "5 5",
+            "",
+            "18446744073709551616",
+            "5,",
+            "0x5",
+        ] {
+            assert!(
+                framing(&format!("{ok}content-length: {bad}\n\n")).is_err(),
+                "{bad:?}"
+            );
+        }
         assert_eq!(
             framing(&format!("{ok}content-length: 5, 5\n\n")).unwrap(),
             Framing::Length(5)
