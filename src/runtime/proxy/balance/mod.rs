@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::backend::pool::BackendPool;
@@ -27,13 +26,6 @@ mod round_robin;
 
 use least_queued::LeastQueued;
 use round_robin::SmoothWeighted;
-
-/// Upstreams up to this many backends choose without a heap allocation.
-const INLINE_BACKENDS: usize = 8;
-
-/// The backends one request tries, best first: built for every request, so it lives on the
-/// stack for the usual small upstream.
-pub(crate) type Order = SmallVec<[BackendId; INLINE_BACKENDS]>;
 
 /// One backend as a policy sees it at the moment of choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,12 +55,12 @@ impl BackendState {
         pool: &BackendPool,
         observed: &Observed,
         priority: Priority,
-        now: &mut impl FnMut() -> u64,
+        now: u64,
     ) -> BackendState {
         let free = pool.free_slots_for(priority);
         let average = observed.average_micros.load(Ordering::Relaxed);
         let stalled = if free == 0 {
-            now().saturating_sub(observed.last_back_micros.load(Ordering::Relaxed))
+            now.saturating_sub(observed.last_back_micros.load(Ordering::Relaxed))
         } else {
             0
         };
@@ -106,7 +98,7 @@ pub(crate) trait Policy: fmt::Debug + Send + Sync {
     /// Appends to `order` the backends this request should try, best first: only available ones,
     /// each at most once. `backends` is the upstream's backends in config order, always the same
     /// length for one policy instance.
-    fn order(&self, backends: &[BackendState], order: &mut Order);
+    fn order(&self, backends: &[BackendState], order: &mut Vec<BackendId>);
 
     /// Whether a request that finds no free connection at its first choice should wait in the
     /// second one's queue as well and take whichever slot frees first.
@@ -188,26 +180,22 @@ impl Balancer {
         upstream: UpstreamId,
         priority: Priority,
         passes: usize,
-    ) -> Order {
-        // The clock is read only if a backend has no free slot (its stall time), and once.
-        let mut now_read = None;
-        let mut now = || *now_read.get_or_insert_with(|| self.micros_at(Instant::now()));
-        let snapshot: SmallVec<[BackendState; INLINE_BACKENDS]> = table
+    ) -> Vec<BackendId> {
+        let now = self.micros_at(Instant::now());
+        let snapshot: Vec<BackendState> = table
             .upstream(upstream)
             .backends
             .iter()
             .map(|&id| {
                 let index = usize::from(id.0);
-                BackendState::of(id, &pools[index], &self.observed[index], priority, &mut now)
+                BackendState::of(id, &pools[index], &self.observed[index], priority, now)
             })
             .collect();
-        let mut order = Order::new();
+        let mut order = Vec::with_capacity(snapshot.len() * passes.max(1));
         self.policies[usize::from(upstream.0)].order(&snapshot, &mut order);
         let once = order.len();
         for _ in 1..passes {
-            for at in 0..once {
-                order.push(order[at]);
-            }
+            order.extend_from_within(..once);
         }
         order
     }
@@ -242,7 +230,7 @@ pub(crate) mod tests {
     ) -> String {
         (0..requests)
             .map(|_| {
-                let mut order = Order::new();
+                let mut order = Vec::new();
                 policy.order(backends, &mut order);
                 order
                     .first()
