@@ -55,12 +55,12 @@ impl BackendState {
         pool: &BackendPool,
         observed: &Observed,
         priority: Priority,
-        now: u64,
+        now: &mut impl FnMut() -> u64,
     ) -> BackendState {
         let free = pool.free_slots_for(priority);
         let average = observed.average_micros.load(Ordering::Relaxed);
         let stalled = if free == 0 {
-            now.saturating_sub(observed.last_back_micros.load(Ordering::Relaxed))
+            now().saturating_sub(observed.last_back_micros.load(Ordering::Relaxed))
         } else {
             0
         };
@@ -181,14 +181,16 @@ impl Balancer {
         priority: Priority,
         passes: usize,
     ) -> Vec<BackendId> {
-        let now = self.micros_at(Instant::now());
+        // The clock only matters for a backend with no free slot (how long it has stalled).
+        let mut now_read = None;
+        let mut now = || *now_read.get_or_insert_with(|| self.micros_at(Instant::now()));
         let snapshot: Vec<BackendState> = table
             .upstream(upstream)
             .backends
             .iter()
             .map(|&id| {
                 let index = usize::from(id.0);
-                BackendState::of(id, &pools[index], &self.observed[index], priority, now)
+                BackendState::of(id, &pools[index], &self.observed[index], priority, &mut now)
             })
             .collect();
         let mut order = Vec::with_capacity(snapshot.len() * passes.max(1));
