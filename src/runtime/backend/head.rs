@@ -173,11 +173,54 @@ impl ForwardedFields {
         })
     }
 
+    /// Writes the fields as `name: value` lines. Lines the backend sent one after the other,
+    /// each ending in CRLF, are copied as they are in one piece (most of a head: only
+    /// hop-by-hop fields interrupt it); any other line is written from its name and value.
+    pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
+        let mut run = 0..0;
+        for span in &self.spans {
+            let start = span.name.0 as usize;
+            match line_end(&self.head, range(span.value).end) {
+                Some(end) if run.end == start && !run.is_empty() => run.end = end,
+                Some(end) => {
+                    out.extend_from_slice(&self.head[run]);
+                    run = start..end;
+                }
+                None => {
+                    out.extend_from_slice(&self.head[run]);
+                    run = 0..0;
+                    for piece in [
+                        &self.head[range(span.name)],
+                        b": ",
+                        &self.head[range(span.value)],
+                        b"\r\n",
+                    ] {
+                        out.extend_from_slice(piece);
+                    }
+                }
+            }
+        }
+        out.extend_from_slice(&self.head[run]);
+    }
+
     /// Whether a field named `name` (lowercase) is among them.
     pub(crate) fn contains(&self, name: &str) -> bool {
         self.iter()
             .any(|(spelt, _, _)| spelt.eq_ignore_ascii_case(name.as_bytes()))
     }
+}
+
+/// Where the line whose value ends at `value_end` ends, past its CRLF; `None` if it ends in a
+/// bare LF (accepted from a backend, never passed on).
+fn line_end(head: &[u8], value_end: usize) -> Option<usize> {
+    let rest = &head[value_end..];
+    let blank = rest
+        .iter()
+        .take_while(|&&byte| byte == b' ' || byte == b'\t')
+        .count();
+    rest[blank..]
+        .starts_with(b"\r\n")
+        .then_some(value_end + blank + 2)
 }
 
 /// The forwarded fields of a complete response head `text`, for tests elsewhere.
@@ -547,5 +590,37 @@ mod tests {
             Parsed::Partial
         ));
         assert!(matches!(parse(b"", false).unwrap(), Parsed::Partial));
+    }
+    #[test]
+    fn forwarded_lines_are_written_as_sent_around_what_is_taken_out() {
+        let written = |text: &str| {
+            let mut out = Vec::new();
+            forwarded_of(text).write_to(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        // Runs of lines copied whole (spelling, spacing), hop-by-hop lines left out.
+        assert_eq!(
+            written(
+                "HTTP/1.1 200 OK\r\nServer: a\r\nX-Spaced:  b \r\nConnection: keep-alive\r\n\
+                 ETag: \"c\"\r\nContent-Length: 0\r\nKeep-Alive: timeout=5\r\n\r\n"
+            ),
+            "Server: a\r\nX-Spaced:  b \r\nETag: \"c\"\r\nContent-Length: 0\r\n"
+        );
+        // A bare LF from the backend never reaches the client; the lines around it still do.
+        assert_eq!(
+            written("HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\nC: 3\r\nTE: x\r\nD: 4\r\n\r\n"),
+            "A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n"
+        );
+        // A field `Connection` names is taken out of the middle of a run.
+        assert_eq!(
+            written("HTTP/1.1 200 OK\r\nA: 1\r\nX-Hop: 2\r\nConnection: x-hop\r\nB: 3\r\n\r\n"),
+            "A: 1\r\nB: 3\r\n"
+        );
+        assert_eq!(
+            written("HTTP/1.1 200 OK\r\nA:\r\nB:   \r\nC: 3\r\n\r\n"),
+            "A:\r\nB:   \r\nC: 3\r\n",
+            "empty values"
+        );
+        assert_eq!(written("HTTP/1.1 204 No Content\r\n\r\n"), "");
     }
 }

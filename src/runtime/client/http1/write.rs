@@ -10,7 +10,7 @@ use http::response::Parts;
 use http::{StatusCode, Version};
 use http_body::SizeHint;
 
-use crate::backend::head::ForwardedFields;
+use crate::backend::head::{decimal, ForwardedFields};
 use crate::hop_by_hop;
 
 /// How the response body is delimited on this connection.
@@ -58,20 +58,15 @@ pub(super) fn encode_head(
     let mut declared = None;
     // The backend's, spelt as it spelt them; no hop-by-hop field is among them, and a length only
     // where it frames the body (`backend::head`).
-    for (name, value, frames) in forwarded.into_iter().flat_map(ForwardedFields::iter) {
-        if frames && declared.is_none() {
-            declared = Some(
-                std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|text| text.parse::<u64>().ok()),
-            );
-        } else if name.eq_ignore_ascii_case(b"date") {
-            has_date = true;
+    if let Some(forwarded) = forwarded {
+        for (name, value, frames) in forwarded.iter() {
+            if frames && declared.is_none() {
+                declared = Some(decimal(value));
+            } else if name.eq_ignore_ascii_case(b"date") {
+                has_date = true;
+            }
         }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        forwarded.write_to(out);
     }
     for (name, value) in &parts.headers {
         if *name == CONNECTION {
