@@ -504,7 +504,12 @@ impl Proxy {
         exchanged: &Result<(ResponseHead, ResponseBody), ProxyError>,
     ) -> bool {
         let (status, retry_after) = match exchanged {
-            Ok((head, _)) => (head.status, head.has_field(&header::RETRY_AFTER)),
+            // Retry-After changes the verdict of a 503 only: no field lookup for the others.
+            Ok((head, _)) => (
+                head.status,
+                head.status == StatusCode::SERVICE_UNAVAILABLE
+                    && head.has_field(&header::RETRY_AFTER),
+            ),
             Err(ProxyError::BackendGone { reused: true, .. }) => return false,
             Err(error) => (error.status(), false),
         };
