@@ -11,6 +11,7 @@ use http_body_util::Full;
 use juggler::table::Settings;
 use juggler_testkit::certs::broken_pairs;
 use juggler_testkit::raw::read_until_close;
+use juggler_testkit::raw_backend::RawBackend;
 use juggler_testkit::tls::*;
 use juggler_testkit::*;
 use rustls::pki_types::CertificateDer;
@@ -157,6 +158,34 @@ async fn forwarded_proto_is_https_for_tls_clients() {
     let over_plain = forwarded(&backend);
     println!("plain HTTP → backend saw {over_plain:?}");
     assert_eq!(over_plain, expect("http"));
+    juggler.shutdown().await.unwrap();
+}
+
+/// An HTTP/2 client's fields reach the backend lower-case (HTTP/2 allows no other spelling),
+/// repeated names together as hyper's header map keeps them, hop-by-hop ones left out, and `Host`
+/// from `:authority`; an HTTP/1.1 client's go as sent (`tests/proxy_http.rs`).
+#[juggler_testkit::test]
+async fn http2_fields_reach_the_backend_lower_case_with_host_from_authority() {
+    let backend = RawBackend::start().await;
+    let (cert, files) = CertFiles::generate("h2-fields");
+    let table = table(&[backend.addr], 1, Settings::DEFAULT);
+    let juggler = TestJuggler::start_https(table, &files).await;
+    let http2 = H2Client::connect(juggler.https_addr(), &cert).await;
+    let request = Request::get("https://localhost/fields?a=1")
+        .header("X-Dup", "1")
+        .header("Accept", "*/*")
+        .header("x-dup", "2")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(http2.send(request).await.unwrap().status, 200);
+    let head = backend.last_head().expect("the backend saw the request");
+    println!("HTTP/2 request head as the backend received it:\n{head}");
+    assert_eq!(
+        head,
+        "GET /fields?a=1 HTTP/1.1\r\nhost: localhost\r\nx-dup: 1\r\nx-dup: 2\r\n\
+         accept: */*\r\nconnection: keep-alive\r\n\r\n"
+    );
     juggler.shutdown().await.unwrap();
 }
 

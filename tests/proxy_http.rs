@@ -300,6 +300,36 @@ async fn request_line_and_header_values_arrive_byte_for_byte() {
     juggler.shutdown().await.unwrap();
 }
 
+/// Over HTTP/1.1 the client's end-to-end fields reach the backend spelt as the client spelt them
+/// and in its order, repeated names interleaved as sent: they are written as they came, not
+/// rebuilt from a header map. Hop-by-hop fields, what `Connection` names and the client's
+/// `Content-Length` are left out; Juggler's own framing follows.
+#[juggler_testkit::test]
+async fn request_fields_keep_their_spelling_and_order_over_http1() {
+    let (backend, juggler, mut wire) = raw_backend_and_wire().await;
+    wire.send(HEADER_TEST_REQUEST).await;
+    let response = wire.read_response(false).await;
+    assert_eq!(response.status, 200);
+    let head = backend.last_head().expect("the backend saw the request");
+    println!("request head as the backend received it:\n{head}");
+    assert_eq!(
+        head,
+        "POST /echo?q=1&r=%2F HTTP/1.1\r\n\
+         Host: juggler.test:8080\r\n\
+         X-Dup: 1\r\n\
+         Accept: text/html, application/json;q=0.9\r\n\
+         X-Dup: 2\r\n\
+         Cookie: a=1\r\n\
+         User-Agent: juggler-test/1.0\r\n\
+         Cookie: b=2\r\n\
+         X-Request-Id: 4f2a-77\r\n\
+         X-Empty: \r\n\
+         content-length: 5\r\n\
+         connection: keep-alive\r\n\r\n"
+    );
+    juggler.shutdown().await.unwrap();
+}
+
 #[juggler_testkit::test]
 async fn response_hop_by_hop_headers_do_not_reach_the_client() {
     let (_backend, juggler, mut wire) = raw_backend_and_wire().await;
@@ -930,7 +960,7 @@ async fn absolute_form_target_goes_out_in_origin_form() {
     println!("absolute-form request reached the backend as:\n{head}");
     assert_eq!(response.status, 200);
     assert!(head.starts_with("GET /abs/path?x=1 HTTP/1.1\r\n"));
-    assert_eq!(head.matches("host: juggler.test\r\n").count(), 1);
+    assert_eq!(head.matches("Host: juggler.test\r\n").count(), 1);
     juggler.shutdown().await.unwrap();
 }
 
@@ -1216,7 +1246,7 @@ async fn a_hundred_header_fields_all_arrive() {
     let response = wire.read_response(false).await;
     let head = String::from_utf8(response.body).unwrap();
     let arrived = (1..FIELDS)
-        .filter(|i| head.contains(&format!("x-field-{i}: value {i}\r\n")))
+        .filter(|i| head.contains(&format!("X-Field-{i}: value {i}\r\n")))
         .count();
     println!(
         "{FIELDS} header fields ({} B): {}, {arrived} of {} custom fields reached the backend",
@@ -1249,8 +1279,8 @@ async fn non_ascii_header_values_and_long_targets_pass_byte_for_byte() {
     );
     assert_eq!(response.status, 200);
     assert!(head.starts_with(&format!("GET {long_path} HTTP/1.1\r\n")));
-    assert!(head.contains("x-utf8: café ✓\r\n"));
-    assert!(head.contains("x-spaces: a  b\tc\r\n"));
+    assert!(head.contains("X-Utf8: café ✓\r\n"));
+    assert!(head.contains("X-Spaces: a  b\tc\r\n"));
     juggler.shutdown().await.unwrap();
 }
 

@@ -1,6 +1,7 @@
 //! Entry points for the fuzz targets (`tests/fuzz`) and their regression tests.
 
 use crate::backend::chunked::{ChunkedDecoder, Decoded};
+use crate::proxy::request::RequestHead;
 
 /// Feeds `pieces` to one chunked decoder in turn, as reads from a socket would arrive:
 /// the body bytes and whether the last chunk ended it, or the decoder's error.
@@ -21,26 +22,6 @@ pub fn decode_chunked(pieces: &[&[u8]]) -> Result<(Vec<u8>, bool), &'static str>
     Ok((body, false))
 }
 
-/// A client's request head as Juggler's HTTP/1.1 server parses it from `input`: the request
-/// and its body framing, `Ok(None)` for an incomplete head, or the status it is refused with.
-/// `max_head`: the header size limit.
-pub fn parse_request_head(
-    input: &[u8],
-    max_head: usize,
-) -> Result<Option<(http::Request<()>, RequestFraming)>, http::StatusCode> {
-    use crate::client::http1::{parse_head, BodyFraming};
-    let mut buf = bytes::BytesMut::from(input);
-    let head = parse_head(&mut buf, max_head).map_err(|error| error.status())?;
-    Ok(head.map(|head| {
-        let framing = match head.framing {
-            BodyFraming::Empty => RequestFraming::Empty,
-            BodyFraming::Length(len) => RequestFraming::Length(len),
-            BodyFraming::Chunked => RequestFraming::Chunked,
-        };
-        (head.request, framing)
-    }))
-}
-
 /// How a parsed request's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestFraming {
@@ -50,14 +31,15 @@ pub enum RequestFraming {
 }
 
 /// Why Juggler refuses `request` with `400` before routing it, if it does.
-pub fn request_ambiguity<B>(request: &http::Request<B>) -> Option<&'static str> {
-    crate::proxy::request_checks::ambiguity(request)
+pub fn request_ambiguity<B>(request: http::Request<B>) -> Option<&'static str> {
+    crate::proxy::request_checks::ambiguity(&request.into_parts().0)
 }
 
 /// What a server made of a request head.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeadVerdict {
-    /// Accepted: method, target, version, fields (in order, names lowercase) and framing.
+    /// Accepted: method, target, version, fields (names lowercase, in the order a header map
+    /// keeps them: repeated names together) and framing.
     Accepted {
         method: String,
         target: String,
@@ -72,16 +54,24 @@ pub enum HeadVerdict {
 }
 
 impl HeadVerdict {
-    fn accepted(request: &http::Request<()>, framing: RequestFraming) -> HeadVerdict {
-        HeadVerdict::Accepted {
-            method: request.method().to_string(),
-            target: request.uri().to_string(),
-            version: request.version(),
-            fields: request
-                .headers()
+    /// `head`, whose target reads as `uri`.
+    fn accepted(head: &impl RequestHead, uri: &http::Uri, framing: RequestFraming) -> HeadVerdict {
+        // hyper's header map puts repeated names together: so does this, to compare like with
+        // like (Juggler keeps the client's order).
+        let mut fields: Vec<(String, Vec<u8>)> = Vec::new();
+        for (name, value) in head.fields() {
+            let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+            let at = fields
                 .iter()
-                .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
-                .collect(),
+                .rposition(|(known, _)| *known == name)
+                .map_or(fields.len(), |at| at + 1);
+            fields.insert(at, (name, value.to_vec()));
+        }
+        HeadVerdict::Accepted {
+            method: head.method().to_string(),
+            target: uri.to_string(),
+            version: head.version(),
+            fields,
             framing,
         }
     }
@@ -89,11 +79,19 @@ impl HeadVerdict {
 
 /// Juggler's verdict on `input` as a request head (`max_head`: the header size limit).
 pub fn juggler_verdict(input: &[u8], max_head: usize) -> HeadVerdict {
-    match parse_request_head(input, max_head) {
-        Ok(Some((request, framing))) => HeadVerdict::accepted(&request, framing),
-        Ok(None) => HeadVerdict::Incomplete,
-        Err(status) => HeadVerdict::Refused(status.as_u16()),
-    }
+    use crate::client::http1::{parse_head, BodyFraming};
+    let mut buf = bytes::BytesMut::from(input);
+    let parsed = match parse_head(&mut buf, max_head) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return HeadVerdict::Incomplete,
+        Err(error) => return HeadVerdict::Refused(error.status().as_u16()),
+    };
+    let framing = match parsed.framing {
+        BodyFraming::Empty => RequestFraming::Empty,
+        BodyFraming::Length(len) => RequestFraming::Length(len),
+        BodyFraming::Chunked => RequestFraming::Chunked,
+    };
+    HeadVerdict::accepted(&parsed.head, &parsed.head.uri(), framing)
 }
 
 /// hyper's HTTP/1.1 server's verdict on `input`, configured as Juggler configured it before it
@@ -116,13 +114,12 @@ pub async fn hyper_verdict(input: &[u8], max_head: usize) -> HeadVerdict {
                     None => RequestFraming::Chunked,
                 }
             };
-            let (parts, _body) = request.into_parts();
-            let head = http::Request::from_parts(parts, ());
+            let (head, _body) = request.into_parts();
             // The first request is the one compared; a pipelined one behind it is hyper's business.
             recorder
                 .lock()
                 .unwrap()
-                .get_or_insert_with(|| HeadVerdict::accepted(&head, framing));
+                .get_or_insert_with(|| HeadVerdict::accepted(&head, &head.uri, framing));
             async {
                 Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
                     bytes::Bytes,

@@ -19,8 +19,8 @@ pub(crate) enum HopByHop {
 
 /// The hop-by-hop kind of a field name (any case), or `None` for an end-to-end field. One look at
 /// the length picks the one or two names it could be, so each field costs one comparison.
-pub(crate) fn kind(name: &str) -> Option<HopByHop> {
-    let is = |fixed: &str| name.eq_ignore_ascii_case(fixed);
+pub(crate) fn kind(name: &[u8]) -> Option<HopByHop> {
+    let is = |fixed: &str| name.eq_ignore_ascii_case(fixed.as_bytes());
     match name.len() {
         2 if is("te") => Some(HopByHop::Other),
         6 if is("expect") => Some(HopByHop::Other),
@@ -59,7 +59,7 @@ impl<'a> ConnectionNamed<'a> {
     pub(crate) fn add(&mut self, token: &'a str) {
         let option =
             token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive");
-        if !token.is_empty() && !option && kind(token).is_none() {
+        if !token.is_empty() && !option && kind(token.as_bytes()).is_none() {
             self.0.push(token);
         }
     }
@@ -70,14 +70,16 @@ impl<'a> ConnectionNamed<'a> {
     }
 
     /// Whether `Connection` names the field `name`.
-    pub(crate) fn names(&self, name: &str) -> bool {
-        self.0.iter().any(|named| name.eq_ignore_ascii_case(named))
+    pub(crate) fn names(&self, name: &[u8]) -> bool {
+        self.0
+            .iter()
+            .any(|named| name.eq_ignore_ascii_case(named.as_bytes()))
     }
 
     /// Whether a header named `name` stays on this hop: a fixed hop-by-hop header, or one
     /// `Connection` names. Filtering while copying keeps the other headers in their order, which
     /// removing from a `HeaderMap` (a swap-remove) would not.
-    pub(crate) fn is_hop_by_hop(&self, name: &str) -> bool {
+    pub(crate) fn is_hop_by_hop(&self, name: &[u8]) -> bool {
         kind(name).is_some() || self.names(name)
     }
 }
@@ -98,7 +100,7 @@ mod tests {
             "upgrade",
             "Expect",
         ] {
-            assert!(kind(name).is_some(), "{name}");
+            assert!(kind(name.as_bytes()).is_some(), "{name}");
         }
         for name in [
             "content-length",
@@ -109,11 +111,11 @@ mod tests {
             "x-upgrade",
             "date",
         ] {
-            assert_eq!(kind(name), None, "{name}");
+            assert_eq!(kind(name.as_bytes()), None, "{name}");
         }
-        assert_eq!(kind("Connection"), Some(HopByHop::Connection));
-        assert_eq!(kind("keep-alive"), Some(HopByHop::KeepAlive));
-        assert_eq!(kind("Transfer-Encoding"), Some(HopByHop::TransferEncoding));
+        assert_eq!(kind(b"Connection"), Some(HopByHop::Connection));
+        assert_eq!(kind(b"keep-alive"), Some(HopByHop::KeepAlive));
+        assert_eq!(kind(b"Transfer-Encoding"), Some(HopByHop::TransferEncoding));
     }
 
     #[test]
@@ -122,8 +124,8 @@ mod tests {
         named.add_line(b"close, X-Secret");
         named.add_line(b" keep-alive ,upgrade,x-other");
         assert_eq!(named.0, ["X-Secret", "x-other"]);
-        assert!(named.is_hop_by_hop("x-secret") && named.is_hop_by_hop("X-OTHER"));
-        assert!(named.is_hop_by_hop("upgrade"));
-        assert!(!named.is_hop_by_hop("close") && !named.is_hop_by_hop("x-kept"));
+        assert!(named.is_hop_by_hop(b"x-secret") && named.is_hop_by_hop(b"X-OTHER"));
+        assert!(named.is_hop_by_hop(b"upgrade"));
+        assert!(!named.is_hop_by_hop(b"close") && !named.is_hop_by_hop(b"x-kept"));
     }
 }

@@ -16,7 +16,8 @@
 //! - [`client`]: listeners and client connections: accept, HTTP/1.1 and HTTP/2, timeouts,
 //!   parking idle connections, TLS, the optional redirect to HTTPS, draining.
 //! - [`proxy`]: one request: refuse, route, read the body, pick backends in round robin
-//!   (`balance`), forward with re-sends, answer; header rules (`headers`, `request_checks`).
+//!   (`balance`), forward with re-sends, answer; the request head as HTTP/1.1 and HTTP/2 alike
+//!   give it (`request`), header rules (`headers`, `request_checks`).
 //! - [`backend`]: each backend's fixed pool of `n` connections and its FIFO queue (`pool`), and
 //!   one HTTP/1.1 exchange on a pooled connection (`exchange`, `conn`, `chunked`, `body`).
 //! - [`systemd`]: the service manager's channels: readiness notifications, socket activation.

@@ -128,11 +128,16 @@ impl H2Client {
 
     /// `GET https://localhost<path>` as one stream, read whole.
     pub async fn get(&self, path: &str) -> hyper::Result<Answer> {
-        let mut sender = self.sender.clone();
-        sender.ready().await?;
         let request = Request::get(format!("https://localhost{path}"))
             .body(Full::new(Bytes::new()))
             .unwrap();
+        self.send(request).await
+    }
+
+    /// `request` as one stream, its answer read whole.
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> hyper::Result<Answer> {
+        let mut sender = self.sender.clone();
+        sender.ready().await?;
         Answer::read(sender.send_request(request).await?).await
     }
 }

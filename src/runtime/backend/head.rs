@@ -107,10 +107,7 @@ fn parse_with<const FIELDS: usize>(
     }
     // Rare: a `Connection` line naming an end-to-end field makes it hop-by-hop.
     if !scan.connection_named.is_empty() {
-        forwarded.retain(|span| {
-            let name = std::str::from_utf8(&buf[range(span.name)]).unwrap_or("");
-            !scan.connection_named.names(name)
-        });
+        forwarded.retain(|span| !scan.connection_named.names(&buf[range(span.name)]));
     }
     Ok(Parsed::Final(FinalHead {
         len,
@@ -293,7 +290,7 @@ impl<'h> FieldScan<'h> {
             ((bytes.as_ptr() as usize - base) as u32, bytes.len() as u32)
         };
         for field in fields {
-            let kind = hop_by_hop::kind(field.name);
+            let kind = hop_by_hop::kind(field.name.as_bytes());
             let content_length = kind.is_none() && is_content_length(field.name);
             if kind.is_none() {
                 scan.forwarded.push(FieldSpan {

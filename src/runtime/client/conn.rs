@@ -30,6 +30,7 @@ use super::response::TrackedBody;
 use super::tls::TlsAcceptor;
 use crate::metrics::ListenerKind;
 use crate::proxy::headers::ClientInfo;
+use crate::proxy::request::RequestHead;
 use crate::proxy::Proxy;
 use juggler_config::network::any_contains;
 
@@ -274,7 +275,7 @@ async fn serve_http1<S: ClientStream>(
     }
     let closes_on_handover = (!S::MOVABLE).then(|| phase.clone());
     let answerer = Answerer::new(shared, client, &activity, redirect_port, closes_on_handover);
-    let service = service_fn(move |request| answerer.answer(request));
+    let service = move |head, body| answerer.answer(head, body);
     // Every park must follow bytes moving on the socket: parking again over the same bytes is
     // a loop that never waits.
     let mut parks = StallGuard::new(0);
@@ -447,16 +448,19 @@ impl Answerer {
         }
     }
 
-    /// The answer to `request`. Its future is the request's whole state machine (routing,
-    /// queueing, the exchange): kilobytes. Juggler's HTTP/1.1 connection keeps it in place; hyper's
-    /// HTTP/2 moves it into a task per stream, so that service boxes it ([`Answerer::boxed`]).
-    fn answer<B>(
+    /// The answer to the request `head` with `body`. Its future is the request's whole state
+    /// machine (routing, queueing, the exchange): kilobytes. Juggler's HTTP/1.1 connection keeps
+    /// it in place; hyper's HTTP/2 moves it into a task per stream, so that service boxes it
+    /// ([`Answerer::boxed`]).
+    fn answer<H, B>(
         &self,
-        request: Request<B>,
+        head: H,
+        body: B,
     ) -> impl Future<Output = Result<http::Response<TrackedBody>, std::convert::Infallible>>
            + Send
            + 'static
     where
+        H: RequestHead + Send + Sync + 'static,
         B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
@@ -466,8 +470,8 @@ impl Answerer {
         let (client, redirect_port) = (self.client, self.redirect_port);
         async move {
             let mut response = match redirect_port {
-                Some(port) => super::redirect::https_redirect(&request, port),
-                None => proxy.handle(request, client).await,
+                Some(port) => super::redirect::https_redirect(&head, port),
+                None => proxy.handle(head, body, client).await,
             };
             if phase.is_some_and(|phase| *phase.borrow() != Phase::Serving) {
                 response
@@ -487,7 +491,10 @@ impl Answerer {
         Error = std::convert::Infallible,
         Future = BoxedAnswer,
     > + Clone {
-        service_fn(move |request: Request<Incoming>| Box::pin(self.answer(request)) as BoxedAnswer)
+        service_fn(move |request: Request<Incoming>| {
+            let (head, body) = request.into_parts();
+            Box::pin(self.answer(head, body)) as BoxedAnswer
+        })
     }
 }
 

@@ -4,19 +4,20 @@
 //! `308` rather than `301`: clients must repeat the same method and body, so a POST stays a POST.
 
 use http::uri::Authority;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::backend::ResponseBody;
+use crate::proxy::request::RequestHead;
 use crate::proxy::text_response;
 
-/// The answer to `request` on the plain listener: `308 Permanent Redirect` with
+/// The answer to the request `head` on the plain listener: `308 Permanent Redirect` with
 /// `Location: https://<host><:https_port unless 443><path and query>`.
 ///
 /// The host is the one the client asked for (the absolute-form target's authority if it sent
 /// one, else the `Host` header) without its port, since the plain port means nothing on the
 /// HTTPS side. A request that names no usable host cannot be redirected and gets `400`.
-pub(crate) fn https_redirect<B>(request: &Request<B>, https_port: u16) -> Response<ResponseBody> {
-    let Some(location) = https_location(request, https_port) else {
+pub(crate) fn https_redirect(head: &impl RequestHead, https_port: u16) -> Response<ResponseBody> {
+    let Some(location) = https_location(head, https_port) else {
         return text_response(
             StatusCode::BAD_REQUEST,
             "a Host header is required to redirect to HTTPS\n",
@@ -28,13 +29,10 @@ pub(crate) fn https_redirect<B>(request: &Request<B>, https_port: u16) -> Respon
 }
 
 /// The `Location` for [`https_redirect`], or `None` when the request names no valid host.
-fn https_location<B>(request: &Request<B>, https_port: u16) -> Option<HeaderValue> {
-    let host = requested_host(request)?;
+fn https_location(head: &impl RequestHead, https_port: u16) -> Option<HeaderValue> {
+    let host = requested_host(head)?;
     // `OPTIONS *` (asterisk form) has no path to keep; the site root is the closest thing.
-    let path_and_query = request
-        .uri()
-        .path_and_query()
-        .map(|target| target.as_str())
+    let path_and_query = Some(head.path_and_query())
         .filter(|target| target.starts_with('/'))
         .unwrap_or("/");
     let location = if https_port == 443 {
@@ -49,14 +47,9 @@ fn https_location<B>(request: &Request<B>, https_port: u16) -> Option<HeaderValu
 
 /// The host (without port) the client addressed. RFC 9112 §3.2.2: an absolute-form target's
 /// authority wins over `Host`.
-fn requested_host<B>(request: &Request<B>) -> Option<String> {
-    let authority = match request.uri().authority() {
-        Some(authority) => authority.clone(),
-        None => {
-            let host = request.headers().get(header::HOST)?.to_str().ok()?;
-            host.parse::<Authority>().ok()?
-        }
-    };
+fn requested_host(head: &impl RequestHead) -> Option<String> {
+    let authority = head.authority().or_else(|| head.field_text("host"))?;
+    let authority = authority.parse::<Authority>().ok()?;
     // `Host` is `uri-host [":" port]`: user information there is malformed, and redirecting
     // to it would put credentials into the client's next request line.
     if authority.as_str().contains('@') || authority.host().is_empty() {
@@ -69,15 +62,16 @@ fn requested_host<B>(request: &Request<B>) -> Option<String> {
 mod tests {
     use super::*;
 
-    use http::Method;
+    use http::request::Parts;
+    use http::{Method, Request};
     use http_body_util::BodyExt;
 
-    fn request(method: Method, target: &str, host: Option<&str>) -> Request<()> {
+    fn request(method: Method, target: &str, host: Option<&str>) -> Parts {
         let mut builder = Request::builder().method(method).uri(target);
         if let Some(host) = host {
             builder = builder.header(header::HOST, host);
         }
-        builder.body(()).unwrap()
+        builder.body(()).unwrap().into_parts().0
     }
 
     fn location(response: &Response<ResponseBody>) -> Option<&str> {

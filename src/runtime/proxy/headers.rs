@@ -7,15 +7,15 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-
-use crate::hop_by_hop::ConnectionNamed;
-use http::request::Parts;
+use http::header::HeaderValue;
 use http::Method;
 
+use super::request::RequestHead;
+use crate::hop_by_hop::ConnectionNamed;
+
 /// Whether the client asked to switch protocols (WebSocket and the like), which Juggler refuses.
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+pub fn wants_upgrade(head: &impl RequestHead) -> bool {
+    head.has_field("upgrade")
 }
 
 /// Headers Juggler adds toward the backend, each opt-in and each replacing what the client sent
@@ -36,83 +36,88 @@ pub struct ClientInfo {
 }
 
 /// Writes the HTTP/1.1 request head for a backend into `out`: the request line, every end-to-end
-/// header in the order hyper keeps them, `Host` (taken from the URI for HTTP/2 clients, which send
-/// `:authority` instead), the `added` headers, `Content-Length` and `Connection: keep-alive`.
-pub fn encode_request_head(parts: &Parts, body_len: usize, added: Added<'_>, out: &mut Vec<u8>) {
+/// field as the head gives it (an HTTP/1.1 client's spelling and order; HTTP/2's lower-case names
+/// in the order hyper keeps them), `Host` (taken from the target's authority when there is no
+/// `Host` field: HTTP/2 clients send `:authority` instead), the `added` headers, `Content-Length`
+/// and `Connection: keep-alive`.
+pub fn encode_request_head(
+    head: &impl RequestHead,
+    body_len: usize,
+    added: Added<'_>,
+    out: &mut Vec<u8>,
+) {
     let forwarded = added.forwarded;
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(head.method().as_str().as_bytes());
     out.push(b' ');
-    let target = parts
-        .uri
-        .path_and_query()
-        .map(|path| path.as_str())
-        .unwrap_or("/");
-    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(head.path_and_query().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
-    // One pass for what the copy below needs to know first (lookups by name cost a hash each).
+    // One pass for what the copy below needs to know first.
     let mut has_host = false;
     let mut connection_named = ConnectionNamed::default();
-    for (name, value) in &parts.headers {
-        if *name == header::HOST {
+    for (name, value) in head.fields() {
+        if name.eq_ignore_ascii_case(b"host") {
             has_host = true;
-        } else if *name == header::CONNECTION {
-            connection_named.add_line(value.as_bytes());
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            connection_named.add_line(value);
         }
     }
     if !has_host {
-        if let Some(authority) = parts.uri.authority() {
-            write_header(out, b"host", authority.as_str().as_bytes());
+        if let Some(authority) = head.authority() {
+            write_header(out, b"host", authority.as_bytes());
         }
     }
     let mut forwarded_for_written = false;
-    for (name, value) in &parts.headers {
-        if *name == header::CONTENT_LENGTH || connection_named.is_hop_by_hop(name.as_str()) {
+    for (name, value) in head.fields() {
+        if name.eq_ignore_ascii_case(b"content-length") || connection_named.is_hop_by_hop(name) {
             continue;
         }
-        if let (Some(client), true) = (forwarded, *name == X_FORWARDED_FOR) {
+        if let (Some(client), true) = (forwarded, name.eq_ignore_ascii_case(X_FORWARDED_FOR)) {
             if !forwarded_for_written {
                 forwarded_for_written = true;
-                let chain = join_forwarded_for(&parts.headers, client.ip);
-                write_header(out, name.as_str().as_bytes(), chain.as_bytes());
+                let chain = join_forwarded_for(head, client.ip);
+                write_header(out, name, chain.as_bytes());
             }
             continue;
         }
-        let replaced = (forwarded.is_some() && *name == X_FORWARDED_PROTO)
-            || (added.request_id.is_some() && *name == X_REQUEST_ID);
+        let replaced = (forwarded.is_some() && name.eq_ignore_ascii_case(X_FORWARDED_PROTO))
+            || (added.request_id.is_some() && name.eq_ignore_ascii_case(X_REQUEST_ID.as_bytes()));
         if replaced {
             continue;
         }
-        write_header(out, name.as_str().as_bytes(), value.as_bytes());
+        write_header(out, name, value);
     }
     if let Some(client) = forwarded {
         if !forwarded_for_written {
-            write_header(out, b"x-forwarded-for", client.ip.to_string().as_bytes());
+            write_header(out, X_FORWARDED_FOR, client.ip.to_string().as_bytes());
         }
         let proto: &[u8] = if client.https { b"https" } else { b"http" };
-        write_header(out, b"x-forwarded-proto", proto);
+        write_header(out, X_FORWARDED_PROTO, proto);
     }
     if let Some(id) = added.request_id {
-        write_header(out, b"x-request-id", id.as_bytes());
+        write_header(out, X_REQUEST_ID.as_bytes(), id.as_bytes());
     }
-    if body_len > 0 || method_implies_body(&parts.method) {
+    if body_len > 0 || method_implies_body(head.method()) {
         let mut digits = itoa::Buffer::new();
         write_header(out, b"content-length", digits.format(body_len).as_bytes());
     }
     out.extend_from_slice(b"connection: keep-alive\r\n\r\n");
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: &[u8] = b"x-forwarded-for";
+const X_FORWARDED_PROTO: &[u8] = b"x-forwarded-proto";
+/// The request id's field, toward backends and from clients (lower-case, for lookups).
+pub const X_REQUEST_ID: &str = "x-request-id";
 
 /// The client's existing `X-Forwarded-For` chain (all values, in order) with its address appended.
-fn join_forwarded_for(headers: &HeaderMap, client: IpAddr) -> String {
+fn join_forwarded_for(head: &impl RequestHead, client: IpAddr) -> String {
     let mut chain = String::new();
-    for value in headers.get_all(X_FORWARDED_FOR) {
-        if let Ok(value) = value.to_str() {
-            chain.push_str(value);
-            chain.push_str(", ");
+    for (name, value) in head.fields() {
+        if name.eq_ignore_ascii_case(X_FORWARDED_FOR) {
+            if let Some(value) = super::request::field_text(value) {
+                chain.push_str(value);
+                chain.push_str(", ");
+            }
         }
     }
     chain.push_str(&client.to_string());
@@ -138,6 +143,7 @@ pub const RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("1");
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::request::Parts;
     use http::Request;
 
     fn parts(request: Request<()>) -> Parts {
@@ -156,10 +162,10 @@ mod tests {
             "te",
             "expect",
         ] {
-            assert!(named.is_hop_by_hop(name), "{name}");
+            assert!(named.is_hop_by_hop(name.as_bytes()), "{name}");
         }
         for name in ["x-kept", "host", "content-type", "cookie"] {
-            assert!(!named.is_hop_by_hop(name), "{name}");
+            assert!(!named.is_hop_by_hop(name.as_bytes()), "{name}");
         }
     }
 

@@ -4,6 +4,7 @@
 //! response.
 //!
 //! - `balance`: the order a request tries an upstream's backends in (round robin, least queued).
+//! - [`request`]: the request head as every rule here reads it, HTTP/1.1 (as sent) or HTTP/2.
 //! - [`headers`]: the request head sent to backends (hop-by-hop fields dropped, `X-Forwarded-*`).
 //! - `request_checks`: requests hyper lets through that a proxy must refuse (smuggling).
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
@@ -28,10 +29,12 @@ use crate::table::{BackendId, Route, RouteMatch, RouteTable, Settings, UpstreamI
 use balance::Balancer;
 use contain::CatchPanic;
 use headers::{Added, ClientInfo};
+use request::RequestHead;
 
 mod balance;
 mod contain;
 pub mod headers;
+pub mod request;
 pub(crate) mod request_checks;
 
 use crate::logging::AccessLine;
@@ -75,10 +78,9 @@ impl RequestIds {
 
     /// The client's (or a proxy in front's) `X-Request-Id` if it is short printable ASCII,
     /// otherwise this process's next id.
-    fn name(&self, headers: &http::HeaderMap) -> String {
-        let given = headers
-            .get(headers::X_REQUEST_ID)
-            .and_then(|value| value.to_str().ok())
+    fn name(&self, head: &impl RequestHead) -> String {
+        let given = head
+            .field_text(headers::X_REQUEST_ID)
             .filter(|id| !id.is_empty() && id.len() <= 64);
         match given {
             Some(id) => id.to_owned(),
@@ -165,19 +167,17 @@ impl Proxy {
         &self.table.settings
     }
 
-    /// Answers one client request. Never fails: every problem becomes a status code.
-    pub async fn handle<B>(&self, request: Request<B>, client: ClientInfo) -> Response<ResponseBody>
+    /// Answers one client request (its head and its body). Never fails: every problem becomes a
+    /// status code.
+    pub async fn handle<H, B>(&self, head: H, body: B, client: ClientInfo) -> Response<ResponseBody>
     where
+        H: RequestHead,
         B: Body<Data = Bytes>,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        // The access log and a panic report need the request line after the request is consumed
-        // (reference-counted copies, not new strings).
-        let (method, uri) = (request.method().clone(), request.uri().clone());
-        let version = request.version();
         let logged = AccessLine::enabled();
         let sent = self.settings().proxy.request_id_header;
-        let request_id = (logged || sent).then(|| self.request_ids.name(request.headers()));
+        let request_id = (logged || sent).then(|| self.request_ids.name(&head));
         let log_started = logged.then(Instant::now);
         let added = Added {
             forwarded: self.settings().proxy.forwarded_headers.then_some(client),
@@ -185,14 +185,14 @@ impl Proxy {
         };
         let mut outcome = Outcome::default();
         let in_progress = InProgress::count(&self.requests_in_progress);
-        let handled = CatchPanic::new(self.route_and_forward(request, added, &mut outcome));
+        let handled = CatchPanic::new(self.route_and_forward(&head, body, added, &mut outcome));
         let handled = handled.await;
         drop(in_progress);
         let mut response = handled.unwrap_or_else(|panic| {
             tracing::error!(
                 client = %client.ip,
-                %method,
-                uri = %uri,
+                method = %head.method(),
+                uri = head.path_and_query(),
                 panic,
                 "bug: handling this request panicked; answered 500"
             );
@@ -204,7 +204,9 @@ impl Proxy {
             true => ListenerKind::Https,
             false => ListenerKind::Http,
         };
-        self.metrics.listener(listener).answered(version, status);
+        self.metrics
+            .listener(listener)
+            .answered(head.version(), status);
         let backend = outcome.backend.map(|id| &self.pools[usize::from(id.0)]);
         if let Some(pool) = backend {
             pool.counters.answered(status);
@@ -214,8 +216,8 @@ impl Proxy {
             AccessLine {
                 request_id,
                 client: client.ip,
-                method: &method,
-                path: uri.path(),
+                method: head.method(),
+                path: head.path(),
                 status: status.as_u16(),
                 backend: backend.map_or("", |pool| pool.spec.address),
                 backend_limit: backend.map_or(0, |pool| pool.limit()),
@@ -230,7 +232,8 @@ impl Proxy {
 
     async fn route_and_forward<B>(
         &self,
-        request: Request<B>,
+        head: &impl RequestHead,
+        body: B,
         added: Added<'_>,
         outcome: &mut Outcome,
     ) -> Response<ResponseBody>
@@ -239,19 +242,22 @@ impl Proxy {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         #[cfg(feature = "test-hooks")]
-        if request.headers().contains_key("x-juggler-test-panic") {
-            panic!("test hook: a panic while handling {}", request.uri());
+        if head.has_field("x-juggler-test-panic") {
+            panic!(
+                "test hook: a panic while handling {}",
+                head.path_and_query()
+            );
         }
-        if request.method() == Method::CONNECT || headers::wants_upgrade(request.headers()) {
+        if head.method() == Method::CONNECT || headers::wants_upgrade(head) {
             return text_response(
                 StatusCode::NOT_IMPLEMENTED,
                 "Juggler does not proxy long-lived connections (CONNECT, Upgrade, WebSocket).\n",
             );
         }
-        if let Some(reason) = request_checks::ambiguity(&request) {
+        if let Some(reason) = request_checks::ambiguity(head) {
             return closing(text_response(StatusCode::BAD_REQUEST, reason));
         }
-        let route = match (self.table.match_route)(request.method(), request.uri().path()) {
+        let route = match (self.table.match_route)(head.method(), head.path()) {
             RouteMatch::Found(id) => self.table.route(id),
             RouteMatch::NotFound => return text_response(StatusCode::NOT_FOUND, "no route\n"),
             RouteMatch::MethodNotAllowed(allowed) => {
@@ -264,26 +270,25 @@ impl Proxy {
             }
         };
 
-        let (parts, body) = request.into_parts();
-        let body = match self.read_body(&parts.headers, body).await {
+        let body = match self.read_body(head, body).await {
             Ok(body) => body,
             Err(response) => return response,
         };
         let body_len = usize::try_from(body.len()).unwrap_or(usize::MAX);
-        let mut head = Vec::with_capacity(512);
-        headers::encode_request_head(&parts, body_len, added, &mut head);
+        let mut encoded = Vec::with_capacity(512);
+        headers::encode_request_head(head, body_len, added, &mut encoded);
         // The body's in-memory part goes out with the head in one vectored write.
         let request = OutgoingRequest {
-            head: &head,
+            head: &encoded,
             body: &body,
-            is_head: parts.method == Method::HEAD,
-            fields: match parts.version {
+            is_head: head.method() == Method::HEAD,
+            fields: match head.version() {
                 Version::HTTP_2 | Version::HTTP_3 => FieldsWanted::HeaderMap,
                 _ => FieldsWanted::AsSent,
             },
         };
-        let bytes_sent = head.len() as u64 + body.len();
-        let idempotent = is_idempotent(&parts.method);
+        let bytes_sent = encoded.len() as u64 + body.len();
+        let idempotent = is_idempotent(head.method());
         match self
             .forward(route, &request, bytes_sent, idempotent, outcome)
             .await
@@ -300,7 +305,7 @@ impl Proxy {
     /// `body_memory_bytes` into memory, the rest into a spill file, each as the budgets allow.
     async fn read_body<B>(
         &self,
-        headers: &http::HeaderMap,
+        head: &impl RequestHead,
         body: B,
     ) -> Result<RequestBody, Response<ResponseBody>>
     where
@@ -311,9 +316,8 @@ impl Proxy {
         if body.is_end_stream() {
             return Ok(RequestBody::default());
         }
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
+        let declared = head
+            .field_text("content-length")
             .and_then(|value| value.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limits.max_body_bytes as u64) {
             return Err(too_large());

@@ -1,23 +1,24 @@
-//! Request-smuggling checks on what hyper has already parsed (RFC 9112 §6.3, §11.2; RFC 9110
-//! §7.2). hyper and httparse reject most malformed framing themselves (differing Content-Lengths,
+//! Request-smuggling checks on a parsed request head (RFC 9112 §6.3, §11.2; RFC 9110 §7.2), the
+//! same for HTTP/1.1 and HTTP/2. The parsers (Juggler's HTTP/1.1 one, hyper's) reject most malformed framing themselves (differing Content-Lengths,
 //! a final coding other than `chunked`, bad chunk sizes, whitespace before a colon, obs-fold,
 //! control characters); `tests/smuggling.rs` proves each. What they let through and the service can
 //! still see is refused here, before routing, so none of it reaches a backend.
 
-use http::header::{self, HeaderValue};
-use http::{Request, Version};
+use http::Version;
+
+use super::request::{field_text, RequestHead};
 
 /// Why a request is refused with `400` and the connection closed, or `None` if it is fine. One
-/// pass over the header fields: a lookup by name costs a hash each, and most requests carry only
-/// a few fields.
-pub(crate) fn ambiguity<B>(request: &Request<B>) -> Option<&'static str> {
-    let checks_codings = request.version() <= Version::HTTP_11;
+/// pass over the header fields: a lookup by name costs a hash (or a walk) each, and most requests
+/// carry only a few fields.
+pub(crate) fn ambiguity(head: &impl RequestHead) -> Option<&'static str> {
+    let checks_codings = head.version() <= Version::HTTP_11;
     let mut hosts = 0;
     let mut codings = TransferCodings::default();
-    for (name, value) in request.headers() {
-        if *name == header::HOST {
+    for (name, value) in head.fields() {
+        if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
-        } else if checks_codings && *name == header::TRANSFER_ENCODING {
+        } else if checks_codings && name.eq_ignore_ascii_case(b"transfer-encoding") {
             if let Err(reason) = codings.add(value) {
                 return Some(reason);
             }
@@ -26,7 +27,7 @@ pub(crate) fn ambiguity<B>(request: &Request<B>) -> Option<&'static str> {
     if let Some(reason) = codings.problem() {
         return Some(reason);
     }
-    if request.version() == Version::HTTP_11 && hosts == 0 {
+    if head.version() == Version::HTTP_11 && hosts == 0 {
         // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without Host.
         return Some("HTTP/1.1 request without a Host header\n");
     }
@@ -48,10 +49,8 @@ struct TransferCodings {
 
 impl TransferCodings {
     /// Takes one `Transfer-Encoding` line: the reason to refuse the request at once, if it gives one.
-    fn add(&mut self, line: &HeaderValue) -> Result<(), &'static str> {
-        let line = line
-            .to_str()
-            .map_err(|_| "unreadable Transfer-Encoding\n")?;
+    fn add(&mut self, line: &[u8]) -> Result<(), &'static str> {
+        let line = field_text(line).ok_or("unreadable Transfer-Encoding\n")?;
         for coding in line.split(',').map(str::trim).filter(|c| !c.is_empty()) {
             if !coding.eq_ignore_ascii_case("chunked") {
                 return Err("unsupported Transfer-Encoding (only chunked is accepted)\n");
@@ -70,9 +69,11 @@ impl TransferCodings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::request::Parts;
+    use http::Request;
 
     /// An HTTP/1.1 request with `headers`, and `Host: a` unless they name a Host themselves.
-    fn request(headers: &[(&str, &str)]) -> Request<()> {
+    fn request(headers: &[(&str, &str)]) -> Parts {
         let mut builder = Request::post("/x").version(Version::HTTP_11);
         if !headers.iter().any(|(name, _)| *name == "host") {
             builder = builder.header("host", "a");
@@ -80,7 +81,7 @@ mod tests {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        builder.body(()).unwrap()
+        builder.body(()).unwrap().into_parts().0
     }
 
     #[test]
@@ -99,7 +100,10 @@ mod tests {
 
     #[test]
     fn host_is_required_from_http11_only() {
-        let without_host = |version| Request::get("/x").version(version).body(()).unwrap();
+        let without_host = |version| {
+            let request = Request::get("/x").version(version).body(()).unwrap();
+            request.into_parts().0
+        };
         assert!(ambiguity(&without_host(Version::HTTP_11)).is_some());
         assert_eq!(ambiguity(&without_host(Version::HTTP_10)), None);
         // HTTP/2 carries the authority in `:authority`, not in a Host header.

@@ -28,10 +28,7 @@ fuzz_target!(|input: &[u8]| {
         builder = builder.header(name, value);
     }
     let Ok(request) = builder.body(()) else { return };
-    let verdict = request_ambiguity(&request);
-    if request.headers().get_all(http::header::HOST).iter().count() > 1 {
-        assert!(verdict.is_some(), "two Host headers passed");
-    }
+    let two_hosts = request.headers().get_all(http::header::HOST).iter().count() > 1;
     let only_chunked = request
         .headers()
         .get_all(http::header::TRANSFER_ENCODING)
@@ -40,6 +37,10 @@ fuzz_target!(|input: &[u8]| {
         .map(|coding| coding.trim_ascii())
         .filter(|coding| !coding.is_empty())
         .all(|coding| coding.eq_ignore_ascii_case(b"chunked"));
+    let verdict = request_ambiguity(request);
+    if two_hosts {
+        assert!(verdict.is_some(), "two Host headers passed");
+    }
     if !only_chunked {
         assert!(verdict.is_some(), "a coding other than chunked passed");
     }

@@ -24,9 +24,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use http_body::Body;
-use hyper::service::Service;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -34,11 +33,13 @@ use tokio_util::io::poll_read_buf;
 
 pub(crate) use body::ClientBody;
 use body::{BodyError, BodyFeed, Fed};
-use head::RequestHead;
+use head::ParsedHead;
+pub(crate) use head::SentHead;
 use write::{Exchange, Framing};
 
 use super::activity::{ConnActivity, WatchedIo};
 use super::response::TrackedBody;
+use crate::proxy::request::RequestHead;
 use crate::socket_read::poll_read_draining;
 
 /// A client stream as the connection reads it: into its buffer, a plain socket without the read
@@ -103,9 +104,10 @@ pub(super) struct Http1Connection<S> {
 }
 
 impl<S: BufferedRead> Http1Connection<S> {
-    /// Serves `stream`, whose client already sent `unread`, with `service`; `max_head`: the
-    /// most bytes a request head may take.
-    pub(super) fn new<Svc>(
+    /// Serves `stream`, whose client already sent `unread`, with `service` (a request's head and
+    /// body in, the future of its response out); `max_head`: the most bytes a request head may
+    /// take.
+    pub(super) fn new<Svc, Answer>(
         stream: S,
         unread: Bytes,
         activity: Arc<ConnActivity>,
@@ -113,10 +115,8 @@ impl<S: BufferedRead> Http1Connection<S> {
         max_head: usize,
     ) -> Http1Connection<S>
     where
-        Svc: Service<Request<ClientBody>, Response = Response<TrackedBody>, Error = Infallible>
-            + Send
-            + 'static,
-        Svc::Future: Send,
+        Svc: Fn(SentHead, ClientBody) -> Answer + Send + 'static,
+        Answer: Future<Output = Result<Response<TrackedBody>, Infallible>> + Send + 'static,
     {
         let asked = Arc::new(AtomicU8::new(Asked::Serve as u8));
         let connection = Connection {
@@ -195,7 +195,7 @@ struct Connection<S> {
 // Returned once per request and consumed at once; boxing the head would allocate per request.
 #[allow(clippy::large_enum_variant)]
 enum Waited {
-    Head(RequestHead),
+    Head(ParsedHead),
     Asked(Asked),
     /// The client closed (or the socket failed) before a complete head.
     Gone,
@@ -203,9 +203,10 @@ enum Waited {
 }
 
 impl<S: BufferedRead> Connection<S> {
-    async fn serve<Svc>(mut self, service: Svc) -> Left<S>
+    async fn serve<Svc, Answer>(mut self, service: Svc) -> Left<S>
     where
-        Svc: Service<Request<ClientBody>, Response = Response<TrackedBody>, Error = Infallible>,
+        Svc: Fn(SentHead, ClientBody) -> Answer,
+        Answer: Future<Output = Result<Response<TrackedBody>, Infallible>>,
     {
         let mut out = Vec::new();
         loop {
@@ -232,20 +233,20 @@ impl<S: BufferedRead> Connection<S> {
                 }
                 Waited::Gone => return Left::Closed,
             };
-            let RequestHead {
-                request,
+            let ParsedHead {
+                head,
                 framing,
                 keep_alive,
                 expects_continue,
             } = head;
             let mut exchange = Exchange {
-                version: request.version(),
-                is_head: request.method() == Method::HEAD,
+                version: head.version(),
+                is_head: head.method() == Method::HEAD,
                 keep_alive,
             };
             let (body, mut feed) = body::body(framing, expects_continue);
             let response = {
-                let responding = pin!(service.call(request.map(|()| body)));
+                let responding = pin!(service(head, body));
                 self.respond(responding, &mut feed).await
             };
             let Some(response) = response else {
