@@ -17,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Uri, Version};
 
+use crate::backend::head::decimal;
 use crate::hop_by_hop::{self, HopByHop};
 use crate::proxy::request::{self, field_text, RequestHead};
 
@@ -279,7 +280,7 @@ impl FieldScan {
                 self.chunked = Some(last.eq_ignore_ascii_case("chunked"));
             }
             _ if name.eq_ignore_ascii_case(b"content-length") => {
-                let len = digits(value).ok_or(HeadError::Malformed("invalid Content-Length"))?;
+                let len = decimal(value).ok_or(HeadError::Malformed("invalid Content-Length"))?;
                 match self.content_length {
                     Some(known) if known != len => {
                         return Err(HeadError::Malformed("differing Content-Length values"))
@@ -312,17 +313,6 @@ impl FieldScan {
             (None, Some(len)) => Ok(BodyFraming::Length(len)),
         }
     }
-}
-
-/// A `Content-Length` value: decimal digits only (no sign, no list), within u64.
-fn digits(value: &[u8]) -> Option<u64> {
-    if value.is_empty() {
-        return None;
-    }
-    value.iter().try_fold(0u64, |len, &byte| {
-        let digit = byte.checked_sub(b'0').filter(|digit| *digit <= 9)?;
-        len.checked_mul(10)?.checked_add(u64::from(digit))
-    })
 }
 
 #[cfg(test)]
