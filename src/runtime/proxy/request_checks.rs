@@ -1,8 +1,9 @@
 //! Request-smuggling checks on a parsed request head (RFC 9112 §6.3, §11.2; RFC 9110 §7.2), the
-//! same for HTTP/1.1 and HTTP/2. The parsers (Juggler's HTTP/1.1 one, hyper's) reject most malformed framing themselves (differing Content-Lengths,
-//! a final coding other than `chunked`, bad chunk sizes, whitespace before a colon, obs-fold,
-//! control characters); `tests/smuggling.rs` proves each. What they let through and the service can
-//! still see is refused here, before routing, so none of it reaches a backend.
+//! same for HTTP/1.1 and HTTP/2. The parsers (Juggler's HTTP/1.1 one, hyper's) reject most
+//! malformed framing themselves (differing Content-Lengths, a final coding other than `chunked`,
+//! bad chunk sizes, whitespace before a colon, obs-fold, control characters); `tests/smuggling.rs`
+//! proves each. What they let through and the service can still see is refused here, before
+//! routing, so none of it reaches a backend.
 
 use http::Version;
 
