@@ -6,30 +6,54 @@
 //! response head, a free slot), so `within` polls the work first and arms a timer only once it
 //! waits; the limit then runs from that first wait, which is when the step began to take time.
 
-use std::future::{poll_fn, Future};
-use std::pin::pin;
-use std::task::Poll;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::time::Sleep;
+
 /// `work`'s output, or `None` if it waited longer than `limit` from its first wait.
-pub(crate) async fn within<F: Future>(limit: Duration, work: F) -> Option<F::Output> {
-    let mut work = pin!(work);
-    if let Poll::Ready(output) = poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
-        return Some(output);
+pub(crate) fn within<F: Future>(limit: Duration, work: F) -> Within<F> {
+    Within {
+        work,
+        limit,
+        timer: None,
     }
-    // It waits, its waker registered by that poll: arm the timer without polling it again (a
-    // second look at a socket that just said "not yet" costs a readiness check for nothing).
-    let mut timer = pin!(tokio::time::sleep(limit));
-    let mut just_polled = true;
-    poll_fn(|cx| {
-        if !std::mem::take(&mut just_polled) {
-            if let Poll::Ready(output) = work.as_mut().poll(cx) {
-                return Poll::Ready(Some(output));
-            }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`within`]. Written out rather than an `async fn`: that one moved the
+    /// work's output (a response head, a body) through two more copies on its way out.
+    pub(crate) struct Within<F> {
+        #[pin]
+        work: F,
+        limit: Duration,
+        // Armed at the work's first wait.
+        #[pin]
+        timer: Option<Sleep>,
+    }
+}
+
+impl<F: Future> Future for Within<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.work.poll(cx) {
+            return Poll::Ready(Some(output));
         }
-        timer.as_mut().poll(cx).map(|()| None)
-    })
-    .await
+        // It waits, its waker registered by that poll: the timer is armed (once) and polled, the
+        // work not polled again (a second look at a socket that just said "not yet" costs a
+        // readiness check for nothing).
+        if this.timer.is_none() {
+            this.timer.set(Some(tokio::time::sleep(*this.limit)));
+        }
+        match this.timer.as_pin_mut() {
+            Some(timer) => timer.poll(cx).map(|()| None),
+            None => Poll::Pending,
+        }
+    }
 }
 
 #[cfg(test)]

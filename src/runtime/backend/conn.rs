@@ -310,8 +310,12 @@ impl BackendConn {
     ) -> Result<ResponseHead, HeadError> {
         let mut received_any = false;
         loop {
-            if let Some(head) = self.parse_head(request_was_head, fields)? {
-                return Ok(head);
+            // A match, not `?` on the `Option`: `?` moved the head through two more temporaries
+            // (two more copies of it per response).
+            match self.parse_head(request_was_head, fields) {
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(error) => return Err(error),
             }
             if self.read_buf.len() >= MAX_RESPONSE_HEAD {
                 return Err(HeadError::Invalid("response head too large"));

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,8 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
 
-use super::activity::{ConnActivity, StallGuard, Verdict};
+use super::activity::{ConnActivity, InFlight, StallGuard, Verdict};
 use super::http1::{BufferedRead, Http1Connection};
 use super::listener::{HandedOver, Phase};
 use super::park::{ParkingLot, PARK_AFTER};
@@ -28,6 +29,7 @@ use super::phase::PhaseFollower;
 use super::proxy_protocol;
 use super::response::TrackedBody;
 use super::tls::TlsAcceptor;
+use crate::backend::ResponseBody;
 use crate::metrics::ListenerKind;
 use crate::proxy::headers::ClientInfo;
 use crate::proxy::request::RequestHead;
@@ -411,6 +413,42 @@ where
     .await;
 }
 
+pin_project_lite::pin_project! {
+    /// A response on its way to the client, finished as [`Answerer`] says once it is ready. A
+    /// future of its own, not an `async` block around the proxy's: awaiting that one inside a
+    /// block moved its kilobytes of state into the block's on the first poll.
+    struct Answering<F> {
+        #[pin]
+        responding: F,
+        // Taken by the response's body when it is ready.
+        in_flight: Option<InFlight>,
+        closes_on_handover: Option<PhaseSignal>,
+    }
+}
+
+impl<F: Future<Output = http::Response<ResponseBody>>> Future for Answering<F> {
+    type Output = Result<http::Response<TrackedBody>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = std::task::ready!(this.responding.poll(cx));
+        if this
+            .closes_on_handover
+            .as_ref()
+            .is_some_and(|phase| *phase.borrow() != Phase::Serving)
+        {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let in_flight = this
+            .in_flight
+            .take()
+            .expect("an answer is not polled again once ready");
+        Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, in_flight))))
+    }
+}
+
 /// An answer's future, boxed for hyper's HTTP/2 (see [`Answerer::answer`]).
 type BoxedAnswer = Pin<
     Box<dyn Future<Output = Result<http::Response<TrackedBody>, std::convert::Infallible>> + Send>,
@@ -464,21 +502,16 @@ impl Answerer {
         B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let proxy = Arc::clone(&self.proxy);
-        let in_flight = self.activity.request_started();
-        let phase = self.closes_on_handover.clone();
-        let (client, redirect_port) = (self.client, self.redirect_port);
-        async move {
-            let mut response = match redirect_port {
-                Some(port) => super::redirect::https_redirect(&head, port),
-                None => proxy.handle(head, body, client).await,
-            };
-            if phase.is_some_and(|phase| *phase.borrow() != Phase::Serving) {
-                response
-                    .headers_mut()
-                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok(response.map(|body| TrackedBody::new(body, in_flight)))
+        let responding = match self.redirect_port {
+            Some(port) => Either::Left(std::future::ready(super::redirect::https_redirect(
+                &head, port,
+            ))),
+            None => Either::Right(Arc::clone(&self.proxy).handle(head, body, self.client)),
+        };
+        Answering {
+            responding,
+            in_flight: Some(self.activity.request_started()),
+            closes_on_handover: self.closes_on_handover.clone(),
         }
     }
 

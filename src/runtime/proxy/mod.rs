@@ -168,8 +168,14 @@ impl Proxy {
     }
 
     /// Answers one client request (its head and its body). Never fails: every problem becomes a
-    /// status code.
-    pub async fn handle<H, B>(&self, head: H, body: B, client: ClientInfo) -> Response<ResponseBody>
+    /// status code. Takes its own handle on the proxy, so the client side can hold this future
+    /// directly, not inside a future of its own that owns the proxy.
+    pub async fn handle<H, B>(
+        self: Arc<Self>,
+        head: H,
+        body: B,
+        client: ClientInfo,
+    ) -> Response<ResponseBody>
     where
         H: RequestHead,
         B: Body<Data = Bytes>,

@@ -191,15 +191,13 @@ struct Connection<S> {
     max_head: usize,
 }
 
-/// What waiting for a request head came to.
-// Returned once per request and consumed at once; boxing the head would allocate per request.
-#[allow(clippy::large_enum_variant)]
+/// What waiting for more of a request head came to.
 enum Waited {
-    Head(ParsedHead),
+    /// More bytes are in the buffer.
+    Bytes,
     Asked(Asked),
     /// The client closed (or the socket failed) before a complete head.
     Gone,
-    Refused(StatusCode),
 }
 
 impl<S: BufferedRead> Connection<S> {
@@ -210,28 +208,34 @@ impl<S: BufferedRead> Connection<S> {
     {
         let mut out = Vec::new();
         loop {
-            let head = match self.next_head().await {
-                Waited::Head(head) => head,
-                Waited::Asked(Asked::Idle) => {
-                    // A copy (usually empty): a slice, even an empty one, would keep the whole
-                    // read buffer alive while the connection is parked.
-                    let unread = Bytes::copy_from_slice(&self.buf);
-                    return Left::Idle(self.io.into_inner(), unread);
-                }
-                Waited::Asked(Asked::TimedOut) => {
-                    self.close_with(StatusCode::REQUEST_TIMEOUT).await;
-                    return Left::Closed;
-                }
-                Waited::Asked(_) => {
-                    self.close().await;
-                    return Left::Closed;
-                }
-                Waited::Refused(status) => {
+            // Parsed here, and only the wait for more bytes awaited: a head returned from an
+            // `async fn` was copied three more times on its way out.
+            let head = match head::parse(&mut self.buf, self.max_head) {
+                Ok(Some(head)) => head,
+                Ok(None) => match self.more_head().await {
+                    Waited::Bytes => continue,
+                    Waited::Asked(Asked::Idle) => {
+                        // A copy (usually empty): a slice, even an empty one, would keep the
+                        // whole read buffer alive while the connection is parked.
+                        let unread = Bytes::copy_from_slice(&self.buf);
+                        return Left::Idle(self.io.into_inner(), unread);
+                    }
+                    Waited::Asked(Asked::TimedOut) => {
+                        self.close_with(StatusCode::REQUEST_TIMEOUT).await;
+                        return Left::Closed;
+                    }
+                    Waited::Asked(_) => {
+                        self.close().await;
+                        return Left::Closed;
+                    }
+                    Waited::Gone => return Left::Closed,
+                },
+                Err(error) => {
+                    let status = error.status();
                     tracing::debug!(%status, "refused a malformed request head");
                     self.close_with(status).await;
                     return Left::Closed;
                 }
-                Waited::Gone => return Left::Closed,
             };
             let ParsedHead {
                 head,
@@ -281,27 +285,20 @@ impl<S: BufferedRead> Connection<S> {
         }
     }
 
-    /// Waits for a complete request head; the only place where the owner's requests are acted
-    /// on (no request is in progress here).
-    async fn next_head(&mut self) -> Waited {
-        loop {
-            match head::parse(&mut self.buf, self.max_head) {
-                Ok(Some(head)) => return Waited::Head(head),
-                Ok(None) => {}
-                Err(error) => return Waited::Refused(error.status()),
-            }
-            let read = poll_fn(|cx| match self.asked() {
-                Asked::Serve => self.poll_read(cx, 0).map(Some),
-                // A close waits for a head already arriving; parking and 408 do not.
-                Asked::Close if !self.buf.is_empty() => self.poll_read(cx, 0).map(Some),
-                _ => Poll::Ready(None),
-            })
-            .await;
-            match read {
-                None => return Waited::Asked(self.asked()),
-                Some(Ok(0) | Err(_)) => return Waited::Gone,
-                Some(Ok(_)) => {}
-            }
+    /// Reads more of a request head, which the buffer does not yet hold whole; the only place
+    /// where the owner's requests are acted on (no request is in progress here).
+    async fn more_head(&mut self) -> Waited {
+        let read = poll_fn(|cx| match self.asked() {
+            Asked::Serve => self.poll_read(cx, 0).map(Some),
+            // A close waits for a head already arriving; parking and 408 do not.
+            Asked::Close if !self.buf.is_empty() => self.poll_read(cx, 0).map(Some),
+            _ => Poll::Ready(None),
+        })
+        .await;
+        match read {
+            None => Waited::Asked(self.asked()),
+            Some(Ok(0) | Err(_)) => Waited::Gone,
+            Some(Ok(_)) => Waited::Bytes,
         }
     }
 
