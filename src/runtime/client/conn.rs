@@ -506,7 +506,13 @@ impl Answerer {
             Some(port) => Either::Left(std::future::ready(super::redirect::https_redirect(
                 &head, port,
             ))),
-            None => Either::Right(Arc::clone(&self.proxy).handle(head, body, self.client)),
+            // Boxed where it is made: the future is kilobytes, and each move of it on the way
+            // into the connection's (or hyper's stream task's) state was a copy of all of it.
+            None => Either::Right(Box::pin(Arc::clone(&self.proxy).handle(
+                head,
+                body,
+                self.client,
+            ))),
         };
         Answering {
             responding,
