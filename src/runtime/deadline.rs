@@ -49,10 +49,11 @@ impl<F: Future> Future for Within<F> {
         if this.timer.is_none() {
             this.timer.set(Some(tokio::time::sleep(*this.limit)));
         }
-        match this.timer.as_pin_mut() {
-            Some(timer) => timer.poll(cx).map(|()| None),
-            None => Poll::Pending,
-        }
+        let timer = this
+            .timer
+            .as_pin_mut()
+            .expect("the timer is armed just above");
+        timer.poll(cx).map(|()| None)
     }
 }
 

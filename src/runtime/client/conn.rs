@@ -486,10 +486,10 @@ impl Answerer {
         }
     }
 
-    /// The answer to the request `head` with `body`. Its future is the request's whole state
-    /// machine (routing, queueing, the exchange): kilobytes. Juggler's HTTP/1.1 connection keeps
-    /// it in place; hyper's HTTP/2 moves it into a task per stream, so that service boxes it
-    /// ([`Answerer::boxed`]).
+    /// The answer to the request `head` with `body`. The proxy's future is the request's whole
+    /// state machine (routing, queueing, the exchange): kilobytes, so it is boxed here and the
+    /// answer around it stays small, whether Juggler's HTTP/1.1 connection keeps it in place or
+    /// hyper's HTTP/2 moves it into a task per stream ([`Answerer::boxed`]).
     fn answer<H, B>(
         &self,
         head: H,
