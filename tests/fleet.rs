@@ -128,10 +128,6 @@ struct Instance {
     admin: SocketAddr,
 }
 
-/// Control sockets of the instances, removed at the end.
-static SOCKETS: std::sync::LazyLock<juggler_testkit::TempDir> =
-    std::sync::LazyLock::new(|| juggler_testkit::TempDir::new("fleet-sockets"));
-
 impl Instance {
     fn start(name: &str, etcd: &Etcd, fallback_lease: u64, backends: &[SocketAddr]) -> Instance {
         Self::spawn(name, etcd, fallback_lease, backends, "fresh")
@@ -157,7 +153,8 @@ impl Instance {
         how: &str,
     ) -> Instance {
         let backends: Vec<String> = backends.iter().map(ToString::to_string).collect();
-        let control = SOCKETS.file(&format!("{name}.sock"));
+        // Beside etcd's data, removed with it when the test ends (a static would never be dropped).
+        let control = etcd.file(&format!("{name}.sock"));
         let spec = format!(
             "{name};{};{fallback_lease};{};{};{how}",
             etcd.endpoint(),

@@ -45,6 +45,12 @@ impl Etcd {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// A path in etcd's temporary directory, for a test's own files (an instance's control
+    /// socket) that go when the test does.
+    pub fn file(&self, name: &str) -> std::path::PathBuf {
+        self.dir.file(name)
+    }
+
     /// Kills etcd (SIGKILL): the cluster is gone until [`Etcd::restart`].
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
