@@ -19,7 +19,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
-use tokio_util::either::Either;
 
 use super::activity::{ConnActivity, InFlight, StallGuard, Verdict};
 use super::http1::{BufferedRead, Http1Connection};
@@ -386,7 +385,7 @@ where
     // idle timeout is closed too (with GOAWAY). Request heads arrive in frames hyper has already
     // bounded, so no byte-level watch is needed here.
     let activity = ConnActivity::new();
-    let service = Answerer::new(shared, client, &activity, None, None).boxed();
+    let service = Answerer::new(shared, client, &activity, None, None).service();
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -413,25 +412,26 @@ where
     .await;
 }
 
-pin_project_lite::pin_project! {
-    /// A response on its way to the client, finished as [`Answerer`] says once it is ready. A
-    /// future of its own, not an `async` block around the proxy's: awaiting that one inside a
-    /// block moved its kilobytes of state into the block's on the first poll.
-    struct Answering<F> {
-        #[pin]
-        responding: F,
-        // Taken by the response's body when it is ready.
-        in_flight: Option<InFlight>,
-        closes_on_handover: Option<PhaseSignal>,
-    }
+/// The response being made: the proxy's future, or a redirect's.
+type Responding = Pin<Box<dyn Future<Output = http::Response<ResponseBody>> + Send>>;
+
+/// A response on its way to the client, finished as [`Answerer`] says once it is ready. A
+/// future of its own, not an `async` block around the proxy's: awaiting that one inside a block
+/// moved its kilobytes of state into the block's on the first poll. One pointer and two handles
+/// wide, so hyper's HTTP/2 stream task holds it as it is.
+struct Answering {
+    responding: Responding,
+    // Taken by the response's body when it is ready.
+    in_flight: Option<InFlight>,
+    closes_on_handover: Option<PhaseSignal>,
 }
 
-impl<F: Future<Output = http::Response<ResponseBody>>> Future for Answering<F> {
+impl Future for Answering {
     type Output = Result<http::Response<TrackedBody>, std::convert::Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = std::task::ready!(this.responding.poll(cx));
+        let this = self.get_mut();
+        let mut response = std::task::ready!(this.responding.as_mut().poll(cx));
         if this
             .closes_on_handover
             .as_ref()
@@ -448,11 +448,6 @@ impl<F: Future<Output = http::Response<ResponseBody>>> Future for Answering<F> {
         Poll::Ready(Ok(response.map(|body| TrackedBody::new(body, in_flight))))
     }
 }
-
-/// An answer's future, boxed for hyper's HTTP/2 (see [`Answerer::answer`]).
-type BoxedAnswer = Pin<
-    Box<dyn Future<Output = Result<http::Response<TrackedBody>, std::convert::Infallible>> + Send>,
->;
 
 /// What answering a request on one connection takes: proxy the request (or redirect it to HTTPS),
 /// and tie the request's end to the response body so the connection's timers know when it is
@@ -489,30 +484,22 @@ impl Answerer {
     /// The answer to the request `head` with `body`. The proxy's future is the request's whole
     /// state machine (routing, queueing, the exchange): kilobytes, so it is boxed here and the
     /// answer around it stays small, whether Juggler's HTTP/1.1 connection keeps it in place or
-    /// hyper's HTTP/2 moves it into a task per stream ([`Answerer::boxed`]).
-    fn answer<H, B>(
-        &self,
-        head: H,
-        body: B,
-    ) -> impl Future<Output = Result<http::Response<TrackedBody>, std::convert::Infallible>>
-           + Send
-           + 'static
+    /// hyper's HTTP/2 moves it into a task per stream ([`Answerer::service`]).
+    fn answer<H, B>(&self, head: H, body: B) -> Answering
     where
         H: RequestHead + Send + Sync + 'static,
         B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let responding = match self.redirect_port {
-            Some(port) => Either::Left(std::future::ready(super::redirect::https_redirect(
+        // Boxed where it is made, either way: the proxy's future is kilobytes, and each move of
+        // it on the way into the connection's (or hyper's stream task's) state was a copy of all
+        // of it; a redirect's ready response is a few hundred bytes, rare, and boxed alike so the
+        // answer stays one pointer wide.
+        let responding: Responding = match self.redirect_port {
+            Some(port) => Box::pin(std::future::ready(super::redirect::https_redirect(
                 &head, port,
             ))),
-            // Boxed where it is made: the future is kilobytes, and each move of it on the way
-            // into the connection's (or hyper's stream task's) state was a copy of all of it.
-            None => Either::Right(Box::pin(Arc::clone(&self.proxy).handle(
-                head,
-                body,
-                self.client,
-            ))),
+            None => Box::pin(Arc::clone(&self.proxy).handle(head, body, self.client)),
         };
         Answering {
             responding,
@@ -521,18 +508,19 @@ impl Answerer {
         }
     }
 
-    /// The service of an HTTP/2 connection: each answer boxed, so hyper moves a pointer.
-    fn boxed(
+    /// The service of an HTTP/2 connection. Its answers are small (the proxy's future is boxed
+    /// inside), so hyper's stream task holds them as they are: one allocation per request.
+    fn service(
         self,
     ) -> impl hyper::service::Service<
         Request<Incoming>,
         Response = http::Response<TrackedBody>,
         Error = std::convert::Infallible,
-        Future = BoxedAnswer,
+        Future = Answering,
     > + Clone {
         service_fn(move |request: Request<Incoming>| {
             let (head, body) = request.into_parts();
-            Box::pin(self.answer(head, body)) as BoxedAnswer
+            self.answer(head, body)
         })
     }
 }
