@@ -48,8 +48,29 @@ struct FieldSpan {
     /// (offset, length) in the head's bytes.
     name: (u32, u32),
     value: (u32, u32),
-    /// A `Content-Length` field: dropped when the body is not framed by it.
-    content_length: bool,
+    /// What the field is to Juggler, its name compared once, here.
+    known: KnownField,
+}
+
+/// The end-to-end fields Juggler reads in a response on its way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KnownField {
+    /// Dropped when the body is not framed by it; read for the client's framing.
+    ContentLength,
+    /// Its presence spares Juggler writing one.
+    Date,
+    Other,
+}
+
+impl KnownField {
+    /// One look at the length picks the one name it could be.
+    fn of(name: &[u8]) -> KnownField {
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => KnownField::ContentLength,
+            4 if name.eq_ignore_ascii_case(b"date") => KnownField::Date,
+            _ => KnownField::Other,
+        }
+    }
 }
 
 /// The bytes an (offset, length) pair of a [`FieldSpan`] covers.
@@ -103,7 +124,7 @@ fn parse_with<const FIELDS: usize>(
     let mut forwarded = std::mem::take(&mut scan.forwarded);
     // A length goes only with a body framed by that length (HEAD and 304 keep the backend's).
     if matches!(framing, Framing::Chunked | Framing::UntilClose) {
-        forwarded.retain(|span| !span.content_length);
+        forwarded.retain(|span| span.known != KnownField::ContentLength);
     }
     // Rare: a `Connection` line naming an end-to-end field makes it hop-by-hop.
     if !scan.connection_named.is_empty() {
@@ -158,16 +179,26 @@ pub struct ForwardedFields {
 }
 
 impl ForwardedFields {
-    /// Each field's name (as spelt) and value, and whether it is the `Content-Length` that
-    /// frames the body.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], bool)> {
-        self.spans.iter().map(|span| {
-            (
-                &self.head[range(span.name)],
-                &self.head[range(span.value)],
-                span.content_length,
-            )
-        })
+    /// Each field's name (as spelt) and value.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans
+            .iter()
+            .map(|span| (&self.head[range(span.name)], &self.head[range(span.value)]))
+    }
+
+    /// The body's length as the fields declare it: the value of the `Content-Length` that
+    /// frames it, `Some(None)` if that is no plain number (an agreeing list, `5, 5`), `None`
+    /// without one.
+    pub(crate) fn declared_length(&self) -> Option<Option<u64>> {
+        self.spans
+            .iter()
+            .find(|span| span.known == KnownField::ContentLength)
+            .map(|span| decimal(&self.head[range(span.value)]))
+    }
+
+    /// Whether the backend dated its response.
+    pub(crate) fn has_date(&self) -> bool {
+        self.spans.iter().any(|span| span.known == KnownField::Date)
     }
 
     /// Writes the fields as `name: value` lines. Lines the backend sent one after the other,
@@ -203,7 +234,7 @@ impl ForwardedFields {
     /// Whether a field named `name` (lowercase) is among them.
     pub(crate) fn contains(&self, name: &str) -> bool {
         self.iter()
-            .any(|(spelt, _, _)| spelt.eq_ignore_ascii_case(name.as_bytes()))
+            .any(|(spelt, _)| spelt.eq_ignore_ascii_case(name.as_bytes()))
     }
 }
 
@@ -291,12 +322,16 @@ impl<'h> FieldScan<'h> {
         };
         for field in fields {
             let kind = hop_by_hop::kind(field.name.as_bytes());
-            let content_length = kind.is_none() && is_content_length(field.name);
+            let known = match kind {
+                Some(_) => KnownField::Other,
+                None => KnownField::of(field.name.as_bytes()),
+            };
+            let content_length = known == KnownField::ContentLength;
             if kind.is_none() {
                 scan.forwarded.push(FieldSpan {
                     name: offset(field.name.as_bytes()),
                     value: offset(field.value),
-                    content_length,
+                    known,
                 });
             }
             match kind {
@@ -375,10 +410,6 @@ pub(crate) fn decimal(value: &[u8]) -> Option<u64> {
         let digit = byte.checked_sub(b'0').filter(|digit| *digit <= 9)?;
         len.checked_mul(10)?.checked_add(u64::from(digit))
     })
-}
-
-fn is_content_length(name: &str) -> bool {
-    name.len() == "content-length".len() && name.eq_ignore_ascii_case("content-length")
 }
 
 /// `timeout=5, max=100` → `Some(5)`.

@@ -10,7 +10,7 @@ use http::response::Parts;
 use http::{StatusCode, Version};
 use http_body::SizeHint;
 
-use crate::backend::head::{decimal, ForwardedFields};
+use crate::backend::head::ForwardedFields;
 use crate::hop_by_hop;
 
 /// How the response body is delimited on this connection.
@@ -59,13 +59,8 @@ pub(super) fn encode_head(
     // The backend's, spelt as it spelt them; no hop-by-hop field is among them, and a length only
     // where it frames the body (`backend::head`).
     if let Some(forwarded) = forwarded {
-        for (name, value, frames) in forwarded.iter() {
-            if frames && declared.is_none() {
-                declared = Some(decimal(value));
-            } else if name.eq_ignore_ascii_case(b"date") {
-                has_date = true;
-            }
-        }
+        declared = forwarded.declared_length();
+        has_date = forwarded.has_date();
         forwarded.write_to(out);
     }
     for (name, value) in &parts.headers {
@@ -252,6 +247,56 @@ mod tests {
             "no second length or date"
         );
         assert_eq!(framing, Framing::Length(3));
+    }
+
+    /// Whether the backend dated its response and what length it declared are read from the
+    /// fields as forwarded: a Date that `Connection` made hop-by-hop is no date, and a length
+    /// that is an agreeing list frames the backend's leg but is no plain number for the client's.
+    #[test]
+    fn the_date_and_the_length_are_the_forwarded_fields_ones() {
+        for (backend_head, dated, framing) in [
+            ("Content-Length: 3\r\n", false, Framing::Length(3)),
+            (
+                "date: then\r\nContent-Length: 3\r\n",
+                true,
+                Framing::Length(3),
+            ),
+            (
+                "Date: then\r\nConnection: date\r\nContent-Length: 3\r\n",
+                false,
+                Framing::Length(3),
+            ),
+            (
+                "Date: then\r\nContent-Length: 3, 3\r\n",
+                true,
+                Framing::UntilClose,
+            ),
+            (
+                "Dates: x\r\nTransfer-Encoding: chunked\r\n",
+                false,
+                Framing::Chunked,
+            ),
+        ] {
+            let forwarded = crate::backend::head::forwarded_of(&format!(
+                "HTTP/1.1 200 OK\r\n{backend_head}\r\n"
+            ));
+            let (parts, ()) = Response::new(()).into_parts();
+            let mut out = Vec::new();
+            let (written, _) =
+                encode_head(&parts, Some(&forwarded), &SizeHint::new(), KEEP, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(written, framing, "{backend_head:?}");
+            assert_eq!(
+                text.matches("ate: ").count(),
+                1,
+                "one date, the backend's if it sent one: {text:?}"
+            );
+            assert_eq!(
+                text.to_ascii_lowercase().contains("date: then"),
+                dated,
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
