@@ -18,9 +18,9 @@ Settings (environment): AB_ROUNDS pairs of rounds (default 6), AB_DURATION secon
 AB_SCRIPT (a wrk Lua script: AB_PATH=/post AB_SCRIPT=bench/post16k.lua is the bench's 16 KiB POST),
 AB_RUST_LOG (default warn: no access log; `info` measures it on; AB_RUST_LOG_A / AB_RUST_LOG_B for
 one side, e.g. A=HEAD B=HEAD AB_RUST_LOG_B=info: the access log's cost); AB_TOOL=callgrind counts
-instructions per request instead (one window each, under valgrind: exact, not timed); with
-AB_LOAD=h2 as well, over HTTPS with HTTP/2 (h2load, AB_H2_CONNS x AB_H2_STREAMS, default 10 x 10)
-instead of wrk's plain HTTP/1.1 (the builds then have an HTTPS listener).
+instructions per request instead (one window each, under valgrind: exact, not timed); AB_LOAD=h2
+loads over HTTPS with HTTP/2 (h2load, AB_H2_CONNS x AB_H2_STREAMS, default 10 x 10) instead of
+wrk's plain HTTP/1.1, in either mode (the builds then have an HTTPS listener).
 Output: a table on stdout and in bench/out/ab/<A>-<B>.md; raw wrk output under bench/out/ab/logs.
 """
 
@@ -52,7 +52,7 @@ def resolve(ref: str) -> str:
 
 
 def over_h2() -> bool:
-    """AB_LOAD=h2: the load is HTTP/2 over TLS (callgrind counts only)."""
+    """AB_LOAD=h2: the load is HTTP/2 over TLS (h2load), wall clock or callgrind."""
     return os.environ.get("AB_LOAD") == "h2"
 
 
@@ -118,23 +118,33 @@ def build(commit: str, port: int) -> Path:
 
 
 def run_round(name: str, port: int, pid: int, log: Path) -> dict:
-    conns = int(os.environ.get("AB_CONNS", "64"))
     duration = int(os.environ.get("AB_DURATION", "8"))
     path = os.environ.get("AB_PATH", "/small.txt")
     measured = process_tree(pid)
     before = cpu_seconds(measured)
-    argv = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "5s", *wrk_script(),
-            f"http://{sides.HOST}:{port}{path}"]
+    if over_h2():
+        argv = ["h2load", *h2_streams(), "-t1", f"-D{duration}", f"--log-file={log.with_suffix('.latency')}",
+                f"https://{sides.HOST}:{port + 1000}{path}"]
+    else:
+        conns = int(os.environ.get("AB_CONNS", "64"))
+        argv = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "5s", *wrk_script(),
+                f"http://{sides.HOST}:{port}{path}"]
     output = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
     cpu = cpu_seconds(measured) - before
     log.write_text(" ".join(argv) + "\n" + output)
-    result = load.parse_wrk(output)
+    result = load.parse_h2load(output, log.with_suffix(".latency")) if over_h2() else load.parse_wrk(output)
     if result.problem or result.errors or result.non_2xx:
         sys.exit(f"bench-ab: {name}: {result.problem or ''} errors {result.errors}, non-2xx {result.non_2xx} "
                  f"(see {log})")
     backend = count_owned(established_by_pid(sides.BACKEND_PORTS), measured)
     return {"rps": result.rps, "per_cpu": result.requests / cpu if cpu > 0 else 0.0, "p99": result.p99_ms,
             "backend_conns": backend}
+
+
+def h2_streams() -> list[str]:
+    """h2load's connections and streams per connection: AB_H2_CONNS x AB_H2_STREAMS (10 x 10, as
+    the bench's `https-h2` row)."""
+    return [f"-c{os.environ.get('AB_H2_CONNS', '10')}", f"-m{os.environ.get('AB_H2_STREAMS', '10')}"]
 
 
 def count_instructions(name: str, binary: Path, port: int, procs: Processes) -> dict:
@@ -155,8 +165,7 @@ def count_instructions(name: str, binary: Path, port: int, procs: Processes) -> 
     path = os.environ.get("AB_PATH", "/small.txt")
     if over_h2():
         url = f"https://{sides.HOST}:{port + 1000}{path}"
-        streams = [f"-c{os.environ.get('AB_H2_CONNS', '10')}", f"-m{os.environ.get('AB_H2_STREAMS', '10')}"]
-        load_for = lambda seconds: ["h2load", *streams, "-D", str(seconds), url]  # noqa: E731
+        load_for = lambda seconds: ["h2load", *h2_streams(), "-D", str(seconds), url]  # noqa: E731
     else:
         conns = os.environ.get("AB_CONNS", "64")
         url = f"http://{sides.HOST}:{port}{path}"
@@ -295,8 +304,9 @@ def report(a: str, b: str, results: dict[str, list[dict]]) -> None:
     lines = [
         f"# A/B: A = {a}, B = {b}",
         "",
-        f"{len(results['A'])} alternating rounds of wrk -t1 -c{os.environ.get('AB_CONNS', '64')} "
-        f"-d{os.environ.get('AB_DURATION', '8')}s {os.environ.get('AB_PATH', '/small.txt')}, "
+        f"{len(results['A'])} alternating rounds of "
+        + (f"h2load {' '.join(h2_streams())} HTTPS " if over_h2() else f"wrk -t1 -c{os.environ.get('AB_CONNS', '64')} ")
+        + f"-d{os.environ.get('AB_DURATION', '8')}s {os.environ.get('AB_PATH', '/small.txt')}, "
         f"RUST_LOG A={rust_log('A')} B={rust_log('B')}, worker threads A={worker_threads(18080)} "
         f"B={worker_threads(18180)}, pool 8 x 3 nginx backends, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
