@@ -14,7 +14,7 @@ use http::header::HeaderValue;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -22,6 +22,7 @@ use tokio_rustls::server::TlsStream;
 
 use super::activity::{ConnActivity, InFlight, StallGuard, Verdict};
 use super::http1::{BufferedRead, Http1Connection};
+use super::http2::{OwnStreams, StreamQueue};
 use super::listener::{HandedOver, Phase};
 use super::park::{ParkingLot, PARK_AFTER};
 use super::phase::PhaseFollower;
@@ -386,7 +387,8 @@ where
     // bounded, so no byte-level watch is needed here.
     let activity = ConnActivity::new();
     let service = Answerer::new(shared, client, &activity, None, None).service();
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let streams = StreamQueue::default();
+    let conn = hyper::server::conn::http2::Builder::new(streams.clone())
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
@@ -402,7 +404,7 @@ where
         .keep_alive_timeout(Duration::from_secs(10))
         .serve_connection(TokioIo::new(stream), service);
     drive(
-        Box::pin(conn),
+        Box::pin(OwnStreams::new(conn, streams)),
         &activity,
         shared,
         client,
@@ -553,6 +555,14 @@ where
 
     fn graceful_shutdown(self: Pin<&mut Self>) {
         hyper::server::conn::http2::Connection::graceful_shutdown(self);
+    }
+}
+
+impl<C: Served> Served for OwnStreams<C> {
+    type Error = C::Error;
+
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        self.conn().graceful_shutdown();
     }
 }
 

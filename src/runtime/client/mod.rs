@@ -15,6 +15,7 @@
 mod activity;
 mod conn;
 pub(crate) mod http1;
+mod http2;
 pub mod listener;
 mod park;
 mod phase;
