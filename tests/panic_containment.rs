@@ -1,6 +1,7 @@
 //! A panic while handling one request (a bug, provoked here through the runtime's test-only hook)
 //! costs that request alone: it gets `500`, the panic is logged with the request's details, its
-//! keep-alive connection goes on, and every other client is served meanwhile.
+//! keep-alive connection (over HTTP/2: the streams beside it) goes on, and every other client is
+//! served meanwhile.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -81,5 +82,46 @@ async fn a_panicking_request_gets_500_and_everyone_else_is_served() {
         assert!(report.contains("method=GET"), "{report}");
         assert!(report.contains("client=127.0.0.1"), "{report}");
     }
+    juggler.shutdown().await.unwrap();
+}
+
+/// Over HTTP/2 a connection's streams share its task: a panicking stream must still cost only
+/// itself, not the streams beside it on the same connection, nor the connection.
+#[juggler_testkit::test]
+async fn a_panicking_http2_stream_gets_500_and_the_streams_beside_it_are_served() {
+    // A short delay keeps the ordinary streams in flight while the panics happen.
+    let backend = TestBackend::start_with(Behaviour {
+        name: "server".to_owned(),
+        delay: Duration::from_millis(20),
+    })
+    .await;
+    let (cert, files) = CertFiles::generate("h2-panic");
+    let juggler =
+        TestJuggler::start_https(table(&[backend.addr], 2, Settings::DEFAULT), &files).await;
+    let client = juggler_testkit::tls::H2Client::connect(juggler.https_addr(), &cert).await;
+    let mut streams = tokio::task::JoinSet::new();
+    for n in 0..30 {
+        let client = client.clone();
+        streams.spawn(async move {
+            let panics = n % 10 == 0;
+            let answer = match panics {
+                true => client.send(panicking_request()).await,
+                false => client.get("/beside").await,
+            };
+            (panics, answer.unwrap().status)
+        });
+    }
+    let mut statuses = (Vec::new(), Vec::new());
+    while let Some(joined) = streams.join_next().await {
+        let (panicked, status) = joined.unwrap();
+        match panicked {
+            true => statuses.0.push(status),
+            false => statuses.1.push(status),
+        }
+    }
+    assert_eq!(statuses.0, [500; 3]);
+    assert_eq!(statuses.1, [200; 27]);
+    // The connection itself goes on.
+    assert_eq!(client.get("/after").await.unwrap().status, 200);
     juggler.shutdown().await.unwrap();
 }
