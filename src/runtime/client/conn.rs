@@ -420,7 +420,7 @@ type Responding = Pin<Box<dyn Future<Output = http::Response<ResponseBody>> + Se
 /// A response on its way to the client, finished as [`Answerer`] says once it is ready. A
 /// future of its own, not an `async` block around the proxy's: awaiting that one inside a block
 /// moved its kilobytes of state into the block's on the first poll. One pointer and two handles
-/// wide, so hyper's HTTP/2 stream task holds it as it is.
+/// wide, so hyper's HTTP/2 stream holds it as it is.
 struct Answering {
     responding: Responding,
     // Taken by the response's body when it is ready.
@@ -486,7 +486,7 @@ impl Answerer {
     /// The answer to the request `head` with `body`. The proxy's future is the request's whole
     /// state machine (routing, queueing, the exchange): kilobytes, so it is boxed here and the
     /// answer around it stays small, whether Juggler's HTTP/1.1 connection keeps it in place or
-    /// hyper's HTTP/2 moves it into a task per stream ([`Answerer::service`]).
+    /// hyper's HTTP/2 moves it into a stream ([`Answerer::service`]).
     fn answer<H, B>(&self, head: H, body: B) -> Answering
     where
         H: RequestHead + Send + Sync + 'static,
@@ -494,7 +494,7 @@ impl Answerer {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         // Boxed where it is made, either way: the proxy's future is kilobytes, and each move of
-        // it on the way into the connection's (or hyper's stream task's) state was a copy of all
+        // it on the way into the connection's (or hyper's stream's) state was a copy of all
         // of it; a redirect's ready response is a few hundred bytes, rare, and boxed alike so the
         // answer stays one pointer wide.
         let responding: Responding = match self.redirect_port {
@@ -511,7 +511,7 @@ impl Answerer {
     }
 
     /// The service of an HTTP/2 connection. Its answers are small (the proxy's future is boxed
-    /// inside), so hyper's stream task holds them as they are: one allocation per request.
+    /// inside), so hyper's stream holds them as they are: one allocation per request.
     fn service(
         self,
     ) -> impl hyper::service::Service<
@@ -616,8 +616,8 @@ where
     let mut quiet_close_deadline = None;
     // Far more polls than any real HTTP/1.1 exchange needs between two socket reads or writes.
     // Not for HTTP/2: its socket is not watched byte by byte (hyper bounds its frames), and its
-    // stream tasks wake the connection for flow control and stream data without any socket IO
-    // of its own, so a busy connection legitimately goes far past any such budget.
+    // streams wake the connection for flow control and stream data without any socket IO of its
+    // own, so a busy connection legitimately goes far past any such budget.
     let mut polls = matches!(parking, Parking::Park { .. }).then(|| StallGuard::new(10_000));
     // One timer for the session, moved to each turn's `wake_at` rather than a new one per turn:
     // tokio moves an armed timer to a later deadline with one atomic operation (re-inserting it
