@@ -23,7 +23,9 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The executor hyper's HTTP/2 connection is built with: it queues the streams hyper accepts for
-/// the [`OwnStreams`] around that connection.
+/// the [`OwnStreams`] around that connection. hyper accepts streams only inside its connection's
+/// poll (hyper 1.x, `proto::h2::server`), so nothing but that poll needs waking: [`OwnStreams`]
+/// starts what it queued before the poll returns.
 #[derive(Clone, Default)]
 pub(super) struct StreamQueue(Arc<Mutex<Vec<Stream>>>);
 
