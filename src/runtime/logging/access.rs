@@ -50,6 +50,26 @@ pub struct AccessLine<'a> {
     pub bytes: u64,
 }
 
+/// The line's fields in order, as `name: Kind(value)` for `$line` (an [`AccessLine`]): the one
+/// list the text line, the JSON line and the `tracing` event are written from, each by a macro
+/// of its own that `$write!` names and that gets the list as its arguments.
+macro_rules! access_fields {
+    ($line:expr, $write:ident!()) => {
+        $write!(
+            request_id: Str($line.request_id),
+            client: Ip($line.client),
+            method: Shown($line.method.as_str()),
+            path: Str($line.path),
+            status: Number(u64::from($line.status)),
+            backend: Str($line.backend),
+            backend_limit: Number($line.backend_limit as u64),
+            queued_us: Number($line.queued_us),
+            total_us: Number($line.total_us),
+            bytes: Number($line.bytes)
+        )
+    };
+}
+
 impl AccessLine<'_> {
     /// Whether `RUST_LOG` lets the access log through: asked once per request, before anything
     /// is gathered for its line.
@@ -74,89 +94,73 @@ impl AccessLine<'_> {
         }
     }
 
-    /// The line as a `tracing` event, for a subscriber this module does not write for. Its
-    /// fields are [`AccessLine::fields`], in the same order.
+    /// The line as a `tracing` event, for a subscriber this module does not write for: the
+    /// fields of [`access_fields!`], in its order.
     fn emit_event(&self) {
-        tracing::info!(
-            target: ACCESS_LOG,
-            request_id = self.request_id,
-            client = %self.client,
-            method = %self.method,
-            path = self.path,
-            status = self.status,
-            backend = self.backend,
-            backend_limit = self.backend_limit,
-            queued_us = self.queued_us,
-            total_us = self.total_us,
-            bytes = self.bytes,
-        );
-    }
-
-    /// The line's fields in order, each with its name as the text and the JSON format write it.
-    fn fields(&self) -> [Field<'_>; 10] {
-        /// `(" name=", ",\"name\":", value)`: the name once, both formats' separators.
-        macro_rules! field {
-            ($name:literal, $value:expr) => {
-                Field {
-                    text: concat!(" ", $name, "="),
-                    json: concat!(",\"", $name, "\":"),
-                    value: $value,
-                }
+        macro_rules! event {
+            ($($name:ident: $kind:ident($value:expr)),*) => {
+                tracing::info!(target: ACCESS_LOG, $($name = event_value!($kind, $value)),*)
             };
         }
-        [
-            field!("request_id", Value::Str(self.request_id)),
-            field!("client", Value::Ip(self.client)),
-            field!("method", Value::Shown(self.method.as_str())),
-            field!("path", Value::Str(self.path)),
-            field!("status", Value::Number(u64::from(self.status))),
-            field!("backend", Value::Str(self.backend)),
-            field!("backend_limit", Value::Number(self.backend_limit as u64)),
-            field!("queued_us", Value::Number(self.queued_us)),
-            field!("total_us", Value::Number(self.total_us)),
-            field!("bytes", Value::Number(self.bytes)),
-        ]
+        /// A value as the event records it: strings and numbers as they are, the others by
+        /// their `Display` (a `%value` field).
+        macro_rules! event_value {
+            (Str, $value:expr) => {
+                $value
+            };
+            (Number, $value:expr) => {
+                $value
+            };
+            (Shown, $value:expr) => {
+                tracing::field::display($value)
+            };
+            (Ip, $value:expr) => {
+                tracing::field::display($value)
+            };
+        }
+        access_fields!(self, event!());
     }
 
     /// The whole line, as `tracing_subscriber`'s default text format or its flattened JSON
-    /// format writes the event of [`AccessLine::emit_event`].
+    /// format writes the event of [`AccessLine::emit_event`]. Each field is written by code of
+    /// its own, so the names and separators are copies of known length the compiler inlines
+    /// (looping over the fields, every copy was a call to `memcpy`).
     fn write(&self, style: Style, out: &mut Vec<u8>) {
         match style {
             Style::Text => {
                 // `2026-12-06T03:46:54.761215Z  INFO juggler::access: request_id="…" client=…`
+                macro_rules! text {
+                    ($($name:ident: $kind:ident($value:expr)),*) => {$(
+                        out.extend_from_slice(concat!(" ", stringify!($name), "=").as_bytes());
+                        Value::$kind($value).write_text(out);
+                    )*};
+                }
                 timestamp(out);
                 // The level right-aligned in five columns, as `{:>5}`.
                 out.extend_from_slice(b"  INFO ");
                 out.extend_from_slice(ACCESS_LOG.as_bytes());
                 out.extend_from_slice(b":");
-                for field in self.fields() {
-                    out.extend_from_slice(field.text.as_bytes());
-                    field.value.write_text(out);
-                }
+                access_fields!(self, text!());
                 out.push(b'\n');
             }
             Style::Json => {
                 // `{"timestamp":"…","level":"INFO","request_id":"…",…,"target":"juggler::access"}`
+                macro_rules! json {
+                    ($($name:ident: $kind:ident($value:expr)),*) => {$(
+                        out.extend_from_slice(concat!(",\"", stringify!($name), "\":").as_bytes());
+                        Value::$kind($value).write_json(out);
+                    )*};
+                }
                 out.extend_from_slice(b"{\"timestamp\":\"");
                 timestamp(out);
                 out.extend_from_slice(b"\",\"level\":\"INFO\"");
-                for field in self.fields() {
-                    out.extend_from_slice(field.json.as_bytes());
-                    field.value.write_json(out);
-                }
+                access_fields!(self, json!());
                 out.extend_from_slice(b",\"target\":");
                 json_string(out, ACCESS_LOG);
                 out.extend_from_slice(b"}\n");
             }
         }
     }
-}
-
-/// One field of the line: its name with the separator before it, in each format, and its value.
-struct Field<'a> {
-    text: &'static str,
-    json: &'static str,
-    value: Value<'a>,
 }
 
 /// A field's value, as the formatters tell them apart.
@@ -173,6 +177,8 @@ enum Value<'a> {
 }
 
 impl Value<'_> {
+    // Inlined where the variant is known, so that only its arm is left.
+    #[inline(always)]
     fn write_text(self, out: &mut Vec<u8>) {
         match self {
             Value::Str(text) => debug_string(out, text),
@@ -184,6 +190,7 @@ impl Value<'_> {
         }
     }
 
+    #[inline(always)]
     fn write_json(self, out: &mut Vec<u8>) {
         match self {
             Value::Str(text) | Value::Shown(text) => json_string(out, text),
