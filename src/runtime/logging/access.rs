@@ -20,7 +20,11 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tracing::{Dispatch, Event, Level, Subscriber};
+use tracing::callsite::{Callsite as _, DefaultCallsite, Identifier};
+use tracing::field::FieldSet;
+use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+use tracing::metadata::Kind;
+use tracing::{Dispatch, Event, Level, Metadata, Subscriber};
 use tracing_subscriber::fmt::format::{Format, Full, Json, Writer};
 use tracing_subscriber::fmt::time::SystemTime as SystemClock;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -50,6 +54,21 @@ pub struct AccessLine<'a> {
     pub bytes: u64,
 }
 
+/// The callsite [`AccessLine::enabled`] asks about: registered with `tracing` on first use, it
+/// keeps the subscribers' interest in the access log's target until they change. Written out
+/// rather than by `tracing::callsite!`, which registers again (a compare-and-swap) every call.
+static ACCESS_CALLSITE: DefaultCallsite = DefaultCallsite::new(&ACCESS_METADATA);
+static ACCESS_METADATA: Metadata<'static> = Metadata::new(
+    "access line",
+    ACCESS_LOG,
+    Level::INFO,
+    Some(file!()),
+    Some(line!()),
+    Some(module_path!()),
+    FieldSet::new(&[], Identifier(&ACCESS_CALLSITE)),
+    Kind::EVENT,
+);
+
 /// The line's fields in order, as `name: Kind(value)` for `$line` (an [`AccessLine`]): the one
 /// list the text line, the JSON line and the `tracing` event are written from, each by a macro
 /// of its own that `$write!` names and that gets the list as its arguments.
@@ -72,9 +91,20 @@ macro_rules! access_fields {
 
 impl AccessLine<'_> {
     /// Whether `RUST_LOG` lets the access log through: asked once per request, before anything
-    /// is gathered for its line.
+    /// is gathered for its line. Decided as `tracing::info!` decides for its event: where the
+    /// callsite's cached interest is "always" (the filter lets the target through whatever the
+    /// context), the subscriber is not asked again. (`tracing::enabled!` asks it every time: the
+    /// filter's directives matched against the target on every request.)
     pub fn enabled() -> bool {
-        tracing::enabled!(target: ACCESS_LOG, Level::INFO)
+        if Level::INFO > STATIC_MAX_LEVEL || Level::INFO > LevelFilter::current() {
+            return false;
+        }
+        let interest = ACCESS_CALLSITE.interest();
+        interest.is_always()
+            || (!interest.is_never()
+                && tracing::dispatcher::get_default(|dispatch| {
+                    dispatch.enabled(ACCESS_CALLSITE.metadata())
+                }))
     }
 
     /// Writes the line where this thread's subscriber writes its events (the caller has asked
