@@ -14,7 +14,7 @@
 //! [`AccessLine::enabled`] asks `tracing`, whose per-callsite cache answers from the filter
 //! without consulting it again until the set of subscribers changes.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -361,10 +361,15 @@ fn direct_style(dispatch: &Dispatch) -> Option<Style> {
 }
 
 thread_local! {
-    /// The timestamp's date and time to the second (`2026-12-06T03:46:54`) and the second it is
-    /// for: the calendar arithmetic runs once a second per thread rather than once a line.
-    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    /// The second the thread's last timestamp was in and its date and time to the second
+    /// (`2026-12-06T03:46:54`): the calendar arithmetic runs once a second per thread rather
+    /// than once a line, and the text is copied as bytes of known length.
+    static SECOND: Cell<(u64, [u8; DATE_TIME_LEN])> =
+        const { Cell::new((u64::MAX, [0; DATE_TIME_LEN])) };
 }
+
+/// `2026-12-06T03:46:54`: 19 bytes until the year 10000.
+const DATE_TIME_LEN: usize = 19;
 
 /// `2026-12-06T03:46:54.761215Z`, as `tracing_subscriber`'s `SystemTime` writes it.
 fn timestamp(out: &mut Vec<u8>) {
@@ -372,22 +377,45 @@ fn timestamp(out: &mut Vec<u8>) {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let seconds = since_epoch.as_secs();
-    SECOND.with_borrow_mut(|(cached, text)| {
-        if *cached != seconds {
-            text.clear();
-            let _ = write_date_time(text, seconds);
-            *cached = seconds;
+    let fraction = fraction(since_epoch.subsec_micros());
+    let date_time = match SECOND.get() {
+        (cached, date_time) if cached == seconds => date_time,
+        _ => {
+            let mut text = String::with_capacity(DATE_TIME_LEN);
+            let _ = write_date_time(&mut text, seconds);
+            let Ok(date_time) = <[u8; DATE_TIME_LEN]>::try_from(text.as_bytes()) else {
+                // Past the year 9999: longer, written as it is and not kept.
+                out.extend_from_slice(text.as_bytes());
+                out.extend_from_slice(&fraction);
+                return;
+            };
+            SECOND.set((seconds, date_time));
+            date_time
         }
-        out.extend_from_slice(text.as_bytes());
-    });
-    let micros = since_epoch.subsec_micros();
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(micros);
-    out.push(b'.');
-    out.extend_from_slice(&b"000000"[digits.len()..]);
-    out.extend_from_slice(digits.as_bytes());
-    out.push(b'Z');
+    };
+    out.extend_from_slice(&date_time);
+    out.extend_from_slice(&fraction);
 }
+
+/// `.761215Z`: the microseconds (below a million) in six digits, as `{:06}`, two at a time.
+fn fraction(micros: u32) -> [u8; 8] {
+    let micros = micros as usize;
+    let [a, b] = DECIMAL_PAIRS[micros / 10_000 % 100];
+    let [c, d] = DECIMAL_PAIRS[micros / 100 % 100];
+    let [e, f] = DECIMAL_PAIRS[micros % 100];
+    [b'.', a, b, c, d, e, f, b'Z']
+}
+
+/// The numbers 0 to 99 as two decimal digits each.
+static DECIMAL_PAIRS: [[u8; 2]; 100] = {
+    let mut pairs = [[0; 2]; 100];
+    let mut number = 0;
+    while number < 100 {
+        pairs[number] = [b'0' + (number / 10) as u8, b'0' + (number % 10) as u8];
+        number += 1;
+    }
+    pairs
+};
 
 /// `seconds` since the Unix epoch as `YYYY-MM-DDTHH:MM:SS` (UTC), by the days-to-civil
 /// algorithm (Howard Hinnant's `civil_from_days`).
@@ -686,6 +714,13 @@ mod tests {
     }
 
     #[test]
+    fn fractions_are_six_digits() {
+        for micros in [0, 7, 10, 99, 100, 4_560, 10_000, 123_456, 999_999] {
+            assert_eq!(fraction(micros), *format!(".{micros:06}Z").as_bytes());
+        }
+    }
+
+    #[test]
     fn timestamps_follow_the_calendar() {
         let mut text = String::new();
         for (seconds, expected) in [
@@ -710,5 +745,9 @@ mod tests {
         let direct = String::from_utf8(direct).unwrap();
         assert_eq!(direct.len(), general.len());
         assert_eq!(direct[..16], general[..16], "{direct} vs {general}");
+        assert!(
+            direct[19..20] == *"." && direct[20..26].bytes().all(|b| b.is_ascii_digit()),
+            "{direct}"
+        );
     }
 }
