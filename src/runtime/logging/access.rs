@@ -14,13 +14,17 @@
 //! [`AccessLine::enabled`] asks `tracing`, whose per-callsite cache answers from the filter
 //! without consulting it again until the set of subscribers changes.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tracing::{Dispatch, Event, Level, Subscriber};
+use tracing::callsite::{Callsite as _, DefaultCallsite, Identifier};
+use tracing::field::FieldSet;
+use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
+use tracing::metadata::Kind;
+use tracing::{Dispatch, Event, Level, Metadata, Subscriber};
 use tracing_subscriber::fmt::format::{Format, Full, Json, Writer};
 use tracing_subscriber::fmt::time::SystemTime as SystemClock;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -50,11 +54,57 @@ pub struct AccessLine<'a> {
     pub bytes: u64,
 }
 
+/// The callsite [`AccessLine::enabled`] asks about: registered with `tracing` on first use, it
+/// keeps the subscribers' interest in the access log's target until they change. Written out
+/// rather than by `tracing::callsite!`, which registers again (a compare-and-swap) every call.
+static ACCESS_CALLSITE: DefaultCallsite = DefaultCallsite::new(&ACCESS_METADATA);
+static ACCESS_METADATA: Metadata<'static> = Metadata::new(
+    "access line",
+    ACCESS_LOG,
+    Level::INFO,
+    Some(file!()),
+    Some(line!()),
+    Some(module_path!()),
+    FieldSet::new(&[], Identifier(&ACCESS_CALLSITE)),
+    Kind::EVENT,
+);
+
+/// The line's fields in order, as `name: Kind(value)` for `$line` (an [`AccessLine`]): the one
+/// list the text line, the JSON line and the `tracing` event are written from, each by a macro
+/// of its own that `$write!` names and that gets the list as its arguments.
+macro_rules! access_fields {
+    ($line:expr, $write:ident!()) => {
+        $write!(
+            request_id: Str($line.request_id),
+            client: Ip($line.client),
+            method: Shown($line.method.as_str()),
+            path: Str($line.path),
+            status: Number(u64::from($line.status)),
+            backend: Str($line.backend),
+            backend_limit: Number($line.backend_limit as u64),
+            queued_us: Number($line.queued_us),
+            total_us: Number($line.total_us),
+            bytes: Number($line.bytes)
+        )
+    };
+}
+
 impl AccessLine<'_> {
     /// Whether `RUST_LOG` lets the access log through: asked once per request, before anything
-    /// is gathered for its line.
+    /// is gathered for its line. Decided as `tracing::info!` decides for its event: where the
+    /// callsite's cached interest is "always" (the filter lets the target through whatever the
+    /// context), the subscriber is not asked again. (`tracing::enabled!` asks it every time: the
+    /// filter's directives matched against the target on every request.)
     pub fn enabled() -> bool {
-        tracing::enabled!(target: ACCESS_LOG, Level::INFO)
+        if Level::INFO > STATIC_MAX_LEVEL || Level::INFO > LevelFilter::current() {
+            return false;
+        }
+        let interest = ACCESS_CALLSITE.interest();
+        interest.is_always()
+            || (!interest.is_never()
+                && tracing::dispatcher::get_default(|dispatch| {
+                    dispatch.enabled(ACCESS_CALLSITE.metadata())
+                }))
     }
 
     /// Writes the line where this thread's subscriber writes its events (the caller has asked
@@ -74,89 +124,73 @@ impl AccessLine<'_> {
         }
     }
 
-    /// The line as a `tracing` event, for a subscriber this module does not write for. Its
-    /// fields are [`AccessLine::fields`], in the same order.
+    /// The line as a `tracing` event, for a subscriber this module does not write for: the
+    /// fields of [`access_fields!`], in its order.
     fn emit_event(&self) {
-        tracing::info!(
-            target: ACCESS_LOG,
-            request_id = self.request_id,
-            client = %self.client,
-            method = %self.method,
-            path = self.path,
-            status = self.status,
-            backend = self.backend,
-            backend_limit = self.backend_limit,
-            queued_us = self.queued_us,
-            total_us = self.total_us,
-            bytes = self.bytes,
-        );
-    }
-
-    /// The line's fields in order, each with its name as the text and the JSON format write it.
-    fn fields(&self) -> [Field<'_>; 10] {
-        /// `(" name=", ",\"name\":", value)`: the name once, both formats' separators.
-        macro_rules! field {
-            ($name:literal, $value:expr) => {
-                Field {
-                    text: concat!(" ", $name, "="),
-                    json: concat!(",\"", $name, "\":"),
-                    value: $value,
-                }
+        macro_rules! event {
+            ($($name:ident: $kind:ident($value:expr)),*) => {
+                tracing::info!(target: ACCESS_LOG, $($name = event_value!($kind, $value)),*)
             };
         }
-        [
-            field!("request_id", Value::Str(self.request_id)),
-            field!("client", Value::Ip(self.client)),
-            field!("method", Value::Shown(self.method.as_str())),
-            field!("path", Value::Str(self.path)),
-            field!("status", Value::Number(u64::from(self.status))),
-            field!("backend", Value::Str(self.backend)),
-            field!("backend_limit", Value::Number(self.backend_limit as u64)),
-            field!("queued_us", Value::Number(self.queued_us)),
-            field!("total_us", Value::Number(self.total_us)),
-            field!("bytes", Value::Number(self.bytes)),
-        ]
+        /// A value as the event records it: strings and numbers as they are, the others by
+        /// their `Display` (a `%value` field).
+        macro_rules! event_value {
+            (Str, $value:expr) => {
+                $value
+            };
+            (Number, $value:expr) => {
+                $value
+            };
+            (Shown, $value:expr) => {
+                tracing::field::display($value)
+            };
+            (Ip, $value:expr) => {
+                tracing::field::display($value)
+            };
+        }
+        access_fields!(self, event!());
     }
 
     /// The whole line, as `tracing_subscriber`'s default text format or its flattened JSON
-    /// format writes the event of [`AccessLine::emit_event`].
+    /// format writes the event of [`AccessLine::emit_event`]. Each field is written by code of
+    /// its own, so the names and separators are copies of known length the compiler inlines
+    /// (looping over the fields, every copy was a call to `memcpy`).
     fn write(&self, style: Style, out: &mut Vec<u8>) {
         match style {
             Style::Text => {
                 // `2026-12-06T03:46:54.761215Z  INFO juggler::access: request_id="…" client=…`
+                macro_rules! text {
+                    ($($name:ident: $kind:ident($value:expr)),*) => {$(
+                        out.extend_from_slice(concat!(" ", stringify!($name), "=").as_bytes());
+                        Value::$kind($value).write_text(out);
+                    )*};
+                }
                 timestamp(out);
                 // The level right-aligned in five columns, as `{:>5}`.
                 out.extend_from_slice(b"  INFO ");
                 out.extend_from_slice(ACCESS_LOG.as_bytes());
                 out.extend_from_slice(b":");
-                for field in self.fields() {
-                    out.extend_from_slice(field.text.as_bytes());
-                    field.value.write_text(out);
-                }
+                access_fields!(self, text!());
                 out.push(b'\n');
             }
             Style::Json => {
                 // `{"timestamp":"…","level":"INFO","request_id":"…",…,"target":"juggler::access"}`
+                macro_rules! json {
+                    ($($name:ident: $kind:ident($value:expr)),*) => {$(
+                        out.extend_from_slice(concat!(",\"", stringify!($name), "\":").as_bytes());
+                        Value::$kind($value).write_json(out);
+                    )*};
+                }
                 out.extend_from_slice(b"{\"timestamp\":\"");
                 timestamp(out);
                 out.extend_from_slice(b"\",\"level\":\"INFO\"");
-                for field in self.fields() {
-                    out.extend_from_slice(field.json.as_bytes());
-                    field.value.write_json(out);
-                }
+                access_fields!(self, json!());
                 out.extend_from_slice(b",\"target\":");
                 json_string(out, ACCESS_LOG);
                 out.extend_from_slice(b"}\n");
             }
         }
     }
-}
-
-/// One field of the line: its name with the separator before it, in each format, and its value.
-struct Field<'a> {
-    text: &'static str,
-    json: &'static str,
-    value: Value<'a>,
 }
 
 /// A field's value, as the formatters tell them apart.
@@ -173,6 +207,8 @@ enum Value<'a> {
 }
 
 impl Value<'_> {
+    // Inlined where the variant is known, so that only its arm is left.
+    #[inline(always)]
     fn write_text(self, out: &mut Vec<u8>) {
         match self {
             Value::Str(text) => debug_string(out, text),
@@ -184,6 +220,7 @@ impl Value<'_> {
         }
     }
 
+    #[inline(always)]
     fn write_json(self, out: &mut Vec<u8>) {
         match self {
             Value::Str(text) | Value::Shown(text) => json_string(out, text),
@@ -200,23 +237,53 @@ impl Value<'_> {
     }
 }
 
-/// The client's address as `IpAddr`'s `Display` writes it; an IPv4 address by `itoa` rather than
-/// `core::fmt`'s four calls, one per octet (a thousand instructions a line).
+/// The client's address as `IpAddr`'s `Display` writes it; an IPv4 address from [`OCTETS`]
+/// rather than `core::fmt`'s four calls, one per octet (a thousand instructions a line), or
+/// four `itoa` calls and their copies of unknown length.
 fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            let mut digits = itoa::Buffer::new();
-            out.extend_from_slice(digits.format(a).as_bytes());
-            for octet in [b, c, d] {
-                out.push(b'.');
-                out.extend_from_slice(digits.format(octet).as_bytes());
+            let mut text = [0; 16];
+            let mut len = 0;
+            for octet in v4.octets() {
+                let (digits, digits_len) = OCTETS[usize::from(octet)];
+                // Four bytes whatever the octet's length: a copy of known size, no call.
+                text[len..len + 4].copy_from_slice(&digits);
+                len += usize::from(digits_len);
             }
+            // Without the last octet's dot.
+            out.extend_from_slice(&text[..len - 1]);
         }
         IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");
         }
     }
+}
+
+/// Each octet's decimal text and a dot after it (`"10."`), padded to four bytes, with the
+/// length of the text and dot.
+static OCTETS: [([u8; 4], u8); 256] = {
+    let mut octets = [([0; 4], 0); 256];
+    let mut octet = 0;
+    while octet < 256 {
+        octets[octet] = if octet >= 100 {
+            (
+                [digit(octet / 100), digit(octet / 10), digit(octet), b'.'],
+                4,
+            )
+        } else if octet >= 10 {
+            ([digit(octet / 10), digit(octet), b'.', 0], 3)
+        } else {
+            ([digit(octet), b'.', 0, 0], 2)
+        };
+        octet += 1;
+    }
+    octets
+};
+
+/// The last decimal digit of `value`, as text.
+const fn digit(value: usize) -> u8 {
+    b'0' + (value % 10) as u8
 }
 
 /// The event formatter for `tracing_subscriber::fmt` in the binary (and in tests that log as it
@@ -294,10 +361,15 @@ fn direct_style(dispatch: &Dispatch) -> Option<Style> {
 }
 
 thread_local! {
-    /// The timestamp's date and time to the second (`2026-12-06T03:46:54`) and the second it is
-    /// for: the calendar arithmetic runs once a second per thread rather than once a line.
-    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    /// The second the thread's last timestamp was in and its date and time to the second
+    /// (`2026-12-06T03:46:54`): the calendar arithmetic runs once a second per thread rather
+    /// than once a line, and the text is copied as bytes of known length.
+    static SECOND: Cell<(u64, [u8; DATE_TIME_LEN])> =
+        const { Cell::new((u64::MAX, [0; DATE_TIME_LEN])) };
 }
+
+/// `2026-12-06T03:46:54`: 19 bytes until the year 10000.
+const DATE_TIME_LEN: usize = 19;
 
 /// `2026-12-06T03:46:54.761215Z`, as `tracing_subscriber`'s `SystemTime` writes it.
 fn timestamp(out: &mut Vec<u8>) {
@@ -305,22 +377,45 @@ fn timestamp(out: &mut Vec<u8>) {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let seconds = since_epoch.as_secs();
-    SECOND.with_borrow_mut(|(cached, text)| {
-        if *cached != seconds {
-            text.clear();
-            let _ = write_date_time(text, seconds);
-            *cached = seconds;
+    let fraction = fraction(since_epoch.subsec_micros());
+    let date_time = match SECOND.get() {
+        (cached, date_time) if cached == seconds => date_time,
+        _ => {
+            let mut text = String::with_capacity(DATE_TIME_LEN);
+            let _ = write_date_time(&mut text, seconds);
+            let Ok(date_time) = <[u8; DATE_TIME_LEN]>::try_from(text.as_bytes()) else {
+                // Past the year 9999: longer, written as it is and not kept.
+                out.extend_from_slice(text.as_bytes());
+                out.extend_from_slice(&fraction);
+                return;
+            };
+            SECOND.set((seconds, date_time));
+            date_time
         }
-        out.extend_from_slice(text.as_bytes());
-    });
-    let micros = since_epoch.subsec_micros();
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(micros);
-    out.push(b'.');
-    out.extend_from_slice(&b"000000"[digits.len()..]);
-    out.extend_from_slice(digits.as_bytes());
-    out.push(b'Z');
+    };
+    out.extend_from_slice(&date_time);
+    out.extend_from_slice(&fraction);
 }
+
+/// `.761215Z`: the microseconds (below a million) in six digits, as `{:06}`, two at a time.
+fn fraction(micros: u32) -> [u8; 8] {
+    let micros = micros as usize;
+    let [a, b] = DECIMAL_PAIRS[micros / 10_000 % 100];
+    let [c, d] = DECIMAL_PAIRS[micros / 100 % 100];
+    let [e, f] = DECIMAL_PAIRS[micros % 100];
+    [b'.', a, b, c, d, e, f, b'Z']
+}
+
+/// The numbers 0 to 99 as two decimal digits each.
+static DECIMAL_PAIRS: [[u8; 2]; 100] = {
+    let mut pairs = [[0; 2]; 100];
+    let mut number = 0;
+    while number < 100 {
+        pairs[number] = [b'0' + (number / 10) as u8, b'0' + (number % 10) as u8];
+        number += 1;
+    }
+    pairs
+};
 
 /// `seconds` since the Unix epoch as `YYYY-MM-DDTHH:MM:SS` (UTC), by the days-to-civil
 /// algorithm (Howard Hinnant's `civil_from_days`).
@@ -436,17 +531,23 @@ mod tests {
 
     #[test]
     fn client_addresses_are_displayed_as_ip_addr_displays_them() {
+        let every_octet = (0..=255).map(|octet| IpAddr::from([octet, 7, 255 - octet, octet]));
         for ip in [
             "0.0.0.0",
             "10.1.2.3",
+            "9.99.100.249",
+            "1.10.200.255",
             "255.255.255.255",
             "127.0.0.1",
             "::1",
             "fe80::1:2",
             "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
             "::ffff:255.255.255.255",
-        ] {
-            let ip: IpAddr = ip.parse().unwrap();
+        ]
+        .map(|ip| ip.parse().unwrap())
+        .into_iter()
+        .chain(every_octet)
+        {
             let mut shown = Vec::new();
             write_ip(&mut shown, ip);
             assert_eq!(String::from_utf8(shown).unwrap(), ip.to_string());
@@ -613,6 +714,13 @@ mod tests {
     }
 
     #[test]
+    fn fractions_are_six_digits() {
+        for micros in [0, 7, 10, 99, 100, 4_560, 10_000, 123_456, 999_999] {
+            assert_eq!(fraction(micros), *format!(".{micros:06}Z").as_bytes());
+        }
+    }
+
+    #[test]
     fn timestamps_follow_the_calendar() {
         let mut text = String::new();
         for (seconds, expected) in [
@@ -637,5 +745,9 @@ mod tests {
         let direct = String::from_utf8(direct).unwrap();
         assert_eq!(direct.len(), general.len());
         assert_eq!(direct[..16], general[..16], "{direct} vs {general}");
+        assert!(
+            direct[19..20] == *"." && direct[20..26].bytes().all(|b| b.is_ascii_digit()),
+            "{direct}"
+        );
     }
 }
