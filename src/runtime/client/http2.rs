@@ -20,14 +20,14 @@ use std::task::{Context, Poll};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
 /// A stream's future, as hyper hands it over.
-type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
+type AcceptedStream = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The executor hyper's HTTP/2 connection is built with: it queues the streams hyper accepts for
 /// the [`OwnStreams`] around that connection. hyper accepts streams only inside its connection's
 /// poll (hyper 1.x, `proto::h2::server`), so nothing but that poll needs waking: [`OwnStreams`]
 /// starts what it queued before the poll returns.
 #[derive(Clone, Default)]
-pub(super) struct StreamQueue(Arc<Mutex<Vec<Stream>>>);
+pub(super) struct StreamQueue(Arc<Mutex<Vec<AcceptedStream>>>);
 
 impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for StreamQueue {
     fn execute(&self, stream: F) {
@@ -40,7 +40,7 @@ impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for StreamQ
 
 impl StreamQueue {
     /// Moves the queued streams into `streams`; whether there were any.
-    fn move_into(&self, streams: &mut FuturesUnordered<Stream>) -> bool {
+    fn move_into(&self, streams: &mut FuturesUnordered<AcceptedStream>) -> bool {
         let mut queued = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let any = !queued.is_empty();
         streams.extend(queued.drain(..));
@@ -54,7 +54,7 @@ pin_project_lite::pin_project! {
         #[pin]
         conn: C,
         queue: StreamQueue,
-        streams: FuturesUnordered<Stream>,
+        streams: FuturesUnordered<AcceptedStream>,
     }
 }
 
@@ -74,7 +74,7 @@ impl<C> OwnStreams<C> {
 }
 
 /// Polls the streams that were woken until none is ready; finished ones leave the set.
-fn poll_streams(streams: &mut FuturesUnordered<Stream>, cx: &mut Context<'_>) {
+fn poll_streams(streams: &mut FuturesUnordered<AcceptedStream>, cx: &mut Context<'_>) {
     while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
 }
 
