@@ -10,7 +10,7 @@ else on the machine's loopback shares its ports or its connection tables.
 Each revision is exported with `git archive` (a clean tree: nothing uncommitted leaks in) and built
 like `make all` builds the shipped binary (static, release profile of that revision), with the
 bench's config compiled in (pool of 8 per backend, 2 worker threads; AB_WORKERS, AB_WORKERS_A,
-AB_WORKERS_B change that). Binaries are cached by commit
+AB_WORKERS_B and AB_POOL, AB_POOL_A, AB_POOL_B change that). Binaries are cached by commit
 under bench/out/ab/bin, so bisecting builds each commit once.
 
 Settings (environment): AB_ROUNDS pairs of rounds (default 6), AB_DURATION seconds per round
@@ -59,7 +59,10 @@ def over_h2() -> bool:
 def build(commit: str, port: int) -> Path:
     """The release binary of `commit` with the bench's config, built once and cached."""
     workers = worker_threads(port)
-    binary = OUT / "bin" / f"juggler-{commit}-{port}{'-tls' if over_h2() else ''}{'' if workers == sides.WORKERS else f'-w{workers}'}"
+    pool = pool_size(port)
+    binary = OUT / "bin" / (f"juggler-{commit}-{port}{'-tls' if over_h2() else ''}"
+                            f"{'' if workers == sides.WORKERS else f'-w{workers}'}"
+                            f"{'' if pool == sides.POOL_PER_BACKEND else f'-p{pool}'}")
     if binary.exists():
         return binary
     source = OUT / "src" / commit
@@ -90,7 +93,7 @@ def build(commit: str, port: int) -> Path:
         certs, problem = sides.make_certs(REPO, OUT)
         if problem:
             sys.exit(f"bench-ab: {problem}")
-    lb, routes = sides.juggler_config(certs, target, admin, workers)
+    lb, routes = sides.juggler_config(certs, target, admin, workers, pool)
     (config / "load_balancer.toml").write_text(lb)
     (config / "routes.toml").write_text(routes)
     log = OUT / "logs" / f"build-{commit}.log"
@@ -210,7 +213,7 @@ def count_series(revisions: list[str], binaries: list[Path]) -> None:
              (f"h2load -c{os.environ.get('AB_H2_CONNS', '10')} -m{os.environ.get('AB_H2_STREAMS', '10')} HTTPS "
               if over_h2() else f"wrk -t1 -c{os.environ.get('AB_CONNS', '64')} ")
              + f"{os.environ.get('AB_PATH', '/small.txt')}, "
-             f"RUST_LOG={os.environ.get('AB_RUST_LOG', 'warn')}, pool 8 x 3 nginx backends", "",
+             f"RUST_LOG={os.environ.get('AB_RUST_LOG', 'warn')}, pool {pool_size(18080)} x 3 nginx backends", "",
              "| revision | instructions per request | vs previous | vs first |", "|---|---:|---:|---:|"]
     for index, (commit, got) in enumerate(zip(revisions, counted)):
         previous = counted[index - 1]["per_request"] if index else got["per_request"]
@@ -235,6 +238,14 @@ def worker_threads(port: int) -> int:
     on two: A=HEAD B=HEAD AB_WORKERS_B=1 (issue 18's thread layout)."""
     side = "A" if port == 18080 else "B"
     return int(os.environ.get(f"AB_WORKERS_{side}") or os.environ.get("AB_WORKERS", str(sides.WORKERS)))
+
+
+def pool_size(port: int) -> int:
+    """Connections per backend of the build on `port`: AB_POOL_A / AB_POOL_B, else AB_POOL, else
+    the bench's 8. One revision against itself with a pool big enough that no request queues:
+    A=HEAD B=HEAD AB_POOL_B=64 (what waiting for a slot costs at 64 connections)."""
+    side = "A" if port == 18080 else "B"
+    return int(os.environ.get(f"AB_POOL_{side}") or os.environ.get("AB_POOL", str(sides.POOL_PER_BACKEND)))
 
 
 def rust_log(side: str) -> str:
@@ -308,7 +319,7 @@ def report(a: str, b: str, results: dict[str, list[dict]]) -> None:
         + (f"h2load {' '.join(h2_streams())} HTTPS " if over_h2() else f"wrk -t1 -c{os.environ.get('AB_CONNS', '64')} ")
         + f"-d{os.environ.get('AB_DURATION', '8')}s {os.environ.get('AB_PATH', '/small.txt')}, "
         f"RUST_LOG A={rust_log('A')} B={rust_log('B')}, worker threads A={worker_threads(18080)} "
-        f"B={worker_threads(18180)}, pool 8 x 3 nginx backends, "
+        f"B={worker_threads(18180)}, pool A={pool_size(18080)} B={pool_size(18180)} x 3 nginx backends, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
         "| | req/s median (min - max) | req per CPU-s median (min - max) | p99 ms median | backend conns |",

@@ -289,7 +289,7 @@ def supports_admin(source: Path) -> bool:
 
 
 def juggler_config(certs: "Certs | None", target: Target, admin_listen: str | None = None,
-                   workers: int = WORKERS) -> tuple[str, str]:
+                   workers: int = WORKERS, pool: int = POOL_PER_BACKEND) -> tuple[str, str]:
     """(load_balancer.toml, routes.toml) for a Juggler built for these backends.
 
     admin_listen: the `[admin] listen` value ("127.0.0.1:port" or "off"); None leaves the section
@@ -320,7 +320,7 @@ max_client_connections = {MAX_CLIENT_CONNS}
 worker_threads = {workers}
 
 [upstreams.bench]
-connections_per_server = {POOL_PER_BACKEND}
+connections_per_server = {pool}
 servers = [{servers}]
 """
     if admin_listen is not None:
