@@ -274,11 +274,10 @@ fn serve(table: &'static RouteTable, cli: &Cli) -> Result<()> {
             "socket activation: listening sockets passed"
         );
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if table.settings.proxy.worker_threads > 0 {
-        runtime.worker_threads(table.settings.proxy.worker_threads);
-    }
-    let runtime = runtime
+    // The control runtime: accept loops, admin, health checks, fleet, upgrades, signals. Client
+    // connections are served on the serving threads (`worker_threads`, one per core by default),
+    // which the server starts.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;

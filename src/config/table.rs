@@ -393,7 +393,7 @@ settings_section! {
         max_retries: u32 = count(1, 0, 10),
         /// Consecutive failed connects after which a backend is marked down and skipped.
         down_after_failures: u32 = count(3, 1, 1000),
-        /// Runtime worker threads; `0` means one per core.
+        /// Serving threads, a single-threaded runtime each; `0` means one per core.
         worker_threads: usize = count(0, 0, 1024),
     }
 }

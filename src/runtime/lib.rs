@@ -24,6 +24,8 @@
 //! - [`metrics`]: the request path's sharded counters and latency histograms (read by `admin`).
 //! - [`logging`]: log lines gathered per thread and written in batches; the access line formatted
 //!   cheaply (what the access log costs).
+//! - `threads`: the serving threads, one single-threaded runtime per core, and the dealing of
+//!   client connections to them.
 //! - `deadline`: a timeout that costs nothing when the work is done at once.
 //! - `error`: `ProxyError`, which knows who failed and what status the client sees.
 //! - `hop_by_hop`: the header rule both sides share: which fields belong to one connection.
@@ -46,6 +48,7 @@ pub mod metrics;
 pub mod proxy;
 mod socket_read;
 pub mod systemd;
+mod threads;
 pub mod upgrade;
 
 pub use client::{run, run_with, tls, Listeners};

@@ -21,6 +21,7 @@ use super::chunked::{ChunkedDecoder, Decoded};
 use super::head::{self, ForwardedFields, KnownNames, Parsed, MAX_RESPONSE_HEADERS};
 use super::spool::RequestBody;
 use crate::socket_read::poll_read_draining;
+use crate::threads;
 
 /// The largest response head accepted from a backend.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -55,6 +56,8 @@ pub struct BackendConn {
     retire_at: Option<Instant>,
     /// The field names of the last response, in order (see [`head::KnownNames`]).
     known_names: KnownNames,
+    /// The serving thread whose reactor the socket is registered with (see `crate::threads`).
+    home: usize,
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
@@ -131,6 +134,7 @@ impl BackendConn {
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             retire_at: None,
             known_names: KnownNames::default(),
+            home: threads::current(),
         })
     }
 
@@ -157,6 +161,35 @@ impl BackendConn {
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             retire_at: retire_in.map(|rest| Instant::now() + rest),
             known_names: KnownNames::default(),
+            home: threads::current(),
+        })
+    }
+
+    /// Whether the socket is registered with the reactor of the thread the caller runs on.
+    pub(crate) fn is_at_home(&self) -> bool {
+        self.home == threads::current()
+    }
+
+    /// The idle connection registered with the reactor of the thread the caller runs on, so that
+    /// its readiness wakes the caller's task directly rather than through another thread's epoll
+    /// (two `epoll_ctl` calls, only when it moves).
+    pub(crate) fn settle(self) -> io::Result<BackendConn> {
+        if self.is_at_home() {
+            return Ok(self);
+        }
+        let BackendConn {
+            stream,
+            read_buf,
+            retire_at,
+            known_names,
+            home: _,
+        } = self;
+        Ok(BackendConn {
+            stream: TcpStream::from_std(stream.into_std()?)?,
+            read_buf,
+            retire_at,
+            known_names,
+            home: threads::current(),
         })
     }
 
@@ -535,5 +568,54 @@ mod tests {
             "the connection kept a {} B read buffer",
             conn.read_buf.capacity()
         );
+    }
+
+    /// A connection opened on one serving thread and checked out on another is moved to the
+    /// second one's reactor: it still works after the first thread's runtime is gone, which a
+    /// connection left registered there would not.
+    #[tokio::test]
+    async fn a_settled_connection_works_on_its_new_thread_after_the_old_one_is_gone() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let backend = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0; 1024];
+            let read = socket.read(&mut request).await.unwrap();
+            assert!(request[..read].starts_with(b"GET /moved HTTP/1.1\r\n"));
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            socket
+        });
+        let opened_elsewhere = std::thread::spawn(move || {
+            crate::threads::set_current(usize::MAX);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            // The runtime, and its reactor, are dropped when this thread ends.
+            runtime.block_on(BackendConn::connect(&address, Duration::from_secs(5)))
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+        assert!(!opened_elsewhere.is_at_home());
+        let mut conn = opened_elsewhere.settle().unwrap();
+        assert!(conn.is_at_home());
+        let request = b"GET /moved HTTP/1.1\r\nhost: backend\r\n\r\n";
+        let sent = conn
+            .write_request(request, &RequestBody::default())
+            .await
+            .unwrap();
+        assert_eq!(sent, Sent::Complete);
+        let head = conn
+            .read_head(false, FieldsWanted::HeaderMap)
+            .await
+            .unwrap();
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(&conn.read_exact_body(2).await.unwrap()[..], b"ok");
+        drop(backend.await.unwrap());
     }
 }

@@ -556,9 +556,14 @@ impl BackendPool {
     /// The most recently used idle connection that can still carry a request; unusable ones met
     /// on the way are closed.
     fn pop_usable_idle(&self) -> Option<Member> {
-        while let Some(mut member) = self.pop_idle() {
-            if member.conn.is_usable() {
-                return Some(member);
+        while let Some(member) = self.pop_idle() {
+            let Member { mut conn, _counted } = member;
+            if !conn.is_usable() {
+                continue;
+            }
+            // One that cannot move to this thread's reactor is closed (uncounted with it).
+            if let Ok(conn) = conn.settle() {
+                return Some(Member { conn, _counted });
             }
         }
         None
@@ -693,11 +698,14 @@ impl BackendPool {
         length
     }
 
+    /// The most recently used idle connection registered with this thread's reactor, else the
+    /// most recently used one.
     fn pop_idle(&self) -> Option<Member> {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        match idle.iter().rposition(|member| member.conn.is_at_home()) {
+            Some(at_home) => Some(idle.remove(at_home)),
+            None => idle.pop(),
+        }
     }
 
     /// Opens a connection for a slot the caller holds and has reserved with

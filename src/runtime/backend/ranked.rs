@@ -11,6 +11,12 @@
 //! - the backend leaves rotation ([`Ending::Down`]): [`PrioritySlots::end_all`], instead of a
 //!   `Notify` every queued request registers with.
 //!
+//! Within a priority, a freed slot goes to the first waiter on the serving thread that freed it
+//! (see `crate::threads`) if one is among the first [`AFFINITY_WINDOW`]: its connection is then
+//! taken on the thread whose reactor it is registered with, and its waker wakes a task of the same
+//! thread, without a system call. The first in line is overtaken so at most [`MAX_OVERTAKEN`]
+//! times before it is served, so the order stays first come, first served but for a bounded skew.
+//!
 //! A waiter's state is a cell of a slab under the queue's lock, reused from one waiter to the next,
 //! so once the queue has been as long before, a queued request allocates nothing either.
 //!
@@ -30,6 +36,14 @@ use tokio::time::Instant;
 
 use super::limit::Slots;
 use crate::table::Priority;
+use crate::threads;
+
+/// How far down its priority's line a waiter on the freeing thread may be and still be served
+/// first.
+const AFFINITY_WINDOW: usize = 32;
+
+/// How often the first waiter of a priority may be overtaken by one on the freeing thread.
+const MAX_OVERTAKEN: u8 = 16;
 
 /// How a request's wait in the queue ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,11 +75,15 @@ struct Queue {
     vacant: Vec<usize>,
 }
 
-/// A request in the queue: its cell, and when it stops waiting.
+/// A request in the queue: its cell, when it stops waiting, and where it waits.
 #[derive(Debug, Clone, Copy)]
 struct Listed {
     cell: usize,
     deadline: Instant,
+    /// The serving thread its task runs on.
+    thread: usize,
+    /// How often a later waiter was served before it while it was first in line.
+    overtaken: u8,
 }
 
 #[derive(Debug)]
@@ -89,6 +107,25 @@ impl Queue {
                 self.cells.len() - 1
             }
         }
+    }
+
+    /// Takes the request a slot freed on `thread` goes to: the first of the highest priority
+    /// anyone waits at, unless one near it waits on `thread` and the first may still be
+    /// overtaken.
+    fn next_for(&mut self, thread: usize) -> Option<Listed> {
+        let line = self.classes.iter_mut().find(|line| !line.is_empty())?;
+        let first = line.front_mut()?;
+        if first.thread != thread && first.overtaken < MAX_OVERTAKEN {
+            let near = line
+                .iter()
+                .take(AFFINITY_WINDOW)
+                .position(|listed| listed.thread == thread);
+            if let Some(near) = near {
+                line[0].overtaken += 1;
+                return line.remove(near);
+            }
+        }
+        line.pop_front()
     }
 
     fn vacate(&mut self, cell: usize) {
@@ -133,7 +170,12 @@ impl PrioritySlots {
         let cell = {
             let mut queue = self.lock();
             let cell = queue.occupy();
-            queue.classes[class(priority)].push_back(Listed { cell, deadline });
+            queue.classes[class(priority)].push_back(Listed {
+                cell,
+                deadline,
+                thread: threads::current(),
+                overtaken: 0,
+            });
             self.waiting.fetch_add(1, Ordering::SeqCst);
             cell
         };
@@ -203,15 +245,17 @@ impl PrioritySlots {
     }
 
     /// Hands `n` freed slots, and any that sit in `free`, to the listed requests in order (high,
-    /// normal, low; first come, first served in each); the rest go to `free`.
+    /// normal, low; first come, first served in each, but for the freeing thread's own waiters:
+    /// see [`Queue::next_for`]); the rest go to `free`.
     fn hand_out(&self, mut n: usize) {
+        let thread = threads::current();
         loop {
             let mut queue = self.lock();
             n += self.free.swap(0, Ordering::SeqCst);
             if n == 0 {
                 return;
             }
-            let Some(next) = queue.classes.iter_mut().find_map(VecDeque::pop_front) else {
+            let Some(next) = queue.next_for(thread) else {
                 // Under the lock: a request listing itself after this finds them in `free`.
                 self.free.fetch_add(n, Ordering::SeqCst);
                 return;
@@ -446,6 +490,42 @@ mod tests {
         }
         // Ended, not granted: no slot appeared out of nowhere.
         assert_eq!(slots.available(), 0);
+    }
+
+    #[test]
+    fn a_freed_slot_goes_to_a_waiter_of_its_thread_and_the_first_is_overtaken_a_bounded_number_of_times(
+    ) {
+        let slots = PrioritySlots::new(0);
+        let deadline = far();
+        // Two waiters of thread 1 in front, then more of thread 2 than may overtake; slots freed
+        // on thread 2.
+        let overtakers = usize::from(MAX_OVERTAKEN);
+        let mut waits: Vec<(usize, Pin<Box<Wait<'_>>>)> = Vec::new();
+        for thread in [1, 1].into_iter().chain([2].repeat(overtakers + 2)) {
+            threads::set_current(thread);
+            waits.push((thread, Box::pin(slots.enqueue(Priority::Normal, deadline))));
+        }
+        // A high waiter of thread 1 still goes first: priorities are never skewed.
+        threads::set_current(1);
+        let mut high = Box::pin(slots.enqueue(Priority::High, deadline));
+        threads::set_current(2);
+        slots.free(1);
+        assert_eq!(futures_poll(&mut high), Some(Ending::Granted));
+        let mut served = Vec::new();
+        for _ in 0..waits.len() {
+            slots.free(1);
+            let granted = waits
+                .iter_mut()
+                .position(|(_, wait)| futures_poll(wait) == Some(Ending::Granted))
+                .expect("one waiter granted per freed slot");
+            served.push(waits.remove(granted).0);
+        }
+        threads::set_current(0);
+        // MAX_OVERTAKEN of thread 2 overtake the first of thread 1, which is then served, and
+        // the second of thread 1 is overtaken by the last two of thread 2 only.
+        let mut expected = [2].repeat(overtakers);
+        expected.extend([1, 2, 2, 1]);
+        assert_eq!(served, expected);
     }
 
     /// Polls `wait` once with a waker that does nothing.

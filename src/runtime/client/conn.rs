@@ -34,6 +34,7 @@ use crate::metrics::ListenerKind;
 use crate::proxy::headers::ClientInfo;
 use crate::proxy::request::RequestHead;
 use crate::proxy::Proxy;
+use crate::threads::Dealer;
 use juggler_config::network::any_contains;
 
 /// The client side's phase (serving, handing over, draining), as each connection watches it.
@@ -52,6 +53,8 @@ pub(super) struct Shared {
     pub(super) handed_over: mpsc::UnboundedSender<HandedOver>,
     /// Where idle plain connections wait, outside any task, for their client's next request.
     pub(super) parking: ParkingLot,
+    /// Gives each connection to a serving thread: accepted, handed over, or woken from parking.
+    pub(super) dealer: Dealer,
 }
 
 /// A client stream as the connection code needs it; plain TCP can be handed to another process,

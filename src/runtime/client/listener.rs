@@ -1,6 +1,7 @@
 //! Listeners: accept client connections (up to the connection cap, backing off when accept
-//! fails), give each its own task (`conn`), and on shutdown stop accepting and drain; during a
-//! binary upgrade, stop accepting and hand idle connections to the successor (`upgrade`).
+//! fails), deal each to a serving thread (`crate::threads`) where it is a task of its own
+//! (`conn`), and on shutdown stop accepting and drain; during a binary upgrade, stop accepting
+//! and hand idle connections to the successor (`upgrade`).
 
 use std::future::Future;
 use std::io;
@@ -9,7 +10,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -18,6 +19,7 @@ use super::park::ParkingLot;
 use super::tls::TlsAcceptor;
 use crate::proxy::Proxy;
 use crate::table::RouteTable;
+use crate::threads::ServingThreads;
 
 /// The sockets Juggler serves, bound by the caller (so tests can bind `127.0.0.1:0`).
 #[derive(Default)]
@@ -53,18 +55,21 @@ pub(crate) struct Server {
     phase: watch::Sender<Phase>,
     accept_loops: JoinSet<()>,
     pool_upkeep: JoinSet<()>,
+    /// Where the connections are served; dropping the server ends them.
+    threads: ServingThreads,
 }
 
 impl Server {
-    /// Starts accepting on `listeners`; idle plain connections go to `handed_over` while
-    /// handing over.
+    /// Starts the serving threads and accepts on `listeners`; idle plain connections go to
+    /// `handed_over` while handing over.
     pub(crate) fn start(
         listeners: Listeners,
         proxy: Arc<Proxy>,
         handed_over: mpsc::UnboundedSender<HandedOver>,
-    ) -> Server {
+    ) -> io::Result<Server> {
         let table = proxy.table;
         let limits = &table.settings.limits;
+        let (threads, dealer) = ServingThreads::start(table.settings.proxy.worker_threads)?;
         let pool_upkeep = proxy.maintain_pools();
         let redirect_to_https_port = listeners
             .https
@@ -82,6 +87,7 @@ impl Server {
             redirect_to_https_port,
             handed_over,
             parking: ParkingLot::new(),
+            dealer,
         });
         let (phase, phase_rx) = watch::channel(Phase::Serving);
         let mut accept_loops = JoinSet::new();
@@ -93,12 +99,13 @@ impl Server {
             let shared = Arc::clone(&shared);
             accept_loops.spawn(accept_loop(listener, Some(tls), shared, phase_rx.clone()));
         }
-        Server {
+        Ok(Server {
             shared,
             phase,
             accept_loops,
             pool_upkeep,
-        }
+            threads,
+        })
     }
 
     pub(crate) fn proxy(&self) -> &Arc<Proxy> {
@@ -118,11 +125,11 @@ impl Server {
             return;
         };
         let stream = std::net::TcpStream::from(socket);
-        let adopted = stream
+        let peer = match stream
             .set_nonblocking(true)
-            .and_then(|()| Ok((stream.peer_addr()?, TcpStream::from_std(stream)?)));
-        let (peer, stream) = match adopted {
-            Ok(adopted) => adopted,
+            .and_then(|()| stream.peer_addr())
+        {
+            Ok(peer) => peer,
             Err(error) => {
                 tracing::debug!(%error, "handed-over client connection unusable");
                 return;
@@ -131,7 +138,9 @@ impl Server {
         let shared = Arc::clone(&self.shared);
         let phase = self.phase.subscribe();
         let client_ip = client_ip.unwrap_or(peer.ip());
-        tokio::spawn(serve_adopted(stream, client_ip, shared, phase, permit));
+        self.shared.dealer.deal(stream, move |stream| {
+            serve_adopted(stream, client_ip, shared, phase, permit)
+        });
     }
 
     /// Client connections open now.
@@ -156,6 +165,7 @@ impl Server {
             tracing::warn!("drain timeout reached with requests still in progress; closing them");
         }
         self.pool_upkeep.shutdown().await;
+        self.threads.stop().await;
     }
 }
 
@@ -178,7 +188,7 @@ pub async fn run_with(
 ) -> io::Result<()> {
     // Nobody takes connections over: a connection that would be handed over is closed.
     let (handed_over, _) = mpsc::unbounded_channel();
-    let server = Server::start(listeners, proxy, handed_over);
+    let server = Server::start(listeners, proxy, handed_over)?;
     shutdown.await;
     tracing::info!("shutting down: no new connections, draining accepted requests");
     server.drain().await;
@@ -231,20 +241,27 @@ async fn accept_loop(
                 continue;
             }
         };
-        let shared = Arc::clone(&shared);
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "an accepted connection could not be served");
+                continue;
+            }
+        };
+        let shared_here = Arc::clone(&shared);
         let phase = phase.clone();
         // Each kind its own task: a task is as large as its future's largest state.
         match &tls {
-            Some(tls) => tokio::spawn(serve_tls(
-                stream,
-                peer,
-                Arc::clone(tls),
-                shared,
-                phase,
-                permit,
-            )),
-            None => tokio::spawn(serve_plain(stream, peer, shared, phase, permit)),
-        };
+            Some(tls) => {
+                let tls = Arc::clone(tls);
+                shared.dealer.deal(stream, move |stream| {
+                    serve_tls(stream, peer, tls, shared_here, phase, permit)
+                })
+            }
+            None => shared.dealer.deal(stream, move |stream| {
+                serve_plain(stream, peer, shared_here, phase, permit)
+            }),
+        }
     }
 }
 

@@ -11,8 +11,8 @@
 //! A plain connection parks in its server's [`ParkingLot`]: its task ends, its socket leaves
 //! tokio's IO driver for one epoll set (mio) that all parked sockets share, and its idle deadline
 //! goes into one heap. One task watches the set (registered with tokio as a single source), the
-//! deadlines and the server's phase; when a parked client sends, it reads what arrived and spawns
-//! a task that serves the connection again. A parked connection so costs a slot (its socket, its
+//! deadlines and the server's phase; when a parked client sends, it reads what arrived and deals
+//! the connection to a serving thread, where a task serves it again. A parked connection so costs a slot (its socket, its
 //! deadline, the client's address) and a heap entry, some 80 bytes, instead of a task of about
 //! 2 KiB, a tokio IO registration and a timer. A TLS stream's session lives in its task, so a TLS
 //! connection parks there (`conn::serve_http1`), holding only the stream.
@@ -229,22 +229,12 @@ impl Lot {
         let (Some(permit), true) = (permit, read > 0) else {
             return;
         };
-        let stream = match TcpStream::from_std(socket.into()) {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::debug!(%error, "unparking a connection failed; closing it");
-                return;
-            }
-        };
         let unread = Bytes::copy_from_slice(&first[..read]);
-        tokio::spawn(serve_plain_http1(
-            stream,
-            client,
-            Arc::clone(shared),
-            phase.clone(),
-            permit,
-            unread,
-        ));
+        let shared_there = Arc::clone(shared);
+        let phase = phase.clone();
+        shared.dealer.deal(socket.into(), move |stream| {
+            serve_plain_http1(stream, client, shared_there, phase, permit, unread)
+        });
     }
 
     /// Closes the connections whose deadline has passed; returns the next deadline.

@@ -224,7 +224,7 @@ pub async fn serve(
             pool.inherit();
         }
     }
-    let server = Server::start(listeners, proxy, clients_tx);
+    let server = Server::start(listeners, proxy, clients_tx)?;
     let serving = serving_status(&listener_fds);
     let (mut predecessor, mut control) = match predecessor {
         Some(predecessor) => {
