@@ -21,7 +21,9 @@ one side, e.g. A=HEAD B=HEAD AB_RUST_LOG_B=info: the access log's cost); AB_TOOL
 instructions per request instead (one window each, under valgrind: exact, not timed); AB_LOAD=h2
 loads over HTTPS with HTTP/2 (h2load, AB_H2_CONNS x AB_H2_STREAMS, default 10 x 10) instead of
 wrk's plain HTTP/1.1, in either mode (the builds then have an HTTPS listener).
-Output: a table on stdout and in bench/out/ab/<A>-<B>.md; raw wrk output under bench/out/ab/logs.
+Output: a table on stdout and in bench/out/ab/<A>-<B>.md (with the share of the machine's CPU time
+left idle during the rounds: at full load a balancer that keeps the cores waiting on each other
+shows there first); raw wrk output under bench/out/ab/logs.
 """
 
 import os
@@ -35,7 +37,8 @@ from pathlib import Path
 
 import load
 import targets as sides
-from procs import Processes, cpu_seconds, established_by_pid, count_owned, process_tree, wait_listening
+from procs import (Processes, cpu_seconds, established_by_pid, count_owned, machine_cpu_ticks, process_tree,
+                   wait_listening)
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out" / "ab"
@@ -125,6 +128,7 @@ def run_round(name: str, port: int, pid: int, log: Path) -> dict:
     path = os.environ.get("AB_PATH", "/small.txt")
     measured = process_tree(pid)
     before = cpu_seconds(measured)
+    idle_before, all_before = machine_cpu_ticks()
     if over_h2():
         argv = ["h2load", *h2_streams(), "-t1", f"-D{duration}", f"--log-file={log.with_suffix('.latency')}",
                 f"https://{sides.HOST}:{port + 1000}{path}"]
@@ -134,6 +138,8 @@ def run_round(name: str, port: int, pid: int, log: Path) -> dict:
                 f"http://{sides.HOST}:{port}{path}"]
     output = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
     cpu = cpu_seconds(measured) - before
+    idle_after, all_after = machine_cpu_ticks()
+    idle = 100 * (idle_after - idle_before) / max(all_after - all_before, 1)
     log.write_text(" ".join(argv) + "\n" + output)
     result = load.parse_h2load(output, log.with_suffix(".latency")) if over_h2() else load.parse_wrk(output)
     if result.problem or result.errors or result.non_2xx:
@@ -141,7 +147,7 @@ def run_round(name: str, port: int, pid: int, log: Path) -> dict:
                  f"(see {log})")
     backend = count_owned(established_by_pid(sides.BACKEND_PORTS), measured)
     return {"rps": result.rps, "per_cpu": result.requests / cpu if cpu > 0 else 0.0, "p99": result.p99_ms,
-            "backend_conns": backend}
+            "backend_conns": backend, "idle": idle}
 
 
 def h2_streams() -> list[str]:
@@ -302,7 +308,8 @@ def main() -> None:
                 got = run_round(side, ports[side], pids[side], logs / f"round{index}-{side}.txt")
                 results[side].append(got)
                 print(f"round {index + 1}/{rounds} {side}: {got['rps']:,.0f} req/s, {got['per_cpu']:,.0f} "
-                      f"req/CPU-s, p99 {got['p99']:.2f} ms, {got['backend_conns']} backend conns", flush=True)
+                      f"req/CPU-s, p99 {got['p99']:.2f} ms, {got['backend_conns']} backend conns, "
+                      f"machine idle {got['idle']:.1f} %", flush=True)
     finally:
         procs.stop_all()
     report(a, b, results)
@@ -322,15 +329,17 @@ def report(a: str, b: str, results: dict[str, list[dict]]) -> None:
         f"B={worker_threads(18180)}, pool A={pool_size(18080)} B={pool_size(18180)} x 3 nginx backends, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
-        "| | req/s median (min - max) | req per CPU-s median (min - max) | p99 ms median | backend conns |",
-        "|---|---:|---:|---:|---:|",
+        "| | req/s median (min - max) | req per CPU-s median (min - max) | p99 ms median | backend conns "
+        "| machine idle % median |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for side, commit in (("A", a), ("B", b)):
         rows = results[side]
         lines.append(f"| {side} {commit} | {spread([r['rps'] for r in rows])} | "
                      f"{spread([r['per_cpu'] for r in rows])} | "
                      f"{statistics.median([r['p99'] for r in rows]):.2f} | "
-                     f"{max(r['backend_conns'] for r in rows)} |")
+                     f"{max(r['backend_conns'] for r in rows)} | "
+                     f"{statistics.median([r['idle'] for r in rows]):.1f} |")
     for key, label in (("rps", "req/s"), ("per_cpu", "req per CPU-s")):
         paired = ratios(key)
         lines.append("")

@@ -132,6 +132,15 @@ def cpu_seconds(pids: set[int]) -> float:
     return total / _CLOCK_TICKS
 
 
+def machine_cpu_ticks() -> tuple[int, int]:
+    """(idle, all) CPU time of the whole machine so far, in clock ticks, from /proc/stat: the
+    share idle over a round tells a balancer that leaves the cores waiting on each other (work
+    handed between threads, wake-ups) from one that keeps them busy."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user already).
+    return fields[3] + fields[4], sum(fields[:8])
+
+
 def rss_kib(pids: set[int]) -> int:
     """Resident memory summed over the processes, in KiB (VmRSS)."""
     total = 0
