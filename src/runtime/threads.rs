@@ -14,8 +14,11 @@
 //! reactor of whichever thread checks it out ([`BackendConn::settle`]), so its readiness wakes the
 //! task that waits on it without a hop through another thread.
 //!
-//! The control work (accept loops, admin listener, health checks, fleet, upgrades, signals) runs
-//! on the runtime of the thread that starts the serving threads.
+//! Every serving thread accepts on the listeners itself and serves what it accepts, unless it
+//! serves clearly more connections than another (then it hands the connection over); a parked
+//! connection that wakes and one handed over by a predecessor go to the least busy thread. The
+//! control work (admin listener, health checks, fleet, upgrades, signals) runs on the runtime of
+//! the thread that starts the serving threads.
 //!
 //! [`BackendConn::settle`]: crate::backend::BackendConn::settle
 
@@ -67,9 +70,15 @@ pub(crate) struct Dealer {
 
 struct DealtTo {
     runtime: Handle,
+    /// Its number (see [`current`]).
+    id: usize,
     /// Connections this thread serves now: a new one goes to the thread with the fewest.
     connections: Arc<AtomicUsize>,
 }
+
+/// How many more connections than the least busy serving thread the accepting one may serve
+/// before it hands what it accepts to that one instead.
+const ACCEPT_SLACK: usize = 2;
 
 impl ServingThreads {
     /// Starts `count` serving threads (at least one; 0 means one per core).
@@ -109,6 +118,7 @@ impl ServingThreads {
             stopped.push(stopped_rx);
             threads.push(DealtTo {
                 runtime: handle,
+                id,
                 connections: Arc::new(AtomicUsize::new(0)),
             });
         }
@@ -130,6 +140,39 @@ impl ServingThreads {
 }
 
 impl Dealer {
+    /// Each serving thread's runtime, to start a task on every one (the accept loops).
+    pub(crate) fn runtimes(&self) -> impl Iterator<Item = &Handle> {
+        self.threads.iter().map(|thread| &thread.runtime)
+    }
+
+    /// Serves `stream`, accepted on the calling serving thread, on that thread: no hand-off and
+    /// no re-registration, which a client that opens a connection per request would pay for
+    /// every request. Unless this thread already serves more than [`ACCEPT_SLACK`] connections
+    /// over the least busy one: then `stream` goes there, so a burst of connections that one
+    /// thread happened to accept is still spread evenly.
+    pub(crate) fn serve_here<Serve, Served>(&self, stream: TcpStream, serve: Serve)
+    where
+        Serve: FnOnce(TcpStream) -> Served + Send + 'static,
+        Served: Future<Output = ()> + Send + 'static,
+    {
+        let here = current();
+        let fewest = self.fewest();
+        let this = self.threads.iter().find(|thread| thread.id == here);
+        match this {
+            Some(this) if this.count() <= fewest.count() + ACCEPT_SLACK => {
+                let serving = ServingOne::new(&this.connections);
+                tokio::spawn(async move {
+                    let _serving = serving;
+                    serve(stream).await;
+                });
+            }
+            _ => match stream.into_std() {
+                Ok(stream) => Self::deal_to(fewest, stream, serve),
+                Err(error) => tracing::debug!(%error, "a connection could not be served"),
+            },
+        }
+    }
+
     /// Serves `stream` with `serve` on the serving thread with the fewest connections; the
     /// stream is registered with that thread's reactor there. A stream that cannot be
     /// registered is closed.
@@ -138,11 +181,14 @@ impl Dealer {
         Serve: FnOnce(TcpStream) -> Served + Send + 'static,
         Served: Future<Output = ()> + Send + 'static,
     {
-        let thread = self
-            .threads
-            .iter()
-            .min_by_key(|thread| thread.connections.load(Ordering::Relaxed))
-            .expect("at least one serving thread");
+        Self::deal_to(self.fewest(), stream, serve);
+    }
+
+    fn deal_to<Serve, Served>(thread: &DealtTo, stream: std::net::TcpStream, serve: Serve)
+    where
+        Serve: FnOnce(TcpStream) -> Served + Send + 'static,
+        Served: Future<Output = ()> + Send + 'static,
+    {
         let serving = ServingOne::new(&thread.connections);
         thread.runtime.spawn(async move {
             let _serving = serving;
@@ -151,6 +197,19 @@ impl Dealer {
                 Err(error) => tracing::debug!(%error, "a connection could not be served"),
             }
         });
+    }
+
+    fn fewest(&self) -> &DealtTo {
+        self.threads
+            .iter()
+            .min_by_key(|thread| thread.count())
+            .expect("at least one serving thread")
+    }
+}
+
+impl DealtTo {
+    fn count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 }
 
@@ -249,6 +308,37 @@ mod tests {
             let (index, thread) = seen.recv().await.unwrap();
             assert!(index >= 4 && thread == first[0], "{index} on {thread}");
         }
+        threads.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_accepted_connection_stays_on_its_thread_unless_that_one_serves_too_many_more() {
+        let (threads, dealer) = ServingThreads::start(2).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (served_on, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let mut peers = Vec::new();
+        let accepting = dealer.threads[0].id;
+        let other = dealer.threads[1].id;
+        // Accepted on the first thread, one after the other: it keeps them while it serves at
+        // most ACCEPT_SLACK more than the second, then hands the next to the second.
+        let mut expected = vec![accepting; ACCEPT_SLACK + 1];
+        expected.push(other);
+        for &served_there in &expected {
+            let (dealt, peer) = connection(&listener);
+            peers.push(peer);
+            let (dealer_there, served_on) = (dealer.clone(), served_on.clone());
+            dealer.threads[0].runtime.spawn(async move {
+                let stream = TcpStream::from_std(dealt).unwrap();
+                dealer_there.serve_here(stream, move |mut stream| async move {
+                    use tokio::io::AsyncReadExt;
+                    served_on.send(current()).unwrap();
+                    let _ = stream.read(&mut [0; 1]).await;
+                });
+            });
+            assert_eq!(seen.recv().await.unwrap(), served_there);
+        }
+        let counts: Vec<usize> = dealer.threads.iter().map(DealtTo::count).collect();
+        assert_eq!(counts, [ACCEPT_SLACK + 1, 1]);
         threads.stop().await;
     }
 

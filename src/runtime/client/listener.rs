@@ -1,7 +1,7 @@
-//! Listeners: accept client connections (up to the connection cap, backing off when accept
-//! fails), deal each to a serving thread (`crate::threads`) where it is a task of its own
-//! (`conn`), and on shutdown stop accepting and drain; during a binary upgrade, stop accepting
-//! and hand idle connections to the successor (`upgrade`).
+//! Listeners: accept client connections on every serving thread (`crate::threads`; up to the
+//! connection cap, backing off when accept fails) and serve each as a task of its own (`conn`);
+//! on shutdown stop accepting and drain; during a binary upgrade, stop accepting and hand idle
+//! connections to the successor (`upgrade`).
 
 use std::future::Future;
 use std::io;
@@ -90,14 +90,24 @@ impl Server {
             dealer,
         });
         let (phase, phase_rx) = watch::channel(Phase::Serving);
+        // One accept loop per listener on every serving thread, each on its own descriptor of the
+        // listening socket: the kernel wakes them all for a new connection, one takes it.
         let mut accept_loops = JoinSet::new();
-        if let Some(listener) = listeners.http {
-            let shared = Arc::clone(&shared);
-            accept_loops.spawn(accept_loop(listener, None, shared, phase_rx.clone()));
-        }
-        if let Some((listener, tls)) = listeners.https {
-            let shared = Arc::clone(&shared);
-            accept_loops.spawn(accept_loop(listener, Some(tls), shared, phase_rx.clone()));
+        let listening = [
+            listeners.http.map(|listener| (listener, None)),
+            listeners.https.map(|(listener, tls)| (listener, Some(tls))),
+        ];
+        for (listener, tls) in listening.into_iter().flatten() {
+            let listener = listener.into_std()?;
+            for runtime in shared.dealer.runtimes() {
+                let accepting = accept_loop(
+                    listener.try_clone()?,
+                    tls.clone(),
+                    Arc::clone(&shared),
+                    phase_rx.clone(),
+                );
+                accept_loops.spawn_on(accepting, runtime);
+            }
         }
         Ok(Server {
             shared,
@@ -195,12 +205,21 @@ pub async fn run_with(
     Ok(())
 }
 
+/// Accepts on one serving thread (`listener` is registered with its reactor here) and serves
+/// what it accepts there (see [`crate::threads::Dealer::serve_here`]).
 async fn accept_loop(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     tls: Option<Arc<TlsAcceptor>>,
     shared: Arc<Shared>,
     mut phase: PhaseSignal,
 ) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "a serving thread cannot accept on a listener");
+            return;
+        }
+    };
     let mut backoff = AcceptBackoff::default();
     loop {
         let current = *phase.borrow_and_update();
@@ -241,24 +260,17 @@ async fn accept_loop(
                 continue;
             }
         };
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::debug!(%error, "an accepted connection could not be served");
-                continue;
-            }
-        };
         let shared_here = Arc::clone(&shared);
         let phase = phase.clone();
         // Each kind its own task: a task is as large as its future's largest state.
         match &tls {
             Some(tls) => {
                 let tls = Arc::clone(tls);
-                shared.dealer.deal(stream, move |stream| {
+                shared.dealer.serve_here(stream, move |stream| {
                     serve_tls(stream, peer, tls, shared_here, phase, permit)
                 })
             }
-            None => shared.dealer.deal(stream, move |stream| {
+            None => shared.dealer.serve_here(stream, move |stream| {
                 serve_plain(stream, peer, shared_here, phase, permit)
             }),
         }
