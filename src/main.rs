@@ -274,8 +274,8 @@ fn serve(table: &'static RouteTable, cli: &Cli) -> Result<()> {
             "socket activation: listening sockets passed"
         );
     }
-    // The control runtime: accept loops, admin, health checks, fleet, upgrades, signals. Client
-    // connections are served on the serving threads (`worker_threads`, one per core by default),
+    // The control runtime: admin, health checks, fleet, upgrades, signals. Client connections are
+    // accepted and served on the serving threads (`worker_threads`, one per core by default),
     // which the server starts.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

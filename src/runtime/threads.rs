@@ -244,6 +244,24 @@ mod tests {
         (dealt, peer)
     }
 
+    /// A connection's service for these tests: says on which thread it runs as `(tag, thread)`,
+    /// holds the connection until its peer closes, and says so again.
+    fn report_and_hold(
+        tag: usize,
+        served_on: tokio::sync::mpsc::UnboundedSender<(usize, usize)>,
+    ) -> impl FnOnce(TcpStream) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        move |mut stream| {
+            Box::pin(async move {
+                use tokio::io::AsyncReadExt;
+                let thread = current();
+                served_on.send((tag, thread)).unwrap();
+                // Counted on its thread all that time.
+                let _ = stream.read(&mut [0; 1]).await;
+                let _ = served_on.send((tag, thread));
+            })
+        }
+    }
+
     #[tokio::test]
     async fn connections_go_to_the_thread_with_the_fewest_and_stay_there() {
         let (threads, dealer) = ServingThreads::start(2).unwrap();
@@ -253,15 +271,7 @@ mod tests {
         for index in 0..4 {
             let (dealt, peer) = connection(&listener);
             peers.push(peer);
-            let served_on = served_on.clone();
-            dealer.deal(dealt, move |mut stream| async move {
-                use tokio::io::AsyncReadExt;
-                let thread = current();
-                served_on.send((index, thread)).unwrap();
-                // Served until the peer closes: counted on its thread all that time.
-                let _ = stream.read(&mut [0; 1]).await;
-                served_on.send((index, thread)).unwrap();
-            });
+            dealer.deal(dealt, report_and_hold(index, served_on.clone()));
         }
         let mut first = [0; 4];
         for _ in 0..4 {
@@ -280,13 +290,7 @@ mod tests {
             assert!([0, 2].contains(&index) && thread == first[0]);
         }
         // Uncounted once their tasks are over, just after their last word.
-        let counted = || -> usize {
-            dealer
-                .threads
-                .iter()
-                .map(|t| t.connections.load(Ordering::Relaxed))
-                .sum()
-        };
+        let counted = || -> usize { dealer.threads.iter().map(DealtTo::count).sum() };
         tokio::time::timeout(Duration::from_secs(5), async {
             while counted() > 2 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -297,12 +301,7 @@ mod tests {
         for index in 4..6 {
             let (dealt, peer) = connection(&listener);
             peers.push(peer);
-            let served_on = served_on.clone();
-            dealer.deal(dealt, move |mut stream| async move {
-                use tokio::io::AsyncReadExt;
-                served_on.send((index, current())).unwrap();
-                let _ = stream.read(&mut [0; 1]).await;
-            });
+            dealer.deal(dealt, report_and_hold(index, served_on.clone()));
         }
         for _ in 0..2 {
             let (index, thread) = seen.recv().await.unwrap();
@@ -326,16 +325,12 @@ mod tests {
         for &served_there in &expected {
             let (dealt, peer) = connection(&listener);
             peers.push(peer);
-            let (dealer_there, served_on) = (dealer.clone(), served_on.clone());
+            let (dealer_there, serve) = (dealer.clone(), report_and_hold(0, served_on.clone()));
             dealer.threads[0].runtime.spawn(async move {
                 let stream = TcpStream::from_std(dealt).unwrap();
-                dealer_there.serve_here(stream, move |mut stream| async move {
-                    use tokio::io::AsyncReadExt;
-                    served_on.send(current()).unwrap();
-                    let _ = stream.read(&mut [0; 1]).await;
-                });
+                dealer_there.serve_here(stream, serve);
             });
-            assert_eq!(seen.recv().await.unwrap(), served_there);
+            assert_eq!(seen.recv().await.unwrap(), (0, served_there));
         }
         let counts: Vec<usize> = dealer.threads.iter().map(DealtTo::count).collect();
         assert_eq!(counts, [ACCEPT_SLACK + 1, 1]);
