@@ -12,9 +12,7 @@
 //! stays shared: the pools (one per backend, so `n` stays exact however many threads there are),
 //! the counters, the parking lot's bookkeeping. A pooled backend connection is registered with the
 //! reactor of whichever thread checks it out ([`BackendConn::settle`]), so its readiness wakes the
-//! task that waits on it without a hop through another thread; the queue splits each pool's slots
-//! between the threads that wait for them (see `backend::ranked`), so that a connection changes
-//! threads, and a slot wakes another thread, only to even that split out.
+//! task that waits on it without a hop through another thread.
 //!
 //! Every serving thread accepts on the listeners itself and serves what it accepts, unless it
 //! serves clearly more connections than another (then it hands the connection over); a parked
@@ -35,29 +33,17 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 /// Numbers the serving threads of the whole process (several servers may run in one, in tests),
-/// from 1: 0 is every other thread. One server's threads are numbered in one run, so that they
-/// fall on distinct lanes of the counts kept per thread (see `backend::ranked`).
+/// from 1: 0 is every other thread.
 static NEXT_THREAD_ID: AtomicUsize = AtomicUsize::new(1);
 
-/// What [`current`] says on every thread that serves no client connections.
-pub(crate) const CONTROL: usize = 0;
-
 thread_local! {
-    static THREAD_ID: Cell<usize> = const { Cell::new(CONTROL) };
+    static THREAD_ID: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Which serving thread the caller runs on: a number of its own, or 0 off the serving threads
 /// (the control runtime, a test's runtime).
 pub(crate) fn current() -> usize {
     THREAD_ID.with(Cell::get)
-}
-
-/// How many serving threads `worker_threads = configured` starts: that many, or one per core for 0.
-pub(crate) fn count(configured: usize) -> usize {
-    match configured {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
-        configured => configured,
-    }
 }
 
 /// Makes the calling thread count as serving thread `id` (0: none), for tests of what depends on
@@ -96,9 +82,11 @@ const ACCEPT_SLACK: usize = 2;
 
 impl ServingThreads {
     /// Starts `count` serving threads (at least one; 0 means one per core).
-    pub(crate) fn start(configured: usize) -> io::Result<(ServingThreads, Dealer)> {
-        let count = count(configured);
-        let first_id = NEXT_THREAD_ID.fetch_add(count, Ordering::Relaxed);
+    pub(crate) fn start(count: usize) -> io::Result<(ServingThreads, Dealer)> {
+        let count = match count {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            count => count,
+        };
         let mut stop = Vec::with_capacity(count);
         let mut stopped = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
@@ -112,7 +100,7 @@ impl ServingThreads {
             let handle = runtime.handle().clone();
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let (stopped_tx, stopped_rx) = oneshot::channel();
-            let id = first_id + index;
+            let id = NEXT_THREAD_ID.fetch_add(1, Ordering::Relaxed);
             let logging = logging.clone();
             std::thread::Builder::new()
                 .name(format!("juggler-serve-{index}"))

@@ -14,23 +14,13 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-pub(crate) use super::ranked::GivenBack;
-
 /// Free slots as a [`SlotLimit`] moves them: a pool's slots (or its shared ones), which hand a
 /// freed slot to the waiting request of the highest priority first (see `ranked`).
 pub(crate) trait Slots {
     /// Frees `n` slots: to whoever waits for one, else as free ones.
     fn free(&self, n: usize);
-    /// Frees the slot the calling thread's request held: to whoever waits for one, else as a
-    /// free one, or kept for the thread's next request (see `ranked`).
-    fn give_back(&self) -> GivenBack;
-    /// Takes a free slot for a request of the calling thread, if there is one.
+    /// Takes a free slot, if there is one.
     fn try_take(&self) -> bool;
-    /// Takes a free slot away for good (the limit was lowered), if there is one.
-    fn take_away(&self) -> bool;
-    /// The calling thread's request no longer holds the slot it took, which pays a lowered
-    /// limit's debt instead of being freed again.
-    fn let_go(&self);
     /// Free slots right now.
     fn available(&self) -> usize;
 }
@@ -119,7 +109,7 @@ impl SlotLimit {
     /// Takes free slots away now; the ones held by requests are owed until given back.
     fn shrink(&self, by: usize, slots: &impl Slots) {
         let mut taken = 0;
-        while taken < by && slots.take_away() {
+        while taken < by && slots.try_take() {
             taken += 1;
         }
         if taken < by {
@@ -127,21 +117,18 @@ impl SlotLimit {
         }
     }
 
-    /// A slot given back by the calling thread's request: pays one slot of debt if any is owed,
-    /// else is freed.
-    pub(crate) fn give_back(&self, slots: &impl Slots) -> GivenBack {
+    /// A slot given back: pays one slot of debt if any is owed (returns true), else frees it.
+    pub(crate) fn give_back(&self, slots: &impl Slots) -> bool {
         let paid = self
             .debt
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
                 debt.checked_sub(1)
             })
             .is_ok();
-        if paid {
-            slots.let_go();
-            GivenBack::PaidDebt
-        } else {
-            slots.give_back()
+        if !paid {
+            slots.free(1);
         }
+        paid
     }
 
     /// Whether requests still hold slots the limit no longer allows.
@@ -157,12 +144,12 @@ impl SlotLimit {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ranked::{Keeping, PrioritySlots};
+    use super::super::ranked::PrioritySlots;
     use super::*;
 
     #[test]
     fn lowering_takes_free_permits_and_owes_the_busy_ones() {
-        let slots = PrioritySlots::new(8, 1, Keeping::Never);
+        let slots = PrioritySlots::new(8);
         let limit = SlotLimit::new(8);
         // Six requests hold a slot each.
         for _ in 0..6 {
@@ -187,7 +174,7 @@ mod tests {
 
     #[test]
     fn the_lowest_source_wins_and_nothing_exceeds_the_ceiling() {
-        let slots = PrioritySlots::new(8, 1, Keeping::Never);
+        let slots = PrioritySlots::new(8);
         let limit = SlotLimit::new(8);
         assert_eq!(limit.set(LimitSource::Protection, Some(2), &slots), 2);
         assert_eq!(limit.set(LimitSource::FleetShare, Some(5), &slots), 2);
@@ -201,7 +188,7 @@ mod tests {
 
     #[test]
     fn raising_while_owed_pays_the_debt_before_adding_permits() {
-        let slots = PrioritySlots::new(4, 1, Keeping::Never);
+        let slots = PrioritySlots::new(4);
         let limit = SlotLimit::new(4);
         for _ in 0..4 {
             assert!(slots.try_take());

@@ -26,12 +26,11 @@ use tokio::time::Instant;
 use super::conn::BackendConn;
 use super::health::BackendProtection;
 pub use super::limit::LimitSource;
-use super::limit::{GivenBack, SlotLimit, Slots};
-use super::ranked::{Ending, Keeping, PrioritySlots};
+use super::limit::{SlotLimit, Slots};
+use super::ranked::{Ending, PrioritySlots};
 
 use crate::metrics::BackendCounters;
 use crate::table::{BackendSpec, Priority, Protection, Settings};
-use crate::threads;
 
 /// Why a request could not get a pooled connection.
 #[derive(Debug)]
@@ -59,12 +58,6 @@ pub(crate) struct HandoverSink {
     /// are gone is sent there, as to a backend.
     pub(crate) detour: Option<std::net::SocketAddr>,
 }
-
-/// How long a slot freed on one serving thread is kept for that thread's next request while
-/// requests of other threads wait (see `ranked`): long enough for a busy thread to take it back
-/// without the connection changing threads (tokio's timers fire at millisecond grain), short
-/// against what a queued request waits anyway.
-const KEEP_FOR_THREAD: Duration = Duration::from_millis(1);
 
 /// One backend's connections, queue and health.
 #[derive(Debug)]
@@ -127,12 +120,12 @@ struct SharedSlots {
 }
 
 impl SharedSlots {
-    fn new(pool_size: usize, reserved: usize, threads: usize) -> Option<SharedSlots> {
+    fn new(pool_size: usize, reserved: usize) -> Option<SharedSlots> {
         (reserved > 0).then(|| {
             let size = shared_part(pool_size, reserved);
             SharedSlots {
                 reserved,
-                slots: PrioritySlots::new(size, threads, Keeping::Never),
+                slots: PrioritySlots::new(size),
                 limit: SlotLimit::new(size),
             }
         })
@@ -229,12 +222,11 @@ impl BackendPool {
         settings: &Settings,
         protection: Protection,
     ) -> BackendPool {
-        let threads = threads::count(settings.proxy.worker_threads);
         BackendPool {
             spec,
-            slots: PrioritySlots::new(spec.pool_size, threads, Keeping::ForItsThread),
+            slots: PrioritySlots::new(spec.pool_size),
             limit: SlotLimit::new(spec.pool_size),
-            shared: SharedSlots::new(spec.pool_size, protection.reserved, threads),
+            shared: SharedSlots::new(spec.pool_size, protection.reserved),
             idle: Mutex::new(Vec::with_capacity(spec.pool_size)),
             queued: AtomicUsize::new(0),
             expiring: AtomicBool::new(false),
@@ -738,7 +730,7 @@ impl BackendPool {
     ///
     /// Order matters: the connection is in the idle list, or closed and uncounted, *before* the
     /// slot is released, so whoever takes the slot next finds it idle or may open a new one.
-    fn give_back(self: &Arc<Self>, conn: Option<Member>, reusable: bool) {
+    fn give_back(&self, conn: Option<Member>, reusable: bool) {
         match conn {
             Some(member) if reusable && !self.closes_when_free() && !self.above_limit() => {
                 if let Some(member) = self.try_hand_over(member) {
@@ -753,34 +745,13 @@ impl BackendPool {
         self.release_slot();
     }
 
-    /// Frees a slot the calling thread's request held, or pays a lowered limit's debt with it.
-    fn release_slot(self: &Arc<Self>) {
-        match self.limit.give_back(&self.slots) {
-            GivenBack::Freed => {}
-            GivenBack::Kept => self.end_keeping_soon(),
+    /// Frees a slot this process held, or pays a lowered limit's debt with it.
+    fn release_slot(&self) {
+        if self.limit.give_back(&self.slots) {
             // A slot holder may be waiting for the connection this one closed or idled (see
             // `waits_for_a_connection`).
-            GivenBack::PaidDebt => self.adopted.notify_waiters(),
+            self.adopted.notify_waiters();
         }
-    }
-
-    /// A slot was kept for this thread's next request while requests of other threads wait:
-    /// they are served from it after [`KEEP_FOR_THREAD`] if this thread's next has not taken it.
-    /// One timer per thread and pool at a time, on this thread.
-    fn end_keeping_soon(self: &Arc<Self>) {
-        if !self.slots.keeping_ends_later() {
-            return;
-        }
-        // A request dropped while its runtime shuts down has no timer left: served at once.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.slots.end_keeping();
-            return;
-        };
-        let pool = Arc::clone(self);
-        runtime.spawn(async move {
-            tokio::time::sleep(KEEP_FOR_THREAD).await;
-            pool.slots.end_keeping();
-        });
     }
 
     /// Puts an open connection in the idle list, or closes it if more are open than the limit
@@ -1100,10 +1071,10 @@ mod tests {
     #[test]
     fn shares_follow_the_pool_limit_and_come_back_on_drop() {
         assert!(
-            SharedSlots::new(4, 0, 1).is_none(),
+            SharedSlots::new(4, 0).is_none(),
             "no reserve, no second set of slots"
         );
-        let shared = SharedSlots::new(4, 1, 1).unwrap();
+        let shared = SharedSlots::new(4, 1).unwrap();
         let held: Vec<Share<'_>> = (0..3).map_while(|_| shared.try_take()).collect();
         assert_eq!(held.len(), 3, "n = 4 less 1 reserved");
         assert!(shared.try_take().is_none());
@@ -1120,24 +1091,18 @@ mod tests {
     /// A pool of one slot to an address nothing listens on, with that slot taken: every
     /// request queues. Nothing here opens a connection.
     fn busy_pool(queue_timeout: Duration) -> Arc<BackendPool> {
-        let pool = pool_of(1, queue_timeout);
-        assert!(pool.slots.try_take());
-        pool
-    }
-
-    /// A pool of `size` slots to an address nothing listens on, for two serving threads.
-    fn pool_of(size: usize, queue_timeout: Duration) -> Arc<BackendPool> {
         let spec: &'static BackendSpec = Box::leak(Box::new(BackendSpec {
             address: "127.0.0.1:9",
-            pool_size: size,
+            pool_size: 1,
             upstream: crate::table::UpstreamId(0),
             weight: 1,
         }));
         let mut settings = Settings::DEFAULT;
         settings.queue.timeout = queue_timeout;
         settings.queue.max_queued_per_server = 16;
-        settings.proxy.worker_threads = 2;
-        Arc::new(BackendPool::new(spec, &settings))
+        let pool = Arc::new(BackendPool::new(spec, &settings));
+        assert!(pool.slots.try_take());
+        pool
     }
 
     /// Queues a normal request now; its outcome comes back with how long it waited.
@@ -1181,37 +1146,6 @@ mod tests {
         let (outcome, waited) = queue_one(&pool).await.unwrap();
         assert!(matches!(outcome, Err(CheckoutError::QueueTimeout)));
         assert_eq!(waited, timeout);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_slot_kept_for_its_thread_serves_another_threads_waiter_a_moment_later() {
-        // Two slots, one held by a request of serving thread 1 and one by thread 2's.
-        let two = pool_of(2, Duration::from_secs(1));
-        threads::set_current(1);
-        assert!(two.slots.try_take());
-        threads::set_current(2);
-        assert!(two.slots.try_take());
-        // Thread 1's next request queues.
-        threads::set_current(1);
-        let waiting = queue_one(&two);
-        tokio::task::yield_now().await;
-        assert_eq!(two.queued(), 1);
-        // Thread 2's request ends, holding no more than thread 1: kept for thread 2's next.
-        threads::set_current(2);
-        let freed_at = Instant::now();
-        two.release_slot();
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
-        assert_eq!(two.free_slots(), 1);
-        // None comes: thread 1's request gets it once the keeping ends.
-        let (outcome, _) = waiting.await.unwrap();
-        assert!(outcome.is_ok());
-        let kept_for = freed_at.elapsed();
-        assert!(
-            kept_for >= KEEP_FOR_THREAD && kept_for < 3 * KEEP_FOR_THREAD,
-            "{kept_for:?}"
-        );
-        threads::set_current(0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,9 +1,9 @@
 //! A pool's slots and its request queue: high before normal before low, first come, first served
 //! within a priority, and each wait ended in one of three ways by the queue itself.
 //!
-//! A free slot is one unit of `free` (or of its thread's kept slots), taken with a
-//! compare-and-swap: a request that finds one takes no lock and allocates nothing. One that finds
-//! none is listed here with its deadline ([`PrioritySlots::enqueue`]) and its wait ends when
+//! A free slot is one unit of `free`, taken with a compare-and-swap: a request that finds one takes
+//! no lock and allocates nothing. One that finds none is listed here with its deadline
+//! ([`PrioritySlots::enqueue`]) and its wait ends when
 //! - a freed slot is handed to it ([`Ending::Granted`]): the order is decided in one place,
 //!   [`PrioritySlots::hand_out`];
 //! - its deadline passes ([`Ending::TimedOut`]): [`PrioritySlots::expire`], called by one task per
@@ -11,21 +11,11 @@
 //! - the backend leaves rotation ([`Ending::Down`]): [`PrioritySlots::end_all`], instead of a
 //!   `Notify` every queued request registers with.
 //!
-//! Within a priority, the slots split evenly between the serving threads (see `crate::threads`)
-//! that wait for them, and then stay with their thread, as if each thread had a pool of its own
-//! while `n` stays one bound for all: each thread then takes, in the common case, the connection
-//! it just gave back, registered with its own reactor, and wakes a task of its own, without a
-//! system call. A slot its holder gives back goes
-//! - to the first waiter of the thread that holds the fewest slots among those with a waiter in
-//!   the first [`AFFINITY_WINDOW`], and to the freeing thread's own first waiter when it holds no
-//!   more than any of them (the slot it frees not counted): a slot crosses to another thread
-//!   only to even the split out. Ties at no slot held go to the waiter listed first, so a thread
-//!   that holds none is served by the next slot freed anywhere, and no thread starves;
-//! - when none of the freeing thread's requests waits and every thread that waits holds at least
-//!   as many, to the freeing thread's next request ([`GivenBack::Kept`]): under load its next one
-//!   comes within microseconds. Requests of other threads neither take a kept slot nor are
-//!   served from it until the pool ends the keeping after a millisecond (`pool`), so a kept slot
-//!   never idles longer while anyone waits. High-priority waiters are never kept from.
+//! Within a priority, a freed slot goes to the first waiter on the serving thread that freed it
+//! (see `crate::threads`) if one is among the first [`AFFINITY_WINDOW`]: its connection is then
+//! taken on the thread whose reactor it is registered with, and its waker wakes a task of the same
+//! thread, without a system call. The first in line is overtaken so at most [`MAX_OVERTAKEN`]
+//! times before it is served, so the order stays first come, first served but for a bounded skew.
 //!
 //! A waiter's state is a cell of a slab under the queue's lock, reused from one waiter to the next,
 //! so once the queue has been as long before, a queued request allocates nothing either.
@@ -38,7 +28,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -48,13 +38,12 @@ use super::limit::Slots;
 use crate::table::Priority;
 use crate::threads;
 
-/// How far down its priority's line a thread's first waiter may be and still be served first:
-/// bounds the look a freed slot takes under the lock.
+/// How far down its priority's line a waiter on the freeing thread may be and still be served
+/// first.
 const AFFINITY_WINDOW: usize = 32;
 
-/// How many threads' first waiters a freed slot compares; beyond them (more serving threads
-/// waiting within the window) the rest wait for the next slot.
-const MAX_CANDIDATES: usize = 8;
+/// How often the first waiter of a priority may be overtaken by one on the freeing thread.
+const MAX_OVERTAKEN: u8 = 16;
 
 /// How a request's wait in the queue ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,60 +58,11 @@ pub(crate) enum Ending {
 
 #[derive(Debug)]
 pub(crate) struct PrioritySlots {
-    /// Free slots any request may take. Zero whenever anyone waits, but for the moment of the
-    /// race the fence closes.
+    /// Free slots. Zero whenever anyone waits, but for the moment of the race the fence closes.
     free: AtomicUsize,
     /// Requests listed in `queue`, readable without its lock.
     waiting: AtomicUsize,
     queue: Mutex<Queue>,
-    /// One per serving thread (a thread's lane is its number modulo their count), each on a
-    /// cache line of its own: a thread takes and gives back its own slots without touching the
-    /// others' lanes.
-    lanes: Box<[Lane]>,
-    /// Whether a slot given back by its holder may be kept free for the thread's next request.
-    keeps: Keeping,
-}
-
-/// Whether a queue keeps a freed slot for the thread that freed it (see the module's
-/// documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Keeping {
-    /// Kept, and served to other threads' waiters only once the owner of the queue calls
-    /// [`PrioritySlots::end_keeping`] (see [`GivenBack::Kept`]).
-    ForItsThread,
-    /// Always handed to whoever waits.
-    Never,
-}
-
-/// What became of a slot its holder gave back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum GivenBack {
-    /// Free, or handed to a waiter.
-    Freed,
-    /// Kept free for the next request of the thread that gave it back while requests of other
-    /// threads wait: the caller ends that with [`PrioritySlots::end_keeping`] after a short
-    /// while, unless [`PrioritySlots::keeping_ends_later`] says it is already due to.
-    Kept,
-    /// Gone for good, paying a lowered limit's debt (see `limit`).
-    PaidDebt,
-}
-
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct Lane {
-    /// Slots held now by the lane's requests.
-    held: AtomicUsize,
-    /// Free slots kept for the lane's next requests (see [`GivenBack::Kept`]).
-    kept: AtomicUsize,
-    /// Whether a call to [`PrioritySlots::end_keeping`] is due for a slot this lane kept.
-    keeping_ends: AtomicBool,
-}
-
-/// What a freed slot does, as [`Queue::next_for`] decides.
-enum Next {
-    Serve(Listed),
-    KeepForThisThread,
-    NobodyWaits,
 }
 
 #[derive(Debug, Default)]
@@ -142,6 +82,8 @@ struct Listed {
     deadline: Instant,
     /// The serving thread its task runs on.
     thread: usize,
+    /// How often a later waiter was served before it while it was first in line.
+    overtaken: u8,
 }
 
 #[derive(Debug)]
@@ -167,52 +109,23 @@ impl Queue {
         }
     }
 
-    /// Takes the request a slot freed on `thread` goes to, within the highest priority anyone
-    /// waits at: the first waiter of the thread that holds the fewest slots (`held`), `thread`'s
-    /// own on a tie unless the tie is at none held, the one listed first otherwise; or, if it
-    /// may `keep` it, to `thread`'s next request (see the module's documentation).
-    fn next_for(&mut self, thread: usize, held: impl Fn(usize) -> usize, keep: Keeping) -> Next {
-        let Some(class) = self.classes.iter().position(|line| !line.is_empty()) else {
-            return Next::NobodyWaits;
-        };
-        let line = &mut self.classes[class];
-        let mut compared = [0; MAX_CANDIDATES];
-        let mut candidates = 0;
-        let mut chosen = 0;
-        let mut own_waits = false;
-        // Fewest held first; then the freeing thread (unless none is held); then listed first.
-        let mut best = (usize::MAX, true);
-        for (at, listed) in line.iter().enumerate().take(AFFINITY_WINDOW) {
-            if compared[..candidates].contains(&listed.thread) {
-                continue;
+    /// Takes the request a slot freed on `thread` goes to: the first of the highest priority
+    /// anyone waits at, unless one near it waits on `thread` and the first may still be
+    /// overtaken.
+    fn next_for(&mut self, thread: usize) -> Option<Listed> {
+        let line = self.classes.iter_mut().find(|line| !line.is_empty())?;
+        let first = line.front_mut()?;
+        if first.thread != thread && first.overtaken < MAX_OVERTAKEN {
+            let near = line
+                .iter()
+                .take(AFFINITY_WINDOW)
+                .position(|listed| listed.thread == thread);
+            if let Some(near) = near {
+                line[0].overtaken += 1;
+                return line.remove(near);
             }
-            own_waits |= listed.thread == thread;
-            let holds = held(listed.thread);
-            let rank = (holds, listed.thread != thread || holds == 0);
-            if rank < best {
-                best = rank;
-                chosen = at;
-            }
-            if best.0 == 0 || candidates == MAX_CANDIDATES {
-                // Nothing later ranks before a thread holding none listed earlier.
-                break;
-            }
-            compared[candidates] = listed.thread;
-            candidates += 1;
         }
-        let keep_for_own_thread = keep == Keeping::ForItsThread
-            && thread != threads::CONTROL
-            && !own_waits
-            && class != class_of(Priority::High)
-            && best.0 > 0
-            && best.0 >= held(thread);
-        if keep_for_own_thread {
-            return Next::KeepForThisThread;
-        }
-        match line.remove(chosen) {
-            Some(listed) => Next::Serve(listed),
-            None => Next::NobodyWaits,
-        }
+        line.pop_front()
     }
 
     fn vacate(&mut self, cell: usize) {
@@ -229,7 +142,7 @@ impl Queue {
     }
 }
 
-fn class_of(priority: Priority) -> usize {
+fn class(priority: Priority) -> usize {
     match priority {
         Priority::High => 0,
         Priority::Normal => 1,
@@ -238,42 +151,12 @@ fn class_of(priority: Priority) -> usize {
 }
 
 impl PrioritySlots {
-    /// `size` free slots, split between up to `threads` serving threads (plus the threads that
-    /// serve none, which count as one).
-    pub(crate) fn new(size: usize, threads: usize, keeps: Keeping) -> PrioritySlots {
+    pub(crate) fn new(size: usize) -> PrioritySlots {
         PrioritySlots {
             free: AtomicUsize::new(size),
             waiting: AtomicUsize::new(0),
             queue: Mutex::new(Queue::default()),
-            lanes: (0..=threads).map(|_| Lane::default()).collect(),
-            keeps,
         }
-    }
-
-    /// `thread`'s lane (shared with the threads whose number falls on the same).
-    fn lane(&self, thread: usize) -> &Lane {
-        &self.lanes[thread % self.lanes.len()]
-    }
-
-    /// The count of slots held by `thread`'s requests.
-    fn held_by(&self, thread: usize) -> &AtomicUsize {
-        &self.lane(thread).held
-    }
-
-    /// After [`GivenBack::Kept`]: whether the caller should end the keeping later, rather than
-    /// a call already due on this thread doing so.
-    pub(crate) fn keeping_ends_later(&self) -> bool {
-        !self
-            .lane(threads::current())
-            .keeping_ends
-            .swap(true, Ordering::Relaxed)
-    }
-
-    /// Serves the waiters from the slots kept free for the calling thread (and any others free).
-    pub(crate) fn end_keeping(&self) {
-        let lane = self.lane(threads::current());
-        lane.keeping_ends.store(false, Ordering::Relaxed);
-        self.release(lane.kept.swap(0, Ordering::AcqRel), Keeping::Never);
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -287,10 +170,11 @@ impl PrioritySlots {
         let cell = {
             let mut queue = self.lock();
             let cell = queue.occupy();
-            queue.classes[class_of(priority)].push_back(Listed {
+            queue.classes[class(priority)].push_back(Listed {
                 cell,
                 deadline,
                 thread: threads::current(),
+                overtaken: 0,
             });
             self.waiting.fetch_add(1, Ordering::SeqCst);
             cell
@@ -299,8 +183,7 @@ impl PrioritySlots {
         // order (perhaps to this one). Paired with the fence in `free`.
         fence(Ordering::SeqCst);
         if self.free.load(Ordering::SeqCst) > 0 {
-            // Listed on this thread: nothing is kept from its own request.
-            self.hand_out(0, Keeping::Never);
+            self.hand_out(0);
         }
         Wait {
             slots: self,
@@ -361,49 +244,23 @@ impl PrioritySlots {
         }
     }
 
-    /// Frees `n` slots (0: only hands out what sits in `free`), to whoever waits for one first,
-    /// unless `keep` lets it keep them for the calling thread. Returns whether it did while
-    /// others wait.
-    fn release(&self, n: usize, keep: Keeping) -> bool {
-        if self.waiting.load(Ordering::SeqCst) > 0 {
-            return self.hand_out(n, keep);
-        }
-        if n > 0 {
-            self.free.fetch_add(n, Ordering::SeqCst);
-        }
-        // A request listed meanwhile may have missed these slots (see `enqueue`): take back what
-        // is still free and hand it over.
-        fence(Ordering::SeqCst);
-        self.waiting.load(Ordering::SeqCst) > 0 && self.hand_out(0, keep)
-    }
-
     /// Hands `n` freed slots, and any that sit in `free`, to the listed requests in order (high,
-    /// normal, low; within a priority, as [`Queue::next_for`] chooses); the rest go to `free`.
-    /// Returns whether it kept some there for the calling thread while others wait.
-    fn hand_out(&self, mut n: usize, keep: Keeping) -> bool {
+    /// normal, low; first come, first served in each, but for the freeing thread's own waiters:
+    /// see [`Queue::next_for`]); the rest go to `free`.
+    fn hand_out(&self, mut n: usize) {
         let thread = threads::current();
         loop {
             let mut queue = self.lock();
             n += self.free.swap(0, Ordering::SeqCst);
             if n == 0 {
-                return false;
+                return;
             }
-            let held = |waiter| self.held_by(waiter).load(Ordering::Relaxed);
-            let next = match queue.next_for(thread, held, keep) {
-                Next::Serve(next) => next,
-                Next::KeepForThisThread => {
-                    // Only this thread's requests take them, until `end_keeping`.
-                    self.lane(thread).kept.fetch_add(n, Ordering::AcqRel);
-                    return true;
-                }
-                Next::NobodyWaits => {
-                    // Under the lock: a request listing itself after this finds them in `free`.
-                    self.free.fetch_add(n, Ordering::SeqCst);
-                    return false;
-                }
+            let Some(next) = queue.next_for(thread) else {
+                // Under the lock: a request listing itself after this finds them in `free`.
+                self.free.fetch_add(n, Ordering::SeqCst);
+                return;
             };
             self.waiting.fetch_sub(1, Ordering::SeqCst);
-            self.held_by(next.thread).fetch_add(1, Ordering::Relaxed);
             n -= 1;
             let waker = queue.end(next.cell, Ending::Granted);
             drop(queue);
@@ -416,57 +273,30 @@ impl PrioritySlots {
 
 impl Slots for PrioritySlots {
     fn free(&self, n: usize) {
-        self.release(n, Keeping::Never);
-    }
-
-    fn give_back(&self) -> GivenBack {
-        self.let_go();
-        if self.release(1, self.keeps) {
-            GivenBack::Kept
-        } else {
-            GivenBack::Freed
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.hand_out(n);
+            return;
+        }
+        self.free.fetch_add(n, Ordering::SeqCst);
+        // A request listed meanwhile may have missed these slots (see `enqueue`): take back what
+        // is still free and hand it over.
+        fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.hand_out(0);
         }
     }
 
     fn try_take(&self) -> bool {
-        let lane = self.lane(threads::current());
-        let taken = take_one(&lane.kept) || take_one(&self.free);
-        if taken {
-            lane.held.fetch_add(1, Ordering::Relaxed);
-        }
-        taken
-    }
-
-    fn take_away(&self) -> bool {
-        take_one(&self.free) || self.lanes.iter().any(|lane| take_one(&lane.kept))
-    }
-
-    fn let_go(&self) {
-        // Saturating: a slot given back on a thread other than the one that took it (none does
-        // today) skews the split for a while, never the count of slots.
-        let _ = self.held_by(threads::current()).fetch_update(
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-            |held| held.checked_sub(1),
-        );
+        self.free
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
+                free.checked_sub(1)
+            })
+            .is_ok()
     }
 
     fn available(&self) -> usize {
-        let kept: usize = self
-            .lanes
-            .iter()
-            .map(|lane| lane.kept.load(Ordering::Acquire))
-            .sum();
-        self.free.load(Ordering::Acquire) + kept
+        self.free.load(Ordering::Acquire)
     }
-}
-
-/// Takes one of `free`, if there is one.
-fn take_one(free: &AtomicUsize) -> bool {
-    free.fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
-        free.checked_sub(1)
-    })
-    .is_ok()
 }
 
 /// A request's place in the queue until its wait ends (see [`PrioritySlots::enqueue`]).
@@ -529,7 +359,6 @@ impl Drop for Wait<'_> {
         drop(guard);
         if granted {
             // Handed a slot that nobody will use: to the next in line.
-            self.slots.let_go();
             self.slots.free(1);
         }
     }
@@ -549,7 +378,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_freed_slot_goes_to_high_then_normal_then_low() {
-        let slots = Arc::new(PrioritySlots::new(1, 1, Keeping::Never));
+        let slots = Arc::new(PrioritySlots::new(1));
         assert!(slots.try_take());
         let (order_tx, mut order) = tokio::sync::mpsc::unbounded_channel();
         let mut waiting = Vec::new();
@@ -583,7 +412,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_that_leaves_the_queue_passes_a_slot_handed_to_it_on() {
-        let slots = PrioritySlots::new(1, 1, Keeping::Never);
+        let slots = PrioritySlots::new(1);
         assert!(slots.try_take());
         // Listed, never polled: the slot is handed to it, then it goes (the client left).
         let first = slots.enqueue(Priority::Normal, far());
@@ -610,7 +439,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn waits_time_out_at_their_deadline_and_not_before_in_order() {
-        let slots = PrioritySlots::new(0, 1, Keeping::Never);
+        let slots = PrioritySlots::new(0);
         let start = Instant::now();
         let second = Duration::from_secs(1);
         let mut waits: Vec<_> = (1..=3)
@@ -638,7 +467,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_backend_leaving_ends_every_wait() {
-        let slots = Arc::new(PrioritySlots::new(0, 1, Keeping::Never));
+        let slots = Arc::new(PrioritySlots::new(0));
         let waiting: Vec<_> = [
             Priority::High,
             Priority::Normal,
@@ -664,104 +493,39 @@ mod tests {
     }
 
     #[test]
-    fn freed_slots_even_the_split_out_then_stay_with_their_thread() {
-        // Four slots, two serving threads: thread 1 holds three, thread 2 one. Thread 1's
-        // waiters are listed first.
-        let slots = PrioritySlots::new(4, 2, Keeping::ForItsThread);
+    fn a_freed_slot_goes_to_a_waiter_of_its_thread_and_the_first_is_overtaken_a_bounded_number_of_times(
+    ) {
+        let slots = PrioritySlots::new(0);
         let deadline = far();
-        for thread in [1, 1, 1, 2] {
-            threads::set_current(thread);
-            assert!(slots.try_take());
-        }
+        // Two waiters of thread 1 in front, then more of thread 2 than may overtake; slots freed
+        // on thread 2.
+        let overtakers = usize::from(MAX_OVERTAKEN);
         let mut waits: Vec<(usize, Pin<Box<Wait<'_>>>)> = Vec::new();
-        let enqueue = |waits: &mut Vec<_>, thread, priority| {
-            threads::set_current(thread);
-            waits.push((thread, Box::pin(slots.enqueue(priority, deadline))));
-        };
-        for thread in [1, 1, 2, 2] {
-            enqueue(&mut waits, thread, Priority::Normal);
-        }
-        // Thread 1 frees while holding more (two, the freed one not counted, against one): the
-        // slot crosses to thread 2. From two each on, each thread's freed slot goes to its own
-        // first waiter.
-        let mut served = Vec::new();
-        for freeing in [1, 1, 2] {
-            threads::set_current(freeing);
-            served.push(give_back_one_to(&slots, &mut waits));
-        }
-        assert_eq!(served, [2, 1, 2]);
-        // None of thread 2's waits and thread 1 holds as many: the slot stays free for thread
-        // 2's next request, which takes it without waiting.
-        threads::set_current(2);
-        assert_eq!(slots.give_back(), GivenBack::Kept);
-        assert!(waits
-            .iter_mut()
-            .all(|(_, wait)| futures_poll(wait).is_none()));
-        assert_eq!(slots.available(), 1);
-        threads::set_current(1);
-        assert!(!slots.try_take(), "kept from thread 1's new requests too");
-        threads::set_current(2);
-        assert!(slots.try_take());
-        // Kept again; once the keeping ends (one call due per thread), thread 1 is served.
-        assert_eq!(slots.give_back(), GivenBack::Kept);
-        assert!(slots.keeping_ends_later());
-        assert!(!slots.keeping_ends_later(), "already due");
-        slots.end_keeping();
-        assert_eq!(give_back_one_to_waiting(&mut waits), 1);
-        // A high waiter is served first whoever frees, and whatever each holds.
-        let mut high = Vec::new();
-        enqueue(&mut high, 1, Priority::High);
-        enqueue(&mut waits, 2, Priority::Normal);
-        threads::set_current(2);
-        assert_eq!(slots.give_back(), GivenBack::Freed);
-        assert_eq!(futures_poll(&mut high[0].1), Some(Ending::Granted));
-        assert!(waits
-            .iter_mut()
-            .all(|(_, wait)| futures_poll(wait).is_none()));
-        threads::set_current(0);
-    }
-
-    #[test]
-    fn a_thread_holding_no_slot_is_served_by_the_next_slot_freed_anywhere() {
-        // One slot, held by thread 1; thread 2 waits first, then thread 1 again and again.
-        let slots = PrioritySlots::new(1, 2, Keeping::ForItsThread);
-        let deadline = far();
-        threads::set_current(1);
-        assert!(slots.try_take());
-        let mut waits: Vec<(usize, Pin<Box<Wait<'_>>>)> = Vec::new();
-        for thread in [2, 1, 1, 2] {
+        for thread in [1, 1].into_iter().chain([2].repeat(overtakers + 2)) {
             threads::set_current(thread);
             waits.push((thread, Box::pin(slots.enqueue(Priority::Normal, deadline))));
         }
-        // Each freeing thread then holds none, as does the other: the one listed first is served,
-        // so the single slot alternates rather than staying with thread 1.
+        // A high waiter of thread 1 still goes first: priorities are never skewed.
+        threads::set_current(1);
+        let mut high = Box::pin(slots.enqueue(Priority::High, deadline));
+        threads::set_current(2);
+        slots.free(1);
+        assert_eq!(futures_poll(&mut high), Some(Ending::Granted));
         let mut served = Vec::new();
-        let mut holder = 1;
-        for _ in 0..4 {
-            threads::set_current(holder);
-            holder = give_back_one_to(&slots, &mut waits);
-            served.push(holder);
+        for _ in 0..waits.len() {
+            slots.free(1);
+            let granted = waits
+                .iter_mut()
+                .position(|(_, wait)| futures_poll(wait) == Some(Ending::Granted))
+                .expect("one waiter granted per freed slot");
+            served.push(waits.remove(granted).0);
         }
-        assert_eq!(served, [2, 1, 1, 2]);
         threads::set_current(0);
-    }
-
-    /// Gives back a slot the calling thread holds and returns the thread of the waiter served.
-    fn give_back_one_to(
-        slots: &PrioritySlots,
-        waits: &mut Vec<(usize, Pin<Box<Wait<'_>>>)>,
-    ) -> usize {
-        assert_eq!(slots.give_back(), GivenBack::Freed);
-        give_back_one_to_waiting(waits)
-    }
-
-    /// The thread of the one waiter served, taken off `waits`.
-    fn give_back_one_to_waiting(waits: &mut Vec<(usize, Pin<Box<Wait<'_>>>)>) -> usize {
-        let granted = waits
-            .iter_mut()
-            .position(|(_, wait)| futures_poll(wait) == Some(Ending::Granted))
-            .expect("one waiter granted per freed slot");
-        waits.remove(granted).0
+        // MAX_OVERTAKEN of thread 2 overtake the first of thread 1, which is then served, and
+        // the second of thread 1 is overtaken by the last two of thread 2 only.
+        let mut expected = [2].repeat(overtakers);
+        expected.extend([1, 2, 2, 1]);
+        assert_eq!(served, expected);
     }
 
     /// Polls `wait` once with a waker that does nothing.
