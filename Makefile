@@ -69,6 +69,7 @@ test: protoc
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+	cd bench && PYTHONDONTWRITEBYTECODE=1 python3 -m doctest ab.py
 
 ## deb: target/debian/juggler_<version>+config.<hash>_amd64.deb of bin/juggler (cargo-deb, installed
 ## if missing): /usr/bin/juggler, the systemd units of contrib/systemd, a juggler system user; the

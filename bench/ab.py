@@ -29,6 +29,7 @@ shows there first); raw wrk output under bench/out/ab/logs.
 import os
 import re
 import shutil
+import math
 import statistics
 import subprocess
 import sys
@@ -315,6 +316,49 @@ def main() -> None:
     report(a, b, results)
 
 
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free interval for the median of `values` (the paired ratios): the k-th
+    smallest and the k-th largest, with k the largest rank for which Binomial(n, 1/2) puts no more
+    than (1 - level) / 2 below it. It assumes only that the pairs are independent, not that the
+    noise is normal (it is not: one busy neighbour moves a whole round). None below 6 values,
+    too few for a 95 % interval.
+
+    >>> median_interval([float(v) for v in range(1, 17)])
+    (4.0, 13.0)
+    >>> median_interval([float(v) for v in range(1, 11)])
+    (2.0, 9.0)
+    >>> median_interval([1.0, 2.0, 3.0, 4.0, 5.0]) is None
+    True
+    """
+    n = len(values)
+    ordered = sorted(values)
+    below, rank = 0.0, 0
+    while rank < n:
+        below += math.comb(n, rank) / 2**n
+        if below > (1 - level) / 2:
+            break
+        rank += 1
+    if rank == 0:
+        return None
+    return ordered[rank - 1], ordered[n - rank]
+
+
+def verdict(paired: list[float]) -> str:
+    """What the paired ratios say at 95 %: B faster or slower only when the median's interval
+    leaves out 1."""
+    interval = median_interval(paired)
+    if interval is None:
+        return f"too few pairs ({len(paired)}) for a 95 % interval of the median"
+    low, high = interval
+    if low > 1:
+        said = "B faster"
+    elif high < 1:
+        said = "B slower"
+    else:
+        said = "no difference resolved at this count"
+    return f"95 % interval of the median {low:.3f} - {high:.3f}: {said}"
+
+
 def report(a: str, b: str, results: dict[str, list[dict]]) -> None:
     def ratios(key: str) -> list[float]:
         return [rb[key] / ra[key] for ra, rb in zip(results["A"], results["B"]) if ra[key] > 0]
@@ -345,7 +389,8 @@ def report(a: str, b: str, results: dict[str, list[dict]]) -> None:
         lines.append("")
         lines.append(f"B/A {label}: median of paired rounds {statistics.median(paired):.3f} "
                      f"(min {min(paired):.3f}, max {max(paired):.3f}); ratio of medians "
-                     f"{statistics.median([r[key] for r in results['B']]) / statistics.median([r[key] for r in results['A']]):.3f}")
+                     f"{statistics.median([r[key] for r in results['B']]) / statistics.median([r[key] for r in results['A']]):.3f}; "
+                     f"{verdict(paired)}")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     (OUT / f"{a}-{b}.md").write_text(text)
