@@ -345,7 +345,17 @@ def median_interval(values: list[float], level: float = 0.95) -> tuple[float, fl
 
 def verdict(paired: list[float]) -> str:
     """What the paired ratios say at 95 %: B faster or slower only when the median's interval
-    leaves out 1."""
+    leaves out 1.
+
+    >>> verdict([1.02, 1.04, 1.05, 1.06, 1.07, 1.09])
+    '95 % interval of the median 1.020 - 1.090: B faster'
+    >>> verdict([0.91, 0.93, 0.95, 0.96, 0.97, 0.98])
+    '95 % interval of the median 0.910 - 0.980: B slower'
+    >>> verdict([0.97, 1.05, 1.06, 1.07, 1.08, 1.09])
+    '95 % interval of the median 0.970 - 1.090: no difference resolved at this count'
+    >>> verdict([1.1, 1.2])
+    'too few pairs (2) for a 95 % interval of the median'
+    """
     interval = median_interval(paired)
     if interval is None:
         return f"too few pairs ({len(paired)}) for a 95 % interval of the median"
