@@ -21,6 +21,9 @@ one side, e.g. A=HEAD B=HEAD AB_RUST_LOG_B=info: the access log's cost); AB_TOOL
 instructions per request instead (one window each, under valgrind: exact, not timed); AB_LOAD=h2
 loads over HTTPS with HTTP/2 (h2load, AB_H2_CONNS x AB_H2_STREAMS, default 10 x 10) instead of
 wrk's plain HTTP/1.1, in either mode (the builds then have an HTTPS listener).
+AB_MODE=together loads A and B at the same time, each with half the connections, in every
+round: the paired ratio of requests per CPU-second is about three times tighter (both halves see
+the same machine state), req/s is not (see bench/README.md).
 Output: a table on stdout and in bench/out/ab/<A>-<B>.md (with the share of the machine's CPU time
 left idle during the rounds: at full load a balancer that keeps the cores waiting on each other
 shows there first); raw wrk output under bench/out/ab/logs.
@@ -124,31 +127,56 @@ def build(commit: str, port: int) -> Path:
     return binary
 
 
+class Load:
+    """One load generator run against one build, with that build's CPU time counted over it."""
+
+    def __init__(self, name: str, port: int, pid: int, log: Path, share: int = 1):
+        """`share`: how many loads run at once (AB_MODE=together: 2), each with that fraction of
+        the connections, so the machine carries the same load as one round alone."""
+        duration = int(os.environ.get("AB_DURATION", "8"))
+        path = os.environ.get("AB_PATH", "/small.txt")
+        self.name, self.log = name, log
+        self.measured = process_tree(pid)
+        self.cpu_before = cpu_seconds(self.measured)
+        self.idle_before, self.all_before = machine_cpu_ticks()
+        if over_h2():
+            conns = max(1, int(os.environ.get("AB_H2_CONNS", "10")) // share)
+            self.argv = ["h2load", f"-c{conns}", f"-m{os.environ.get('AB_H2_STREAMS', '10')}", "-t1",
+                         f"-D{duration}", f"--log-file={log.with_suffix('.latency')}",
+                         f"https://{sides.HOST}:{port + 1000}{path}"]
+        else:
+            conns = max(1, int(os.environ.get("AB_CONNS", "64")) // share)
+            self.argv = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "5s",
+                         *wrk_script(), f"http://{sides.HOST}:{port}{path}"]
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.timeout = duration + 60
+
+    def finish(self) -> dict:
+        output = self.proc.communicate(timeout=self.timeout)[0]
+        cpu = cpu_seconds(self.measured) - self.cpu_before
+        idle_after, all_after = machine_cpu_ticks()
+        idle = 100 * (idle_after - self.idle_before) / max(all_after - self.all_before, 1)
+        self.log.write_text(" ".join(self.argv) + "\n" + output)
+        result = (load.parse_h2load(output, self.log.with_suffix(".latency")) if over_h2()
+                  else load.parse_wrk(output))
+        if result.problem or result.errors or result.non_2xx:
+            sys.exit(f"bench-ab: {self.name}: {result.problem or ''} errors {result.errors}, "
+                     f"non-2xx {result.non_2xx} (see {self.log})")
+        backend = count_owned(established_by_pid(sides.BACKEND_PORTS), self.measured)
+        return {"rps": result.rps, "per_cpu": result.requests / cpu if cpu > 0 else 0.0, "p99": result.p99_ms,
+                "backend_conns": backend, "idle": idle}
+
+
 def run_round(name: str, port: int, pid: int, log: Path) -> dict:
-    duration = int(os.environ.get("AB_DURATION", "8"))
-    path = os.environ.get("AB_PATH", "/small.txt")
-    measured = process_tree(pid)
-    before = cpu_seconds(measured)
-    idle_before, all_before = machine_cpu_ticks()
-    if over_h2():
-        argv = ["h2load", *h2_streams(), "-t1", f"-D{duration}", f"--log-file={log.with_suffix('.latency')}",
-                f"https://{sides.HOST}:{port + 1000}{path}"]
-    else:
-        conns = int(os.environ.get("AB_CONNS", "64"))
-        argv = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "5s", *wrk_script(),
-                f"http://{sides.HOST}:{port}{path}"]
-    output = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60).stdout
-    cpu = cpu_seconds(measured) - before
-    idle_after, all_after = machine_cpu_ticks()
-    idle = 100 * (idle_after - idle_before) / max(all_after - all_before, 1)
-    log.write_text(" ".join(argv) + "\n" + output)
-    result = load.parse_h2load(output, log.with_suffix(".latency")) if over_h2() else load.parse_wrk(output)
-    if result.problem or result.errors or result.non_2xx:
-        sys.exit(f"bench-ab: {name}: {result.problem or ''} errors {result.errors}, non-2xx {result.non_2xx} "
-                 f"(see {log})")
-    backend = count_owned(established_by_pid(sides.BACKEND_PORTS), measured)
-    return {"rps": result.rps, "per_cpu": result.requests / cpu if cpu > 0 else 0.0, "p99": result.p99_ms,
-            "backend_conns": backend, "idle": idle}
+    return Load(name, port, pid, log).finish()
+
+
+def together() -> bool:
+    """AB_MODE=together: each round loads A and B at the same time, each with half the
+    connections, instead of one after the other. Both then see the same machine state to the
+    millisecond (the neighbour that moves a whole alternating round moves both halves alike), at
+    the price of measuring each build at half the load, beside the other."""
+    return os.environ.get("AB_MODE") == "together"
 
 
 def h2_streams() -> list[str]:
@@ -305,8 +333,14 @@ def main() -> None:
         for index in range(rounds):
             # Alternate which goes first, so neither always follows the other.
             order = ("A", "B") if index % 2 == 0 else ("B", "A")
-            for side in order:
-                got = run_round(side, ports[side], pids[side], logs / f"round{index}-{side}.txt")
+            if together():
+                loads = {side: Load(side, ports[side], pids[side], logs / f"round{index}-{side}.txt", share=2)
+                         for side in order}
+                measured = [(side, loads[side].finish()) for side in order]
+            else:
+                measured = ((side, run_round(side, ports[side], pids[side], logs / f"round{index}-{side}.txt"))
+                            for side in order)
+            for side, got in measured:
                 results[side].append(got)
                 print(f"round {index + 1}/{rounds} {side}: {got['rps']:,.0f} req/s, {got['per_cpu']:,.0f} "
                       f"req/CPU-s, p99 {got['p99']:.2f} ms, {got['backend_conns']} backend conns, "
@@ -376,7 +410,8 @@ def report(a: str, b: str, results: dict[str, list[dict]]) -> None:
     lines = [
         f"# A/B: A = {a}, B = {b}",
         "",
-        f"{len(results['A'])} alternating rounds of "
+        f"{len(results['A'])} "
+        + ("rounds of A and B loaded together, each with half of " if together() else "alternating rounds of ")
         + (f"h2load {' '.join(h2_streams())} HTTPS " if over_h2() else f"wrk -t1 -c{os.environ.get('AB_CONNS', '64')} ")
         + f"-d{os.environ.get('AB_DURATION', '8')}s {os.environ.get('AB_PATH', '/small.txt')}, "
         f"RUST_LOG A={rust_log('A')} B={rust_log('B')}, worker threads A={worker_threads(18080)} "
