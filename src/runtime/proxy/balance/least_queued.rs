@@ -23,8 +23,7 @@
 use std::cmp::Ordering as Order;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{BackendState, Policy};
-use crate::table::BackendId;
+use super::{BackendState, Order as Chosen, Picked, Policy};
 
 #[derive(Debug, Default)]
 pub(crate) struct LeastQueued {
@@ -33,9 +32,9 @@ pub(crate) struct LeastQueued {
 }
 
 impl Policy for LeastQueued {
-    fn order(&self, backends: &[BackendState], order: &mut Vec<BackendId>) {
+    fn order(&self, backends: &[BackendState], order: &mut Chosen) {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let (mut free, mut busy): (Vec<&BackendState>, Vec<&BackendState>) = backends
+        let (mut free, mut busy): (Picked, Picked) = backends
             .iter()
             .filter(|backend| backend.available)
             .partition(|backend| backend.free > 0);
@@ -53,11 +52,11 @@ impl Policy for LeastQueued {
         }
         // busy[0] is the busy backend that serves a request soonest (hold times known: sorted by
         // them). A free backend slower than that goes after the busy ones.
-        let (free, slow): (Vec<&BackendState>, Vec<&BackendState>) = match busy.first() {
+        let (free, slow): (Picked, Picked) = match busy.first() {
             Some(soonest) if !soonest.hold.is_zero() => free
                 .into_iter()
                 .partition(|free| free.hold.is_zero() || !finishes_sooner(soonest, free)),
-            _ => (free, Vec::new()),
+            _ => (free, Picked::new()),
         };
         order.extend(
             free.into_iter()
@@ -95,6 +94,7 @@ fn finishes_sooner(busy: &BackendState, free: &BackendState) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use crate::table::BackendId;
     use std::time::Duration;
 
     use super::super::tests::{firsts, idle};
@@ -122,9 +122,9 @@ mod tests {
         busy(&mut backends[0], 4, 8); // 9 / 4 per connection
         busy(&mut backends[1], 4, 2); // 3 / 4
         busy(&mut backends[2], 2, 2); // 3 / 2
-        let mut order = Vec::new();
+        let mut order = Chosen::new();
         policy.order(&backends, &mut order);
-        assert_eq!(order, [BackendId(1), BackendId(2), BackendId(0)]);
+        assert_eq!(order[..], [BackendId(1), BackendId(2), BackendId(0)]);
     }
 
     #[test]
@@ -161,9 +161,9 @@ mod tests {
         busy(&mut backends[2], 8, 40); // 1 ms × (8 + 41) / 8 ≈ 6.1 ms
         backends[1].hold = Duration::from_millis(1);
         backends[2].hold = Duration::from_millis(1);
-        let mut order = Vec::new();
+        let mut order = Chosen::new();
         policy.order(&backends, &mut order);
-        assert_eq!(order, [BackendId(1), BackendId(2), BackendId(0)]);
+        assert_eq!(order[..], [BackendId(1), BackendId(2), BackendId(0)]);
         // Once the queues are long enough, the free slow one is the sooner again.
         backends[1].queued = 200; // 1 ms × 209 / 8 ≈ 26 ms
         backends[2].queued = 200;
@@ -190,8 +190,8 @@ mod tests {
         backends[1].available = false;
         busy(&mut backends[2], 1, 100);
         backends[2].available = false;
-        let mut order = Vec::new();
+        let mut order = Chosen::new();
         policy.order(&backends, &mut order);
-        assert_eq!(order, [BackendId(0)]);
+        assert_eq!(order[..], [BackendId(0)]);
     }
 }

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::backend::pool::BackendPool;
@@ -26,6 +27,16 @@ mod round_robin;
 
 use least_queued::LeastQueued;
 use round_robin::SmoothWeighted;
+
+/// Room on the stack for an upstream's backends, so that choosing allocates nothing for up to
+/// this many (an order with re-sends repeats them: up to four backends with one re-send).
+const ON_STACK: usize = 8;
+
+/// The backends one request tries, best first.
+pub(crate) type Order = SmallVec<[BackendId; ON_STACK]>;
+
+/// Backends a policy sorts while it chooses.
+type Picked<'a> = SmallVec<[&'a BackendState; ON_STACK]>;
 
 /// One backend as a policy sees it at the moment of choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +109,7 @@ pub(crate) trait Policy: fmt::Debug + Send + Sync {
     /// Appends to `order` the backends this request should try, best first: only available ones,
     /// each at most once. `backends` is the upstream's backends in config order, always the same
     /// length for one policy instance.
-    fn order(&self, backends: &[BackendState], order: &mut Vec<BackendId>);
+    fn order(&self, backends: &[BackendState], order: &mut Order);
 
     /// Whether a request that finds no free connection at its first choice should wait in the
     /// second one's queue as well and take whichever slot frees first.
@@ -180,11 +191,11 @@ impl Balancer {
         upstream: UpstreamId,
         priority: Priority,
         passes: usize,
-    ) -> Vec<BackendId> {
+    ) -> Order {
         // The clock only matters for a backend with no free slot (how long it has stalled).
         let mut now_read = None;
         let mut now = || *now_read.get_or_insert_with(|| self.micros_at(Instant::now()));
-        let snapshot: Vec<BackendState> = table
+        let snapshot: SmallVec<[BackendState; ON_STACK]> = table
             .upstream(upstream)
             .backends
             .iter()
@@ -193,11 +204,13 @@ impl Balancer {
                 BackendState::of(id, &pools[index], &self.observed[index], priority, &mut now)
             })
             .collect();
-        let mut order = Vec::with_capacity(snapshot.len() * passes.max(1));
+        let mut order = Order::with_capacity(snapshot.len() * passes.max(1));
         self.policies[usize::from(upstream.0)].order(&snapshot, &mut order);
         let once = order.len();
         for _ in 1..passes {
-            order.extend_from_within(..once);
+            for index in 0..once {
+                order.push(order[index]);
+            }
         }
         order
     }
@@ -232,7 +245,7 @@ pub(crate) mod tests {
     ) -> String {
         (0..requests)
             .map(|_| {
-                let mut order = Vec::new();
+                let mut order = Order::new();
                 policy.order(backends, &mut order);
                 order
                     .first()

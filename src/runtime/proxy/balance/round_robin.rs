@@ -10,8 +10,9 @@
 use std::cmp::Reverse;
 use std::sync::{Mutex, PoisonError};
 
-use super::{BackendState, Policy};
-use crate::table::BackendId;
+use smallvec::SmallVec;
+
+use super::{BackendState, Order, Policy, ON_STACK};
 
 #[derive(Debug)]
 pub(crate) struct SmoothWeighted {
@@ -29,7 +30,7 @@ impl SmoothWeighted {
 }
 
 impl Policy for SmoothWeighted {
-    fn order(&self, backends: &[BackendState], order: &mut Vec<BackendId>) {
+    fn order(&self, backends: &[BackendState], order: &mut Order) {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let mut total = 0;
         let mut best: Option<usize> = None;
@@ -51,7 +52,7 @@ impl Policy for SmoothWeighted {
         // Fallbacks: the backends that would be chosen next, i.e. by current weight; among equals
         // the ones after the chosen one first (with equal weights: the next ones in turn).
         let count = backends.len();
-        let mut rest: Vec<usize> = (1..count)
+        let mut rest: SmallVec<[usize; ON_STACK]> = (1..count)
             .map(|offset| (best + offset) % count)
             .filter(|&index| backends[index].available)
             .collect();
@@ -65,6 +66,7 @@ impl Policy for SmoothWeighted {
 mod tests {
     use super::super::tests::{firsts, idle};
     use super::*;
+    use crate::table::BackendId;
 
     #[test]
     fn equal_weights_are_plain_round_robin_with_the_next_ones_as_fallback() {
@@ -72,7 +74,7 @@ mod tests {
         let backends = idle(&[1, 1, 1]);
         let orders: Vec<Vec<u16>> = (0..4)
             .map(|_| {
-                let mut order = Vec::new();
+                let mut order = Order::new();
                 policy.order(&backends, &mut order);
                 order.iter().map(|id| id.0).collect()
             })
@@ -108,7 +110,7 @@ mod tests {
             (0, 300, 200, 100)
         );
         // And the order of one request never names the down backend.
-        let mut order = Vec::new();
+        let mut order = Order::new();
         policy.order(&backends, &mut order);
         assert_eq!(order.len(), 3);
         assert!(!order.contains(&BackendId(0)));
@@ -131,7 +133,7 @@ mod tests {
         let mut backends = idle(&[1, 1]);
         backends[0].available = false;
         backends[1].available = false;
-        let mut order = Vec::new();
+        let mut order = Order::new();
         policy.order(&backends, &mut order);
         assert!(order.is_empty());
     }
