@@ -195,15 +195,15 @@ impl Balancer {
         // The clock only matters for a backend with no free slot (how long it has stalled).
         let mut now_read = None;
         let mut now = || *now_read.get_or_insert_with(|| self.micros_at(Instant::now()));
-        let snapshot: SmallVec<[BackendState; ON_STACK]> = table
-            .upstream(upstream)
-            .backends
-            .iter()
-            .map(|&id| {
-                let index = usize::from(id.0);
-                BackendState::of(id, &pools[index], &self.observed[index], priority, &mut now)
-            })
-            .collect();
+        // Pushed one by one rather than collected: `collect` into a SmallVec built the states in
+        // an iterator adapter of its own and moved the whole array out of it.
+        let mut snapshot = SmallVec::<[BackendState; ON_STACK]>::new();
+        for &id in table.upstream(upstream).backends {
+            let index = usize::from(id.0);
+            let state =
+                BackendState::of(id, &pools[index], &self.observed[index], priority, &mut now);
+            snapshot.push(state);
+        }
         let mut order = Order::with_capacity(snapshot.len() * passes.max(1));
         self.policies[usize::from(upstream.0)].order(&snapshot, &mut order);
         let once = order.len();

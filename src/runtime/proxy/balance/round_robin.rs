@@ -52,10 +52,13 @@ impl Policy for SmoothWeighted {
         // Fallbacks: the backends that would be chosen next, i.e. by current weight; among equals
         // the ones after the chosen one first (with equal weights: the next ones in turn).
         let count = backends.len();
-        let mut rest: SmallVec<[usize; ON_STACK]> = (1..count)
-            .map(|offset| (best + offset) % count)
-            .filter(|&index| backends[index].available)
-            .collect();
+        let mut rest = SmallVec::<[usize; ON_STACK]>::new();
+        for offset in 1..count {
+            let index = (best + offset) % count;
+            if backends[index].available {
+                rest.push(index);
+            }
+        }
         rest.sort_by_key(|&index| Reverse(current[index]));
         order.push(backends[best].id);
         order.extend(rest.into_iter().map(|index| backends[index].id));
