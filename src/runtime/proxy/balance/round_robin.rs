@@ -85,6 +85,22 @@ mod tests {
         assert_eq!(orders, [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]);
     }
 
+    /// More backends than the choice keeps on the stack: the lists move to the heap and the
+    /// order is the same.
+    #[test]
+    fn an_upstream_larger_than_the_stack_room_is_still_plain_round_robin() {
+        let count = ON_STACK + 4;
+        let policy = SmoothWeighted::new(count);
+        let backends = idle(&vec![1; count]);
+        for turn in 0..2 * count {
+            let mut order = Order::new();
+            policy.order(&backends, &mut order);
+            let expected: Vec<u16> = (0..count).map(|k| ((turn + k) % count) as u16).collect();
+            let got: Vec<u16> = order.iter().map(|id| id.0).collect();
+            assert_eq!(got, expected, "turn {turn}");
+        }
+    }
+
     #[test]
     fn weights_5_1_1_interleave_as_nginx_documents() {
         // nginx's ngx_http_upstream_round_robin.c: "a a b a c a a" for weights 5, 1, 1.
