@@ -130,8 +130,9 @@ bench:
 	bash bench/run.sh
 	python3 bench/status_screenshot.py
 
-## bench-ab: two revisions side by side in alternating rounds, the ratio B/A of req/s and req per
-## CPU-second with its spread (A=<rev> B=<rev>, default HEAD~1 and HEAD; see bench/ab.py)
+## bench-ab: two revisions side by side in alternating rounds (AB_MODE=together: loaded at once), the
+## ratio B/A of req/s and req per CPU-second with its spread (A=<rev> B=<rev>, default HEAD~1 and
+## HEAD; see bench/ab.py)
 A ?= HEAD~1
 B ?= HEAD
 bench-ab:
