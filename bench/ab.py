@@ -31,8 +31,8 @@ shows there first); raw wrk output under bench/out/ab/logs.
 
 import os
 import re
-import shutil
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -140,10 +140,8 @@ class Load:
         self.cpu_before = cpu_seconds(self.measured)
         self.idle_before, self.all_before = machine_cpu_ticks()
         if over_h2():
-            conns = max(1, int(os.environ.get("AB_H2_CONNS", "10")) // share)
-            self.argv = ["h2load", f"-c{conns}", f"-m{os.environ.get('AB_H2_STREAMS', '10')}", "-t1",
-                         f"-D{duration}", f"--log-file={log.with_suffix('.latency')}",
-                         f"https://{sides.HOST}:{port + 1000}{path}"]
+            self.argv = ["h2load", *h2_streams(share), "-t1", f"-D{duration}",
+                         f"--log-file={log.with_suffix('.latency')}", f"https://{sides.HOST}:{port + 1000}{path}"]
         else:
             conns = max(1, int(os.environ.get("AB_CONNS", "64")) // share)
             self.argv = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "5s",
@@ -179,10 +177,11 @@ def together() -> bool:
     return os.environ.get("AB_MODE") == "together"
 
 
-def h2_streams() -> list[str]:
+def h2_streams(share: int = 1) -> list[str]:
     """h2load's connections and streams per connection: AB_H2_CONNS x AB_H2_STREAMS (10 x 10, as
-    the bench's `https-h2` row)."""
-    return [f"-c{os.environ.get('AB_H2_CONNS', '10')}", f"-m{os.environ.get('AB_H2_STREAMS', '10')}"]
+    the bench's `https-h2` row), the connections divided by `share` (see `Load`)."""
+    conns = max(1, int(os.environ.get("AB_H2_CONNS", "10")) // share)
+    return [f"-c{conns}", f"-m{os.environ.get('AB_H2_STREAMS', '10')}"]
 
 
 def count_instructions(name: str, binary: Path, port: int, procs: Processes) -> dict:

@@ -20,10 +20,10 @@
 //! only when the others' queues are 20× longer. Until anything is known the hold times count as
 //! equal. Down and full backends are left out.
 
-use std::cmp::Ordering as Order;
+use std::cmp;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{BackendState, Order as Chosen, Picked, Policy};
+use super::{BackendState, Order, Picked, Policy};
 
 #[derive(Debug, Default)]
 pub(crate) struct LeastQueued {
@@ -32,7 +32,7 @@ pub(crate) struct LeastQueued {
 }
 
 impl Policy for LeastQueued {
-    fn order(&self, backends: &[BackendState], order: &mut Chosen) {
+    fn order(&self, backends: &[BackendState], order: &mut Order) {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let (mut free, mut busy): (Picked, Picked) = backends
             .iter()
@@ -74,7 +74,7 @@ impl Policy for LeastQueued {
 
 /// Which of two busy backends frees a slot for a new request sooner: the lesser
 /// `(queued + 1) × hold / (n × weight)`, compared without division.
-fn drains_sooner(a: &BackendState, b: &BackendState) -> Order {
+fn drains_sooner(a: &BackendState, b: &BackendState) -> cmp::Ordering {
     // Hold times count only when both are known; otherwise queue length alone decides.
     let known = !a.hold.is_zero() && !b.hold.is_zero();
     let hold = |x: &BackendState| if known { x.hold.as_micros().max(1) } else { 1 };
@@ -94,11 +94,11 @@ fn finishes_sooner(busy: &BackendState, free: &BackendState) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::table::BackendId;
     use std::time::Duration;
 
     use super::super::tests::{firsts, idle};
     use super::*;
+    use crate::table::BackendId;
 
     fn busy(backend: &mut BackendState, connections: usize, queued: usize) {
         backend.connections = connections;
@@ -122,7 +122,7 @@ mod tests {
         busy(&mut backends[0], 4, 8); // 9 / 4 per connection
         busy(&mut backends[1], 4, 2); // 3 / 4
         busy(&mut backends[2], 2, 2); // 3 / 2
-        let mut order = Chosen::new();
+        let mut order = Order::new();
         policy.order(&backends, &mut order);
         assert_eq!(order[..], [BackendId(1), BackendId(2), BackendId(0)]);
     }
@@ -161,7 +161,7 @@ mod tests {
         busy(&mut backends[2], 8, 40); // 1 ms × (8 + 41) / 8 ≈ 6.1 ms
         backends[1].hold = Duration::from_millis(1);
         backends[2].hold = Duration::from_millis(1);
-        let mut order = Chosen::new();
+        let mut order = Order::new();
         policy.order(&backends, &mut order);
         assert_eq!(order[..], [BackendId(1), BackendId(2), BackendId(0)]);
         // Once the queues are long enough, the free slow one is the sooner again.
@@ -190,7 +190,7 @@ mod tests {
         backends[1].available = false;
         busy(&mut backends[2], 1, 100);
         backends[2].available = false;
-        let mut order = Chosen::new();
+        let mut order = Order::new();
         policy.order(&backends, &mut order);
         assert_eq!(order[..], [BackendId(0)]);
     }
