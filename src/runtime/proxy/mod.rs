@@ -480,7 +480,8 @@ impl Proxy {
                     .record_response_time(held, pool.busy_slots());
             }
             // How long this backend took to answer, for policies that weigh backends by speed.
-            self.balancer.observe(backend, held, failed, back);
+            self.balancer
+                .observe(route.upstream, backend, held, failed, back);
             pool.counters.exchanged(queued_for, held, bytes_sent);
             match exchanged {
                 Ok((head, body)) => return Ok(into_response(head, body)),

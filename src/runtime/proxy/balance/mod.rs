@@ -61,6 +61,19 @@ pub(crate) struct BackendState {
 }
 
 impl BackendState {
+    /// What a load-blind policy sees (see [`Policy::sees_load`]): weight and availability.
+    fn blind(id: BackendId, pool: &BackendPool) -> BackendState {
+        BackendState {
+            id,
+            weight: Self::weight(pool),
+            connections: 0,
+            free: 0,
+            queued: 0,
+            hold: Duration::ZERO,
+            available: pool.takes_requests(),
+        }
+    }
+
     fn of(
         id: BackendId,
         pool: &BackendPool,
@@ -77,15 +90,19 @@ impl BackendState {
         };
         BackendState {
             id,
-            // Scaled by a thousand so slow start can ramp it smoothly (the policies only compare
-            // weights with each other).
-            weight: pool.spec.weight.max(1) * pool.protection.weight_permille(),
+            weight: Self::weight(pool),
             connections: pool.limit().max(1),
             free,
             queued: pool.queued(),
             hold: Duration::from_micros(average.max(stalled)),
             available: pool.takes_requests(),
         }
+    }
+
+    /// Scaled by a thousand so slow start can ramp it smoothly (the policies only compare weights
+    /// with each other).
+    fn weight(pool: &BackendPool) -> u32 {
+        pool.spec.weight.max(1) * pool.protection.weight_permille()
     }
 }
 
@@ -110,6 +127,14 @@ pub(crate) trait Policy: fmt::Debug + Send + Sync {
     /// each at most once. `backends` is the upstream's backends in config order, always the same
     /// length for one policy instance.
     fn order(&self, backends: &[BackendState], order: &mut Order);
+
+    /// Whether the policy looks at the backends' load (`free`, `queued`, `hold`, `connections`).
+    /// A policy blind to it gets those as zero, and the balancer neither reads the pools' slot
+    /// and queue counts nor records answer times for it: lines every serving thread writes on
+    /// every request, which each read would pull from the other core's cache.
+    fn sees_load(&self) -> bool {
+        true
+    }
 
     /// Whether a request that finds no free connection at its first choice should wait in the
     /// second one's queue as well and take whichever slot frees first.
@@ -154,11 +179,21 @@ impl Balancer {
         self.policies[usize::from(upstream.0)].waits_in_two_queues()
     }
 
-    /// Records that a request held a connection of `backend` for `held` and gave it back at
-    /// `back` (the caller's clock reading). A failed answer counts as at least [`FAILURE_HOLD`]:
-    /// a backend that fails fast must not look like the fastest one and draw the traffic to its
-    /// errors.
-    pub(crate) fn observe(&self, backend: BackendId, held: Duration, failed: bool, back: Instant) {
+    /// Records that a request held a connection of `backend` (of `upstream`) for `held` and gave
+    /// it back at `back` (the caller's clock reading), if the upstream's policy looks at that. A
+    /// failed answer counts as at least [`FAILURE_HOLD`]: a backend that fails fast must not look
+    /// like the fastest one and draw the traffic to its errors.
+    pub(crate) fn observe(
+        &self,
+        upstream: UpstreamId,
+        backend: BackendId,
+        held: Duration,
+        failed: bool,
+        back: Instant,
+    ) {
+        if !self.policies[usize::from(upstream.0)].sees_load() {
+            return;
+        }
         let observed = &self.observed[usize::from(backend.0)];
         let held = if failed { held.max(FAILURE_HOLD) } else { held };
         let sample = u64::try_from(held.as_micros()).unwrap_or(u64::MAX).max(1);
@@ -197,15 +232,21 @@ impl Balancer {
         let mut now = || *now_read.get_or_insert_with(|| self.micros_at(Instant::now()));
         // Pushed one by one rather than collected: `collect` into a SmallVec built the states in
         // an iterator adapter of its own and moved the whole array out of it.
+        let policy = &self.policies[usize::from(upstream.0)];
+        let sees_load = policy.sees_load();
         let mut snapshot = SmallVec::<[BackendState; ON_STACK]>::new();
         for &id in table.upstream(upstream).backends {
             let index = usize::from(id.0);
-            let state =
-                BackendState::of(id, &pools[index], &self.observed[index], priority, &mut now);
+            let pool = &pools[index];
+            let state = if sees_load {
+                BackendState::of(id, pool, &self.observed[index], priority, &mut now)
+            } else {
+                BackendState::blind(id, pool)
+            };
             snapshot.push(state);
         }
         let mut order = Order::with_capacity(snapshot.len() * passes.max(1));
-        self.policies[usize::from(upstream.0)].order(&snapshot, &mut order);
+        policy.order(&snapshot, &mut order);
         let once = order.len();
         for _ in 1..passes {
             for index in 0..once {

@@ -63,6 +63,10 @@ impl Policy for SmoothWeighted {
         order.push(backends[best].id);
         order.extend(rest.into_iter().map(|index| backends[index].id));
     }
+
+    fn sees_load(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
