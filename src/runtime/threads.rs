@@ -8,11 +8,13 @@
 //! cost more CPU in Juggler, in wrk and in the backends alike than with nginx in front; two
 //! single-threaded Juggler processes served 1.45x the requests of one two-threaded one.
 //!
-//! Here each serving thread waits in its own epoll set for its own connections. Everything else
-//! stays shared: the pools (one per backend, so `n` stays exact however many threads there are),
-//! the counters, the parking lot's bookkeeping. A pooled backend connection is registered with the
-//! reactor of whichever thread checks it out ([`BackendConn::settle`]), so its readiness wakes the
-//! task that waits on it without a hop through another thread.
+//! Here each serving thread waits in its own epoll set for its own connections. A pool (one per
+//! backend, so `n` stays exact however many threads there are) gives each thread a lane of its
+//! slots, queue and idle connections, which move between threads only as their load shifts (see
+//! `backend::lanes`); the counters and the parking lot's bookkeeping are shared. A pooled backend
+//! connection is registered with the reactor of whichever thread checks it out
+//! ([`BackendConn::settle`]), so its readiness wakes the task that waits on it without a hop
+//! through another thread.
 //!
 //! Every serving thread accepts on the listeners itself and serves what it accepts, unless it
 //! serves clearly more connections than another (then it hands the connection over); a parked
@@ -44,6 +46,14 @@ thread_local! {
 /// (the control runtime, a test's runtime).
 pub(crate) fn current() -> usize {
     THREAD_ID.with(Cell::get)
+}
+
+/// How many serving threads `worker_threads = count` starts: `count`, or one per core for 0.
+pub(crate) fn resolved_count(count: usize) -> usize {
+    match count {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        count => count,
+    }
 }
 
 /// Makes the calling thread count as serving thread `id` (0: none), for tests of what depends on
@@ -83,10 +93,7 @@ const ACCEPT_SLACK: usize = 2;
 impl ServingThreads {
     /// Starts `count` serving threads (at least one; 0 means one per core).
     pub(crate) fn start(count: usize) -> io::Result<(ServingThreads, Dealer)> {
-        let count = match count {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            count => count,
-        };
+        let count = resolved_count(count);
         let mut stop = Vec::with_capacity(count);
         let mut stopped = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);

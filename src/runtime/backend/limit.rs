@@ -119,16 +119,21 @@ impl SlotLimit {
 
     /// A slot given back: pays one slot of debt if any is owed (returns true), else frees it.
     pub(crate) fn give_back(&self, slots: &impl Slots) -> bool {
-        let paid = self
-            .debt
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
-                debt.checked_sub(1)
-            })
-            .is_ok();
+        let paid = self.pay_debt();
         if !paid {
             slots.free(1);
         }
         paid
+    }
+
+    /// A slot given back pays one slot of debt, if any is owed (returns whether); otherwise the
+    /// caller frees it.
+    pub(crate) fn pay_debt(&self) -> bool {
+        self.debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
+                debt.checked_sub(1)
+            })
+            .is_ok()
     }
 
     /// Whether requests still hold slots the limit no longer allows.

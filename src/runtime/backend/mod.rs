@@ -2,7 +2,8 @@
 //! and Juggler's own HTTP/1.1 client on those connections.
 //!
 //! - [`pool`]: the `n` slots, the queue, health, refill.
-//! - `ranked`: the pool's slots with its queue in priority order (high, normal, low).
+//! - `lanes`: the pool's slots split over the serving threads, moving as their load shifts.
+//! - `ranked`: a lane's slots with its queue in priority order (high, normal, low).
 //! - `limit`: how many of the `n` slots may be used now (fleet share, slow start, adaptive limit).
 //! - [`health`]: active checks, ejection on `5xx`, slow start: what takes a backend out of
 //!   rotation besides failed connects, and how it comes back.
@@ -22,6 +23,7 @@ pub mod conn;
 mod exchange;
 pub(crate) mod head;
 pub mod health;
+mod lanes;
 mod limit;
 pub mod pool;
 mod ranked;

@@ -3,9 +3,11 @@
 //! A pool has `n` slots (`connections_per_server`). A request takes a slot, uses the slot's
 //! connection (opening it if the slot is empty) and gives the slot back with the connection still
 //! open. Because a connection is only ever opened by the holder of a slot, a backend never sees
-//! more than `n` connections from Juggler, not even briefly. Requests that find every slot busy
-//! wait for one in the pool's queue ([`PrioritySlots`]): in priority order, first come, first
-//! served within a priority, each until its deadline (the queue timeout after it arrived). One
+//! more than `n` connections from Juggler, not even briefly. The slots, the queue and the idle
+//! connections are split into a lane per serving thread ([`Lanes`]), slots moving between lanes as
+//! the threads' load shifts. Requests that find every slot of their lane busy wait for one in
+//! its queue ([`PrioritySlots`]): in priority order, first come, first served within a priority,
+//! each until its deadline (the queue timeout after it arrived). One
 //! task per pool, running only while anyone waits, ends the waits whose deadline passed
 //! ([`BackendPool::expire_queue`]); the backend leaving rotation ends them all
 //! ([`BackendPool::leave_rotation`]). No queued request arms a timer of its own.
@@ -15,6 +17,7 @@
 //! less r) and queue there, so they never hold more than that many slots and a high request waits
 //! only for other high requests. Without `reserved` there is no second set at all.
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,6 +28,7 @@ use tokio::time::Instant;
 
 use super::conn::BackendConn;
 use super::health::BackendProtection;
+use super::lanes::{Lanes, Seen, LOOK_EVERY};
 pub use super::limit::LimitSource;
 use super::limit::{SlotLimit, Slots};
 use super::ranked::{Ending, PrioritySlots};
@@ -63,19 +67,19 @@ pub(crate) struct HandoverSink {
 #[derive(Debug)]
 pub struct BackendPool {
     pub spec: &'static BackendSpec,
-    /// One per usable connection slot; its waiters are the request queue, in priority order.
-    slots: PrioritySlots,
-    /// How many of the `n` slots may be used now, kept in step with `slots`' free ones.
+    /// One per usable connection slot, split over the serving threads; their waiters are the
+    /// request queues, in priority order.
+    lanes: Lanes,
+    /// Each lane's idle connections and queued requests, by lane.
+    near: Box<[LaneConns]>,
+    /// How many of the `n` slots may be used now, kept in step with the lanes' free ones.
     limit: SlotLimit,
     /// The slots normal and low requests may hold (`None` when the upstream reserves none).
     shared: Option<SharedSlots>,
-    /// Open connections not carrying a request. Taken most-recently-used first, so the warmest
-    /// connections carry the traffic and idle ones are the ones the refill task checks.
-    idle: Mutex<Vec<Member>>,
-    /// Requests waiting for a slot, bounded by `max_queued`.
-    queued: AtomicUsize,
     /// Whether a task ends the waits whose deadline passed (see [`Self::expire_queue`]).
     expiring: AtomicBool,
+    /// Wakes that task to look at lending a lane's unused slots to another lane's waiters.
+    lend_wanted: Notify,
     /// Connections open or being opened, idle or carrying a request; never above the limit in
     /// force once requests that held a slot before it was lowered have given theirs back.
     /// Only [`Counted`] changes it, so it stays exact however a request ends (including a client
@@ -105,6 +109,27 @@ pub struct BackendPool {
     max_queued: usize,
     queue_timeout: Duration,
     connect_timeout: Duration,
+}
+
+/// The most recently used of `idle`'s connections registered with this thread's reactor, else its
+/// most recently used one.
+fn pop_most_recent(idle: &mut Vec<Member>) -> Option<Member> {
+    match idle.iter().rposition(|member| member.conn.is_at_home()) {
+        Some(at_home) => Some(idle.remove(at_home)),
+        None => idle.pop(),
+    }
+}
+
+/// What one lane of a pool keeps beside its slots, on cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct LaneConns {
+    /// Open connections not carrying a request, last registered with this lane's thread. Taken
+    /// most-recently-used first, so the warmest connections carry the traffic and idle ones are
+    /// the ones the refill task checks.
+    idle: Mutex<Vec<Member>>,
+    /// This lane's requests waiting for a slot; the pool's sum is bounded by `max_queued`.
+    queued: AtomicUsize,
 }
 
 /// The part of a pool's slots that normal and low requests share: the limit less the reserved
@@ -197,6 +222,8 @@ struct Health {
 #[derive(Debug)]
 pub struct PooledConn {
     pool: Arc<BackendPool>,
+    /// The lane the slot belongs to, given back to it.
+    lane: usize,
     conn: Option<Member>,
     reusable: bool,
     /// The connection goes to the successor process rather than the backend (see
@@ -212,24 +239,28 @@ pub struct PooledConn {
 }
 
 impl BackendPool {
+    /// An unprotected pool with one lane, for use off the serving threads.
     pub fn new(spec: &'static BackendSpec, settings: &Settings) -> BackendPool {
-        BackendPool::protected(spec, settings, Protection::OFF)
+        BackendPool::protected(spec, settings, Protection::OFF, 1)
     }
 
-    /// A pool whose backend is protected as its upstream's `protection` says.
+    /// A pool whose backend is protected as its upstream's `protection` says, with a lane for
+    /// each of `serving_threads` (see `lanes`).
     pub fn protected(
         spec: &'static BackendSpec,
         settings: &Settings,
         protection: Protection,
+        serving_threads: usize,
     ) -> BackendPool {
+        let lanes = Lanes::new(spec.pool_size, serving_threads);
         BackendPool {
             spec,
-            slots: PrioritySlots::new(spec.pool_size),
+            near: lanes.queues().map(|_| LaneConns::default()).collect(),
+            lanes,
             limit: SlotLimit::new(spec.pool_size),
             shared: SharedSlots::new(spec.pool_size, protection.reserved),
-            idle: Mutex::new(Vec::with_capacity(spec.pool_size)),
-            queued: AtomicUsize::new(0),
             expiring: AtomicBool::new(false),
+            lend_wanted: Notify::new(),
             open: Arc::new(AtomicUsize::new(0)),
             health: Health {
                 consecutive_failures: AtomicU32::new(0),
@@ -294,25 +325,32 @@ impl BackendPool {
 
     /// Idle connections open right now.
     pub fn idle_connections(&self) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.near
+            .iter()
+            .map(|near| {
+                near.idle
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .len()
+            })
+            .sum()
     }
 
     /// Draining with its connections closed: the idle ones go unless a queued request needs one.
     /// They are closed (and uncounted) under the idle list's lock: a checkout that finds the
     /// list empty must also find them uncounted, or it would see `n` connections and none to take.
     fn close_idle_unless_needed(&self) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.queued.load(Ordering::Relaxed) == 0 {
-            idle.clear();
+        for near in &self.near {
+            let mut idle = near.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.queued() == 0 {
+                idle.clear();
+            }
         }
     }
 
     /// Whether a new request would be refused by this backend's queue.
     pub fn is_full(&self) -> bool {
-        self.slots.available() == 0 && self.queued.load(Ordering::Relaxed) >= self.max_queued
+        self.lanes.available() == 0 && self.queued() >= self.max_queued
     }
 
     /// Open connections right now (idle or busy).
@@ -335,7 +373,7 @@ impl BackendPool {
     /// ones close as their requests end. Raised: the new slots are free at once and the refill
     /// task opens their connections. Returns the limit now in force.
     pub fn set_limit(&self, source: LimitSource, cap: Option<usize>) -> usize {
-        let limit = self.limit.set(source, cap, &self.slots);
+        let limit = self.limit.set(source, cap, &self.lanes);
         if let Some(shared) = &self.shared {
             shared.follow(source, cap);
         }
@@ -347,28 +385,30 @@ impl BackendPool {
     /// Closes idle connections while more than `limit` are open, under the idle list's lock (see
     /// [`Self::close_idle_unless_needed`]).
     fn close_idle_above(&self, limit: usize) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while self.open.load(Ordering::Acquire) > limit {
-            if idle.pop().is_none() {
-                break;
+        for near in &self.near {
+            let mut idle = near.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            while self.open.load(Ordering::Acquire) > limit {
+                if idle.pop().is_none() {
+                    break;
+                }
             }
         }
     }
 
     /// Slots held by requests right now.
     pub fn busy_slots(&self) -> usize {
-        self.limit.busy(&self.slots)
+        self.limit.busy(&self.lanes)
     }
 
     /// Slots no request holds: a request arriving now would not wait. A freed slot goes to a
     /// waiter first, so this is 0 whenever anyone is queued.
     pub fn free_slots(&self) -> usize {
-        self.slots.available()
+        self.lanes.available()
     }
 
     /// Slots a request of `priority` may take now: normal and low traffic never the reserved ones.
     pub fn free_slots_for(&self, priority: Priority) -> usize {
-        let free = self.slots.available();
+        let free = self.lanes.available();
         match &self.shared {
             Some(shared) if priority != Priority::High => free.min(shared.slots.available()),
             _ => free,
@@ -382,7 +422,10 @@ impl BackendPool {
 
     /// Requests waiting for a slot right now.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.near
+            .iter()
+            .map(|near| near.queued.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Slots of each server's pool kept for `priority = "high"` routes.
@@ -397,17 +440,20 @@ impl BackendPool {
         self: &Arc<Self>,
         priority: Priority,
     ) -> Result<PooledConn, CheckoutError> {
+        let lane = self.lanes.current();
         let shared = self.shared.as_ref().filter(|_| priority != Priority::High);
         let share = shared.and_then(SharedSlots::try_take);
-        if (shared.is_none() || share.is_some()) && self.slots.try_take() {
+        if (shared.is_none() || share.is_some())
+            && self.lanes.try_take(lane, priority, self.limit.current())
+        {
             // A free slot at once: no time queued, and no clock to read for it.
-            return self.fill_slot(None, share).await;
+            return self.fill_slot(lane, None, share).await;
         }
         let queued_at = Instant::now();
         let share = self
-            .wait_for_slot(priority, queued_at, shared, share)
+            .wait_for_slot(lane, priority, queued_at, shared, share)
             .await?;
-        self.fill_slot(Some(queued_at), share).await
+        self.fill_slot(lane, Some(queued_at), share).await
     }
 
     /// A slot with its connection only if a slot is free now (`None` otherwise): what a health
@@ -415,8 +461,8 @@ impl BackendPool {
     pub(crate) async fn checkout_if_free(
         self: &Arc<Self>,
     ) -> Option<Result<PooledConn, CheckoutError>> {
-        self.slots.try_take().then_some(())?;
-        Some(self.fill_slot(None, None).await)
+        let lane = self.lanes.try_take_any()?;
+        Some(self.fill_slot(lane, None, None).await)
     }
 
     /// Gives the slot just taken (with its share, if any) its connection: an idle one, or one
@@ -424,6 +470,7 @@ impl BackendPool {
     /// had to.
     async fn fill_slot(
         self: &Arc<Self>,
+        lane: usize,
         queued_at: Option<Instant>,
         share: Option<Share<'_>>,
     ) -> Result<PooledConn, CheckoutError> {
@@ -433,6 +480,7 @@ impl BackendPool {
         let mut slot = PooledConn {
             shared,
             pool: Arc::clone(self),
+            lane,
             conn: None,
             reusable: false,
             detour: false,
@@ -442,7 +490,7 @@ impl BackendPool {
         // The queue timeout bounds the whole wait, for a slot and then for a connection.
         let mut waiting_since = queued_at;
         loop {
-            if let Some(member) = self.pop_usable_idle() {
+            if let Some(member) = self.pop_usable_idle(lane) {
                 slot.conn = Some(member);
                 return Ok(slot);
             }
@@ -470,7 +518,7 @@ impl BackendPool {
             let adopted = self.adopted.notified();
             tokio::pin!(adopted);
             adopted.as_mut().enable();
-            if let Some(member) = self.pop_usable_idle() {
+            if let Some(member) = self.pop_usable_idle(lane) {
                 slot.conn = Some(member);
                 return Ok(slot);
             }
@@ -555,8 +603,8 @@ impl BackendPool {
 
     /// The most recently used idle connection that can still carry a request; unusable ones met
     /// on the way are closed.
-    fn pop_usable_idle(&self) -> Option<Member> {
-        while let Some(member) = self.pop_idle() {
+    fn pop_usable_idle(&self, lane: usize) -> Option<Member> {
+        while let Some(member) = self.pop_idle(lane) {
             let Member { mut conn, _counted } = member;
             if !conn.is_usable() {
                 continue;
@@ -596,6 +644,7 @@ impl BackendPool {
     /// the first refused.
     async fn wait_for_slot<'a>(
         self: &Arc<Self>,
+        lane: usize,
         priority: Priority,
         queued_at: Instant,
         shared: Option<&'a SharedSlots>,
@@ -605,36 +654,41 @@ impl BackendPool {
             Priority::Low => self.max_queued / 2,
             Priority::High | Priority::Normal => self.max_queued,
         };
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= room {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(CheckoutError::QueueFull);
-        }
+        let queued = &self.near[lane].queued;
+        queued.fetch_add(1, Ordering::Relaxed);
         // Counted out again however the wait ends, including the client going away (this future
         // is then dropped, which also takes it off the queue it is on).
-        let _in_queue = QueuedGuard(&self.queued);
+        let _in_queue = QueuedGuard(queued);
+        if self.queued() > room {
+            return Err(CheckoutError::QueueFull);
+        }
         // One deadline for the whole wait, for a share and then for the slot. A share taken here
         // is dropped (given back) if the wait ends before the slot is taken.
         let deadline = queued_at + self.queue_timeout;
         let share = match (shared, share) {
             (Some(shared), None) => {
-                self.queue_on(&shared.slots, priority, deadline).await?;
+                let wait = shared.slots.enqueue(priority, deadline);
+                self.queue_on(wait).await?;
                 Some(Share(shared))
             }
             (_, share) => share,
         };
-        self.queue_on(&self.slots, priority, deadline).await?;
+        let (wait, lendable) = self
+            .lanes
+            .enqueue(lane, priority, deadline, self.limit.current());
+        if lendable {
+            self.lend_wanted.notify_one();
+        }
+        self.queue_on(wait).await?;
         Ok(share)
     }
 
-    /// Waits in `slots`' queue (the pool's, or its shared slots') until a slot is handed over,
-    /// `deadline` passes or the backend leaves rotation.
+    /// Waits in a queue (a lane's, or the shared slots') until a slot is handed over, its
+    /// deadline passes or the backend leaves rotation.
     async fn queue_on(
         self: &Arc<Self>,
-        slots: &PrioritySlots,
-        priority: Priority,
-        deadline: Instant,
+        wait: impl Future<Output = Ending>,
     ) -> Result<(), CheckoutError> {
-        let wait = slots.enqueue(priority, deadline);
         self.arm_expiry();
         // Listed before the look: a departure after it ends the wait (see `leave_rotation`).
         if self.protection.out_of_rotation() {
@@ -661,14 +715,40 @@ impl BackendPool {
     /// deadline passed, and again, until nobody waits. Every waiter of a pool has the same queue
     /// timeout, so the timer fires about once per timeout while the queue is busy, however many
     /// requests pass through it; it is never re-armed when a request arrives or leaves.
+    ///
+    /// The same task moves slots between lanes (see `Lanes::lend_idle` and `Lanes::rebalance`): it
+    /// looks every [`LOOK_EVERY`] while requests wait, when woken by the first request of a lane
+    /// to queue while another lane has free slots, and again when `lend_idle` asks, for as long
+    /// as a lane has some; a lane's free slots are lent once it used none of them for
+    /// [`super::lanes::LEND_AFTER`].
     async fn expire_queue(self: Arc<Self>) {
+        let mut deadline = None;
+        let mut expire = true;
+        let mut seen = Seen::default();
+        let mut rebalance_at = Instant::now() + LOOK_EVERY;
         loop {
             let now = Instant::now();
-            let next = self.queues().filter_map(|slots| slots.expire(now)).min();
-            if let Some(next) = next {
-                tokio::time::sleep_until(next).await;
+            if expire {
+                deadline = self.queues().filter_map(|slots| slots.expire(now)).min();
+            }
+            // At most a slot per `LOOK_EVERY`, however often the task looks to lend: the
+            // waiting counts it follows fluctuate, and a slot moved moves its connection.
+            if expire && now >= rebalance_at {
+                self.lanes.rebalance();
+                rebalance_at = now + LOOK_EVERY;
+            }
+            let look_again = self
+                .lanes
+                .lend_idle(&mut seen, now)
+                .or_else(|| (self.lanes.several() && deadline.is_some()).then(|| now + LOOK_EVERY));
+            if let Some(next) = deadline.into_iter().chain(look_again).min() {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => expire = true,
+                    () = self.lend_wanted.notified() => expire = false,
+                }
                 continue;
             }
+            expire = true;
             self.expiring.store(false, Ordering::SeqCst);
             let waiting = self.queues().any(|slots| slots.waiting() > 0);
             if !waiting || self.expiring.swap(true, Ordering::SeqCst) {
@@ -677,9 +757,11 @@ impl BackendPool {
         }
     }
 
-    /// The queues requests wait in: the pool's, and its shared slots' if it reserves some.
+    /// The queues requests wait in: the lanes', and the shared slots' if it reserves some.
     fn queues(&self) -> impl Iterator<Item = &PrioritySlots> {
-        std::iter::once(&self.slots).chain(self.shared.as_ref().map(|shared| &shared.slots))
+        self.lanes
+            .queues()
+            .chain(self.shared.as_ref().map(|shared| &shared.slots))
     }
 
     /// The backend left rotation (health checks fail, or ejected): the requests queued for it
@@ -698,14 +780,33 @@ impl BackendPool {
         length
     }
 
-    /// The most recently used idle connection registered with this thread's reactor, else the
-    /// most recently used one.
-    fn pop_idle(&self) -> Option<Member> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        match idle.iter().rposition(|member| member.conn.is_at_home()) {
-            Some(at_home) => Some(idle.remove(at_home)),
-            None => idle.pop(),
+    /// For a slot of `lane`: the most recently used of its idle connections registered with this
+    /// thread's reactor, else its most recently used one, else another lane's (a slot that moved
+    /// lanes finds its connection in the lane it came from).
+    ///
+    /// The other lanes' lists are looked at all under their locks at once (taken in lane order,
+    /// the only place that holds more than one): looked at one after another, a connection
+    /// another request used meanwhile could go from a list not yet looked at to one already
+    /// looked at, and a slot holder find nothing while `n` connections are counted.
+    fn pop_idle(&self, lane: usize) -> Option<Member> {
+        let own = pop_most_recent(
+            &mut self.near[lane]
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if own.is_some() || self.near.len() == 1 {
+            return own;
         }
+        let mut all: Vec<_> = self
+            .near
+            .iter()
+            .map(|near| near.idle.lock().unwrap_or_else(PoisonError::into_inner))
+            .collect();
+        let count = all.len();
+        (0..count)
+            .map(|offset| (lane + offset) % count)
+            .find_map(|index| pop_most_recent(&mut all[index]))
     }
 
     /// Opens a connection for a slot the caller holds and has reserved with
@@ -730,11 +831,11 @@ impl BackendPool {
     ///
     /// Order matters: the connection is in the idle list, or closed and uncounted, *before* the
     /// slot is released, so whoever takes the slot next finds it idle or may open a new one.
-    fn give_back(&self, conn: Option<Member>, reusable: bool) {
+    fn give_back(&self, lane: usize, conn: Option<Member>, reusable: bool) {
         match conn {
             Some(member) if reusable && !self.closes_when_free() && !self.above_limit() => {
                 if let Some(member) = self.try_hand_over(member) {
-                    self.park_within_limit(member);
+                    self.park_within_limit(lane, member);
                 }
             }
             closed => {
@@ -742,15 +843,18 @@ impl BackendPool {
                 self.refill.notify_one();
             }
         }
-        self.release_slot();
+        self.release_slot(lane);
     }
 
-    /// Frees a slot this process held, or pays a lowered limit's debt with it.
-    fn release_slot(&self) {
-        if self.limit.give_back(&self.slots) {
+    /// Frees a slot of `lane` this process held, or pays a lowered limit's debt with it.
+    fn release_slot(&self, lane: usize) {
+        if self.limit.pay_debt() {
+            self.lanes.forfeit(lane);
             // A slot holder may be waiting for the connection this one closed or idled (see
             // `waits_for_a_connection`).
             self.adopted.notify_waiters();
+        } else {
+            self.lanes.release(lane, self.limit.current());
         }
     }
 
@@ -760,8 +864,11 @@ impl BackendPool {
     /// finds the lower limit. Nothing else closes an idle connection above the limit: one left
     /// there keeps the pool above it for good (and a fleet instance, which records a share it
     /// gives up only once its pool is down to it, from ever giving the share up).
-    fn park_within_limit(&self, member: Member) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+    fn park_within_limit(&self, lane: usize, member: Member) {
+        let mut idle = self.near[lane]
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if self.above_limit() {
             drop(member);
             drop(idle);
@@ -778,7 +885,7 @@ impl BackendPool {
 
     /// Drained with its connections closed, and no queued request left to need this one.
     fn closes_when_free(&self) -> bool {
-        self.drain_state() == Drain::CloseConnections && self.queued.load(Ordering::Relaxed) == 0
+        self.drain_state() == Drain::CloseConnections && self.queued() == 0
     }
 
     /// Starts handing this backend's connections to another process: the idle ones now, the
@@ -793,15 +900,18 @@ impl BackendPool {
     /// Offers the idle connections to the successor again: one kept idle because a request was
     /// waiting at the time is handed over once nobody waits any more.
     pub(crate) fn hand_over_idle(&self) {
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
-        let kept: Vec<Member> = idle
-            .into_iter()
-            .filter_map(|member| self.try_hand_over(member))
-            .collect();
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(kept);
+        for near in &self.near {
+            let idle =
+                std::mem::take(&mut *near.idle.lock().unwrap_or_else(PoisonError::into_inner));
+            let kept: Vec<Member> = idle
+                .into_iter()
+                .filter_map(|member| self.try_hand_over(member))
+                .collect();
+            near.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(kept);
+        }
     }
 
     /// Stops handing over (the successor went away) and refills as usual.
@@ -829,7 +939,7 @@ impl BackendPool {
         // the successor's (see `late_request`), without one it must find one of ours. (Waiting
         // for it with a detour would deadlock: the successor waits for our connections while our
         // detoured request waits for the successor's.)
-        let busy = self.queued.load(Ordering::Relaxed) > 0
+        let busy = self.queued() > 0
             || (sink.detour.is_none() && sink.requests_in_progress.load(Ordering::Acquire) > 0);
         if busy || sink.successor.is_closed() {
             return Some(member);
@@ -855,7 +965,8 @@ impl BackendPool {
     /// new config may have a smaller pool).
     pub(crate) fn adopt(&self, conn: BackendConn) {
         if let Some(counted) = self.count_connection() {
-            self.idle
+            self.near[self.lanes.current()]
+                .idle
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(Member {
@@ -894,11 +1005,11 @@ impl BackendPool {
                 }
                 // Only a free slot may be filled; busy slots reconnect on demand when used.
                 // Given back through `release_slot`, so a limit lowered meanwhile is paid.
-                if !self.slots.try_take() {
+                let Some(lane) = self.lanes.try_take_any() else {
                     break;
-                }
+                };
                 let Some(reserved) = self.reserve_connection() else {
-                    self.release_slot();
+                    self.release_slot(lane);
                     break;
                 };
                 match self.connect().await {
@@ -911,12 +1022,12 @@ impl BackendPool {
                             conn,
                             _counted: reserved,
                         };
-                        self.give_back(Some(member), true);
+                        self.give_back(lane, Some(member), true);
                     }
                     Err(_) => {
                         // Uncounted before the slot is free again (see `give_back`).
                         drop(reserved);
-                        self.release_slot();
+                        self.release_slot(lane);
                         wait = backoff.next_delay();
                         break;
                     }
@@ -931,10 +1042,12 @@ impl BackendPool {
 
     /// Closes idle connections the backend has closed or that are due for retirement.
     fn drop_unusable_idle(&self) {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain_mut(|member| member.conn.is_usable());
+        for near in &self.near {
+            near.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain_mut(|member| member.conn.is_usable());
+        }
     }
 }
 
@@ -981,7 +1094,7 @@ impl PooledConn {
 impl Drop for PooledConn {
     fn drop(&mut self) {
         self.pool
-            .give_back(self.conn.take(), self.reusable && !self.detour);
+            .give_back(self.lane, self.conn.take(), self.reusable && !self.detour);
         // After the slot: a high request waiting for it is served before the normal one this
         // share lets through.
         if self.shared {
@@ -1101,7 +1214,7 @@ mod tests {
         settings.queue.timeout = queue_timeout;
         settings.queue.max_queued_per_server = 16;
         let pool = Arc::new(BackendPool::new(spec, &settings));
-        assert!(pool.slots.try_take());
+        assert!(pool.lanes.try_take(0, Priority::Normal, 1));
         pool
     }
 
@@ -1113,7 +1226,7 @@ mod tests {
         tokio::spawn(async move {
             let queued_at = Instant::now();
             let outcome = pool
-                .wait_for_slot(Priority::Normal, queued_at, None, None)
+                .wait_for_slot(0, Priority::Normal, queued_at, None, None)
                 .await
                 .map(|_share| ());
             (outcome, queued_at.elapsed())
@@ -1153,7 +1266,7 @@ mod tests {
         let pool = busy_pool(Duration::from_secs(1));
         let waiting: Vec<_> = (0..3).map(|_| queue_one(&pool)).collect();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        pool.release_slot();
+        pool.release_slot(0);
         tokio::time::sleep(Duration::from_millis(1)).await;
         pool.leave_rotation();
         let outcomes: Vec<_> = outcomes_of(waiting).await;
@@ -1180,6 +1293,75 @@ mod tests {
             outcomes.push(task.await.unwrap());
         }
         outcomes
+    }
+
+    /// Two serving threads, each in its own lane, take and give back slots of one pool as fast as
+    /// they can, with more requests at once than their lane owns: slots and connections move
+    /// between the lanes all the time, and every request still gets a connection (a slot holder
+    /// finding none while `n` are counted fails a debug assertion), never more than `n` open.
+    #[test]
+    fn requests_on_two_lanes_always_find_a_connection_and_never_more_than_n_open() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address: &'static str = Box::leak(listener.local_addr().unwrap().to_string().into());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counting = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                counting.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        let spec: &'static BackendSpec = Box::leak(Box::new(BackendSpec {
+            address,
+            pool_size: 4,
+            upstream: crate::table::UpstreamId(0),
+            weight: 1,
+        }));
+        let pool = Arc::new(BackendPool::protected(
+            spec,
+            &Settings::DEFAULT,
+            Protection::OFF,
+            2,
+        ));
+        // Each thread's runtime lives until both are done: the pool's queue task, which lends
+        // slots between the lanes, runs on one of them.
+        let done = Arc::new(AtomicUsize::new(0));
+        let serving: Vec<_> = [1, 2]
+            .into_iter()
+            .map(|thread| {
+                let pool = Arc::clone(&pool);
+                let done = Arc::clone(&done);
+                std::thread::spawn(move || {
+                    crate::threads::set_current(thread);
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(async {
+                        for _ in 0..300 {
+                            let take = || async {
+                                let mut slot = pool.checkout(Priority::Normal).await.unwrap();
+                                tokio::task::yield_now().await;
+                                slot.reusable = true;
+                                assert!(pool.open_connections() <= 4);
+                            };
+                            tokio::join!(take(), take(), take());
+                        }
+                        done.fetch_add(1, Ordering::SeqCst);
+                        while done.load(Ordering::SeqCst) < 2 {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    });
+                })
+            })
+            .collect();
+        for thread in serving {
+            thread.join().expect("no request failed");
+        }
+        assert!(accepted.load(Ordering::SeqCst) <= 4, "never more than n");
+        assert_eq!(pool.free_slots(), 4, "every slot back");
+        assert_eq!(pool.idle_connections(), pool.open_connections());
     }
 
     #[test]

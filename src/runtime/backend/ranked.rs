@@ -197,6 +197,11 @@ impl PrioritySlots {
         self.waiting.load(Ordering::SeqCst)
     }
 
+    /// Whether a request of `priority` is listed (under the queue's lock).
+    pub(crate) fn waits_at(&self, priority: Priority) -> bool {
+        !self.lock().classes[class(priority)].is_empty()
+    }
+
     /// Ends the wait of every request whose deadline is `now` or earlier; returns the earliest
     /// deadline still listed, `None` if nobody waits.
     pub(crate) fn expire(&self, now: Instant) -> Option<Instant> {

@@ -135,7 +135,12 @@ impl Proxy {
             .iter()
             .map(|spec| {
                 let protection = table.upstream(spec.upstream).protection;
-                Arc::new(BackendPool::protected(spec, &table.settings, protection))
+                Arc::new(BackendPool::protected(
+                    spec,
+                    &table.settings,
+                    protection,
+                    crate::threads::resolved_count(table.settings.proxy.worker_threads),
+                ))
             })
             .collect();
         Proxy {
