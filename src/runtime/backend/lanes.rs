@@ -339,29 +339,21 @@ impl Lanes {
             let lane = &self.lanes[index];
             (lane.slots.waiting(), lane.owned.load(Ordering::Relaxed))
         };
-        // `a` waits more per slot than `b`: wa / oa > wb / ob, cross-multiplied.
-        let more = |(wa, oa): (usize, usize), (wb, ob): (usize, usize)| wa * ob > wb * oa;
+        // Requests waiting per slot owned, `a`'s against `b`'s: wa / oa against wb / ob,
+        // cross-multiplied. Ties go to the lower index.
+        let per_slot = |a: usize, b: usize| {
+            let ((wa, oa), (wb, ob)) = (load(a), load(b));
+            (wa * ob).cmp(&(wb * oa))
+        };
         let Some(to) = (0..self.lanes.len())
             .filter(|&index| load(index).0 > 0)
-            .reduce(|best, index| {
-                if more(load(index), load(best)) {
-                    index
-                } else {
-                    best
-                }
-            })
+            .min_by(|&a, &b| per_slot(b, a))
         else {
             return;
         };
         let Some(from) = (0..self.lanes.len())
             .filter(|&index| index != to && load(index).1 >= 2)
-            .reduce(|best, index| {
-                if more(load(best), load(index)) {
-                    index
-                } else {
-                    best
-                }
-            })
+            .min_by(|&a, &b| per_slot(a, b))
         else {
             return;
         };
