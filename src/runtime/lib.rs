@@ -26,6 +26,7 @@
 //!   cheaply (what the access log costs).
 //! - `threads`: the serving threads, one single-threaded runtime per core, and the dealing of
 //!   client connections to them.
+//! - `sharded`: per-thread copies of what every request writes.
 //! - `deadline`: a timeout that costs nothing when the work is done at once.
 //! - `error`: `ProxyError`, which knows who failed and what status the client sees.
 //! - `hop_by_hop`: the header rule both sides share: which fields belong to one connection.
@@ -46,6 +47,7 @@ mod hop_by_hop;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+mod sharded;
 mod socket_read;
 pub mod systemd;
 mod threads;

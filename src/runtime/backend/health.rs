@@ -60,6 +60,9 @@ pub enum CheckOutcome {
     Hung,
 }
 
+/// How far [`BackendProtection::active_at`] lets the last activity lag behind the true one.
+const ACTIVE_GRAIN_MICROS: u64 = 1_000;
+
 /// One backend's protection state, owned by its pool.
 #[derive(Debug)]
 pub struct BackendProtection {
@@ -127,9 +130,9 @@ impl BackendProtection {
 
     /// A successful answer that took `took` with `busy` slots held: evidence for the adaptive
     /// limit, if there is one.
-    pub fn record_response_time(&self, took: Duration, busy: usize) {
+    pub fn record_response_time(&self, took: Duration, busy: impl FnOnce() -> usize) {
         if let Some(adaptive) = &self.adaptive {
-            if adaptive.record(took, busy) {
+            if adaptive.record(took, busy()) {
                 self.probe_failed.notify_one();
             }
         }
@@ -198,10 +201,18 @@ impl BackendProtection {
 
     /// A request was about to be written to the backend at `at`, or an answer came back then
     /// (the hung check needs the latest). The caller's clock reading: it has one already.
+    ///
+    /// Moved forward at most once per [`ACTIVE_GRAIN_MICROS`]: every serving thread calls this
+    /// twice per request, and a write each time would pull the line, with the rest of this
+    /// state that every choice of backend reads, back and forth between the cores. The hung
+    /// check's timeouts are seconds; a millisecond more of quiet changes nothing.
     pub fn active_at(&self, at: Instant) {
         let micros = at.saturating_duration_since(self.epoch).as_micros();
         let micros = u64::try_from(micros).unwrap_or(u64::MAX);
-        self.last_active_micros.fetch_max(micros, Ordering::Relaxed);
+        let last = self.last_active_micros.load(Ordering::Relaxed);
+        if micros > last.saturating_add(ACTIVE_GRAIN_MICROS) {
+            self.last_active_micros.fetch_max(micros, Ordering::Relaxed);
+        }
     }
 
     /// Records a backend's answer; true when it completes a run of `eject_after_5xx` failures and
@@ -217,7 +228,11 @@ impl BackendProtection {
             return false;
         }
         if !status.is_server_error() {
-            self.consecutive_5xx.store(0, Ordering::Relaxed);
+            // Read first: under steady good answers the run is already 0, and the line stays
+            // unwritten (see `active_at`).
+            if self.consecutive_5xx.load(Ordering::Relaxed) != 0 {
+                self.consecutive_5xx.store(0, Ordering::Relaxed);
+            }
             return false;
         }
         let run = self.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;

@@ -3,11 +3,13 @@
 //! listener (connections, requests, TLS handshakes). Gauges that already exist as state (pool
 //! occupancy, queue length, health) are not counted here but read at scrape time.
 //!
-//! Counting must not cost throughput, so every counter set is sharded: a worker thread adds to
-//! its own copy, on cache lines no other core writes, and a scrape adds the copies up. With
+//! Counting must not cost throughput, so every counter set is [`Sharded`]: a worker thread adds
+//! to its own copy, on cache lines no other core writes, and a scrape adds the copies up. With
 //! counting off (`[admin] listen = "off"`) every record is one predictable branch.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::sharded::Sharded;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -24,45 +26,6 @@ pub use histogram::{Histogram, BUCKET_BOUNDS_MICROS};
 /// on).
 pub fn counting_enabled(settings: &crate::table::Settings) -> bool {
     settings.admin.listen.is_some()
-}
-
-/// Copies of each counter set: more than the worker threads of a typical balancer host, so that
-/// threads rarely share one; a scrape sums them all.
-const SHARDS: usize = 8;
-
-/// The index of the calling thread's copy, fixed for the thread's life.
-fn shard_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
-    }
-    SHARD.with(|shard| *shard)
-}
-
-/// One copy of `T` per shard, each aligned to its own cache lines.
-#[derive(Debug)]
-struct Sharded<T> {
-    shards: Box<[Padded<T>]>,
-}
-
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Padded<T>(T);
-
-impl<T: Default> Sharded<T> {
-    fn new() -> Sharded<T> {
-        Sharded {
-            shards: (0..SHARDS).map(|_| Padded::default()).collect(),
-        }
-    }
-
-    fn local(&self) -> &T {
-        &self.shards[shard_index()].0
-    }
-
-    fn each(&self) -> impl Iterator<Item = &T> {
-        self.shards.iter().map(|padded| &padded.0)
-    }
 }
 
 fn add(counter: &AtomicU64, value: u64) {

@@ -25,6 +25,7 @@ use crate::backend::spool::{BodyIntake, Budget, RequestBody};
 use crate::backend::{self, OutgoingRequest, ResponseBody};
 use crate::error::ProxyError;
 use crate::metrics::{ListenerKind, Metrics};
+use crate::sharded::Sharded;
 use crate::table::{BackendId, Route, RouteMatch, RouteTable, Settings, UpstreamId};
 use balance::Balancer;
 use contain::CatchPanic;
@@ -65,15 +66,26 @@ pub struct Proxy {
 struct RequestIds {
     /// Random per process: ids stay unique across restarts and upgrades.
     process: u32,
-    next: AtomicU64,
+    /// Ids named so far, per thread: one shared count would be a write to the same line by
+    /// every core for every logged request. The shard's number tops its ids, so they stay unique.
+    next: Sharded<AtomicU64>,
 }
+
+/// Where [`RequestIds`] puts the shard's number in an id's count: above 2^44 ids per shard.
+const SHARD_SHIFT: u32 = 44;
 
 impl RequestIds {
     fn new() -> RequestIds {
         RequestIds {
             process: fastrand::u32(..),
-            next: AtomicU64::new(0),
+            next: Sharded::new(),
         }
+    }
+
+    fn next_count(&self) -> u64 {
+        let (shard, next) = self.next.local_indexed();
+        let count = next.fetch_add(1, Ordering::Relaxed) & ((1 << SHARD_SHIFT) - 1);
+        (shard as u64) << SHARD_SHIFT | count
     }
 
     /// The client's (or a proxy in front's) `X-Request-Id` if it is short printable ASCII,
@@ -84,7 +96,7 @@ impl RequestIds {
             .filter(|id| !id.is_empty() && id.len() <= 64);
         match given {
             Some(id) => id.to_owned(),
-            None => own_id(self.process, self.next.fetch_add(1, Ordering::Relaxed)),
+            None => own_id(self.process, self.next_count()),
         }
     }
 }
@@ -481,8 +493,9 @@ impl Proxy {
             let held = back.saturating_duration_since(held_since);
             let failed = self.judge_answer(route.upstream, backend, &exchanged);
             if exchanged.is_ok() && !failed {
+                // Counted only for an adaptive limit: the count reads every lane's slots.
                 pool.protection
-                    .record_response_time(held, pool.busy_slots());
+                    .record_response_time(held, || pool.busy_slots());
             }
             // How long this backend took to answer, for policies that weigh backends by speed.
             self.balancer
@@ -706,7 +719,23 @@ fn error_response(error: &ProxyError) -> Response<ResponseBody> {
 
 #[cfg(test)]
 mod tests {
-    use super::own_id;
+    use super::{own_id, RequestIds};
+
+    /// Threads count ids on copies of their own; no two ids are the same.
+    #[test]
+    fn ids_named_on_several_threads_never_repeat() {
+        let ids = RequestIds::new();
+        let name = || (0..1000).map(|_| ids.next_count()).collect::<Vec<_>>();
+        let named: Vec<u64> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..3).map(|_| scope.spawn(name)).collect();
+            threads
+                .into_iter()
+                .flat_map(|thread| thread.join().unwrap())
+                .collect()
+        });
+        let distinct: std::collections::HashSet<_> = named.iter().collect();
+        assert_eq!(distinct.len(), 3000);
+    }
 
     #[test]
     fn own_ids_are_the_formatted_ones() {
