@@ -349,8 +349,12 @@ impl BackendPool {
     }
 
     /// Whether a new request would be refused by this backend's queue.
+    ///
+    /// The queue first: the balancer asks this of every backend for every request, and under
+    /// load every slot is taken while the queue is rarely full, so one count of lines other
+    /// threads write (each lane's queue) answers it rather than two (slots, then queue).
     pub fn is_full(&self) -> bool {
-        self.lanes.available() == 0 && self.queued() >= self.max_queued
+        self.queued() >= self.max_queued && self.lanes.available() == 0
     }
 
     /// Open connections right now (idle or busy).
