@@ -252,7 +252,7 @@ impl BackendPool {
         protection: Protection,
         serving_threads: usize,
     ) -> BackendPool {
-        let lanes = Lanes::new(spec.pool_size, serving_threads);
+        let lanes = Lanes::new(spec.pool_size, serving_threads, settings.queue.timeout);
         BackendPool {
             spec,
             near: lanes.queues().map(|_| LaneConns::default()).collect(),

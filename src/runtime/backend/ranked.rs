@@ -28,8 +28,8 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use tokio::time::Instant;
@@ -62,7 +62,20 @@ pub(crate) struct PrioritySlots {
     free: AtomicUsize,
     /// Requests listed in `queue`, readable without its lock.
     waiting: AtomicUsize,
+    /// The deadline of the request a freed slot goes to next ([`deadline_micros`]), 0 when
+    /// nobody waits: readable without the lock, so that another lane can tell whose requests
+    /// have waited longest (all of one pool's waits have the same timeout).
+    first_deadline: AtomicU64,
     queue: Mutex<Queue>,
+}
+
+/// `deadline` in µs since the first deadline taken, plus one (0 stays "none"). Only compared
+/// with each other, to tell which of two waits began first.
+pub(crate) fn deadline_micros(deadline: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let micros = deadline.saturating_duration_since(epoch).as_micros();
+    u64::try_from(micros).unwrap_or(u64::MAX - 1) + 1
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +141,11 @@ impl Queue {
         line.pop_front()
     }
 
+    /// The request [`Queue::next_for`] serves when the freeing thread has none of its own here.
+    fn first(&self) -> Option<&Listed> {
+        self.classes.iter().find_map(VecDeque::front)
+    }
+
     fn vacate(&mut self, cell: usize) {
         self.cells[cell] = Cell::Vacant;
         self.vacant.push(cell);
@@ -155,12 +173,27 @@ impl PrioritySlots {
         PrioritySlots {
             free: AtomicUsize::new(size),
             waiting: AtomicUsize::new(0),
+            first_deadline: AtomicU64::new(0),
             queue: Mutex::new(Queue::default()),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `first_deadline` in step with `queue`; called under its lock after every change
+    /// of who is listed first.
+    fn publish_first(&self, queue: &Queue) {
+        let first = queue
+            .first()
+            .map_or(0, |listed| deadline_micros(listed.deadline));
+        self.first_deadline.store(first, Ordering::Relaxed);
+    }
+
+    /// The deadline ([`deadline_micros`]) of the request served next, 0 when nobody waits.
+    pub(crate) fn first_deadline(&self) -> u64 {
+        self.first_deadline.load(Ordering::Relaxed)
     }
 
     /// Lists a request that found no free slot, in `priority`'s place, until `deadline`; the
@@ -176,6 +209,7 @@ impl PrioritySlots {
                 thread: threads::current(),
                 overtaken: 0,
             });
+            self.publish_first(&queue);
             self.waiting.fetch_add(1, Ordering::SeqCst);
             cell
         };
@@ -219,6 +253,7 @@ impl PrioritySlots {
                 true
             });
         }
+        self.publish_first(queue);
         self.end_listed(&mut guard, expired, Ending::TimedOut);
         next
     }
@@ -232,6 +267,7 @@ impl PrioritySlots {
             .flat_map(|class| class.drain(..))
             .map(|listed| listed.cell)
             .collect();
+        self.publish_first(&queue);
         self.end_listed(&mut queue, listed, ending);
     }
 
@@ -265,6 +301,7 @@ impl PrioritySlots {
                 self.free.fetch_add(n, Ordering::SeqCst);
                 return;
             };
+            self.publish_first(&queue);
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             n -= 1;
             let waker = queue.end(next.cell, Ending::Granted);
@@ -353,6 +390,7 @@ impl Drop for Wait<'_> {
                     at.and_then(|at| class.remove(at)).is_some()
                 });
                 if listed {
+                    self.slots.publish_first(queue);
                     self.slots.waiting.fetch_sub(1, Ordering::SeqCst);
                 }
                 false
