@@ -40,8 +40,8 @@ impl<T> Sharded<T> {
         &self.shards[shard_index()].0
     }
 
-    /// The calling thread's copy and its number (below 16), for state that must say which copy
-    /// it came from.
+    /// The calling thread's copy and its number (below `SHARDS`), for state that must say which
+    /// copy it came from.
     pub(crate) fn local_indexed(&self) -> (usize, &T) {
         let index = shard_index();
         (index, &self.shards[index].0)

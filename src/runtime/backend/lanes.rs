@@ -64,8 +64,9 @@ pub(crate) const LEND_AFTER: Duration = Duration::from_millis(10);
 /// while the other's queue never empties has its slots lent within this (and [`LEND_AFTER`]).
 pub(crate) const LOOK_EVERY: Duration = Duration::from_millis(100);
 
-/// How much longer another lane's next request must have waited than the releasing lane's
-/// for the freed slot to go to it (see [`Lanes::release`]).
+/// How much longer another lane's next request must have waited than the releasing lane's for
+/// the freed slot to go to it, how long the releasing lane's may have waited at most (it keeps
+/// up), and how often a slot may go so (see [`Lanes::waited_longer`]).
 pub(crate) const OLDER_BY: Duration = Duration::from_millis(2);
 
 /// A lane per serving thread, up to one per bit of the mask of lanes below their share.
@@ -537,6 +538,15 @@ mod tests {
         far() - ago
     }
 
+    /// Every lane's requests hold all of its slots; `limit`: the pool's.
+    fn hold_every_slot(lanes: &Lanes, limit: usize) {
+        for (lane, owns) in owned(lanes).into_iter().enumerate() {
+            for _ in 0..owns {
+                assert!(lanes.try_take(lane, Priority::Normal, limit));
+            }
+        }
+    }
+
     fn owned(lanes: &Lanes) -> Vec<usize> {
         lanes
             .lanes
@@ -667,11 +677,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_freed_slot_goes_to_the_lane_whose_next_request_waited_longer_at_a_bounded_pace() {
         let lanes = Lanes::new(4, 2, HOUR);
-        for lane in 0..2 {
-            for _ in 0..2 {
-                assert!(lanes.try_take(lane, Priority::Normal, 4));
-            }
-        }
+        hold_every_slot(&lanes, 4);
         let ms = Duration::from_millis;
         let (older, _) = lanes.enqueue(1, Priority::Normal, began(ms(10)), 4);
         let (newer, _) = lanes.enqueue(0, Priority::Normal, began(ms(1)), 4);
@@ -733,9 +739,7 @@ mod tests {
     async fn a_slot_freed_on_one_lane_goes_to_a_high_request_waiting_on_another() {
         let lanes = Lanes::new(4, 2, HOUR);
         // Every slot is held (lane 1's too), and both lanes have requests waiting.
-        for lane in [0, 0, 1, 1] {
-            assert!(lanes.try_take(lane, Priority::Normal, 4));
-        }
+        hold_every_slot(&lanes, 4);
         let (normal, _) = lanes.enqueue(0, Priority::Normal, far(), 4);
         let (high, _) = lanes.enqueue(1, Priority::High, far(), 4);
         assert_eq!(lanes.high_waiting.load(Ordering::Relaxed), 1);
@@ -755,9 +759,7 @@ mod tests {
     #[tokio::test]
     async fn slots_follow_the_waiting_requests_a_slot_per_look() {
         let lanes = Lanes::new(8, 2, HOUR);
-        for lane in [0, 0, 0, 0, 1, 1, 1, 1] {
-            assert!(lanes.try_take(lane, Priority::Normal, 8));
-        }
+        hold_every_slot(&lanes, 8);
         // Six wait on lane 0, one on lane 1: 1.5 per slot against 0.25.
         let mut busy: Vec<_> = (0..6)
             .map(|_| lanes.enqueue(0, Priority::Normal, far(), 8).0)

@@ -69,7 +69,7 @@ pub(crate) struct PrioritySlots {
     queue: Mutex<Queue>,
 }
 
-/// `deadline` in µs since the first deadline taken, plus one (0 stays "none"). Only compared
+/// `deadline` in µs since the process first asked, plus one (0 stays "none"). Only compared
 /// with each other, to tell which of two waits began first.
 pub(crate) fn deadline_micros(deadline: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
