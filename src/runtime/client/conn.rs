@@ -628,6 +628,10 @@ where
     // insertion and removal per request (issue 18). Its first deadline is replaced before the
     // first poll.
     let mut timer = std::pin::pin!(tokio::time::sleep(limits.client_idle_timeout));
+    // Whether the timer holds this task's waker (it does from its first poll until it is reset
+    // or fires; a task's waker never changes): then it is only looked at, not polled. Polled on
+    // every wake-up (three a request), it cost more than the turn's other checks together.
+    let mut timer_polled = false;
     let mut phase = PhaseFollower::new(phase);
     loop {
         // The sender gone: the process is going away, as when draining.
@@ -679,37 +683,51 @@ where
         }
         if let Some(at) = wake_at.filter(|at| *at != timer.deadline()) {
             timer.as_mut().reset(at);
+            timer_polled = false;
         }
         // An HTTP/1.1 request ends inside hyper's poll of the connection (its response body is
         // dropped there), so a poll that ends the last one is seen right after it, with no
         // wake-up to arrange.
         let went_idle_before = activity.times_went_idle();
-        tokio::select! {
-            polled = std::future::poll_fn(|cx| {
-                if let Some(Err(_)) = polls.as_mut().map(|polls| polls.turn(activity, "poll")) {
-                    return Poll::Ready(Polled::Stalled);
+        let polled = std::future::poll_fn(|cx| {
+            if let Some(Err(_)) = polls.as_mut().map(|polls| polls.turn(activity, "poll")) {
+                return Poll::Ready(Some(Polled::Stalled));
+            }
+            match conn.as_mut().poll(cx) {
+                Poll::Ready(result) => return Poll::Ready(Some(Polled::Ended(result))),
+                // Re-decide as soon as the last request ends: parking becomes possible.
+                Poll::Pending
+                    if park_after.is_some() && activity.times_went_idle() != went_idle_before =>
+                {
+                    return Poll::Ready(Some(Polled::WentIdle));
                 }
-                match conn.as_mut().poll(cx) {
-                    Poll::Ready(result) => Poll::Ready(Polled::Ended(result)),
-                    // Re-decide as soon as the last request ends: parking becomes possible.
-                    Poll::Pending if park_after.is_some()
-                        && activity.times_went_idle() != went_idle_before =>
-                    {
-                        Poll::Ready(Polled::WentIdle)
-                    }
-                    Poll::Pending => Poll::Pending,
+                Poll::Pending => {}
+            }
+            if wake_at.is_some() {
+                let fired = if timer_polled {
+                    timer.is_elapsed()
+                } else {
+                    timer_polled = true;
+                    timer.as_mut().poll(cx).is_ready()
+                };
+                if fired {
+                    return Poll::Ready(None);
                 }
-            }) => match polled {
-                Polled::WentIdle => {}
-                Polled::Ended(Err(error)) => {
-                    tracing::debug!(client = %client.ip, %error, "client connection ended with an error");
-                    return Ended::Finished;
-                }
-                Polled::Ended(Ok(())) | Polled::Stalled => return Ended::Finished,
-            },
-            _ = &mut timer, if wake_at.is_some() => {}
-            // Re-decided at the top of the loop.
-            () = std::future::poll_fn(|cx| phase.poll_changed(cx)), if !closing => {}
+            }
+            // A change of phase is re-decided at the top of the loop, as a timer's wake-up is.
+            if !closing && phase.poll_changed(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await;
+        match polled {
+            None | Some(Polled::WentIdle) => {}
+            Some(Polled::Ended(Err(error))) => {
+                tracing::debug!(client = %client.ip, %error, "client connection ended with an error");
+                return Ended::Finished;
+            }
+            Some(Polled::Ended(Ok(())) | Polled::Stalled) => return Ended::Finished,
         }
     }
 }
