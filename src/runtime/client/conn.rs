@@ -345,7 +345,12 @@ async fn serve_http1<S: ClientStream>(
                 // Idle, nothing buffered: the successor serves this client's next request.
                 if let Some(socket) = stream.into_socket() {
                     let client_ip = client.ip;
-                    let _ = shared.handed_over.send(HandedOver { socket, client_ip });
+                    let handed = HandedOver {
+                        socket,
+                        client_ip,
+                        permit,
+                    };
+                    let _ = shared.handed_over.send(handed);
                 }
                 return;
             }

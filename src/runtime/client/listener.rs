@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::conn::{serve_adopted, serve_plain, serve_tls, PhaseSignal, Shared};
@@ -35,6 +35,13 @@ pub struct Listeners {
 pub(crate) struct HandedOver {
     pub(crate) socket: OwnedFd,
     pub(crate) client_ip: IpAddr,
+    /// Its place under the connection cap, travelling with it: the connection counts as open
+    /// ([`Server::open_connections`]) until this is dropped, after the successor was sent the
+    /// socket. The predecessor says DONE, and exits, when nothing counts; had the count dropped
+    /// when the connection entered the channel, a connection that went idle just after the
+    /// channel was last emptied was left in it, and closed with the process under the request
+    /// its client was sending (`ConnectionReset`).
+    pub(crate) permit: OwnedSemaphorePermit,
 }
 
 /// What the client side is doing, as every accept loop and connection sees it.
@@ -291,5 +298,127 @@ impl AcceptBackoff {
     fn next_delay(&mut self) -> Duration {
         self.failures = (self.failures + 1).min(7);
         Duration::from_millis(10 << self.failures).min(Duration::from_secs(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! One idle connection handed over inside one process: the predecessor's [`Server`] puts it in
+    //! the channel, the test takes it out as the upgrade's control loop would, and a successor's
+    //! [`Server`] adopts it.
+
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::client::park::PARK_AFTER;
+    use crate::table::{RouteMatch, Settings};
+
+    /// No backends and no routes: the proxy answers every request `404` itself.
+    static NO_ROUTES: RouteTable = RouteTable {
+        backends: &[],
+        upstreams: &[],
+        routes: &[],
+        match_route: |_, _| RouteMatch::NotFound,
+        settings: Settings::DEFAULT,
+        config_hash: "test",
+        sources: &[],
+    };
+
+    const BOUND: Duration = Duration::from_secs(5);
+
+    async fn server(http: Option<TcpListener>) -> (Server, mpsc::UnboundedReceiver<HandedOver>) {
+        let (handed_over, channel) = mpsc::unbounded_channel();
+        let listeners = Listeners { http, https: None };
+        let proxy = Arc::new(Proxy::new(&NO_ROUTES));
+        (
+            Server::start(listeners, proxy, handed_over).unwrap(),
+            channel,
+        )
+    }
+
+    /// Sends a GET and reads its answer's status line (the answer is read whole, by its length).
+    async fn get(client: &mut TcpStream) -> String {
+        client
+            .write_all(b"GET /anything HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let read = async {
+            loop {
+                let mut chunk = [0u8; 1024];
+                let read = client.read(&mut chunk).await.unwrap();
+                assert!(read > 0, "connection closed: {answer:?}");
+                answer.extend_from_slice(&chunk[..read]);
+                let text = String::from_utf8_lossy(&answer).into_owned();
+                let Some(end) = text.find("\r\n\r\n") else {
+                    continue;
+                };
+                let length: usize = text
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length: "))
+                    .map_or(0, |length| length.trim().parse().unwrap());
+                if answer.len() >= end + 4 + length {
+                    return text.lines().next().unwrap_or_default().to_owned();
+                }
+            }
+        };
+        tokio::time::timeout(BOUND, read).await.expect("no answer")
+    }
+
+    /// A keep-alive client's connection, idle for `idle` (long enough to be parked, or not),
+    /// goes to the successor; the client sends its next request while the connection is on its
+    /// way, and the successor answers it. The predecessor must count the connection as open until
+    /// the successor has it: it exits once nothing counts, and a connection still in the channel
+    /// then was closed under its client's request (`ConnectionReset`, the request lost).
+    async fn hand_over_one_connection(idle: Duration) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address: SocketAddr = listener.local_addr().unwrap();
+        let (predecessor, mut channel) = server(Some(listener)).await;
+        let mut client = TcpStream::connect(address).await.unwrap();
+        assert!(get(&mut client).await.starts_with("HTTP/1.1 404"));
+        tokio::time::sleep(idle).await;
+
+        predecessor.set_phase(Phase::HandingOver);
+        let handed = tokio::time::timeout(BOUND, channel.recv())
+            .await
+            .expect("the idle connection was not handed over")
+            .unwrap();
+        let sending = tokio::spawn(async move {
+            let status = get(&mut client).await;
+            (status, client)
+        });
+        // Given time to uncount itself, wrongly: nothing may, while the socket is in transit.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(predecessor.open_connections(), 1, "in transit, still open");
+
+        let (successor, _) = server(None).await;
+        let HandedOver {
+            socket,
+            client_ip,
+            permit,
+        } = handed;
+        successor.adopt_client(socket, Some(client_ip));
+        drop(permit);
+        assert_eq!(predecessor.open_connections(), 0);
+        let (status, client) = tokio::time::timeout(BOUND, sending).await.unwrap().unwrap();
+        assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+        assert_eq!(successor.open_connections(), 1);
+        drop(client);
+        for server in [predecessor, successor] {
+            tokio::time::timeout(BOUND, server.drain()).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_going_idle_during_the_handover_counts_until_the_successor_has_it() {
+        hand_over_one_connection(Duration::ZERO).await;
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_counts_until_the_successor_has_it() {
+        hand_over_one_connection(PARK_AFTER * 4).await;
     }
 }

@@ -161,7 +161,12 @@ impl Lot {
                 if let Ok(socket) = stream.into_std() {
                     let socket = socket.into();
                     let client_ip = client.ip;
-                    let _ = shared.handed_over.send(HandedOver { socket, client_ip });
+                    let handed = HandedOver {
+                        socket,
+                        client_ip,
+                        permit,
+                    };
+                    let _ = shared.handed_over.send(handed);
                 }
                 return;
             }
@@ -273,10 +278,15 @@ impl Lot {
             Some(Phase::Serving) => return true,
             Some(Phase::HandingOver) => {
                 for key in keys {
-                    let (socket, client, _) = state.leave(key, &self.registry);
-                    let socket = socket.into();
-                    let client_ip = client.ip;
-                    let _ = shared.handed_over.send(HandedOver { socket, client_ip });
+                    // No permit only if the lot's count were wrong: closed, as in `wake`.
+                    if let (socket, client, Some(permit)) = state.leave(key, &self.registry) {
+                        let handed = HandedOver {
+                            socket: socket.into(),
+                            client_ip: client.ip,
+                            permit,
+                        };
+                        let _ = shared.handed_over.send(handed);
+                    }
                 }
                 return true;
             }

@@ -567,8 +567,10 @@ async fn transfer(
                 for pool in &proxy.pools {
                     pool.hand_over_idle();
                 }
-                // A connection counts as gone from here once it is in a channel: send what the
-                // channels hold before declaring anything released.
+                // A client connection in its channel still counts as open (its permit travels
+                // with it and goes once it is sent), so no open connection below means that
+                // channel is empty too. A backend connection counts as gone from here once it is
+                // in its channel: send what it holds before declaring anything released.
                 while let Ok(client) = clients.try_recv() {
                     send_client(link, client).await?;
                     clients_sent += 1;
@@ -601,10 +603,17 @@ async fn transfer(
 }
 
 /// `CLIENT <address>`: the address its requests are attributed to goes along, as the PROXY
-/// header that named it will not come again.
+/// header that named it will not come again. The connection stops counting as open here, once
+/// sent (its permit goes with `client`).
 async fn send_client(link: &UnixStream, client: HandedOver) -> io::Result<()> {
-    let line = format!("CLIENT {}", client.client_ip);
-    wire::send(link, &line, &[client.socket.as_fd()]).await
+    let HandedOver {
+        socket,
+        client_ip,
+        permit,
+    } = client;
+    wire::send(link, &format!("CLIENT {client_ip}"), &[socket.as_fd()]).await?;
+    drop(permit);
+    Ok(())
 }
 
 async fn send_backend(link: &UnixStream, address: &str, conn: BackendConn) -> io::Result<()> {
