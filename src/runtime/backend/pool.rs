@@ -56,11 +56,23 @@ pub enum CheckoutError {
 /// might need it.
 #[derive(Debug, Clone)]
 pub(crate) struct HandoverSink {
-    pub(crate) successor: mpsc::UnboundedSender<(&'static str, BackendConn)>,
+    pub(crate) successor: mpsc::UnboundedSender<HandedConn>,
     pub(crate) requests_in_progress: Arc<AtomicUsize>,
     /// The successor's plain HTTP listener: a request that arrives here after the connections
     /// are gone is sent there, as to a backend.
     pub(crate) detour: Option<std::net::SocketAddr>,
+}
+
+/// A pooled connection on its way to the successor process, still counted in its pool's `open`
+/// total until `counted` is dropped, once it was sent: the predecessor says RELEASED when a pool
+/// counts nothing, and the successor then opens its own `n`. Uncounted on entering the channel,
+/// a connection that came back just after the channel was last emptied went out after
+/// RELEASED, one beyond the bound at the backend until the successor closed it.
+#[derive(Debug)]
+pub(crate) struct HandedConn {
+    pub(crate) address: &'static str,
+    pub(crate) conn: BackendConn,
+    pub(crate) counted: Counted,
 }
 
 /// One backend's connections, queue and health.
@@ -948,12 +960,17 @@ impl BackendPool {
         if busy || sink.successor.is_closed() {
             return Some(member);
         }
-        // Sent as a bare connection: its unit of `open` is dropped here, with `member`.
-        let Member { conn, _counted } = member;
-        if let Err(returned) = sink.successor.send((self.spec.address, conn)) {
+        // Its unit of `open` goes along, dropped once the connection is sent (see `HandedConn`).
+        let handed = HandedConn {
+            address: self.spec.address,
+            conn: member.conn,
+            counted: member._counted,
+        };
+        if let Err(returned) = sink.successor.send(handed) {
+            let HandedConn { conn, counted, .. } = returned.0;
             return Some(Member {
-                conn: returned.0 .1,
-                _counted,
+                conn,
+                _counted: counted,
             });
         }
         None
@@ -1119,7 +1136,7 @@ struct Member {
 /// One unit of a pool's `open` count, taken before a connection is opened and given back when it
 /// is dropped (the connection closed, or the attempt to open it failed or was abandoned).
 #[derive(Debug)]
-struct Counted(Arc<AtomicUsize>);
+pub(crate) struct Counted(Arc<AtomicUsize>);
 
 impl Drop for Counted {
     fn drop(&mut self) {

@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 
 use crate::admin::AdminServer;
 use crate::backend::conn::BackendConn;
-use crate::backend::pool::HandoverSink;
+use crate::backend::pool::{HandedConn, HandoverSink};
 use crate::client::{HandedOver, Listeners, Phase, Server};
 use crate::metrics::ListenerKind;
 use crate::proxy::Proxy;
@@ -552,8 +552,8 @@ async fn transfer(
                 send_client(link, client).await?;
                 clients_sent += 1;
             }
-            Some((address, conn)) = backends_rx.recv() => {
-                send_backend(link, address, conn).await?;
+            Some(conn) = backends_rx.recv() => {
+                send_backend(link, conn).await?;
                 backends_sent += 1;
             }
             // The successor only ever closes its end: it died.
@@ -567,16 +567,15 @@ async fn transfer(
                 for pool in &proxy.pools {
                     pool.hand_over_idle();
                 }
-                // A client connection in its channel still counts as open (its permit travels
-                // with it and goes once it is sent), so no open connection below means that
-                // channel is empty too. A backend connection counts as gone from here once it is
-                // in its channel: send what it holds before declaring anything released.
+                // A connection in a channel still counts as open (its count travels with it and
+                // goes once it is sent), so a count of zero below means the channels are empty
+                // too; emptied here so that nothing waits for the next tick.
                 while let Ok(client) = clients.try_recv() {
                     send_client(link, client).await?;
                     clients_sent += 1;
                 }
-                while let Ok((address, conn)) = backends_rx.try_recv() {
-                    send_backend(link, address, conn).await?;
+                while let Ok(conn) = backends_rx.try_recv() {
+                    send_backend(link, conn).await?;
                     backends_sent += 1;
                 }
                 for (pool, released) in proxy.pools.iter().zip(&mut released) {
@@ -616,13 +615,17 @@ async fn send_client(link: &UnixStream, client: HandedOver) -> io::Result<()> {
     Ok(())
 }
 
-async fn send_backend(link: &UnixStream, address: &str, conn: BackendConn) -> io::Result<()> {
+/// `BACKEND <address> <retire-ms|->`; the connection stops counting in its pool once sent.
+async fn send_backend(link: &UnixStream, handed: HandedConn) -> io::Result<()> {
+    let HandedConn {
+        address,
+        conn,
+        counted,
+    } = handed;
     let (socket, retire_in) = conn.into_socket()?;
     let retire = retire_in.map_or("-".to_owned(), |rest| rest.as_millis().to_string());
-    wire::send(
-        link,
-        &format!("BACKEND {address} {retire}"),
-        &[socket.as_fd()],
-    )
-    .await
+    let line = format!("BACKEND {address} {retire}");
+    wire::send(link, &line, &[socket.as_fd()]).await?;
+    drop(counted);
+    Ok(())
 }
