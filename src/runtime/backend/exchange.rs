@@ -102,7 +102,10 @@ pub async fn exchange(
                 },
                 stall_timeout: limits.backend_timeout,
             };
-            match spool_response(budget, job).await {
+            // Boxed: a large response's path, and its future would otherwise set the size of
+            // this one and of every future around it, each copied whole at every `.await` that
+            // starts it, on every request.
+            match Box::pin(spool_response(budget, job)).await {
                 Ok(spooled) => ResponseBody::spooled(spooled),
                 Err(job) => ResponseBody::streaming(StreamingBody::new(
                     job.slot,

@@ -441,11 +441,16 @@ impl Proxy {
                 None => pool.checkout(route.priority).await,
                 Some(rival) => {
                     let rival_pool = &self.pools[usize::from(rival.0)];
-                    // Losing checkouts are dropped, which takes them out of their queue.
-                    let (checked, rival_won) = tokio::select! {
-                        checked = pool.checkout(route.priority) => (checked, false),
-                        checked = rival_pool.checkout(route.priority) => (checked, true),
-                    };
+                    // Losing checkouts are dropped, which takes them out of their queue. Boxed
+                    // (only least_queued races): two checkouts inline would set the size of this
+                    // future and of every one around it, copied whole on every request.
+                    let (checked, rival_won) = Box::pin(async {
+                        tokio::select! {
+                            checked = pool.checkout(route.priority) => (checked, false),
+                            checked = rival_pool.checkout(route.priority) => (checked, true),
+                        }
+                    })
+                    .await;
                     if rival_won {
                         order[next] = backend;
                         (backend, pool) = (rival, rival_pool);
