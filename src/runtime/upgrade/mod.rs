@@ -45,7 +45,7 @@ use crate::client::{HandedOver, Listeners, Phase, Server};
 use crate::metrics::ListenerKind;
 use crate::proxy::Proxy;
 use crate::systemd;
-use wire::Frame;
+use wire::{Frame, Link};
 
 /// Bumped whenever a message changes meaning; both sides must speak the same one.
 pub const PROTOCOL: u32 = 1;
@@ -76,7 +76,7 @@ pub enum UpgradeError {
 /// What the successor received from the predecessor before it starts serving.
 #[derive(Debug)]
 pub struct Predecessor {
-    link: UnixStream,
+    link: Link,
     /// The predecessor's config hash, for the log.
     pub config_hash: String,
     /// Scheme, bound address, socket, and whether the service manager passed it.
@@ -86,14 +86,15 @@ pub struct Predecessor {
 /// Connects to the running Juggler at `path` and receives its listeners. Nothing changes for the
 /// running process until [`serve`] tells it the successor accepts.
 pub async fn connect(path: &Path, config_hash: &str) -> Result<Predecessor, UpgradeError> {
-    let mut link =
-        UnixStream::connect(path)
-            .await
-            .map_err(|source| UpgradeError::NoPredecessor {
-                path: path.to_owned(),
-                source,
-            })?;
-    wire::send(&link, &format!("HELLO {PROTOCOL} {config_hash}"), &[]).await?;
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| UpgradeError::NoPredecessor {
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut link = Link::new(stream);
+    link.send(&format!("HELLO {PROTOCOL} {config_hash}"), &[])
+        .await?;
     let welcome = expect(&mut link).await?;
     if welcome.word(0)? != "WELCOME" {
         return Err(UpgradeError::Refused(welcome.words[1..].join(" ")));
@@ -165,8 +166,8 @@ impl Predecessor {
     }
 }
 
-async fn expect(link: &mut UnixStream) -> io::Result<Frame> {
-    wire::recv(link)
+async fn expect(link: &mut Link) -> io::Result<Frame> {
+    link.recv()
         .await?
         .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "control connection closed"))
 }
@@ -362,7 +363,7 @@ fn client_addresses(listeners: &Listeners) -> Vec<(ListenerKind, String)> {
 }
 
 /// The process at the other end of a control connection, for the service manager's status.
-fn peer_pid(link: &UnixStream) -> Option<i32> {
+fn peer_pid(link: impl AsFd) -> Option<i32> {
     let peer = rustix::net::sockopt::socket_peercred(link).ok()?;
     Some(peer.pid.as_raw_nonzero().get())
 }
@@ -373,7 +374,7 @@ fn same_user(link: &UnixStream) -> bool {
 }
 
 /// Tells the predecessor this process accepts now; from then on it hands over what it holds.
-async fn start_successor(predecessor: Predecessor, serving: &str) -> io::Result<UnixStream> {
+async fn start_successor(predecessor: Predecessor, serving: &str) -> io::Result<Link> {
     let Predecessor {
         link, config_hash, ..
     } = predecessor;
@@ -381,7 +382,7 @@ async fn start_successor(predecessor: Predecessor, serving: &str) -> io::Result<
     // predecessor can hand over everything and exit.
     let from = peer_pid(&link).map_or_else(String::new, |pid| format!(" from pid {pid}"));
     systemd::ready_as_main(&format!("{serving}; taking over{from}"));
-    wire::send(&link, "ACCEPTING", &[]).await?;
+    link.send("ACCEPTING", &[]).await?;
     tracing::info!(
         predecessor_config = config_hash,
         "upgrade: accepting on the inherited listeners"
@@ -389,9 +390,10 @@ async fn start_successor(predecessor: Predecessor, serving: &str) -> io::Result<
     Ok(link)
 }
 
-async fn next_frame(predecessor: &mut Option<UnixStream>) -> io::Result<Option<Frame>> {
+/// Cancel-safe (`Link::recv`): the `select!` in [`serve`] drops it whenever another branch wins.
+async fn next_frame(predecessor: &mut Option<Link>) -> io::Result<Option<Frame>> {
     match predecessor {
-        Some(link) => wire::recv(link).await,
+        Some(link) => link.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -446,7 +448,7 @@ fn take_from_predecessor(frame: io::Result<Option<Frame>>, server: &Server) -> b
 /// then exits), `false` if the successor went away first (this process serves on as before).
 /// `reloading` is set once the service manager has been told RELOADING=1.
 async fn hand_over(
-    mut link: UnixStream,
+    link: UnixStream,
     server: &Server,
     listener_fds: &[(&'static str, SocketAddr, OwnedFd)],
     clients: &mut mpsc::UnboundedReceiver<HandedOver>,
@@ -454,6 +456,7 @@ async fn hand_over(
 ) -> bool {
     // Bounded: a peer that connects and goes quiet must not keep this process from its signals
     // or from the next successor.
+    let mut link = Link::new(link);
     let greeting = greet(&mut link, server, listener_fds, reloading);
     match tokio::time::timeout(GREETING_TIMEOUT, greeting).await {
         Ok(Ok(true)) => {}
@@ -484,7 +487,7 @@ async fn hand_over(
 
 /// HELLO, WELCOME, the listeners, and the successor's ACCEPTING; `Ok(false)` if refused.
 async fn greet(
-    link: &mut UnixStream,
+    link: &mut Link,
     server: &Server,
     listener_fds: &[(&'static str, SocketAddr, OwnedFd)],
     reloading: &mut bool,
@@ -493,23 +496,24 @@ async fn greet(
     let ours = server.proxy().table.config_hash;
     if hello.word(0)? != "HELLO" || hello.word(1)? != PROTOCOL.to_string() {
         let reason = format!("REFUSE protocol {PROTOCOL} expected, got {:?}", hello.words);
-        wire::send(link, &reason, &[]).await?;
+        link.send(&reason, &[]).await?;
         return Ok(false);
     }
     let theirs = hello.word(2)?.to_owned();
-    let to = peer_pid(link).map_or_else(String::new, |pid| format!(" (pid {pid})"));
+    let to = peer_pid(&*link).map_or_else(String::new, |pid| format!(" (pid {pid})"));
     systemd::reloading(&format!("upgrade: handing over to a new process{to}"));
     *reloading = true;
-    wire::send(link, &format!("WELCOME {PROTOCOL} {ours}"), &[]).await?;
+    link.send(&format!("WELCOME {PROTOCOL} {ours}"), &[])
+        .await?;
     for (scheme, address, fd) in listener_fds {
         let passed = match systemd::is_from_manager(*address) {
             true => " passed",
             false => "",
         };
         let line = format!("LISTENER {scheme} {address}{passed}");
-        wire::send(link, &line, &[fd.as_fd()]).await?;
+        link.send(&line, &[fd.as_fd()]).await?;
     }
-    wire::send(link, "LISTENERS", &[]).await?;
+    link.send("LISTENERS", &[]).await?;
     let accepting = expect(link).await?;
     if accepting.word(0)? != "ACCEPTING" {
         return Err(wire::malformed(&accepting.words));
@@ -525,7 +529,7 @@ async fn greet(
 /// Hands over clients as they become idle and backend connections as they come back, until
 /// nothing is left (or the drain timeout passes); `Err` if the successor went away.
 async fn transfer(
-    link: &mut UnixStream,
+    link: &mut Link,
     server: &Server,
     clients: &mut mpsc::UnboundedReceiver<HandedOver>,
     detour: Option<SocketAddr>,
@@ -557,7 +561,7 @@ async fn transfer(
                 backends_sent += 1;
             }
             // The successor only ever closes its end: it died.
-            gone = wire::recv(link) => {
+            gone = link.recv() => {
                 return Err(match gone {
                     Err(error) => error,
                     Ok(_) => io::ErrorKind::ConnectionAborted.into(),
@@ -580,14 +584,14 @@ async fn transfer(
                 }
                 for (pool, released) in proxy.pools.iter().zip(&mut released) {
                     if !*released && pool.open_connections() == 0 {
-                        wire::send(link, &format!("RELEASED {}", pool.spec.address), &[]).await?;
+                        link.send(&format!("RELEASED {}", pool.spec.address), &[]).await?;
                         *released = true;
                     }
                 }
                 let all_released = released.iter().all(|released| *released);
                 let timed_out = tokio::time::Instant::now() >= deadline;
                 if (server.open_connections() == 0 && all_released) || timed_out {
-                    wire::send(link, "DONE", &[]).await?;
+                    link.send("DONE", &[]).await?;
                     tracing::info!(
                         clients = clients_sent,
                         backend_connections = backends_sent,
@@ -604,19 +608,20 @@ async fn transfer(
 /// `CLIENT <address>`: the address its requests are attributed to goes along, as the PROXY
 /// header that named it will not come again. The connection stops counting as open here, once
 /// sent (its permit goes with `client`).
-async fn send_client(link: &UnixStream, client: HandedOver) -> io::Result<()> {
+async fn send_client(link: &Link, client: HandedOver) -> io::Result<()> {
     let HandedOver {
         socket,
         client_ip,
         permit,
     } = client;
-    wire::send(link, &format!("CLIENT {client_ip}"), &[socket.as_fd()]).await?;
+    link.send(&format!("CLIENT {client_ip}"), &[socket.as_fd()])
+        .await?;
     drop(permit);
     Ok(())
 }
 
 /// `BACKEND <address> <retire-ms|->`; the connection stops counting in its pool once sent.
-async fn send_backend(link: &UnixStream, handed: HandedConn) -> io::Result<()> {
+async fn send_backend(link: &Link, handed: HandedConn) -> io::Result<()> {
     let HandedConn {
         address,
         conn,
@@ -625,7 +630,7 @@ async fn send_backend(link: &UnixStream, handed: HandedConn) -> io::Result<()> {
     let (socket, retire_in) = conn.into_socket()?;
     let retire = retire_in.map_or("-".to_owned(), |rest| rest.as_millis().to_string());
     let line = format!("BACKEND {address} {retire}");
-    wire::send(link, &line, &[socket.as_fd()]).await?;
+    link.send(&line, &[socket.as_fd()]).await?;
     drop(counted);
     Ok(())
 }
