@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use juggler::table::{RouteMatch, RouteTable, Settings};
+use juggler::upgrade::{Predecessor, UpgradeError};
 use juggler_testkit::tls::{https_client, H2Client};
 use juggler_testkit::upgrade::{posts_received, variant, Instance, Load, MostOpen};
 use juggler_testkit::*;
@@ -186,6 +187,95 @@ async fn the_new_side_serves_alone_when_the_old_one_dies_mid_takeover() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(second.open_connections(), [3]);
     second.stop().await;
+}
+
+/// A successor that knocks while the running instance still receives from its own predecessor
+/// waits until that one has handed everything over, so nothing the first instance hands over is
+/// left unread in a link the second closes, and the first does not serve on beside the third.
+#[juggler_testkit::test]
+async fn a_takeover_waits_until_the_one_before_it_is_done() {
+    let (backend, base, _dir, first) = one_backend_instance("upgrade-chain").await;
+    let http = first.http;
+    // A request the backend answers only when told keeps its client at the first instance.
+    let mut client = Client::connect(http).await;
+    let held = tokio::spawn(async move {
+        let answer = client.get("/hold").await.map(|answer| answer.status);
+        (client, answer)
+    });
+    for _ in 0..300 {
+        if backend.stats.in_flight.get() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        backend.stats.in_flight.get(),
+        1,
+        "the held request never arrived"
+    );
+
+    let before = control_socket(&first.control);
+    let second = first.take_over(base, None).await;
+    // The second instance's control socket, not the first's still at the path until it binds.
+    for _ in 0..300 {
+        if control_socket(&second.control).is_some_and(|now| Some(now) != before) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_ne!(
+        control_socket(&second.control),
+        before,
+        "the second never bound its own"
+    );
+    let stats = Arc::clone(&backend.stats);
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stats.released.send_replace(true);
+    });
+    // Only once the first instance has handed over the held client, after its answer.
+    let predecessor = connect_when_listening(&second.control, base.config_hash).await;
+    let third = second.successor(predecessor, base, None);
+    assert!(
+        *backend.stats.released.borrow(),
+        "the third instance took over before the first was done"
+    );
+    release.await.unwrap();
+    first.exited(Duration::from_secs(10)).await;
+    second.exited(Duration::from_secs(10)).await;
+    let (mut client, answer) = held.await.unwrap();
+    assert_eq!(answer.unwrap(), 200);
+    // The same keep-alive connection, moved from the first instance to the third.
+    assert_eq!(client.get("/").await.unwrap().status, 200);
+    assert_eq!(get(http, "/").await.unwrap().status, 200);
+    println!(
+        "backend accepted {} connections for a pool of 3",
+        backend.accepted()
+    );
+    // The pool moved along the chain too: no instance had to open a connection of its own.
+    assert_eq!(backend.accepted(), 3);
+    third.stop().await;
+}
+
+/// The instance at `control`, as soon as its control socket listens: between binding the path
+/// and listening on it, a connection is refused.
+async fn connect_when_listening(control: &std::path::Path, config_hash: &str) -> Predecessor {
+    for _ in 0..300 {
+        match juggler::upgrade::connect(control, config_hash).await {
+            Ok(predecessor) => return predecessor,
+            Err(UpgradeError::NoPredecessor { .. }) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(error) => panic!("takeover failed: {error}"),
+        }
+    }
+    panic!("nothing listened on {}", control.display());
+}
+
+/// Which socket file is at `path` (its inode), if any.
+fn control_socket(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Some(std::fs::metadata(path).ok()?.ino())
 }
 
 /// The config hash the admin listener on `addr` reports.

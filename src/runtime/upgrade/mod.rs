@@ -18,7 +18,9 @@
 //! ```
 //! Until ACCEPTING the predecessor changes nothing, so a successor that fails to start (bad
 //! certificate, unknown listener) leaves it serving untouched. If the successor goes away after
-//! ACCEPTING, the predecessor accepts again and keeps its remaining connections.
+//! ACCEPTING, the predecessor accepts again and keeps its remaining connections. One takeover at
+//! a time: a process still taking over from its predecessor answers a successor's HELLO only
+//! once that predecessor has said DONE or gone.
 //!
 //! `passed` marks a listener the service manager passed (socket activation): the successor uses
 //! it for its name whatever address its own config has, as the predecessor did. Under a service
@@ -263,7 +265,12 @@ pub async fn serve(
                     systemd::status(&serving);
                 }
             }
-            accepted = control.accept() => {
+            // One takeover at a time: while this process still receives from its predecessor,
+            // a successor that knocks waits (its HELLO unanswered) until that one is done.
+            // Handing over meanwhile, this process could say DONE and exit with the
+            // predecessor's later connections unread in the link, closed with it, and the
+            // predecessor, its link broken, would serve on beside the successor.
+            accepted = control.accept(), if predecessor.is_none() => {
                 let Ok((link, _)) = accepted else { continue };
                 if !same_user(&link) {
                     tracing::warn!("control socket: refused a peer of another user");
