@@ -126,6 +126,12 @@ impl H2Client {
         H2Client { sender }
     }
 
+    /// Whether the connection is closed (the server ended it, or it failed): no stream can be
+    /// sent on it any more.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     /// `GET https://localhost<path>` as one stream, read whole.
     pub async fn get(&self, path: &str) -> hyper::Result<Answer> {
         let request = Request::get(format!("https://localhost{path}"))
