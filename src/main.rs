@@ -287,7 +287,10 @@ fn serve(table: &'static RouteTable, cli: &Cli) -> Result<()> {
         let _hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
         let mut predecessor = None;
         if cli.upgrade {
-            let found = upgrade::connect(&cli.control_socket, table.config_hash).await?;
+            // The running process answers once its own takeover is over, which its drain
+            // timeout bounds (ours, as its config is most likely the same), with a margin.
+            let patience = table.settings.limits.drain_timeout + std::time::Duration::from_secs(10);
+            let found = upgrade::connect(&cli.control_socket, table.config_hash, patience).await?;
             tracing::info!(
                 predecessor_config = found.config_hash,
                 config = table.config_hash,

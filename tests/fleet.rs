@@ -69,9 +69,13 @@ fn fleet_instance() {
         // before it accepts, then serves.
         let mut predecessor = None;
         let (listener, admin) = if upgrading {
-            let mut found = juggler::upgrade::connect(&control, table.config_hash)
-                .await
-                .unwrap();
+            let mut found = juggler::upgrade::connect(
+                &control,
+                table.config_hash,
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
             let (http, admin) = (parts[6], parts[7]);
             let listeners = (
                 found.take_listener("http", http).unwrap(),

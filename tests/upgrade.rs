@@ -105,7 +105,13 @@ async fn a_successor_that_never_accepts_leaves_the_running_instance_untouched() 
 
     // A new binary that fails after receiving the listeners (say, a broken certificate): it
     // exits without ever saying it accepts.
-    let predecessor = upgrade::connect(&running.control, "broken").await.unwrap();
+    let predecessor = upgrade::connect(
+        &running.control,
+        "broken",
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     drop(predecessor);
     for _ in 0..20 {
         assert_eq!(client.get("/").await.unwrap().status, 200);
@@ -118,12 +124,42 @@ async fn a_successor_that_never_accepts_leaves_the_running_instance_untouched() 
     successor.stop().await;
 }
 
+/// A running process that does not answer HELLO (it is still taking over from the one before it,
+/// or hung) is waited for at most the patience given, then the upgrade says why it gave up.
+#[juggler_testkit::test(current_thread)]
+async fn upgrade_gives_up_on_a_running_juggler_that_does_not_answer() {
+    let dir = TempDir::new("upgrade-silent");
+    let path = dir.file("juggler.sock");
+    let control = tokio::net::UnixListener::bind(&path).unwrap();
+    let holder = tokio::spawn(async move {
+        // Accepted and read from, never answered.
+        let (mut stream, _) = control.accept().await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
+    });
+    let started = std::time::Instant::now();
+    let patience = std::time::Duration::from_millis(1500);
+    let error = upgrade::connect(&path, "x", patience).await.unwrap_err();
+    let waited = started.elapsed();
+    println!("{error} after {waited:?}");
+    assert!(error.to_string().contains("still taking over"), "{error}");
+    assert!(
+        waited >= patience && waited < patience + std::time::Duration::from_secs(5),
+        "gave up after {waited:?}"
+    );
+    holder.abort();
+}
+
 #[juggler_testkit::test(current_thread)]
 async fn upgrade_with_nothing_to_take_over_says_so() {
     let dir = TempDir::new("upgrade-nothing");
-    let error = upgrade::connect(&dir.file("juggler.sock"), "x")
-        .await
-        .unwrap_err();
+    let error = upgrade::connect(
+        &dir.file("juggler.sock"),
+        "x",
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap_err();
     println!("{error}");
     assert!(error
         .to_string()

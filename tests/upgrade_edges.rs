@@ -160,9 +160,13 @@ async fn the_old_side_serves_on_when_the_new_one_dies_mid_takeover() {
     // The new process says hello and dies before it accepts. (Starting a real successor and
     // killing it raced with the takeover: on a loaded machine the successor sometimes finished
     // taking everything over first, the old side rightly exited, and the test saw a refused port.)
-    let predecessor = juggler::upgrade::connect(&first.control, base.config_hash)
-        .await
-        .unwrap();
+    let predecessor = juggler::upgrade::connect(
+        &first.control,
+        base.config_hash,
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     drop(predecessor);
     tokio::time::sleep(Duration::from_millis(100)).await;
     for _ in 0..20 {
@@ -181,9 +185,10 @@ async fn the_old_side_serves_on_when_the_new_one_dies_mid_takeover() {
 async fn the_new_side_serves_alone_when_the_old_one_dies_mid_takeover() {
     let (_backend, base, _dir, first) = one_backend_instance("upgrade-old-dies").await;
     let http = first.http;
-    let predecessor = juggler::upgrade::connect(&first.control, "next")
-        .await
-        .unwrap();
+    let predecessor =
+        juggler::upgrade::connect(&first.control, "next", std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
     let second = first.successor(predecessor, base, None);
     first.kill().await;
     for _ in 0..20 {
@@ -266,7 +271,9 @@ async fn a_takeover_waits_until_the_one_before_it_is_done() {
 /// and listening on it, a connection is refused.
 async fn connect_when_listening(control: &std::path::Path, config_hash: &str) -> Predecessor {
     for _ in 0..300 {
-        match juggler::upgrade::connect(control, config_hash).await {
+        match juggler::upgrade::connect(control, config_hash, std::time::Duration::from_secs(60))
+            .await
+        {
             Ok(predecessor) => return predecessor,
             Err(UpgradeError::NoPredecessor { .. }) => {
                 tokio::time::sleep(Duration::from_millis(10)).await;

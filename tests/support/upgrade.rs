@@ -126,9 +126,13 @@ impl Instance {
         table: &'static RouteTable,
         certs: Option<&CertFiles>,
     ) -> Instance {
-        let predecessor = upgrade::connect(&self.control, table.config_hash)
-            .await
-            .unwrap();
+        let predecessor = upgrade::connect(
+            &self.control,
+            table.config_hash,
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
         self.successor(predecessor, table, certs)
     }
 

@@ -56,6 +56,10 @@ pub const PROTOCOL: u32 = 1;
 /// and starts its listeners in between).
 const GREETING_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a successor waits for WELCOME before saying why it waits: the running process answers
+/// only once its own takeover from the process before it is over.
+const SAY_WHY_AFTER: Duration = Duration::from_secs(1);
+
 /// How often the predecessor looks whether a backend or the whole process is done.
 const POLL_EVERY: Duration = Duration::from_millis(10);
 
@@ -66,6 +70,8 @@ pub enum UpgradeError {
     NoPredecessor { path: PathBuf, source: io::Error },
     #[error("the running Juggler refused the takeover: {0}")]
     Refused(String),
+    #[error("the running Juggler is still taking over from the one before it and did not answer within {0:?}; try again once it has finished")]
+    Busy(Duration),
     #[error("upgrade protocol error: {0}")]
     Protocol(#[from] io::Error),
     #[error("the new config listens for {scheme} on {address}, which the running Juggler does not; stop it and start the new binary instead")]
@@ -86,8 +92,13 @@ pub struct Predecessor {
 }
 
 /// Connects to the running Juggler at `path` and receives its listeners. Nothing changes for the
-/// running process until [`serve`] tells it the successor accepts.
-pub async fn connect(path: &Path, config_hash: &str) -> Result<Predecessor, UpgradeError> {
+/// running process until [`serve`] tells it the successor accepts. A running process still taking
+/// over from the one before it answers once that is over: waited for at most `patience`.
+pub async fn connect(
+    path: &Path,
+    config_hash: &str,
+    patience: Duration,
+) -> Result<Predecessor, UpgradeError> {
     let stream = UnixStream::connect(path)
         .await
         .map_err(|source| UpgradeError::NoPredecessor {
@@ -97,7 +108,7 @@ pub async fn connect(path: &Path, config_hash: &str) -> Result<Predecessor, Upgr
     let mut link = Link::new(stream);
     link.send(&format!("HELLO {PROTOCOL} {config_hash}"), &[])
         .await?;
-    let welcome = expect(&mut link).await?;
+    let welcome = await_welcome(&mut link, patience).await?;
     if welcome.word(0)? != "WELCOME" {
         return Err(UpgradeError::Refused(welcome.words[1..].join(" ")));
     }
@@ -165,6 +176,23 @@ impl Predecessor {
         let listener = std::net::TcpListener::from(fd);
         listener.set_nonblocking(true)?;
         Ok(TcpListener::from_std(listener)?)
+    }
+}
+
+/// The answer to HELLO, said to be waited for once it is slow in coming (a receive given up
+/// halfway loses nothing: the link keeps what it got).
+async fn await_welcome(link: &mut Link, patience: Duration) -> Result<Frame, UpgradeError> {
+    if let Ok(answer) = tokio::time::timeout(SAY_WHY_AFTER.min(patience), expect(link)).await {
+        return Ok(answer?);
+    }
+    tracing::info!(
+        at_most = ?patience,
+        "upgrade: the running Juggler is still taking over from the one before it; waiting"
+    );
+    let rest = patience.saturating_sub(SAY_WHY_AFTER);
+    match tokio::time::timeout(rest, expect(link)).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(UpgradeError::Busy(patience)),
     }
 }
 
