@@ -222,6 +222,26 @@ pub async fn bind_control(path: &Path) -> io::Result<UnixListener> {
     Ok(bound)
 }
 
+/// A control socket put at `path` in place of the predecessor's in one step: bound and listening
+/// under a name of its own, then renamed over `path`, so that whoever connects to `path` at any
+/// instant reaches a listening socket, the predecessor's or this one. Removing the file and
+/// binding again left an instant with no file at all and one with a socket not yet listening:
+/// a `--upgrade` then was told that no Juggler runs.
+fn replace_control(path: &Path) -> io::Result<UnixListener> {
+    let mut staging = path.as_os_str().to_owned();
+    staging.push(".new");
+    let staging = PathBuf::from(staging);
+    let _ = std::fs::remove_file(&staging);
+    let bound = UnixListener::bind(&staging)?;
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&staging, path));
+    if let Err(error) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(error);
+    }
+    Ok(bound)
+}
+
 /// Serves `listeners` (and the admin listener with its bearer token, if on) until `shutdown`
 /// completes or a successor has taken everything over; takes over from `predecessor` first when
 /// there is one. Successors knock at the control socket
@@ -271,8 +291,7 @@ pub async fn serve(
                     None
                 }
             };
-            let _ = std::fs::remove_file(control_path);
-            (link, bind_control(control_path).await?)
+            (link, replace_control(control_path)?)
         }
         None => {
             let control = control.ok_or_else(|| io::Error::other("control socket not bound"))?;
@@ -668,4 +687,63 @@ async fn send_backend(link: &Link, handed: HandedConn) -> io::Result<()> {
     link.send(&line, &[socket.as_fd()]).await?;
     drop(counted);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// While the control socket is replaced, every connection to its path reaches a listening
+    /// socket, and afterwards the new one.
+    #[tokio::test]
+    async fn a_replaced_control_socket_is_reachable_at_every_instant() {
+        let dir = std::env::temp_dir().join(format!("juggler-control-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("juggler.sock");
+        let _ = std::fs::remove_file(&path);
+        let old = bind_control(&path).await.unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (connected, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let prober = {
+            let (path, stop) = (path.clone(), Arc::clone(&stop));
+            let (connected, failed) = (Arc::clone(&connected), Arc::clone(&failed));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match std::os::unix::net::UnixStream::connect(&path) {
+                        Ok(_) => connected.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        };
+        // Replaced many times while probed: each replacement is an instant a non-atomic one would
+        // show as a failed connect.
+        let mut new = None;
+        for _ in 0..200 {
+            new = Some(replace_control(&path).unwrap());
+        }
+        stop.store(true, Ordering::Relaxed);
+        prober.join().unwrap();
+        assert_eq!(
+            failed.load(Ordering::Relaxed),
+            0,
+            "a connect found no listener"
+        );
+        assert!(connected.load(Ordering::Relaxed) > 0);
+        let mut staging = path.as_os_str().to_owned();
+        staging.push(".new");
+        assert!(
+            !Path::new(&staging).exists(),
+            "nothing left under the staging name"
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // The path now leads to the last socket bound, not the first.
+        let _probe = UnixStream::connect(&path).await.unwrap();
+        let accepted = tokio::time::timeout(Duration::from_secs(5), new.unwrap().accept()).await;
+        assert!(accepted.is_ok_and(|accepted| accepted.is_ok()));
+        drop(old);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
