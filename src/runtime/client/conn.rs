@@ -11,10 +11,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
-use http::Request;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -22,7 +18,7 @@ use tokio_rustls::server::TlsStream;
 
 use super::activity::{ConnActivity, InFlight, StallGuard, Verdict};
 use super::http1::{BufferedRead, Http1Connection};
-use super::http2::{OwnStreams, StreamQueue};
+use super::http2::{self, Http2Connection, Http2Error};
 use super::listener::{HandedOver, Phase};
 use super::park::{ParkingLot, PARK_AFTER};
 use super::phase::PhaseFollower;
@@ -389,30 +385,19 @@ async fn serve_http2<S>(stream: S, client: ClientInfo, shared: &Shared, phase: P
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = &shared.proxy.table.settings.limits;
     // Streams are counted like HTTP/1.1 requests, so an HTTP/2 connection with no stream for the
-    // idle timeout is closed too (with GOAWAY). Request heads arrive in frames hyper has already
+    // idle timeout is closed too (with GOAWAY). Request heads arrive in frames `h2` has already
     // bounded, so no byte-level watch is needed here.
     let activity = ConnActivity::new();
-    let service = Answerer::new(shared, client, &activity, None, None).service();
-    let streams = StreamQueue::default();
-    let conn = hyper::server::conn::http2::Builder::new(streams.clone())
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
-        // Rapid reset (CVE-2023-44487): streams reset before hyper accepted them count against
-        // this; past it the connection gets GOAWAY ENHANCE_YOUR_CALM. h2's default, pinned here
-        // so an upgrade cannot loosen it unnoticed (tests/h2_abuse.rs).
-        .max_pending_accept_reset_streams(20)
-        // Streams Juggler itself had to reset for protocol errors, same answer past the limit.
-        .max_local_error_reset_streams(Some(1024))
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        // hyper closes a connection whose keep-alive PING goes unanswered this long (default
-        // 20 s): a client that stops acknowledging PINGs is not kept for half a minute more.
-        .keep_alive_timeout(Duration::from_secs(10))
-        .serve_connection(TokioIo::new(stream), service);
+    let answerer = Answerer::new(shared, client, &activity, None, None);
+    let conn = Http2Connection::new(
+        stream,
+        &http2::settings(shared.proxy.table.settings.limits.max_header_bytes),
+        move |head, body| answerer.answer(head, body),
+        (http2::KEEP_ALIVE_INTERVAL, http2::KEEP_ALIVE_TIMEOUT),
+    );
     drive(
-        Box::pin(OwnStreams::new(conn, streams)),
+        Box::pin(conn),
         &activity,
         shared,
         client,
@@ -517,22 +502,6 @@ impl Answerer {
             closes_on_handover: self.closes_on_handover.clone(),
         }
     }
-
-    /// The service of an HTTP/2 connection. Its answers are small (the proxy's future is boxed
-    /// inside), so hyper's stream holds them as they are: one allocation per request.
-    fn service(
-        self,
-    ) -> impl hyper::service::Service<
-        Request<Incoming>,
-        Response = http::Response<TrackedBody>,
-        Error = std::convert::Infallible,
-        Future = Answering,
-    > + Clone {
-        service_fn(move |request: Request<Incoming>| {
-            let (head, body) = request.into_parts();
-            self.answer(head, body)
-        })
-    }
 }
 
 /// A connection [`drive`] serves: Juggler's own HTTP/1.1 one or hyper's HTTP/2 one.
@@ -550,27 +519,15 @@ impl<S: Unpin> Served for Http1Connection<S> {
     }
 }
 
-impl<I, S, B, E> Served for hyper::server::conn::http2::Connection<I, S, E>
+impl<S, A, F, B> Served for Http2Connection<S, A, F, B>
 where
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
-    B: http_body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+    S: AsyncRead + AsyncWrite + Unpin,
+    Http2Connection<S, A, F, B>: Future<Output = Result<(), Http2Error>> + Unpin,
 {
-    type Error = hyper::Error;
+    type Error = Http2Error;
 
     fn graceful_shutdown(self: Pin<&mut Self>) {
-        hyper::server::conn::http2::Connection::graceful_shutdown(self);
-    }
-}
-
-impl<C: Served> Served for OwnStreams<C> {
-    type Error = C::Error;
-
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        self.conn().graceful_shutdown();
+        self.get_mut().graceful_shutdown();
     }
 }
 

@@ -14,6 +14,7 @@
 
 mod activity;
 mod conn;
+mod date;
 pub(crate) mod http1;
 mod http2;
 pub mod listener;

@@ -2,9 +2,6 @@
 //! are, then what this hop's framing and connection need (`Content-Length` or chunked,
 //! `Connection`, and `Date` when the response has none).
 
-use std::cell::RefCell;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE};
 use http::response::Parts;
 use http::{StatusCode, Version};
@@ -113,7 +110,7 @@ pub(super) fn encode_head(
     }
     if !has_date {
         out.extend_from_slice(b"date: ");
-        push_date(out);
+        out.extend_from_slice(crate::client::date::now().as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -126,24 +123,6 @@ pub(super) fn chunk_size_line(len: usize, out: &mut Vec<u8>) {
     let digits = (usize::BITS - len.max(1).leading_zeros()).div_ceil(4);
     out.extend((0..digits).rev().map(|at| HEX[(len >> (4 * at)) & 0xf]));
     out.extend_from_slice(b"\r\n");
-}
-
-/// The current time as an HTTP date, formatted once a second per thread.
-fn push_date(out: &mut Vec<u8>) {
-    thread_local! {
-        static FORMATTED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-    }
-    let now = SystemTime::now();
-    let second = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    FORMATTED.with_borrow_mut(|(at, text)| {
-        if *at != second {
-            *at = second;
-            *text = httpdate::fmt_http_date(now);
-        }
-        out.extend_from_slice(text.as_bytes());
-    });
 }
 
 #[cfg(test)]
