@@ -1,5 +1,6 @@
-//! One client connection: HTTP/1.1 (plain or TLS) or HTTP/2 by ALPN, served by hyper under
-//! Juggler's own header, idle and drain timers, with idle HTTP/1.1 connections parked.
+//! One client connection: HTTP/1.1 (plain or TLS, Juggler's own) or HTTP/2 by ALPN (on the `h2`
+//! crate), served under Juggler's own header, idle and drain timers, with idle HTTP/1.1
+//! connections parked.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -413,7 +414,7 @@ type Responding = Pin<Box<dyn Future<Output = http::Response<ResponseBody>> + Se
 /// A response on its way to the client, finished as [`Answerer`] says once it is ready. A
 /// future of its own, not an `async` block around the proxy's: awaiting that one inside a block
 /// moved its kilobytes of state into the block's on the first poll. One pointer and two handles
-/// wide, so hyper's HTTP/2 stream holds it as it is.
+/// wide, so an HTTP/2 stream holds it as it is.
 struct Answering {
     responding: Responding,
     // Taken by the response's body when it is ready.
@@ -478,8 +479,8 @@ impl Answerer {
 
     /// The answer to the request `head` with `body`. The proxy's future is the request's whole
     /// state machine (routing, queueing, the exchange): kilobytes, so it is boxed here and the
-    /// answer around it stays small, whether Juggler's HTTP/1.1 connection keeps it in place or
-    /// hyper's HTTP/2 moves it into a stream ([`Answerer::service`]).
+    /// answer around it stays small, whether the HTTP/1.1 connection keeps it in place or the
+    /// HTTP/2 one moves it into a stream.
     fn answer<H, B>(&self, head: H, body: B) -> Answering
     where
         H: RequestHead + Send + Sync + 'static,
@@ -487,7 +488,7 @@ impl Answerer {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         // Boxed where it is made, either way: the proxy's future is kilobytes, and each move of
-        // it on the way into the connection's (or hyper's stream's) state was a copy of all
+        // it on the way into the connection's (or an HTTP/2 stream's) state was a copy of all
         // of it; a redirect's ready response is a few hundred bytes, rare, and boxed alike so the
         // answer stays one pointer wide.
         let responding: Responding = match self.redirect_port {
@@ -504,7 +505,7 @@ impl Answerer {
     }
 }
 
-/// A connection [`drive`] serves: Juggler's own HTTP/1.1 one or hyper's HTTP/2 one.
+/// A connection [`drive`] serves: HTTP/1.1 or HTTP/2.
 trait Served: Future<Output = Result<(), Self::Error>> {
     type Error: std::fmt::Display;
     /// Finish what is in flight, then close.
@@ -580,7 +581,7 @@ where
     // While closing with nothing in flight: when the connection is dropped if still open.
     let mut quiet_close_deadline = None;
     // Far more polls than any real HTTP/1.1 exchange needs between two socket reads or writes.
-    // Not for HTTP/2: its socket is not watched byte by byte (hyper bounds its frames), and its
+    // Not for HTTP/2: its socket is not watched byte by byte (`h2` bounds its frames), and its
     // streams wake the connection for flow control and stream data without any socket IO of its
     // own, so a busy connection legitimately goes far past any such budget.
     let mut polls = matches!(parking, Parking::Park { .. }).then(|| StallGuard::new(10_000));

@@ -2,7 +2,8 @@
 //!
 //! - [`listener`]: accept (connection cap, backoff), a task per active connection, drain on shutdown.
 //! - `conn`: one connection: HTTP/1.1 or HTTP/2, the client timeouts, parking.
-//! - `http1`: HTTP/1.1 itself (parsing, body, response writing); hyper serves HTTP/2.
+//! - `http1`: HTTP/1.1 itself (parsing, body, response writing).
+//! - `http2`: HTTP/2 on the `h2` crate: streams answered on the connection's task, keep-alive.
 //! - `activity`, `park`: what a connection is doing as its timers see it; idle plain connections
 //!   wait without a task in one shared epoll set (the parking lot), idle TLS ones as bare streams
 //!   in their task.
