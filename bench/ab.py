@@ -46,8 +46,7 @@ from procs import (Processes, cpu_seconds, established_by_pid, count_owned, mach
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out" / "ab"
-TRIPLE = "x86_64-unknown-linux-gnu"
-STATIC = "-C target-feature=+crt-static -C relocation-model=static"
+TRIPLE, STATIC = sides.TRIPLE, sides.STATIC
 
 
 def resolve(ref: str) -> str:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from targets import STATIC, TRIPLE
+
 from load import RoundResult, parse_wrk
 from procs import Processes, established_to, wait_listening
 
@@ -126,14 +128,16 @@ def build_juggler(name: str, lb: str, routes: str, out: Path, shows: str) -> Pat
     config.mkdir(parents=True, exist_ok=True)
     (config / "load_balancer.toml").write_text(lb)
     (config / "routes.toml").write_text(routes)
-    env = dict(os.environ, JUGGLER_CONFIG=str(config), JUGGLER_ROUTES=str(config / "routes.toml"))
+    env = dict(os.environ, JUGGLER_CONFIG=str(config), JUGGLER_ROUTES=str(config / "routes.toml"),
+               RUSTFLAGS=STATIC)
     log = out / f"{name}-build.log"
-    print(f"building {name} (cargo build --release --bin juggler; log {log}) ...", flush=True)
+    print(f"building {name} (cargo build --release --target {TRIPLE} --bin juggler, static as `make all` "
+          f"builds it; log {log}) ...", flush=True)
     with open(log, "wb") as sink:
-        subprocess.run(["cargo", "build", "--release", "--bin", "juggler"], cwd=REPO, env=env,
-                       stdout=sink, stderr=sink, check=True)
+        subprocess.run(["cargo", "build", "--release", "--target", TRIPLE, "--bin", "juggler"], cwd=REPO,
+                       env=env, stdout=sink, stderr=sink, check=True)
     target_dir = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    shutil.copy2(target_dir / "release" / "juggler", binary)
+    shutil.copy2(target_dir / TRIPLE / "release" / "juggler", binary)
     shown = subprocess.run([str(binary), "--print-routes"], capture_output=True, text=True, check=True)
     if shows not in shown.stdout:
         raise RuntimeError(f"{binary} was not built with the config of {name} (no {shows!r}):\n{shown.stdout}")

@@ -16,6 +16,13 @@ from pathlib import Path
 
 from procs import Processes, process_tree, wait_listening
 
+# How the shipped binary is built (the Makefile's TARGET and STATIC: `make all`): statically linked,
+# not position-independent. Every Juggler the benches measure is built the same way, so a figure is
+# the shipped binary's (a default `cargo build` makes a dynamically linked PIE instead).
+TRIPLE = "x86_64-unknown-linux-gnu"
+STATIC = "-C target-feature=+crt-static -C relocation-model=static"
+
+
 HOST = "127.0.0.1"
 BACKEND_PORTS = [19001, 19002, 19003]
 # Backend 1 also speaks TLS (with HTTP/2) so the HTTPS scenarios have a no-balancer baseline.
@@ -358,18 +365,20 @@ def build_juggler(repo: Path, out: Path, certs: "Certs | None", target: Target,
     except RuntimeError as error:
         return str(error)
     env = dict(os.environ, JUGGLER_CONFIG=str(config_dir), JUGGLER_ROUTES=str(routes_file),
-               CARGO_TARGET_DIR=str(target_dir))
+               CARGO_TARGET_DIR=str(target_dir), RUSTFLAGS=STATIC)
     log = out / f"{variant}-build.log"
-    print(f"building {variant} from {described} (cargo build --release --bin juggler in {source}; "
+    print(f"building {variant} from {described} (cargo build --release --target {TRIPLE} --bin juggler, "
+          f"static as `make all` builds it, in {source}; "
           f"log: {log}) ...", flush=True)
     with open(log, "wb") as sink:
         built = subprocess.run(
-            ["cargo", "build", "--release", "--bin", "juggler"], cwd=source, env=env, stdout=sink, stderr=sink
+            ["cargo", "build", "--release", "--target", TRIPLE, "--bin", "juggler"], cwd=source, env=env,
+            stdout=sink, stderr=sink
         )
     if built.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         return f"cargo build failed (exit {built.returncode}):\n{tail}"
-    shutil.copy2(target_dir / "release" / "juggler", binary)
+    shutil.copy2(target_dir / TRIPLE / "release" / "juggler", binary)
     # What the binary was built from, for the tables' header (HEAD may move before a later
     # BENCH_SKIP_BUILD=1 run; `-dirty`: with uncommitted changes in the tree).
     (out / f"{variant}.commit").write_text(described)
