@@ -14,7 +14,7 @@ RELEASE := target/$(TARGET)/$(PROFILE)
 STATIC  := -C target-feature=+crt-static -C relocation-model=static
 BINS    := juggler test_server ssl_cert
 
-.PHONY: all routes clean ssl_cert test run test_servers bench bench-ab fuzz upgrade soak fleet protoc
+.PHONY: all routes clean ssl_cert test run test_servers bench bench-ab fuzz upgrade soak fleet protoc test_tools
 
 # The fleet's etcd client (etcd-client) compiles etcd's .proto files when it is built, which needs
 # `protoc`: every verb that builds the runtime installs it first (Debian's protobuf-compiler, as
@@ -62,8 +62,24 @@ ssl_cert: protoc
 		echo "warning: git does not ignore juggler_config/server.key: keep it out of commits" >&2; \
 	fi
 
+# The tests run a real etcd (tests/fleet.rs) and a real headless Chromium (tests/status_page.rs):
+# `make test` installs them first, as `.ci/run` does (Debian's etcd-server and chromium, as root),
+# or says which are missing, rather than leaving a fresh machine with four failures to decode.
+test_tools:
+	@missing=""; \
+	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing$$missing: the fleet tests run etcd, the status page test a headless Chromium"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null; \
+		else \
+			echo "missing:$$missing (the fleet tests run etcd, the status page test a headless Chromium): those tests will fail" >&2; \
+		fi; \
+	fi
+
 ## test: every test of the workspace (unit, codegen, integration over loopback)
-test: protoc
+test: protoc test_tools
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
