@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use juggler::table::Settings;
+use juggler_testkit::bodies::{fingerprint, random_body};
 use juggler_testkit::certs::broken_pairs;
 use juggler_testkit::raw::read_until_close;
 use juggler_testkit::raw_backend::RawBackend;
@@ -56,6 +57,46 @@ async fn round_robin_over_https_with_http11_and_http2() {
     let plain = get(juggler.addr, "/test.txt").await.unwrap().text();
     println!("plain HTTP after them: {plain:?}");
     assert_eq!(plain, "server 1");
+    juggler.shutdown().await.unwrap();
+}
+
+/// Bodies larger than every HTTP/2 window, both ways: Juggler gives the client's upload window
+/// back as it reads (its receive window is 1 MiB, the body 3 MiB), and sends a 3 MiB response
+/// only as the client's windows open. Several streams at once share the connection's windows.
+#[juggler_testkit::test]
+async fn http2_uploads_and_answers_larger_than_every_window_arrive_whole() {
+    const SIZE: usize = 3 * 1024 * 1024;
+    let backends = three_backends().await;
+    let (cert, files) = CertFiles::generate("h2-large-bodies");
+    let table = table(&addrs_of(&backends), 2, Settings::DEFAULT);
+    let juggler = TestJuggler::start_https(table, &files).await;
+    let http2 = H2Client::connect(juggler.https_addr(), &cert).await;
+    let started = Instant::now();
+    let mut uploads = tokio::task::JoinSet::new();
+    for seed in 0..3u64 {
+        let http2 = http2.clone();
+        uploads.spawn(async move {
+            let body = random_body(SIZE, 300 + seed);
+            let request = Request::post("https://localhost/echo")
+                .body(Full::new(body.clone()))
+                .unwrap();
+            let answer = http2.send(request).await.unwrap();
+            (fingerprint(&body), answer)
+        });
+    }
+    while let Some(done) = uploads.join_next().await {
+        let (sent, answer) = done.unwrap();
+        println!(
+            "HTTP/2 POST {SIZE} B: status {}, echoed {} B, fingerprint {sent:016x} -> {:016x}",
+            answer.status,
+            answer.body.len(),
+            fingerprint(&answer.body)
+        );
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body.len(), SIZE);
+        assert_eq!(fingerprint(&answer.body), sent);
+    }
+    println!("three streams of 3 MiB each way in {:?}", started.elapsed());
     juggler.shutdown().await.unwrap();
 }
 
