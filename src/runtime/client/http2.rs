@@ -661,14 +661,16 @@ mod tests {
             .unwrap();
     }
 
-    /// A client that answers PINGs keeps its connection however long its stream waits.
+    /// A client that answers PINGs keeps its connection however long its stream waits: here
+    /// through a PING every 50 ms, each answered well within its timeout (generous, so that a
+    /// loaded machine pausing the test does not count as a silent client).
     #[tokio::test]
     async fn a_client_answering_pings_keeps_its_connection_through_a_long_wait() {
-        let short = (Duration::from_millis(50), Duration::from_millis(100));
+        let short = (Duration::from_millis(50), Duration::from_millis(500));
         let (io, server) = serve(
             |_, _| {
                 Box::pin(async {
-                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    tokio::time::sleep(Duration::from_millis(2000)).await;
                     Ok(Response::new(Full::new(Bytes::from_static(b"late"))))
                 })
             },
