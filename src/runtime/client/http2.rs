@@ -39,7 +39,8 @@ use crate::hop_by_hop::{self, ConnectionNamed};
 
 /// Streams one connection may have open at once (what a browser opens is far fewer).
 const MAX_CONCURRENT_STREAMS: u32 = 256;
-/// How long a connection with streams open may send nothing before it is asked for a PING.
+/// How long a connection with streams open may go without opening another before it is asked for
+/// a PING (answering one costs a client nothing).
 pub(super) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// How long the answer to that PING may take before the connection is closed: a client that
 /// stops acknowledging is not kept, nor are its streams' backend slots, for long.
