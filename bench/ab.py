@@ -246,7 +246,8 @@ def count_series(revisions: list[str], binaries: list[Path]) -> None:
              (f"h2load -c{os.environ.get('AB_H2_CONNS', '10')} -m{os.environ.get('AB_H2_STREAMS', '10')} HTTPS "
               if over_h2() else f"wrk -t1 -c{os.environ.get('AB_CONNS', '64')} ")
              + f"{os.environ.get('AB_PATH', '/small.txt')}, "
-             f"RUST_LOG={os.environ.get('AB_RUST_LOG', 'warn')}, pool {pool_size(18080)} x 3 nginx backends", "",
+             f"RUST_LOG={os.environ.get('AB_RUST_LOG', 'warn')}, pool {per_side(pool_size)} x 3 nginx backends, "
+             f"worker threads {per_side(worker_threads)}", "",
              "| revision | instructions per request | vs previous | vs first |", "|---|---:|---:|---:|"]
     for index, (commit, got) in enumerate(zip(revisions, counted)):
         previous = counted[index - 1]["per_request"] if index else got["per_request"]
@@ -279,6 +280,13 @@ def pool_size(port: int) -> int:
     A=HEAD B=HEAD AB_POOL_B=64 (what waiting for a slot costs at 64 connections)."""
     side = "A" if port == 18080 else "B"
     return int(os.environ.get(f"AB_POOL_{side}") or os.environ.get("AB_POOL", str(sides.POOL_PER_BACKEND)))
+
+
+def per_side(setting) -> str:
+    """A build setting (`pool_size`, `worker_threads`) as the header says it: one value, or the
+    first revision's and the others' when they differ."""
+    first, others = setting(18080), setting(18180)
+    return str(first) if first == others else f"{first} (first) / {others} (others)"
 
 
 def rust_log(side: str) -> str:

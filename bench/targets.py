@@ -29,6 +29,9 @@ BACKEND_PORTS = [19001, 19002, 19003]
 DIRECT_TLS_PORT = 19101
 # Connections per backend for every bounded balancer (Juggler's pool, nginx max_conns, HAProxy maxconn).
 POOL_PER_BACKEND = 8
+# The `juggler-wide` target's pool: 34 x 3 backends = 102 connections, more than any load scenario
+# keeps in flight (64 wrk connections, 10 x 10 HTTP/2 streams), so no request waits for a slot.
+WIDE_POOL = 34
 # Every balancer gets the same parallelism: 2 nginx workers, 2 HAProxy threads, 2 Juggler threads,
 # 2 Pingora threads, GOMAXPROCS=2 for Caddy.
 WORKERS = 2
@@ -73,11 +76,13 @@ def all_targets() -> list[Target]:
         Target("haproxy", "E", 18083, 18446),
         Target("pingora", "F", 18084, 18447),
         Target("caddy", "G", 18085, 18448),
+        Target("juggler-wide", "H", 18086, 18449),
     ]
 
 
 # Run unless BENCH_TARGETS names others: nginx-maxconns answers most requests with 502 (open-source
-# nginx has no queue), so it only says what the bound costs nginx; name it to run it.
+# nginx has no queue), so it only says what the bound costs nginx, and juggler-wide (Juggler with a
+# pool wider than the load) what the bound costs Juggler; name them to run them.
 DEFAULT_TARGETS = ["direct", "juggler", "nginx", "haproxy", "pingora", "caddy"]
 
 
@@ -346,12 +351,13 @@ upstream = "bench"
 
 
 def build_juggler(repo: Path, out: Path, certs: "Certs | None", target: Target,
-                  variant: str = "juggler", admin_listen: str | None = None) -> str | None:
+                  variant: str = "juggler", admin_listen: str | None = None,
+                  pool: int = POOL_PER_BACKEND) -> str | None:
     """Compile Juggler with the bench's config baked in, into out/<variant>; return why not if it
     cannot be built. admin_listen: see juggler_config."""
     config_dir = out / f"{variant}_config"
     config_dir.mkdir(parents=True, exist_ok=True)
-    lb, routes = juggler_config(certs, target, admin_listen)
+    lb, routes = juggler_config(certs, target, admin_listen, pool=pool)
     (config_dir / "load_balancer.toml").write_text(lb)
     routes_file = config_dir / "routes.toml"
     routes_file.write_text(routes)

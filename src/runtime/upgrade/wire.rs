@@ -72,7 +72,10 @@ impl Link {
         }
     }
 
-    /// Sends `line` with `fds` attached.
+    /// Sends `line` with `fds` attached. Not cancel-safe: a send dropped half-way leaves part of
+    /// a frame on the stream. So no `select!` races it: every caller awaits it to the end (in
+    /// `transfer`, inside the branch that won, not as a branch), or drops the link with it (the
+    /// greeting's timeout).
     pub async fn send(&self, line: &str, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         debug_assert!(line.len() <= MAX_LINE && fds.len() <= MAX_FDS && !line.contains('\n'));
         let length = (line.len() as u32).to_be_bytes();
