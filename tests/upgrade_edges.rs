@@ -333,3 +333,45 @@ async fn the_admin_listener_moves_to_the_successor_and_answers_throughout() {
     );
     successor.stop().await;
 }
+
+/// A dashboard or scraper on a keep-alive admin connection is not left reading the old process
+/// until it exits: once a successor says HELLO, the predecessor closes its admin connections
+/// (each after its request in flight), and the client's next connection reaches the process that
+/// accepts.
+#[juggler_testkit::test]
+async fn keep_alive_admin_connections_close_once_a_successor_says_hello() {
+    use tokio::io::AsyncReadExt;
+
+    let backend = TestBackend::start("server").await;
+    let base = variant(
+        table(&[backend.addr], 2, Settings::DEFAULT),
+        test_routes,
+        "old",
+    );
+    let dir = TempDir::new("upgrade-admin-keep-alive");
+    let instance = Instance::start_with_admin(base, &dir.file("juggler.sock")).await;
+    let admin = instance.admin.unwrap();
+    let mut dashboard = juggler_testkit::wire::Wire::connect(admin).await;
+    dashboard
+        .send(b"GET /status.json HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await;
+    let answer = dashboard.read_response(false).await;
+    assert_eq!(answer.status, 200);
+    assert_ne!(answer.header("connection"), Some("close"), "kept alive");
+
+    // A successor says HELLO and takes the listeners, and does not accept yet.
+    let predecessor = juggler::upgrade::connect(&instance.control, "new", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut rest = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(5), dashboard.stream.read(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "the predecessor closes the idle admin connection: {read:?}"
+    );
+
+    let successor = instance.successor(predecessor, variant(base, test_routes, "new"), None);
+    instance.exited(Duration::from_secs(10)).await;
+    assert_eq!(admin_config_hash(admin).await.as_deref(), Some("new"));
+    successor.stop().await;
+}

@@ -30,8 +30,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::backend::pool::Drain;
 use crate::metrics::ListenerKind;
@@ -44,13 +44,19 @@ const STATUS_PAGE: &str = include_str!("status.html");
 /// Admin connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 64;
 
-/// The admin listener, running on its own thread until dropped.
+/// How long [`AdminServer::finish`] gives the requests in flight.
+const FINISH_WITHIN: Duration = Duration::from_secs(2);
+
+/// The admin listener, running on its own thread until finished or dropped.
 #[derive(Debug)]
 pub struct AdminServer {
-    /// `true` while it should not accept (a successor process accepts on the same socket).
+    /// `true` while it should not accept (a successor process accepts on the same socket); the
+    /// connections open then are closed once their request in flight is answered.
     paused: watch::Sender<bool>,
     /// Dropping it stops the thread.
-    _stop: tokio::sync::oneshot::Sender<()>,
+    stop: oneshot::Sender<()>,
+    /// Sent when the thread is done: its connections closed, or given up on.
+    finished: oneshot::Receiver<()>,
 }
 
 /// What every admin request reads.
@@ -74,7 +80,8 @@ impl AdminServer {
     ) -> io::Result<AdminServer> {
         let listener = listener.into_std()?;
         let (paused, paused_rx) = watch::channel(false);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (done, finished) = oneshot::channel::<()>();
         let state = Arc::new(State {
             history: History::new(proxy.pools.len()),
             registry: exposition::registry(Arc::clone(&proxy)),
@@ -97,28 +104,53 @@ impl AdminServer {
                         }
                     };
                     let sampler = Arc::clone(&state);
+                    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
                     tokio::select! {
                         _ = stopped => {}
                         () = sampler.history.sample_every_second(&sampler.proxy) => {}
-                        () = accept_loop(listener, state, paused_rx) => {}
+                        () = accept_loop(listener, state, paused_rx, Arc::clone(&slots)) => {}
                     }
+                    // Every connection holds a slot until it is closed: all back means all done.
+                    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+                    let _ = tokio::time::timeout(FINISH_WITHIN, slots.acquire_many(all)).await;
+                    let _ = done.send(());
                 });
             })?;
         Ok(AdminServer {
             paused,
-            _stop: stop,
+            stop,
+            finished,
         })
     }
 
     /// Stops accepting (another process accepts on the same socket while it takes over) or
-    /// starts again.
+    /// starts again. Pausing also closes the connections open: each after answering its request
+    /// in flight, so that a dashboard or scraper on a keep-alive connection reconnects, and
+    /// reaches the process that accepts, rather than reading this one's state until it exits.
     pub fn pause(&self, paused: bool) {
         self.paused.send_replace(paused);
     }
+
+    /// Stops the listener: its requests in flight are answered (for up to [`FINISH_WITHIN`]) and
+    /// its connections closed, before the process goes on to exit.
+    pub async fn finish(self) {
+        let AdminServer {
+            paused,
+            stop,
+            finished,
+        } = self;
+        paused.send_replace(true);
+        drop(stop);
+        let _ = tokio::time::timeout(FINISH_WITHIN * 2, finished).await;
+    }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>, mut paused: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    mut paused: watch::Receiver<bool>,
+    slots: Arc<Semaphore>,
+) {
     loop {
         if *paused.borrow_and_update() {
             if paused.changed().await.is_err() {
@@ -142,21 +174,49 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut paused: watch
             }
         };
         let state = Arc::clone(&state);
+        let closing = paused.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(answer(&state, request)) }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(error) = served {
-                tracing::debug!(%error, "admin connection ended with an error");
-            }
+            serve_connection(stream, state, closing).await;
             drop(permit);
         });
+    }
+}
+
+/// Serves one admin connection until the client closes it, or until the listener is paused or
+/// gone: then it is closed once it has answered a request, so that a client that connected just
+/// before the pause (its first request on its way) still gets its answer.
+async fn serve_connection(
+    stream: TcpStream,
+    state: Arc<State>,
+    mut closing: watch::Receiver<bool>,
+) {
+    let (answered_tx, mut answered) = watch::channel(false);
+    let service = service_fn(move |request| {
+        let answer = answer(&state, request);
+        answered_tx.send_replace(true);
+        async move { Ok::<_, Infallible>(answer) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let mut closed = false;
+    let served = loop {
+        tokio::select! {
+            served = conn.as_mut() => break served,
+            // Paused, or the server gone (an error): either way, time to close.
+            () = async {
+                drop(closing.wait_for(|paused| *paused).await);
+                drop(answered.wait_for(|answered| *answered).await);
+            }, if !closed => {
+                conn.as_mut().graceful_shutdown();
+                closed = true;
+            }
+        }
+    };
+    if let Err(error) = served {
+        tracing::debug!(%error, "admin connection ended with an error");
     }
 }
 

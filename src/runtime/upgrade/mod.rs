@@ -362,6 +362,10 @@ pub async fn serve(
         systemd::stopping("draining: finishing the requests in flight");
     }
     server.drain().await;
+    // Last: the operators' view stays up while the requests drain.
+    if let Some(admin) = admin {
+        admin.finish().await;
+    }
     Ok(())
 }
 
