@@ -21,7 +21,9 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -98,6 +100,8 @@ pub(super) struct Http2Connection<S, A, F, B> {
     conn: Option<Connection<S, Bytes>>,
     /// Asked to finish while still handshaking: done as soon as there is a connection to tell.
     shut_down_early: bool,
+    /// The waker `h2` and the keep-alive get, which notes that they asked for a poll.
+    conn_wake: ConnWake,
     answer: A,
     streams: FuturesUnordered<Answered<F, B>>,
     /// Streams accepted so far: whether the client has been heard from since the last look.
@@ -119,6 +123,7 @@ where
             handshake: Some(settings.handshake(stream)),
             conn: None,
             shut_down_early: false,
+            conn_wake: ConnWake::new(Waker::noop()),
             answer,
             streams: FuturesUnordered::new(),
             accepted: 0,
@@ -128,6 +133,7 @@ where
 
     /// Finish the streams in flight (GOAWAY tells the client to open no more), then close.
     pub(super) fn graceful_shutdown(&mut self) {
+        self.conn_wake.ask();
         match &mut self.conn {
             Some(conn) => conn.graceful_shutdown(),
             None => self.shut_down_early = true,
@@ -147,8 +153,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        this.conn_wake.follow(cx.waker());
+        let conn_cx = &mut Context::from_waker(&this.conn_wake.waker);
+        let mut asked = this.conn_wake.take_ask();
         if let Some(handshake) = &mut this.handshake {
-            let mut conn = ready!(Pin::new(handshake).poll(cx))?;
+            let mut conn = ready!(Pin::new(handshake).poll(conn_cx))?;
             this.handshake = None;
             this.keep_alive.ping_pong = conn.ping_pong();
             if this.shut_down_early {
@@ -161,9 +170,19 @@ where
         };
         // Streams first: a response they finish queues frames the connection's poll then writes.
         poll_streams(&mut this.streams, cx);
+        // A turn only streams asked for (a slot freed, a backend answered) that left `h2` nothing
+        // to do ends here: `h2` asks through its waker for everything a stream's handle gives it
+        // (frames, window, a stream dropped), as it must when streams run on other tasks, and
+        // its socket's readiness and the keep-alive's timer arrive the same way. Half the turns
+        // of a busy connection at a full pool are such turns; polling `h2` in them cost a TLS
+        // read that finds nothing, and its framing's work around it.
+        asked |= this.conn_wake.take_ask();
+        if !asked {
+            return Poll::Pending;
+        }
         let accepted_before = this.accepted;
         loop {
-            match conn.poll_accept(cx) {
+            match conn.poll_accept(conn_cx) {
                 Poll::Ready(Some(Ok((request, respond)))) => {
                     this.accepted += 1;
                     let (head, body) = request.into_parts();
@@ -185,12 +204,66 @@ where
         }
         if !this
             .keep_alive
-            .poll(cx, !this.streams.is_empty(), this.accepted)
+            .poll(conn_cx, !this.streams.is_empty(), this.accepted)
         {
             conn.abrupt_shutdown(Reason::NO_ERROR);
             return Poll::Ready(Err(Http2Error::KeepAliveTimedOut));
         }
         Poll::Pending
+    }
+}
+
+/// The waker for `h2`'s connection and the keep-alive: wakes the connection's task, and notes
+/// that the connection itself asked, so that turns nobody but streams asked for can skip it.
+struct ConnWake {
+    shared: Arc<ConnAsked>,
+    waker: Waker,
+}
+
+struct ConnAsked {
+    asked: AtomicBool,
+    task: Waker,
+}
+
+impl Wake for ConnAsked {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Noted before the task is woken, so the turn that wake starts sees it.
+        self.asked.store(true, Ordering::Release);
+        self.task.wake_by_ref();
+    }
+}
+
+impl ConnWake {
+    /// Asked from the start: the first turn polls the connection.
+    fn new(task: &Waker) -> ConnWake {
+        let shared = Arc::new(ConnAsked {
+            asked: AtomicBool::new(true),
+            task: task.clone(),
+        });
+        let waker = Waker::from(Arc::clone(&shared));
+        ConnWake { shared, waker }
+    }
+
+    /// Wakes `task` from here on. A task's waker does not change, so this is a comparison on
+    /// every turn but the first; a new waker is asked from the start, since what the old one was
+    /// given may not reach this task.
+    fn follow(&mut self, task: &Waker) {
+        if !self.shared.task.will_wake(task) {
+            *self = ConnWake::new(task);
+        }
+    }
+
+    fn ask(&self) {
+        self.shared.asked.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection asked for a poll since the last call.
+    fn take_ask(&self) -> bool {
+        self.shared.asked.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -725,5 +798,126 @@ mod tests {
         }
         const PING: (u8, u8) = (0x6, 0);
         assert!(frame_types.contains(&PING), "no PING in {frame_types:?}");
+    }
+
+    type Pieces =
+        Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>;
+
+    /// Answers the test makes by hand: each stream sends the test a way to start its response,
+    /// whose body is then the pieces the test sends.
+    fn answered_by_hand(
+        started: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<Pieces>>,
+    ) -> impl FnMut(Parts, RequestBody) -> Answer<StreamBody<Pieces>> + Unpin + Send + 'static {
+        move |_, _| {
+            let (start, started_here) = tokio::sync::oneshot::channel();
+            started.send(start).unwrap();
+            Box::pin(async move { Ok(Response::new(StreamBody::new(started_here.await.unwrap()))) })
+        }
+    }
+
+    /// The pieces sent on `pieces`, as a response body ending when the sender is dropped.
+    fn pieces_from(pieces: tokio::sync::mpsc::UnboundedReceiver<Bytes>) -> Pieces {
+        Box::pin(stream::unfold(pieces, |mut pieces| async move {
+            let piece = pieces.recv().await?;
+            Some((Ok(Frame::data(piece)), pieces))
+        }))
+    }
+
+    /// A response head, its pieces and its end, each made on a turn that only its stream was
+    /// woken for (nothing from the client in between), reach the client: what a stream hands
+    /// `h2` gets the connection polled.
+    #[tokio::test]
+    async fn what_streams_hand_over_on_turns_of_their_own_reaches_the_client() {
+        let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
+        let (io, _server) = serve(answered_by_hand(started), LONG);
+        let mut send = client(io).await;
+        let mut responses = Vec::new();
+        for _ in 0..3 {
+            let (response, _) = send.send_request(get(), true).unwrap();
+            responses.push(response);
+        }
+        let within = Duration::from_secs(5);
+        let mut bodies = Vec::new();
+        for response in responses {
+            let start = tokio::time::timeout(within, starts.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let (pieces, body) = tokio::sync::mpsc::unbounded_channel();
+            let _ = start.send(pieces_from(body));
+            let response = tokio::time::timeout(within, response)
+                .await
+                .expect("the head made on the stream's own turn arrives")
+                .unwrap();
+            bodies.push((pieces, response.into_body()));
+        }
+        for (pieces, mut body) in bodies {
+            for piece in [&b"one"[..], b"two"] {
+                pieces.send(Bytes::from_static(piece)).unwrap();
+                let got = tokio::time::timeout(within, body.data())
+                    .await
+                    .expect("each piece arrives as it is made")
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(got, piece);
+                body.flow_control().release_capacity(got.len()).unwrap();
+            }
+            drop(pieces);
+            // The end is an empty DATA frame that ends the stream.
+            let rest = tokio::time::timeout(within, body.data())
+                .await
+                .expect("the end arrives");
+            assert!(
+                matches!(&rest, Some(Ok(rest)) if rest.is_empty()),
+                "{rest:?}"
+            );
+            assert!(body.is_end_stream());
+        }
+    }
+
+    /// A connection asked to finish ends once its last stream does, when that stream ends on a
+    /// turn of its own: its end is what lets the connection close.
+    #[tokio::test]
+    async fn a_finishing_connection_ends_when_its_last_stream_does() {
+        let (started, mut starts) = tokio::sync::mpsc::unbounded_channel();
+        let (io, server) = tokio::io::duplex(1 << 20);
+        let mut conn = Http2Connection::new(
+            server,
+            &settings(16 * 1024),
+            answered_by_hand(started),
+            LONG,
+        );
+        let (finish, mut finish_asked) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(std::future::poll_fn(move |cx| {
+            if !finish_asked.is_terminated() && Pin::new(&mut finish_asked).poll(cx).is_ready() {
+                conn.graceful_shutdown();
+            }
+            Pin::new(&mut conn).poll(cx)
+        }));
+        let mut send = client(io).await;
+        let (response, _) = send.send_request(get(), true).unwrap();
+        let within = Duration::from_secs(5);
+        let start = tokio::time::timeout(within, starts.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        finish.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!server.is_finished(), "ended with its stream still open");
+        let (pieces, body) = tokio::sync::mpsc::unbounded_channel();
+        start.send(pieces_from(body)).ok().unwrap();
+        pieces.send(Bytes::from_static(b"last")).unwrap();
+        drop(pieces);
+        let mut body = tokio::time::timeout(within, response)
+            .await
+            .unwrap()
+            .unwrap()
+            .into_body();
+        assert_eq!(body.data().await.unwrap().unwrap(), &b"last"[..]);
+        let ended = tokio::time::timeout(within, server)
+            .await
+            .expect("the connection ends after its last stream")
+            .unwrap();
+        assert!(ended.is_ok(), "{ended:?}");
     }
 }
