@@ -10,15 +10,20 @@ use juggler_testkit::tls::{https_client, H2Client};
 use juggler_testkit::upgrade::{posts_received, variant, Instance, Load, MostOpen};
 use juggler_testkit::*;
 
-/// One backend with a pool of 3, and a running instance for it with its control socket in a
-/// directory of its own (kept alive by the caller).
+/// One backend with a pool of 3, and a running instance for it (with an admin listener when
+/// `with_admin`) with its control socket in a directory of its own (kept alive by the caller).
 async fn one_backend_instance(
     label: &str,
+    with_admin: bool,
 ) -> (TestBackend, &'static RouteTable, TempDir, Instance) {
     let backend = TestBackend::start("server").await;
     let base = table(&[backend.addr], 3, Settings::DEFAULT);
     let dir = TempDir::new(label);
-    let instance = Instance::start(base, &dir.file("juggler.sock"), None).await;
+    let control = dir.file("juggler.sock");
+    let instance = match with_admin {
+        true => Instance::start_with_admin(base, &control).await,
+        false => Instance::start(base, &control, None).await,
+    };
     (backend, base, dir, instance)
 }
 
@@ -153,7 +158,7 @@ async fn tls_clients_finish_in_flight_work_then_move_to_the_successor() {
 /// with the connections it still holds.
 #[juggler_testkit::test]
 async fn the_old_side_serves_on_when_the_new_one_dies_mid_takeover() {
-    let (_backend, base, _dir, first) = one_backend_instance("upgrade-new-dies").await;
+    let (_backend, base, _dir, first) = one_backend_instance("upgrade-new-dies", false).await;
     let mut client = Client::connect(first.http).await;
     assert_eq!(client.get("/").await.unwrap().status, 200);
 
@@ -183,7 +188,7 @@ async fn the_old_side_serves_on_when_the_new_one_dies_mid_takeover() {
 /// own.
 #[juggler_testkit::test]
 async fn the_new_side_serves_alone_when_the_old_one_dies_mid_takeover() {
-    let (_backend, base, _dir, first) = one_backend_instance("upgrade-old-dies").await;
+    let (_backend, base, _dir, first) = one_backend_instance("upgrade-old-dies", false).await;
     let http = first.http;
     let predecessor =
         juggler::upgrade::connect(&first.control, "next", std::time::Duration::from_secs(60))
@@ -204,7 +209,7 @@ async fn the_new_side_serves_alone_when_the_old_one_dies_mid_takeover() {
 /// left unread in a link the second closes, and the first does not serve on beside the third.
 #[juggler_testkit::test]
 async fn a_takeover_waits_until_the_one_before_it_is_done() {
-    let (backend, base, _dir, first) = one_backend_instance("upgrade-chain").await;
+    let (backend, base, _dir, first) = one_backend_instance("upgrade-chain", false).await;
     let http = first.http;
     // A request the backend answers only when told keeps its client at the first instance.
     let mut client = Client::connect(http).await;
@@ -302,16 +307,12 @@ async fn admin_config_hash(addr: std::net::SocketAddr) -> Option<String> {
 
 #[juggler_testkit::test]
 async fn the_admin_listener_moves_to_the_successor_and_answers_throughout() {
-    let backend = TestBackend::start("server").await;
-    let base = variant(
-        table(&[backend.addr], 2, Settings::DEFAULT),
-        test_routes,
-        "old",
-    );
-    let dir = TempDir::new("upgrade-admin");
-    let instance = Instance::start_with_admin(base, &dir.file("juggler.sock")).await;
+    let (_backend, base, _dir, instance) = one_backend_instance("upgrade-admin", true).await;
     let admin = instance.admin.unwrap();
-    assert_eq!(admin_config_hash(admin).await.as_deref(), Some("old"));
+    assert_eq!(
+        admin_config_hash(admin).await.as_deref(),
+        Some(base.config_hash)
+    );
     // An operator's dashboard polling all the way through the takeover.
     let polling = tokio::spawn(async move {
         let mut seen = Vec::new();
@@ -342,14 +343,8 @@ async fn the_admin_listener_moves_to_the_successor_and_answers_throughout() {
 async fn keep_alive_admin_connections_close_once_a_successor_says_hello() {
     use tokio::io::AsyncReadExt;
 
-    let backend = TestBackend::start("server").await;
-    let base = variant(
-        table(&[backend.addr], 2, Settings::DEFAULT),
-        test_routes,
-        "old",
-    );
-    let dir = TempDir::new("upgrade-admin-keep-alive");
-    let instance = Instance::start_with_admin(base, &dir.file("juggler.sock")).await;
+    let (_backend, base, _dir, instance) =
+        one_backend_instance("upgrade-admin-keep-alive", true).await;
     let admin = instance.admin.unwrap();
     let mut dashboard = juggler_testkit::wire::Wire::connect(admin).await;
     dashboard
