@@ -63,7 +63,7 @@ fn start_backend() -> std::net::SocketAddr {
 /// One exchange on a connection: write, read the head, read the body.
 async fn exchange(conn: &mut BackendConn) -> Option<(bool, Bytes)> {
     let no_body = juggler::backend::spool::RequestBody::default();
-    conn.write_request(REQUEST, &no_body).await.ok()?;
+    conn.write_request(REQUEST, &no_body, &[]).await.ok()?;
     let head = conn.read_head(false, FieldsWanted::HeaderMap).await.ok()?;
     let length = match head.framing {
         juggler::backend::conn::Framing::Length(length) => length as usize,

@@ -227,6 +227,7 @@ fn upstreams(config: &Config) -> TokenStream {
         });
         let balance = Ident::new(&format!("{:?}", upstream.balance), Span::call_site());
         let protection = protection(upstream);
+        let pipeline = upstream.pipeline;
         quote! {
             #marker
             Upstream {
@@ -234,6 +235,7 @@ fn upstreams(config: &Config) -> TokenStream {
                 backends: &[#(#members),*],
                 balance: BalancePolicy::#balance,
                 protection: #protection,
+                pipeline: #pipeline,
             }
         }
     });

@@ -61,6 +61,8 @@ pub struct Upstream {
     pub adaptive_min: Option<usize>,
     /// `reserved`: slots per server for high-priority routes (0: none).
     pub reserved: usize,
+    /// `pipeline = true`: a waiting request may ride behind the one a busy connection carries.
+    pub pipeline: bool,
 }
 
 /// An upstream's `health_check`, every default filled in.

@@ -139,6 +139,8 @@ pub struct RawUpstreamBody {
     pub eject_after_5xx: Option<Spanned<i64>>,
     /// Slots of each server kept for `priority = "high"` routes.
     pub reserved: Option<Spanned<i64>>,
+    /// Whether a waiting request may be sent behind the one a busy connection carries.
+    pub pipeline: Option<Spanned<bool>>,
 }
 
 /// `health_check = { path = "/healthz", interval = "2s", timeout = "1s", expect = "2xx", fails = 2,

@@ -60,6 +60,10 @@ pub struct Upstream {
     pub balance: BalancePolicy,
     /// How its backends are watched and spared when they fail or come back.
     pub protection: Protection,
+    /// `pipeline = true`: a request that would wait for a connection may instead be written
+    /// behind the request a busy connection carries (idempotent, body-less requests only), and
+    /// takes over that connection's slot once the answer before it is read.
+    pub pipeline: bool,
 }
 
 /// An upstream's backend protection: active checks, ejection on `5xx`, slow start. All off by

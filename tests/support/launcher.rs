@@ -215,12 +215,40 @@ pub fn balanced_table(
     protected_table(servers, pool_size, balance, Protection::OFF, settings)
 }
 
+/// Like [`table`], with the upstream's `pipeline = true`.
+pub fn pipelined_table(
+    addresses: &[SocketAddr],
+    pool_size: usize,
+    settings: Settings,
+) -> &'static RouteTable {
+    let servers: Vec<(SocketAddr, u32)> = addresses.iter().map(|addr| (*addr, 1)).collect();
+    upstream_table(
+        &servers,
+        pool_size,
+        BalancePolicy::RoundRobin,
+        Protection::OFF,
+        true,
+        settings,
+    )
+}
+
 /// Like [`balanced_table`], with the upstream's backend protection (checks, ejection, slow start).
 pub fn protected_table(
     servers: &[(SocketAddr, u32)],
     pool_size: usize,
     balance: BalancePolicy,
     protection: Protection,
+    settings: Settings,
+) -> &'static RouteTable {
+    upstream_table(servers, pool_size, balance, protection, false, settings)
+}
+
+fn upstream_table(
+    servers: &[(SocketAddr, u32)],
+    pool_size: usize,
+    balance: BalancePolicy,
+    protection: Protection,
+    pipeline: bool,
     settings: Settings,
 ) -> &'static RouteTable {
     let backends: Vec<BackendSpec> = servers
@@ -238,6 +266,7 @@ pub fn protected_table(
         backends: Box::leak(ids.into_boxed_slice()),
         balance,
         protection,
+        pipeline,
     }];
     let routes = vec![
         Route {

@@ -31,8 +31,8 @@ pub use certs::{CertFiles, TempDir, TestCert};
 pub use client::{get, gets_at_once, post, send, tally, Answer, Client};
 pub use hyper_backend::{addrs_of, three_backends, BackendStats, Behaviour, TestBackend};
 pub use launcher::{
-    balanced_table, protected_table, settings_with, start_one_backend, table, test_routes,
-    TestJuggler,
+    balanced_table, pipelined_table, protected_table, settings_with, start_one_backend, table,
+    test_routes, TestJuggler,
 };
 pub use tcp_table::HeldSockets;
 pub use test_server::TestServerProcess;

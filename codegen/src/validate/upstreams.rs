@@ -134,6 +134,10 @@ impl Checker<'_> {
                 .as_ref()
                 .and_then(|raw| self.reserved(raw, &backends, &members))
                 .unwrap_or(0);
+            let pipeline = body
+                .pipeline
+                .as_ref()
+                .is_some_and(|raw| self.pipeline(raw, reserved));
             upstreams.push(Upstream {
                 name: name.clone(),
                 backends: members,
@@ -145,6 +149,7 @@ impl Checker<'_> {
                 eject_after_5xx,
                 adaptive_min,
                 reserved,
+                pipeline,
             });
         }
         if backends.len() > MAX_IDS || upstreams.len() > MAX_IDS {
@@ -387,6 +392,21 @@ impl Checker<'_> {
             return None;
         }
         Some(reserved)
+    }
+
+    /// `pipeline`: not with `reserved`, whose slots a riding request could otherwise inherit from
+    /// a high-priority one.
+    fn pipeline(&mut self, raw: &Spanned<bool>, reserved: usize) -> bool {
+        let pipeline = *raw.get_ref();
+        if pipeline && reserved > 0 {
+            self.error(
+                raw.span(),
+                "`pipeline = true` cannot be combined with `reserved`".to_owned(),
+                "a request sent behind another takes over its slot, reserved or not: drop one of the two",
+            );
+            return false;
+        }
+        pipeline
     }
 
     fn count(

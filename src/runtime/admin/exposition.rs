@@ -387,6 +387,18 @@ impl ProxyCollector {
         counter(encoder, "juggler_backend_resends", "Requests re-sent elsewhere after a pooled connection failed before answering (keep-alive race)", &counts(|counted| counted.resends))?;
         counter(
             encoder,
+            "juggler_backend_pipelined",
+            "Requests written behind another on a busy connection that carried their answer (pipeline = true)",
+            &counts(|counted| counted.pipelined),
+        )?;
+        counter(
+            encoder,
+            "juggler_backend_pipeline_lost",
+            "Requests written behind another whose connection ended before their answer; sent again",
+            &counts(|counted| counted.pipeline_lost),
+        )?;
+        counter(
+            encoder,
             "juggler_backend_connect_failures",
             "Failed attempts to open a pooled connection",
             &counts(|counted| counted.connect_failures),

@@ -88,6 +88,9 @@ pub struct BackendReport {
     pub queue_full: u64,
     pub queue_timeouts: u64,
     pub resends: u64,
+    /// Requests that rode behind another on a busy connection, and those whose ride was lost.
+    pub pipelined: u64,
+    pub pipeline_lost: u64,
     pub connect_failures: u64,
     /// Over the last minute; `null` when nothing was measured.
     pub wait_p50_ms: Option<f64>,
@@ -249,6 +252,8 @@ pub(super) fn backend_report(pool: &BackendPool, history: &History, index: u16) 
         queue_full: counted.queue_full,
         queue_timeouts: counted.queue_timeouts,
         resends: counted.resends,
+        pipelined: counted.pipelined,
+        pipeline_lost: counted.pipeline_lost,
         connect_failures: counted.connect_failures,
         wait_p50_ms: millis(window.queue_wait.quantile(0.5)),
         wait_p99_ms: millis(window.queue_wait.quantile(0.99)),

@@ -38,12 +38,13 @@ pub enum Sent {
     AnsweredEarly,
 }
 
-/// How much of a request has been written.
+/// How much of a request (and of the one written behind it) has been written.
 #[derive(Debug, Default)]
 struct WriteProgress {
     head: usize,
     memory: usize,
     file: u64,
+    behind: usize,
 }
 
 /// An open keep-alive connection to one backend.
@@ -207,16 +208,22 @@ impl BackendConn {
 
     /// Writes one request: the head (with the body appended when small), then the body's
     /// in-memory part, then its spilled part straight from the file (`sendfile`: the kernel copies
-    /// page cache to socket, no buffer here).
+    /// page cache to socket, no buffer here), then `behind`: a body-less request pipelined behind
+    /// this one (see `pipeline`), in the same system call when the body is in memory.
     ///
     /// While writing it watches for the backend answering early (a `413` or `405` before it read
     /// the body, often followed by a close): once a final response head is in, writing stops and
     /// [`Sent::AnsweredEarly`] says the connection cannot carry another request, since the backend
     /// still expects the rest of a body it will not get.
-    pub async fn write_request(&mut self, head: &[u8], body: &RequestBody) -> io::Result<Sent> {
+    pub async fn write_request(
+        &mut self,
+        head: &[u8],
+        body: &RequestBody,
+        behind: &[u8],
+    ) -> io::Result<Sent> {
         let mut progress = WriteProgress::default();
         poll_fn(|cx| loop {
-            match self.poll_write_progress(cx, &mut progress, head, body) {
+            match self.poll_write_progress(cx, &mut progress, head, body, behind) {
                 Poll::Ready(Ok(())) => return Poll::Ready(Ok(Sent::Complete)),
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Pending => {}
@@ -242,6 +249,7 @@ impl BackendConn {
         progress: &mut WriteProgress,
         head: &[u8],
         body: &RequestBody,
+        behind: &[u8],
     ) -> Poll<io::Result<()>> {
         let memory = body.in_memory();
         let (file, file_len) = match body.spilled() {
@@ -249,21 +257,25 @@ impl BackendConn {
             None => (None, 0),
         };
         loop {
-            let result = if progress.head < head.len() {
-                // The head and the body's in-memory part in one system call, without copying
-                // the body behind the head first.
+            let result = if progress.head < head.len() || progress.memory < memory.len() {
+                // The head, the body's in-memory part and (unless a file part comes between)
+                // the request behind in one system call, without copying them together first.
+                let behind_now = match file {
+                    None => &behind[progress.behind..],
+                    Some(_) => &[],
+                };
                 let parts = [
                     IoSlice::new(&head[progress.head..]),
                     IoSlice::new(&memory[progress.memory..]),
+                    IoSlice::new(behind_now),
                 ];
                 self.try_write_ready(cx, &parts).map_ok(|n| {
                     let into_head = n.min(head.len() - progress.head);
                     progress.head += into_head;
-                    progress.memory += n - into_head;
+                    let into_memory = (n - into_head).min(memory.len() - progress.memory);
+                    progress.memory += into_memory;
+                    progress.behind += n - into_head - into_memory;
                 })
-            } else if progress.memory < memory.len() {
-                self.try_write_ready(cx, &[IoSlice::new(&memory[progress.memory..])])
-                    .map_ok(|n| progress.memory += n)
             } else if let (Some(file), true) = (file, progress.file < file_len) {
                 let count = usize::try_from(file_len - progress.file)
                     .unwrap_or(usize::MAX)
@@ -287,6 +299,9 @@ impl BackendConn {
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(error) => Poll::Ready(Err(error)),
                 }
+            } else if progress.behind < behind.len() {
+                self.try_write_ready(cx, &[IoSlice::new(&behind[progress.behind..])])
+                    .map_ok(|n| progress.behind += n)
             } else {
                 return Poll::Ready(Ok(()));
             };
@@ -606,7 +621,7 @@ mod tests {
         assert!(conn.is_at_home());
         let request = b"GET /moved HTTP/1.1\r\nhost: backend\r\n\r\n";
         let sent = conn
-            .write_request(request, &RequestBody::default())
+            .write_request(request, &RequestBody::default(), &[])
             .await
             .unwrap();
         assert_eq!(sent, Sent::Complete);

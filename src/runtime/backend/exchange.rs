@@ -43,22 +43,45 @@ pub async fn exchange(
     let backend = slot.backend().address;
     let reused = slot.from_idle;
     let timed_out = || ProxyError::BackendTimeout { backend };
-    let conn = slot.conn();
-    // A failed write is not the end: a backend that refuses a body (413, 405) often answers and
-    // closes before reading it, and that answer is what the client should see. A backend that
-    // stops reading without closing gets the backend timeout for the write too (or a slot would
-    // be held forever); an answer it already sent is still relayed.
-    // Each step is bounded by `within`: most finish on their first poll and then cost no timer.
-    let write = conn.write_request(request.head, request.body);
-    let (sent, write_error, head_timeout) = match within(limits.backend_timeout, write).await {
-        Some(Ok(sent)) => (sent, None, limits.backend_timeout),
-        Some(Err(error)) => (Sent::AnsweredEarly, Some(error), limits.backend_timeout),
-        None => (
-            Sent::AnsweredEarly,
-            Some(std::io::ErrorKind::TimedOut.into()),
-            Duration::ZERO,
-        ),
+    // A request waiting to ride goes out behind this one (see `pipeline`), unless a spilled body
+    // would stand between them.
+    let behind = match request.body.spilled() {
+        None => slot.take_rider(),
+        Some(_) => None,
     };
+    let behind = behind.as_deref().unwrap_or_default();
+    let (sent, write_error, head_timeout) = if slot.request_sent {
+        // This request rode: it is on the connection already, only the one behind is not.
+        if !behind.is_empty() {
+            let nothing = RequestBody::default();
+            let write = slot.conn().write_request(behind, &nothing, &[]);
+            let written = within(limits.backend_timeout, write).await;
+            if !matches!(written, Some(Ok(Sent::Complete))) {
+                slot.lose_rider();
+            }
+        }
+        (Sent::Complete, None, limits.backend_timeout)
+    } else {
+        // A failed write is not the end: a backend that refuses a body (413, 405) often answers
+        // and closes before reading it, and that answer is what the client should see. A backend
+        // that stops reading without closing gets the backend timeout for the write too (or a
+        // slot would be held forever); an answer it already sent is still relayed.
+        // Each step is bounded by `within`: most finish on their first poll and then cost no
+        // timer.
+        let write = slot
+            .conn()
+            .write_request(request.head, request.body, behind);
+        match within(limits.backend_timeout, write).await {
+            Some(Ok(sent)) => (sent, None, limits.backend_timeout),
+            Some(Err(error)) => (Sent::AnsweredEarly, Some(error), limits.backend_timeout),
+            None => (
+                Sent::AnsweredEarly,
+                Some(std::io::ErrorKind::TimedOut.into()),
+                Duration::ZERO,
+            ),
+        }
+    };
+    let conn = slot.conn();
     let read_head = conn.read_head(request.is_head, request.fields);
     let mut head = match within(head_timeout, read_head).await {
         None => return Err(timed_out()),
@@ -91,6 +114,8 @@ pub async fn exchange(
             ResponseBody::full(bytes)
         }
         Some(Ok(Buffered::TooLarge { prefix, state })) => {
+            // Read at the spool's or the client's pace: a rider behind it does not wait for that.
+            slot.lose_rider();
             let job = SpoolJob {
                 slot,
                 state,

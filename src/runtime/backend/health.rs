@@ -488,7 +488,7 @@ async fn exchange_check(slot: &mut PooledConn, head: &[u8]) -> Result<u16, Check
     let reused = slot.from_idle;
     let conn = slot.conn();
     let nothing = RequestBody::default();
-    if conn.write_request(head, &nothing).await.is_err() {
+    if conn.write_request(head, &nothing, &[]).await.is_err() {
         return Err(if reused {
             CheckError::Stale
         } else {

@@ -45,12 +45,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::limit::Slots;
+use super::pipeline::Rider;
 use super::ranked::{deadline_micros, Ending, PrioritySlots, Wait};
 use crate::table::Priority;
 use crate::threads;
@@ -187,6 +189,7 @@ impl Lanes {
     /// the wait, and whether another lane has free slots nobody there waits for while the queue
     /// task is not already looking at them: the caller wakes it, to look now and again after
     /// [`LEND_AFTER`].
+    #[cfg(test)]
     pub(crate) fn enqueue(
         &self,
         lane: usize,
@@ -194,13 +197,25 @@ impl Lanes {
         deadline: Instant,
         limit: usize,
     ) -> (LaneWait<'_>, bool) {
+        self.enqueue_rider(lane, priority, deadline, limit, None)
+    }
+
+    /// [`Self::enqueue`] for a request that may also ride (see `pipeline`).
+    pub(crate) fn enqueue_rider(
+        &self,
+        lane: usize,
+        priority: Priority,
+        deadline: Instant,
+        limit: usize,
+        rider: Option<Arc<Rider>>,
+    ) -> (LaneWait<'_>, bool) {
         let home = &self.lanes[lane];
         let high = (priority == Priority::High && self.lanes.len() > 1).then(|| {
             self.high_waiting.fetch_add(1, Ordering::AcqRel);
             &self.high_waiting
         });
         let wait = LaneWait {
-            wait: home.slots.enqueue(priority, deadline),
+            wait: home.slots.enqueue_rider(priority, deadline, rider),
             high,
         };
         // Looked at by the first waiter only: under steady load a lane's queue is rarely empty,
@@ -213,6 +228,12 @@ impl Lanes {
             && self.others(lane).any(|other| self.has_idle_slots(other))
             && !self.looking.swap(true, Ordering::AcqRel);
         (wait, lendable)
+    }
+
+    /// The first request of `lane`'s queue that may ride behind a holder's (see `pipeline`), taken
+    /// off the queue.
+    pub(crate) fn take_rider(&self, lane: usize) -> Option<Arc<Rider>> {
+        self.lanes[lane].slots.take_rider()
     }
 
     /// A slot held by a request of `lane` is given back: to a lane below its share whose requests

@@ -9,6 +9,7 @@
 //!   rotation besides failed connects, and how it comes back.
 //! - [`adaptive`]: the limit that follows response times (`connections_per_server = { min, max }`).
 //! - `exchange`: one request and response on a pooled connection.
+//! - `pipeline`: a waiting request written behind a busy connection's (`pipeline = true`).
 //! - [`conn`]: the connection itself: write a request, parse a response head, read body chunks.
 //! - `chunked`: the chunked transfer-coding decoder `conn` reads bodies with.
 //! - [`body`]: a response body: bytes in memory, spooled to a file, or streamed from a pooled
@@ -25,6 +26,7 @@ pub(crate) mod head;
 pub mod health;
 mod lanes;
 mod limit;
+mod pipeline;
 pub mod pool;
 mod ranked;
 pub mod spool;

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
@@ -31,6 +32,7 @@ use super::health::BackendProtection;
 use super::lanes::{Lanes, Seen, LOOK_EVERY};
 pub use super::limit::LimitSource;
 use super::limit::{SlotLimit, Slots};
+use super::pipeline::{Ride, Rider, Ticket};
 use super::ranked::{Ending, PrioritySlots};
 
 use crate::metrics::BackendCounters;
@@ -48,6 +50,15 @@ pub enum CheckoutError {
     /// The backend left rotation (checks, ejection) while the request waited: it was not sent,
     /// so it may go to another backend.
     Down,
+}
+
+/// What a request's wait in the queue got it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seat {
+    /// A slot of its own.
+    Slot,
+    /// A ride behind a slot holder's request (see `pipeline`).
+    Ride,
 }
 
 /// Where a pool sends the connections it hands to a successor process (with the backend's
@@ -121,6 +132,8 @@ pub struct BackendPool {
     max_queued: usize,
     queue_timeout: Duration,
     connect_timeout: Duration,
+    /// `pipeline = true`: waiting requests may ride behind a holder's (see `pipeline`).
+    pipeline: bool,
 }
 
 /// The most recently used of `idle`'s connections registered with this thread's reactor, else its
@@ -238,6 +251,9 @@ pub struct PooledConn {
     lane: usize,
     conn: Option<Member>,
     reusable: bool,
+    /// A rider was lost on this connection: whatever the response, it closes (what the backend
+    /// sends next is an answer nobody reads).
+    spoiled: bool,
     /// The connection goes to the successor process rather than the backend (see
     /// [`HandoverSink::detour`]): closed after this request, never pooled.
     detour: bool,
@@ -248,6 +264,11 @@ pub struct PooledConn {
     pub queued_for: Duration,
     /// Holds a share of the pool's [`SharedSlots`] too (a normal or low request).
     shared: bool,
+    /// A request written behind this one (see `pipeline`): the slot goes to it when this answer
+    /// has been read and the connection stays open.
+    rider: Option<Arc<Rider>>,
+    /// This slot's request is on the connection already: it rode behind the previous holder's.
+    pub request_sent: bool,
 }
 
 impl BackendPool {
@@ -290,7 +311,14 @@ impl BackendPool {
             max_queued: settings.queue.max_queued_per_server,
             queue_timeout: settings.queue.timeout,
             connect_timeout: settings.limits.connect_timeout,
+            pipeline: false,
         }
+    }
+
+    /// The pool with its upstream's `pipeline` setting.
+    pub fn with_pipeline(mut self, pipeline: bool) -> BackendPool {
+        self.pipeline = pipeline;
+        self
     }
 
     /// Out of rotation: connects keep failing, health checks fail, or ejected after `5xx`s.
@@ -456,6 +484,17 @@ impl BackendPool {
         self: &Arc<Self>,
         priority: Priority,
     ) -> Result<PooledConn, CheckoutError> {
+        self.checkout_or_ride(priority, None).await
+    }
+
+    /// [`Self::checkout`] for a request that may ride (idempotent, without a body): encoded as
+    /// `request`, it waits listed as a rider if the pool pipelines, and may come back with its
+    /// request already sent ([`PooledConn::request_sent`]).
+    pub async fn checkout_or_ride(
+        self: &Arc<Self>,
+        priority: Priority,
+        request: Option<&[u8]>,
+    ) -> Result<PooledConn, CheckoutError> {
         let lane = self.lanes.current();
         let shared = self.shared.as_ref().filter(|_| priority != Priority::High);
         let share = shared.and_then(SharedSlots::try_take);
@@ -466,10 +505,43 @@ impl BackendPool {
             return self.fill_slot(lane, None, share).await;
         }
         let queued_at = Instant::now();
-        let share = self
-            .wait_for_slot(lane, priority, queued_at, shared, share)
+        // Only where no slot is reserved: a rider takes over its holder's slot, whatever it is.
+        let rider = request
+            .filter(|_| self.pipeline && shared.is_none())
+            .map(Rider::new);
+        let (share, seat) = self
+            .wait_for_slot(lane, priority, queued_at, shared, share, rider.clone())
             .await?;
-        self.fill_slot(lane, Some(queued_at), share).await
+        match (seat, rider) {
+            (Seat::Ride, Some(rider)) => {
+                Box::pin(self.ride(Ticket(rider), priority, queued_at)).await
+            }
+            _ => self.fill_slot(lane, Some(queued_at), share).await,
+        }
+    }
+
+    /// Waits for the slot holder that wrote this rider's request to hand its slot over. A rider
+    /// whose connection ended first checks out again, without riding: its request may have been
+    /// answered, but it is idempotent, and it is lost at most once.
+    async fn ride(
+        self: &Arc<Self>,
+        ticket: Ticket,
+        priority: Priority,
+        queued_at: Instant,
+    ) -> Result<PooledConn, CheckoutError> {
+        let mut slot = match ticket.ride().await {
+            Ride::Handed(slot) => {
+                self.counters.pipelined();
+                slot
+            }
+            Ride::Lost => {
+                self.counters.pipeline_lost();
+                drop(ticket);
+                self.checkout(priority).await?
+            }
+        };
+        slot.queued_for = queued_at.elapsed();
+        Ok(slot)
     }
 
     /// A slot with its connection only if a slot is free now (`None` otherwise): what a health
@@ -499,9 +571,12 @@ impl BackendPool {
             lane,
             conn: None,
             reusable: false,
+            spoiled: false,
             detour: false,
             from_idle: true,
             queued_for: queued_at.map_or(Duration::ZERO, |at| at.elapsed()),
+            rider: None,
+            request_sent: false,
         };
         // The queue timeout bounds the whole wait, for a slot and then for a connection.
         let mut waiting_since = queued_at;
@@ -665,7 +740,8 @@ impl BackendPool {
         queued_at: Instant,
         shared: Option<&'a SharedSlots>,
         share: Option<Share<'a>>,
-    ) -> Result<Option<Share<'a>>, CheckoutError> {
+        rider: Option<Arc<Rider>>,
+    ) -> Result<(Option<Share<'a>>, Seat), CheckoutError> {
         let room = match priority {
             Priority::Low => self.max_queued / 2,
             Priority::High | Priority::Normal => self.max_queued,
@@ -689,14 +765,14 @@ impl BackendPool {
             }
             (_, share) => share,
         };
-        let (wait, lendable) = self
-            .lanes
-            .enqueue(lane, priority, deadline, self.limit.current());
+        let (wait, lendable) =
+            self.lanes
+                .enqueue_rider(lane, priority, deadline, self.limit.current(), rider);
         if lendable {
             self.lend_wanted.notify_one();
         }
-        self.queue_on(wait).await?;
-        Ok(share)
+        let seat = self.queue_on(wait).await?;
+        Ok((share, seat))
     }
 
     /// Waits in a queue (a lane's, or the shared slots') until a slot is handed over, its
@@ -704,14 +780,15 @@ impl BackendPool {
     async fn queue_on(
         self: &Arc<Self>,
         wait: impl Future<Output = Ending>,
-    ) -> Result<(), CheckoutError> {
+    ) -> Result<Seat, CheckoutError> {
         self.arm_expiry();
         // Listed before the look: a departure after it ends the wait (see `leave_rotation`).
         if self.protection.out_of_rotation() {
             return Err(CheckoutError::Down);
         }
         match wait.await {
-            Ending::Granted => Ok(()),
+            Ending::Granted => Ok(Seat::Slot),
+            Ending::Riding => Ok(Seat::Ride),
             Ending::TimedOut => Err(CheckoutError::QueueTimeout),
             Ending::Down => Err(CheckoutError::Down),
         }
@@ -1105,17 +1182,65 @@ impl PooledConn {
         self.pool.spec
     }
 
-    /// Marks the response fully read: the connection goes back to the pool on drop if the backend
-    /// keeps it alive and sent nothing beyond the response.
+    /// Marks the response fully read: the connection goes back to the pool (or to the rider
+    /// behind it) on drop if the backend keeps it alive and sent nothing beyond the response but
+    /// the rider's answer.
     pub fn response_complete(&mut self, keep_alive: bool) {
-        self.reusable = keep_alive && self.conn().finished_cleanly();
+        self.reusable = keep_alive && (self.rider.is_some() || self.conn().finished_cleanly());
+    }
+
+    /// Takes the first request waiting to ride behind this one (see `pipeline`), if the pool
+    /// pipelines and this slot's connection will read another answer: the caller writes it
+    /// behind its own request, or calls [`Self::lose_rider`].
+    pub fn take_rider(&mut self) -> Option<Bytes> {
+        if !self.pool.pipeline || self.detour || self.rider.is_some() {
+            return None;
+        }
+        let rider = self.pool.lanes.take_rider(self.lane)?;
+        let request = rider.request().clone();
+        self.rider = Some(rider);
+        Some(request)
+    }
+
+    /// The answer in front of the rider will not be read whole here (it is streamed or spooled,
+    /// or the rider's request could not be written): the rider checks out again, and the
+    /// connection, whatever it holds of the rider's answer, is closed after this response.
+    pub fn lose_rider(&mut self) {
+        if let Some(rider) = self.rider.take() {
+            rider.lose();
+            self.spoiled = true;
+        }
     }
 }
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        self.pool
-            .give_back(self.lane, self.conn.take(), self.reusable && !self.detour);
+        if let Some(rider) = self.rider.take() {
+            if self.reusable && !self.spoiled {
+                // The slot passes to the rider with the connection, as if it had held it.
+                let next = PooledConn {
+                    pool: Arc::clone(&self.pool),
+                    lane: self.lane,
+                    conn: self.conn.take(),
+                    reusable: false,
+                    spoiled: false,
+                    detour: false,
+                    from_idle: true,
+                    queued_for: Duration::ZERO,
+                    shared: std::mem::take(&mut self.shared),
+                    rider: None,
+                    request_sent: true,
+                };
+                rider.hand(next);
+                return;
+            }
+            rider.lose();
+        }
+        self.pool.give_back(
+            self.lane,
+            self.conn.take(),
+            self.reusable && !self.detour && !self.spoiled,
+        );
         // After the slot: a high request waiting for it is served before the normal one this
         // share lets through.
         if self.shared {
@@ -1247,7 +1372,7 @@ mod tests {
         tokio::spawn(async move {
             let queued_at = Instant::now();
             let outcome = pool
-                .wait_for_slot(0, Priority::Normal, queued_at, None, None)
+                .wait_for_slot(0, Priority::Normal, queued_at, None, None, None)
                 .await
                 .map(|_share| ());
             (outcome, queued_at.elapsed())

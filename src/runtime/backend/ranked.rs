@@ -29,12 +29,13 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use tokio::time::Instant;
 
 use super::limit::Slots;
+use super::pipeline::Rider;
 use crate::table::Priority;
 use crate::threads;
 
@@ -50,6 +51,9 @@ const MAX_OVERTAKEN: u8 = 16;
 pub(crate) enum Ending {
     /// A slot was handed to it: it holds the slot now.
     Granted,
+    /// A slot holder took it to write behind its own request (see `pipeline`): it holds nothing
+    /// yet, and its [`Rider`] says how the ride ends.
+    Riding,
     /// Its deadline passed first.
     TimedOut,
     /// The backend left rotation while it waited.
@@ -97,13 +101,16 @@ struct Listed {
     thread: usize,
     /// How often a later waiter was served before it while it was first in line.
     overtaken: u8,
+    /// It may ride behind a slot holder's request (its cell holds the [`Rider`]).
+    rides: bool,
 }
 
 #[derive(Debug)]
 enum Cell {
     Vacant,
-    /// Listed; the waker of the task that last polled its [`Wait`].
-    Waiting(Option<Waker>),
+    /// Listed; the waker of the task that last polled its [`Wait`], and the request to write if
+    /// a slot holder takes it to ride.
+    Waiting(Option<Waker>, Option<Arc<Rider>>),
     /// Taken off the list; read by its [`Wait`]'s next poll, or by its drop.
     Ended(Ending),
 }
@@ -112,11 +119,11 @@ impl Queue {
     fn occupy(&mut self) -> usize {
         match self.vacant.pop() {
             Some(cell) => {
-                self.cells[cell] = Cell::Waiting(None);
+                self.cells[cell] = Cell::Waiting(None, None);
                 cell
             }
             None => {
-                self.cells.push(Cell::Waiting(None));
+                self.cells.push(Cell::Waiting(None, None));
                 self.cells.len() - 1
             }
         }
@@ -154,7 +161,7 @@ impl Queue {
     /// Ends a listed request's wait (already taken off its list): returns the waker to wake.
     fn end(&mut self, cell: usize, ending: Ending) -> Option<Waker> {
         match std::mem::replace(&mut self.cells[cell], Cell::Ended(ending)) {
-            Cell::Waiting(waker) => waker,
+            Cell::Waiting(waker, _) => waker,
             Cell::Vacant | Cell::Ended(_) => None,
         }
     }
@@ -200,6 +207,17 @@ impl PrioritySlots {
     /// returned [`Wait`] completes with how its wait ended. Cancel-safe: a `Wait` dropped before
     /// it completed leaves the queue, and a slot handed to it meanwhile is freed again.
     pub(crate) fn enqueue(&self, priority: Priority, deadline: Instant) -> Wait<'_> {
+        self.enqueue_rider(priority, deadline, None)
+    }
+
+    /// [`Self::enqueue`] for a request that may also ride (see `pipeline`): then its wait may end
+    /// [`Ending::Riding`] instead.
+    pub(crate) fn enqueue_rider(
+        &self,
+        priority: Priority,
+        deadline: Instant,
+        rider: Option<Arc<Rider>>,
+    ) -> Wait<'_> {
         let cell = {
             let mut queue = self.lock();
             let cell = queue.occupy();
@@ -208,7 +226,9 @@ impl PrioritySlots {
                 deadline,
                 thread: threads::current(),
                 overtaken: 0,
+                rides: rider.is_some(),
             });
+            queue.cells[cell] = Cell::Waiting(None, rider);
             self.publish_first(&queue);
             self.waiting.fetch_add(1, Ordering::SeqCst);
             cell
@@ -223,6 +243,36 @@ impl PrioritySlots {
             slots: self,
             cell,
             done: false,
+        }
+    }
+
+    /// Takes the first listed request that may ride (in the order slots are handed out, among the
+    /// first [`AFFINITY_WINDOW`] of each priority) off the queue, its wait ended
+    /// [`Ending::Riding`]. Its waker goes to the rider, woken when the ride ends.
+    pub(crate) fn take_rider(&self) -> Option<Arc<Rider>> {
+        if self.waiting.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut guard = self.lock();
+        let queue = &mut *guard;
+        let listed = queue.classes.iter_mut().find_map(|line| {
+            let at = line
+                .iter()
+                .take(AFFINITY_WINDOW)
+                .position(|listed| listed.rides)?;
+            line.remove(at)
+        })?;
+        self.publish_first(queue);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        match std::mem::replace(&mut queue.cells[listed.cell], Cell::Ended(Ending::Riding)) {
+            Cell::Waiting(waker, Some(rider)) => {
+                rider.taken(waker);
+                Some(rider)
+            }
+            _ => {
+                debug_assert!(false, "a request listed to ride without its rider");
+                None
+            }
         }
     }
 
@@ -356,7 +406,7 @@ impl Future for Wait<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ending> {
         let mut queue = self.slots.lock();
         let ending = match &mut queue.cells[self.cell] {
-            Cell::Waiting(waker) => {
+            Cell::Waiting(waker, _) => {
                 if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     *waker = Some(cx.waker().clone());
                 }
@@ -384,7 +434,7 @@ impl Drop for Wait<'_> {
         let mut guard = self.slots.lock();
         let queue = &mut *guard;
         let granted = match queue.cells[self.cell] {
-            Cell::Waiting(_) => {
+            Cell::Waiting(..) => {
                 let listed = queue.classes.iter_mut().any(|class| {
                     let at = class.iter().position(|listed| listed.cell == self.cell);
                     at.and_then(|at| class.remove(at)).is_some()

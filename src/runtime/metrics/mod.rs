@@ -52,6 +52,8 @@ struct BackendCells {
     queue_full: AtomicU64,
     queue_timeouts: AtomicU64,
     resends: AtomicU64,
+    pipelined: AtomicU64,
+    pipeline_lost: AtomicU64,
     connect_failures: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
@@ -71,6 +73,11 @@ pub struct BackendSnapshot {
     pub queue_timeouts: u64,
     /// Requests re-sent elsewhere after a pooled connection to it failed before answering.
     pub resends: u64,
+    /// Requests written behind another on a busy connection that then carried their answer
+    /// (`pipeline = true`).
+    pub pipelined: u64,
+    /// Requests written behind another whose connection ended first; they were sent again.
+    pub pipeline_lost: u64,
     /// Failed attempts to open a pooled connection to it.
     pub connect_failures: u64,
     /// Request bytes (heads and bodies) written to it.
@@ -132,6 +139,14 @@ impl BackendCounters {
         self.bump(|cells| &cells.resends);
     }
 
+    pub(crate) fn pipelined(&self) {
+        self.bump(|cells| &cells.pipelined);
+    }
+
+    pub(crate) fn pipeline_lost(&self) {
+        self.bump(|cells| &cells.pipeline_lost);
+    }
+
     pub(crate) fn connect_failure(&self) {
         self.bump(|cells| &cells.connect_failures);
     }
@@ -151,6 +166,8 @@ impl BackendCounters {
             sum.queue_full += cells.queue_full.load(Relaxed);
             sum.queue_timeouts += cells.queue_timeouts.load(Relaxed);
             sum.resends += cells.resends.load(Relaxed);
+            sum.pipelined += cells.pipelined.load(Relaxed);
+            sum.pipeline_lost += cells.pipeline_lost.load(Relaxed);
             sum.connect_failures += cells.connect_failures.load(Relaxed);
             sum.bytes_sent += cells.bytes_sent.load(Relaxed);
             sum.bytes_received += cells.bytes_received.load(Relaxed);

@@ -147,12 +147,15 @@ impl Proxy {
             .iter()
             .map(|spec| {
                 let protection = table.upstream(spec.upstream).protection;
-                Arc::new(BackendPool::protected(
-                    spec,
-                    &table.settings,
-                    protection,
-                    crate::threads::resolved_count(table.settings.proxy.worker_threads),
-                ))
+                Arc::new(
+                    BackendPool::protected(
+                        spec,
+                        &table.settings,
+                        protection,
+                        crate::threads::resolved_count(table.settings.proxy.worker_threads),
+                    )
+                    .with_pipeline(table.upstream(spec.upstream).pipeline),
+                )
             })
             .collect();
         Proxy {
@@ -417,6 +420,10 @@ impl Proxy {
             self.count_full_queues(upstream.backends);
         }
         let race = self.balancer.waits_in_two_queues(route.upstream);
+        // What may be written behind another request while it waits (see `backend::pipeline`):
+        // a request the backend may see twice, and that has nothing to send but its head.
+        let rides =
+            (upstream.pipeline && idempotent && request.body.is_empty()).then_some(request.head);
         let mut next = 0;
         while next < order.len() {
             let mut backend = order[next];
@@ -438,7 +445,7 @@ impl Proxy {
                     && rival_pool.takes_requests()
             });
             let checked = match rival {
-                None => pool.checkout(route.priority).await,
+                None => pool.checkout_or_ride(route.priority, rides).await,
                 Some(rival) => {
                     let rival_pool = &self.pools[usize::from(rival.0)];
                     // Losing checkouts are dropped, which takes them out of their queue. Boxed
