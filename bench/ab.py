@@ -10,7 +10,8 @@ else on the machine's loopback shares its ports or its connection tables.
 Each revision is exported with `git archive` (a clean tree: nothing uncommitted leaks in) and built
 like `make all` builds the shipped binary (static, release profile of that revision), with the
 bench's config compiled in (pool of 8 per backend, 2 worker threads; AB_WORKERS, AB_WORKERS_A,
-AB_WORKERS_B and AB_POOL, AB_POOL_A, AB_POOL_B change that). Binaries are cached by commit
+AB_WORKERS_B and AB_POOL, AB_POOL_A, AB_POOL_B change that; AB_PIPELINE, AB_PIPELINE_A,
+AB_PIPELINE_B = 1 build with the upstream's `pipeline = true`). Binaries are cached by commit
 under bench/out/ab/bin, so bisecting builds each commit once.
 
 Settings (environment): AB_ROUNDS pairs of rounds (default 6), AB_DURATION seconds per round
@@ -68,7 +69,8 @@ def build(commit: str, port: int) -> Path:
     pool = pool_size(port)
     binary = OUT / "bin" / (f"juggler-{commit}-{port}{'-tls' if over_h2() else ''}"
                             f"{'' if workers == sides.WORKERS else f'-w{workers}'}"
-                            f"{'' if pool == sides.POOL_PER_BACKEND else f'-p{pool}'}")
+                            f"{'' if pool == sides.POOL_PER_BACKEND else f'-p{pool}'}"
+                            f"{'-pipeline' if pipelines(port) else ''}")
     if binary.exists():
         return binary
     source = OUT / "src" / commit
@@ -99,7 +101,7 @@ def build(commit: str, port: int) -> Path:
         certs, problem = sides.make_certs(REPO, OUT)
         if problem:
             sys.exit(f"bench-ab: {problem}")
-    lb, routes = sides.juggler_config(certs, target, admin, workers, pool)
+    lb, routes = sides.juggler_config(certs, target, admin, workers, pool, pipelines(port))
     (config / "load_balancer.toml").write_text(lb)
     (config / "routes.toml").write_text(routes)
     log = OUT / "logs" / f"build-{commit}.log"
@@ -246,7 +248,8 @@ def count_series(revisions: list[str], binaries: list[Path]) -> None:
              (f"h2load -c{os.environ.get('AB_H2_CONNS', '10')} -m{os.environ.get('AB_H2_STREAMS', '10')} HTTPS "
               if over_h2() else f"wrk -t1 -c{os.environ.get('AB_CONNS', '64')} ")
              + f"{os.environ.get('AB_PATH', '/small.txt')}, "
-             f"RUST_LOG={os.environ.get('AB_RUST_LOG', 'warn')}, pool {per_side(pool_size)} x 3 nginx backends, "
+             f"RUST_LOG={os.environ.get('AB_RUST_LOG', 'warn')}, pool {per_side(pool_size)} x 3 nginx backends"
+             f"{', pipeline ' + per_side(pipelines) if pipelines(18080) or pipelines(18180) else ''}, "
              f"worker threads {per_side(worker_threads)}", "",
              "| revision | instructions per request | vs previous | vs first |", "|---|---:|---:|---:|"]
     for index, (commit, got) in enumerate(zip(revisions, counted)):
@@ -280,6 +283,14 @@ def pool_size(port: int) -> int:
     A=HEAD B=HEAD AB_POOL_B=64 (what waiting for a slot costs at 64 connections)."""
     side = "A" if port == 18080 else "B"
     return int(os.environ.get(f"AB_POOL_{side}") or os.environ.get("AB_POOL", str(sides.POOL_PER_BACKEND)))
+
+
+def pipelines(port: int) -> bool:
+    """Whether the build on `port` has the upstream's `pipeline = true`: AB_PIPELINE_A /
+    AB_PIPELINE_B = 1, else AB_PIPELINE. One revision with and without it: A=HEAD B=HEAD
+    AB_PIPELINE_B=1."""
+    side = "A" if port == 18080 else "B"
+    return (os.environ.get(f"AB_PIPELINE_{side}") or os.environ.get("AB_PIPELINE", "0")) == "1"
 
 
 def per_side(setting) -> str:

@@ -328,14 +328,17 @@ def prepare_targets(out: Path, certs, targets, metrics_scenario: bool) -> None:
         if skipped:
             print(f"Juggler skipped: {skipped}", flush=True)
     for target in targets:
-        if target.name == "juggler-wide":
+        if target.name in ("juggler-wide", "juggler-pipelined"):
             # With its admin listener (and so metric counting) on where the tree has one, as the
-            # main build: only the pool differs. Its port follows the target's, clear of the others'.
+            # main build: only the pool (wide) or `pipeline = true` (pipelined) differs. Its port
+            # follows the target's, clear of the others'.
             try:
                 with_admin = sides.supports_admin(sides.juggler_source(REPO, out)[0])
                 admin = f"{sides.HOST}:{target.http_port + 1}" if with_admin else None
-                target.skipped = sides.build_juggler(REPO, out, certs, target, variant=target.name,
-                                                     admin_listen=admin, pool=sides.WIDE_POOL)
+                wide = target.name == "juggler-wide"
+                target.skipped = sides.build_juggler(
+                    REPO, out, certs, target, variant=target.name, admin_listen=admin,
+                    pool=sides.WIDE_POOL if wide else sides.POOL_PER_BACKEND, pipeline=not wide)
             except RuntimeError as error:
                 target.skipped = str(error)
         elif target.name == "pingora":

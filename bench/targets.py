@@ -77,12 +77,14 @@ def all_targets() -> list[Target]:
         Target("pingora", "F", 18084, 18447),
         Target("caddy", "G", 18085, 18448),
         Target("juggler-wide", "H", 18086, 18449),
+        Target("juggler-pipelined", "I", 18090, 18451),
     ]
 
 
 # Run unless BENCH_TARGETS names others: nginx-maxconns answers most requests with 502 (open-source
 # nginx has no queue), so it only says what the bound costs nginx, and juggler-wide (Juggler with a
-# pool wider than the load) what the bound costs Juggler; name them to run them.
+# pool wider than the load) what the bound costs Juggler, and juggler-pipelined (the bench's pool
+# with the upstream's `pipeline = true`) what pipelining wins back of it; name them to run them.
 DEFAULT_TARGETS = ["direct", "juggler", "nginx", "haproxy", "pingora", "caddy"]
 
 
@@ -301,11 +303,12 @@ def supports_admin(source: Path) -> bool:
 
 
 def juggler_config(certs: "Certs | None", target: Target, admin_listen: str | None = None,
-                   workers: int = WORKERS, pool: int = POOL_PER_BACKEND) -> tuple[str, str]:
+                   workers: int = WORKERS, pool: int = POOL_PER_BACKEND,
+                   pipeline: bool = False) -> tuple[str, str]:
     """(load_balancer.toml, routes.toml) for a Juggler built for these backends.
 
     admin_listen: the `[admin] listen` value ("127.0.0.1:port" or "off"); None leaves the section
-    out (a tree without it would reject it)."""
+    out (a tree without it would reject it). pipeline: the upstream's `pipeline = true`."""
     tls = ""
     if certs:
         tls = f"""https = "{HOST}:{target.https_port}"
@@ -334,6 +337,7 @@ worker_threads = {workers}
 [upstreams.bench]
 connections_per_server = {pool}
 servers = [{servers}]
+{"pipeline = true" if pipeline else ""}
 """
     if admin_listen is not None:
         # Its own free port, not the default 9901, which a `make run` on this machine may hold.
@@ -352,12 +356,12 @@ upstream = "bench"
 
 def build_juggler(repo: Path, out: Path, certs: "Certs | None", target: Target,
                   variant: str = "juggler", admin_listen: str | None = None,
-                  pool: int = POOL_PER_BACKEND) -> str | None:
+                  pool: int = POOL_PER_BACKEND, pipeline: bool = False) -> str | None:
     """Compile Juggler with the bench's config baked in, into out/<variant>; return why not if it
     cannot be built. admin_listen: see juggler_config."""
     config_dir = out / f"{variant}_config"
     config_dir.mkdir(parents=True, exist_ok=True)
-    lb, routes = juggler_config(certs, target, admin_listen, pool=pool)
+    lb, routes = juggler_config(certs, target, admin_listen, pool=pool, pipeline=pipeline)
     (config_dir / "load_balancer.toml").write_text(lb)
     routes_file = config_dir / "routes.toml"
     routes_file.write_text(routes)
