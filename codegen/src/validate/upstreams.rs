@@ -137,7 +137,7 @@ impl Checker<'_> {
             let pipeline = body
                 .pipeline
                 .as_ref()
-                .is_some_and(|raw| self.pipeline(raw, reserved));
+                .is_some_and(|raw| self.pipeline(raw, reserved, adaptive_min.is_some()));
             upstreams.push(Upstream {
                 name: name.clone(),
                 backends: members,
@@ -395,14 +395,30 @@ impl Checker<'_> {
     }
 
     /// `pipeline`: not with `reserved`, whose slots a riding request could otherwise inherit from
-    /// a high-priority one.
-    fn pipeline(&mut self, raw: &Spanned<bool>, reserved: usize) -> bool {
+    /// a high-priority one, nor with an adaptive pool size, which reads response times that a
+    /// request waiting behind another's answer would distort.
+    fn pipeline(&mut self, raw: &Spanned<bool>, reserved: usize, adaptive: bool) -> bool {
         let pipeline = *raw.get_ref();
-        if pipeline && reserved > 0 {
+        let conflict = if !pipeline {
+            None
+        } else if reserved > 0 {
+            Some((
+                "`reserved`",
+                "a request sent behind another takes over its slot, reserved or not: drop one of the two",
+            ))
+        } else if adaptive {
+            Some((
+                "an adaptive `connections_per_server`",
+                "the adaptive limit follows response times, which waiting behind another answer distorts: use a fixed pool size",
+            ))
+        } else {
+            None
+        };
+        if let Some((other, help)) = conflict {
             self.error(
                 raw.span(),
-                "`pipeline = true` cannot be combined with `reserved`".to_owned(),
-                "a request sent behind another takes over its slot, reserved or not: drop one of the two",
+                format!("`pipeline = true` cannot be combined with {other}"),
+                help,
             );
             return false;
         }

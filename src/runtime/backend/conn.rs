@@ -269,7 +269,11 @@ impl BackendConn {
                     IoSlice::new(&memory[progress.memory..]),
                     IoSlice::new(behind_now),
                 ];
-                self.try_write_ready(cx, &parts).map_ok(|n| {
+                let parts = match behind_now.is_empty() {
+                    true => &parts[..2],
+                    false => &parts[..],
+                };
+                self.try_write_ready(cx, parts).map_ok(|n| {
                     let into_head = n.min(head.len() - progress.head);
                     progress.head += into_head;
                     let into_memory = (n - into_head).min(memory.len() - progress.memory);

@@ -19,10 +19,11 @@
 //!   backend, which is why only idempotent ones ride.
 
 use std::future::poll_fn;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Poll, Waker};
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use super::pool::PooledConn;
 
@@ -32,6 +33,9 @@ use super::pool::PooledConn;
 pub(crate) struct Rider {
     /// The request as it goes to the backend; taken by the holder that writes it.
     request: Bytes,
+    /// When a holder took it to write: its wait for a connection ends there, and its answer is
+    /// timed from there.
+    taken_at: OnceLock<Instant>,
     state: Mutex<State>,
 }
 
@@ -60,12 +64,18 @@ impl Rider {
     pub(crate) fn new(request: &[u8]) -> Arc<Rider> {
         Arc::new(Rider {
             request: Bytes::copy_from_slice(request),
+            taken_at: OnceLock::new(),
             state: Mutex::new(State::Waiting(None)),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// When a holder took it to write behind its own request.
+    pub(crate) fn taken_at(&self) -> Option<Instant> {
+        self.taken_at.get().copied()
     }
 
     /// The request to write behind the holder's.
@@ -76,6 +86,7 @@ impl Rider {
     /// Taken off the queue by a holder: `waker` (the one the rider's queue wait last registered)
     /// is woken when the ride ends.
     pub(crate) fn taken(&self, waker: Option<Waker>) {
+        let _ = self.taken_at.set(Instant::now());
         if let State::Waiting(slot) = &mut *self.lock() {
             *slot = waker;
         }

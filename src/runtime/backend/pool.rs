@@ -267,8 +267,10 @@ pub struct PooledConn {
     /// A request written behind this one (see `pipeline`): the slot goes to it when this answer
     /// has been read and the connection stays open.
     rider: Option<Arc<Rider>>,
-    /// This slot's request is on the connection already: it rode behind the previous holder's.
+    /// This slot's request is on the connection already: it rode behind the previous holder's,
+    /// written at `sent_at`.
     pub request_sent: bool,
+    pub sent_at: Option<Instant>,
 }
 
 impl BackendPool {
@@ -540,7 +542,9 @@ impl BackendPool {
                 self.checkout(priority).await?
             }
         };
-        slot.queued_for = queued_at.elapsed();
+        // Queued until its request was written (by the holder, or now after a lost ride).
+        let written = slot.sent_at.unwrap_or_else(Instant::now);
+        slot.queued_for = written.saturating_duration_since(queued_at);
         Ok(slot)
     }
 
@@ -577,6 +581,7 @@ impl BackendPool {
             queued_for: queued_at.map_or(Duration::ZERO, |at| at.elapsed()),
             rider: None,
             request_sent: false,
+            sent_at: None,
         };
         // The queue timeout bounds the whole wait, for a slot and then for a connection.
         let mut waiting_since = queued_at;
@@ -1192,8 +1197,16 @@ impl PooledConn {
     /// Takes the first request waiting to ride behind this one (see `pipeline`), if the pool
     /// pipelines and this slot's connection will read another answer: the caller writes it
     /// behind its own request, or calls [`Self::lose_rider`].
+    #[inline]
     pub fn take_rider(&mut self) -> Option<Bytes> {
-        if !self.pool.pipeline || self.detour || self.rider.is_some() {
+        if !self.pool.pipeline {
+            return None;
+        }
+        self.take_waiting_rider()
+    }
+
+    fn take_waiting_rider(&mut self) -> Option<Bytes> {
+        if self.detour || self.rider.is_some() {
             return None;
         }
         let rider = self.pool.lanes.take_rider(self.lane)?;
@@ -1213,28 +1226,41 @@ impl PooledConn {
     }
 }
 
+impl PooledConn {
+    /// Ends the ride of the request written behind this one: the slot and connection pass to it
+    /// (true) if the connection carries on, else it is told it was lost (false).
+    #[cold]
+    fn end_ride(&mut self, rider: Arc<Rider>) -> bool {
+        if !self.reusable || self.spoiled {
+            rider.lose();
+            return false;
+        }
+        // As if the rider had held the slot all along.
+        let next = PooledConn {
+            pool: Arc::clone(&self.pool),
+            lane: self.lane,
+            conn: self.conn.take(),
+            reusable: false,
+            spoiled: false,
+            detour: false,
+            from_idle: true,
+            queued_for: Duration::ZERO,
+            shared: std::mem::take(&mut self.shared),
+            rider: None,
+            request_sent: true,
+            sent_at: rider.taken_at(),
+        };
+        rider.hand(next);
+        true
+    }
+}
+
 impl Drop for PooledConn {
     fn drop(&mut self) {
         if let Some(rider) = self.rider.take() {
-            if self.reusable && !self.spoiled {
-                // The slot passes to the rider with the connection, as if it had held it.
-                let next = PooledConn {
-                    pool: Arc::clone(&self.pool),
-                    lane: self.lane,
-                    conn: self.conn.take(),
-                    reusable: false,
-                    spoiled: false,
-                    detour: false,
-                    from_idle: true,
-                    queued_for: Duration::ZERO,
-                    shared: std::mem::take(&mut self.shared),
-                    rider: None,
-                    request_sent: true,
-                };
-                rider.hand(next);
+            if self.end_ride(rider) {
                 return;
             }
-            rider.lose();
         }
         self.pool.give_back(
             self.lane,

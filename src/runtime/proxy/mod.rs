@@ -493,8 +493,9 @@ impl Proxy {
             outcome.queued += slot.queued_for;
             let queued_for = slot.queued_for;
             let limits = &self.settings().limits;
-            // Two clock readings per exchange serve every use of the time below.
-            let held_since = Instant::now();
+            // Two clock readings per exchange serve every use of the time below. A request that
+            // rode is timed from when it was written behind another.
+            let held_since = slot.sent_at.unwrap_or_else(Instant::now);
             pool.protection.active_at(held_since);
             let exchanged = backend::exchange(slot, request, limits, &self.budget).await;
             let back = Instant::now();
