@@ -57,6 +57,8 @@ pin_project_lite::pin_project! {
 impl<F: Future> Future for Within<F> {
     type Output = Option<F::Output>;
 
+    // Inlined: it wraps every step of an exchange, most of which finish on their first poll.
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(output) = this.work.poll(cx) {

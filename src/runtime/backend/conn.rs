@@ -257,7 +257,7 @@ impl BackendConn {
             None => (None, 0),
         };
         loop {
-            let result = if progress.head < head.len() || progress.memory < memory.len() {
+            let result = if progress.head < head.len() {
                 // The head, the body's in-memory part and (unless a file part comes between)
                 // the request behind in one system call, without copying them together first.
                 let behind_now = match file {
@@ -269,9 +269,10 @@ impl BackendConn {
                     IoSlice::new(&memory[progress.memory..]),
                     IoSlice::new(behind_now),
                 ];
-                let parts = match behind_now.is_empty() {
-                    true => &parts[..2],
-                    false => &parts[..],
+                let parts = if behind_now.is_empty() {
+                    &parts[..2]
+                } else {
+                    &parts[..]
                 };
                 self.try_write_ready(cx, parts).map_ok(|n| {
                     let into_head = n.min(head.len() - progress.head);
@@ -280,6 +281,9 @@ impl BackendConn {
                     progress.memory += into_memory;
                     progress.behind += n - into_head - into_memory;
                 })
+            } else if progress.memory < memory.len() {
+                self.try_write_ready(cx, &[IoSlice::new(&memory[progress.memory..])])
+                    .map_ok(|n| progress.memory += n)
             } else if let (Some(file), true) = (file, progress.file < file_len) {
                 let count = usize::try_from(file_len - progress.file)
                     .unwrap_or(usize::MAX)

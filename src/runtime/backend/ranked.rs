@@ -116,14 +116,14 @@ enum Cell {
 }
 
 impl Queue {
-    fn occupy(&mut self) -> usize {
+    fn occupy(&mut self, rider: Option<Arc<Rider>>) -> usize {
         match self.vacant.pop() {
             Some(cell) => {
-                self.cells[cell] = Cell::Waiting(None, None);
+                self.cells[cell] = Cell::Waiting(None, rider);
                 cell
             }
             None => {
-                self.cells.push(Cell::Waiting(None, None));
+                self.cells.push(Cell::Waiting(None, rider));
                 self.cells.len() - 1
             }
         }
@@ -220,15 +220,15 @@ impl PrioritySlots {
     ) -> Wait<'_> {
         let cell = {
             let mut queue = self.lock();
-            let cell = queue.occupy();
+            let rides = rider.is_some();
+            let cell = queue.occupy(rider);
             queue.classes[class(priority)].push_back(Listed {
                 cell,
                 deadline,
                 thread: threads::current(),
                 overtaken: 0,
-                rides: rider.is_some(),
+                rides,
             });
-            queue.cells[cell] = Cell::Waiting(None, rider);
             self.publish_first(&queue);
             self.waiting.fetch_add(1, Ordering::SeqCst);
             cell
