@@ -57,11 +57,12 @@ pub fn describe(table: &RouteTable) -> String {
             .sum();
         let _ = writeln!(
             out,
-            "upstream {}: {} servers, {} backend connections in all, balance {}",
+            "upstream {}: {} servers, {} backend connections in all, balance {}{}",
             upstream.name,
             upstream.backends.len(),
             total,
-            upstream.balance.name()
+            upstream.balance.name(),
+            if upstream.pipeline { ", pipeline" } else { "" }
         );
         for &id in upstream.backends {
             let backend = table.backend(id);
