@@ -1209,7 +1209,8 @@ impl PooledConn {
         if self.detour || self.rider.is_some() {
             return None;
         }
-        let rider = self.pool.lanes.take_rider(self.lane)?;
+        let limit = self.pool.limit.current();
+        let rider = self.pool.lanes.take_rider(self.lane, limit)?;
         let request = rider.request().clone();
         self.rider = Some(rider);
         Some(request)
