@@ -50,7 +50,7 @@ pub async fn exchange(
         Some(_) => None,
     };
     let behind = behind.as_deref().unwrap_or_default();
-    let (sent, write_error, head_timeout) = if slot.request_sent {
+    let (sent, write_error, head_timeout) = if slot.sent_at.is_some() {
         // This request rode: it is on the connection already, only the one behind is not.
         if !behind.is_empty() {
             let nothing = RequestBody::default();

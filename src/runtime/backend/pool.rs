@@ -267,9 +267,8 @@ pub struct PooledConn {
     /// A request written behind this one (see `pipeline`): the slot goes to it when this answer
     /// has been read and the connection stays open.
     rider: Option<Arc<Rider>>,
-    /// This slot's request is on the connection already: it rode behind the previous holder's,
-    /// written at `sent_at`.
-    pub request_sent: bool,
+    /// When this slot's request was written behind the previous holder's, if it rode: it is on
+    /// the connection already.
     pub sent_at: Option<Instant>,
 }
 
@@ -491,7 +490,7 @@ impl BackendPool {
 
     /// [`Self::checkout`] for a request that may ride (idempotent, without a body): encoded as
     /// `request`, it waits listed as a rider if the pool pipelines, and may come back with its
-    /// request already sent ([`PooledConn::request_sent`]).
+    /// request already sent ([`PooledConn::sent_at`]).
     pub async fn checkout_or_ride(
         self: &Arc<Self>,
         priority: Priority,
@@ -580,7 +579,6 @@ impl BackendPool {
             from_idle: true,
             queued_for: queued_at.map_or(Duration::ZERO, |at| at.elapsed()),
             rider: None,
-            request_sent: false,
             sent_at: None,
         };
         // The queue timeout bounds the whole wait, for a slot and then for a connection.
@@ -1247,7 +1245,6 @@ impl PooledConn {
             queued_for: Duration::ZERO,
             shared: std::mem::take(&mut self.shared),
             rider: None,
-            request_sent: true,
             sent_at: rider.taken_at(),
         };
         rider.hand(next);

@@ -146,15 +146,15 @@ impl Proxy {
             .backends
             .iter()
             .map(|spec| {
-                let protection = table.upstream(spec.upstream).protection;
+                let upstream = table.upstream(spec.upstream);
                 Arc::new(
                     BackendPool::protected(
                         spec,
                         &table.settings,
-                        protection,
+                        upstream.protection,
                         crate::threads::resolved_count(table.settings.proxy.worker_threads),
                     )
-                    .with_pipeline(table.upstream(spec.upstream).pipeline),
+                    .with_pipeline(upstream.pipeline),
                 )
             })
             .collect();
